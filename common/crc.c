@@ -1,0 +1,54 @@
+/* crc.c - see crc.h. */
+#include "common/crc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <zlib.h>
+
+uint32_t bt_crc32(uint32_t crc, const void *buf, size_t len) {
+  const unsigned char *p = buf;
+  uLong c = crc;
+  while (len > 0) {
+    uInt n = len > UINT_MAX ? UINT_MAX : (uInt)len;
+    c = crc32(c, p, n);
+    p += n;
+    len -= n;
+  }
+  return (uint32_t)c;
+}
+
+int bt_crc32_file(const char *path, uint32_t *crc, uint64_t *size) {
+  int fd;
+  do fd = open(path, O_RDONLY | O_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return -errno;
+  enum { CHUNK = 1 << 20 };
+  unsigned char *buf = malloc(CHUNK);
+  int rc = 0;
+  uint32_t c = 0;
+  uint64_t total = 0;
+  if (!buf) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  for (;;) {
+    ssize_t n = read(fd, buf, CHUNK);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      rc = -errno;
+      goto out;
+    }
+    if (n == 0) break;
+    c = bt_crc32(c, buf, (size_t)n);
+    total += (uint64_t)n;
+  }
+  *crc = c;
+  *size = total;
+out:
+  free(buf);
+  close(fd);
+  return rc;
+}
