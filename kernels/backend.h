@@ -1,0 +1,138 @@
+/* backend.h - the compute backend interface: CPU or CUDA behind one vtable.
+ *
+ * The model's layers (kernels/model.c) and the worker call only these
+ * functions, so the CPU backend (kernels/cpu/, the readable reference) and
+ * the CUDA backend (kernels/cuda/, a library loaded on demand) are
+ * interchangeable. Tensor pointers are backend memory: host memory for the
+ * CPU backend, device memory for CUDA; nobody but the backend dereferences
+ * them. Every op returns 0 or a negative code (a CUDA launch can fail).
+ *
+ * Conventions (after llm.c): outputs first, then inputs, then sizes; every
+ * tensor's shape is in a comment; float32, row-major. *_backward_input ops
+ * (the "I" half) overwrite the input gradient; *_backward_weight ops (the
+ * "W" half) ACCUMULATE (+=) into parameter gradients, so gradients summed
+ * over micro-batches in increasing order need no extra pass. A full backward
+ * ("B") is exactly the I half then the W half.
+ *
+ * Determinism (DESIGN.md §8): an op must give the same bits for the same
+ * inputs and sizes, whatever else ran before it. The CPU backend runs
+ * OpenBLAS with one thread; nothing may batch across micro-batches.
+ *
+ * Not here: which layers exist, how stages split them (kernels/model.h,
+ * worker/), and communication (worker/transport.h).
+ */
+#ifndef BT_KERNELS_BACKEND_H
+#define BT_KERNELS_BACKEND_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct bt_backend bt_backend_t;
+
+typedef struct bt_backend_ops {
+  const char *name; /* "cpu", "cuda" */
+
+  /* ---- memory ---- */
+  int (*alloc)(bt_backend_t *be, void **ptr, size_t bytes); /* zeroed */
+  void (*free)(bt_backend_t *be, void *ptr);
+  int (*to_host)(bt_backend_t *be, void *host_dst, const void *src, size_t bytes);
+  int (*to_device)(bt_backend_t *be, void *dst, const void *host_src, size_t bytes);
+  int (*copy)(bt_backend_t *be, void *dst, const void *src, size_t bytes);
+  int (*zero)(bt_backend_t *be, void *ptr, size_t bytes);
+  /* Waits until every op issued so far has finished (a no-op on the CPU). */
+  int (*sync)(bt_backend_t *be);
+
+  /* ---- embedding: out[t] = sum_k tables[k][ctx[t + K - 1 - k]] ---- */
+  int (*embed_forward)(bt_backend_t *be, float *out, /* (T, D) */
+                       const float *tables,          /* (K, 256, D) */
+                       const uint8_t *ctx,           /* (T + K) bytes */
+                       int T, int K, int D);
+  /* dtables[k][ctx[t + K - 1 - k]] += dout[t], t in increasing order. */
+  int (*embed_backward_weight)(bt_backend_t *be, float *dtables, /* (K, 256, D) */
+                               const float *dout,                /* (T, D) */
+                               const uint8_t *ctx, int T, int K, int D);
+
+  /* ---- layernorm over the last dimension, eps 1e-5 ---- */
+  int (*layernorm_forward)(bt_backend_t *be, float *out, /* (N, C) */
+                           float *mean, float *rstd,     /* (N), (N) */
+                           const float *inp,             /* (N, C) */
+                           const float *weight, const float *bias, /* (C), (C) */
+                           int N, int C);
+  /* dinp = d(layernorm)/d(inp) applied to dout (overwrites dinp). */
+  int (*layernorm_backward_input)(bt_backend_t *be, float *dinp, /* (N, C) */
+                                  const float *dout, const float *inp, /* (N, C) */
+                                  const float *weight,                 /* (C) */
+                                  const float *mean, const float *rstd, /* (N) */
+                                  int N, int C);
+  /* dweight += sum_n dout * xhat; dbias += sum_n dout (n increasing). */
+  int (*layernorm_backward_weight)(bt_backend_t *be, float *dweight, float *dbias, /* (C) */
+                                   const float *dout, const float *inp,        /* (N, C) */
+                                   const float *mean, const float *rstd,       /* (N) */
+                                   int N, int C);
+
+  /* ---- linear: out = inp @ weight^T + bias (bias may be NULL) ---- */
+  int (*matmul_forward)(bt_backend_t *be, float *out, /* (N, OC) */
+                        const float *inp,             /* (N, C) */
+                        const float *weight,          /* (OC, C) */
+                        const float *bias,            /* (OC) or NULL */
+                        int N, int C, int OC);
+  /* dinp = dout @ weight (overwrites). */
+  int (*matmul_backward_input)(bt_backend_t *be, float *dinp, /* (N, C) */
+                               const float *dout,             /* (N, OC) */
+                               const float *weight,           /* (OC, C) */
+                               int N, int C, int OC);
+  /* dweight += dout^T @ inp; dbias += sum_n dout (dbias may be NULL). */
+  int (*matmul_backward_weight)(bt_backend_t *be, float *dweight, /* (OC, C) */
+                                float *dbias,                     /* (OC) or NULL */
+                                const float *dout,                /* (N, OC) */
+                                const float *inp,                 /* (N, C) */
+                                int N, int C, int OC);
+
+  /* ---- GELU, exact: 0.5 x (1 + erf(x / sqrt 2)) ---- */
+  int (*gelu_forward)(bt_backend_t *be, float *out, const float *inp, size_t n); /* (n) */
+  /* dinp = gelu'(inp) * dout (overwrites; dinp may alias dout). */
+  int (*gelu_backward)(bt_backend_t *be, float *dinp, const float *inp, const float *dout, size_t n);
+
+  /* ---- residual: out = a + b (out may alias a or b) ---- */
+  int (*residual_forward)(bt_backend_t *be, float *out, const float *a, const float *b, size_t n);
+  /* acc += x (for summing the two gradient paths of a residual block). */
+  int (*accumulate)(bt_backend_t *be, float *acc, const float *x, size_t n);
+
+  /* ---- softmax cross-entropy over V classes ---- */
+  /* losses[t] = -log softmax(logits[t])[targets[t]]; probs keeps the softmax. */
+  int (*crossentropy_forward)(bt_backend_t *be, float *losses, /* (N) */
+                              float *probs,                    /* (N, V) */
+                              const float *logits,             /* (N, V) */
+                              const uint8_t *targets,          /* (N) */
+                              int N, int V);
+  /* dlogits = (probs - onehot(targets)) * scale (overwrites). */
+  int (*crossentropy_backward)(bt_backend_t *be, float *dlogits, /* (N, V) */
+                               const float *probs, const uint8_t *targets,
+                               float scale, int N, int V);
+
+  /* ---- AdamW, elementwise; the host computes lr and the bias corrections
+   * in double from the integer step and passes them rounded to float ---- */
+  int (*adamw_update)(bt_backend_t *be, float *params, float *m, float *v, /* (n) each */
+                      const float *grads, size_t n, float lr, float beta1, float beta2,
+                      float eps, float weight_decay, float bias_correction1,
+                      float bias_correction2);
+
+  /* Counts of NaN and Inf in n floats (for the commit guard). */
+  int (*count_nonfinite)(bt_backend_t *be, const float *x, size_t n, size_t *count);
+
+  void (*destroy)(bt_backend_t *be);
+} bt_backend_ops_t;
+
+struct bt_backend {
+  const bt_backend_ops_t *ops;
+  void *impl; /* the backend's own state */
+};
+
+/* The CPU backend (OpenBLAS pinned to one thread). */
+int bt_backend_cpu_create(bt_backend_t **out);
+/* Creates the backend named "cpu" or "cuda". For "cuda" loads the GPU library
+ * on first use; if it cannot, returns BT_EBACKEND and writes why (no driver,
+ * no device, library not found) into why. device: -1 for LOCAL_RANK or 0. */
+int bt_backend_create(const char *name, int device, bt_backend_t **out, char *why, size_t why_len);
+void bt_backend_destroy(bt_backend_t *be);
+
+#endif
