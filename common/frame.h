@@ -176,6 +176,8 @@ int bt_msg_decode_trace(const bt_frame_t *f, bt_msg_trace_t *m);
 void bt_msg_trace_free(bt_msg_trace_t *m);
 int bt_msg_decode_start(const bt_frame_t *f, bt_msg_start_t *m);
 int bt_msg_decode_step(const bt_frame_t *f, bt_msg_step_t *m);
+/* ABORT and other payload-less messages: the frame is of `type` and empty. */
+int bt_msg_decode_empty(const bt_frame_t *f, uint16_t type);
 
 const char *bt_msg_type_name(uint16_t type);
 
