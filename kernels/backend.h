@@ -110,7 +110,10 @@ typedef struct bt_backend_ops {
                                float scale, int N, int V);
 
   /* ---- AdamW, elementwise; the host computes lr and the bias corrections
-   * in double from the integer step and passes them rounded to float ---- */
+   * in double from the integer step and passes them rounded to float:
+   * bias_correction1 = 1 - beta1^t, bias_correction2 = 1 - beta2^t (t from 1).
+   *   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+   *   p -= lr * ((m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * p) ---- */
   int (*adamw_update)(bt_backend_t *be, float *params, float *m, float *v, /* (n) each */
                       const float *grads, size_t n, float lr, float beta1, float beta2,
                       float eps, float weight_decay, float bias_correction1,
@@ -122,12 +125,15 @@ typedef struct bt_backend_ops {
   void (*destroy)(bt_backend_t *be);
 } bt_backend_ops_t;
 
+/* A backend is used by one thread at a time (ops share scratch memory and,
+ * on CUDA, one stream). */
 struct bt_backend {
   const bt_backend_ops_t *ops;
   void *impl; /* the backend's own state */
 };
 
-/* The CPU backend (OpenBLAS pinned to one thread). */
+/* The CPU backend (OpenBLAS pinned to one thread, whatever
+ * OPENBLAS_NUM_THREADS says). */
 int bt_backend_cpu_create(bt_backend_t **out);
 /* Creates the backend named "cpu" or "cuda". For "cuda" loads the GPU library
  * on first use; if it cannot, returns BT_EBACKEND and writes why (no driver,
