@@ -1,0 +1,110 @@
+/* schedule.h - pipeline schedules as data: actions, builders, validation.
+ *
+ * A schedule is, for each of the p workers, its ordered list of compute
+ * actions (virtual stage, type, micro-batch), written as PyTorch's
+ * torch.distributed.pipelining writes them ("2F0", "5I3", "5W3").
+ * Placement is fixed (DESIGN.md §3): virtual stage k = c·p + s is chunk c
+ * of worker s, so worker_of(k) = k % p and chunk_of(k) = k / p.
+ *
+ * This file builds schedules (gpipe, 1f1b, interleaved, zb-h1) and checks
+ * them; communication is derived from the compute actions in comm.h, the
+ * timing model is sim.h, CSV in/out is csv.h, drawing is render.h. It does
+ * not run anything: the worker walks these lists, the launcher and
+ * `baton schedule` build and check them.
+ */
+#ifndef BT_SCHEDULES_SCHEDULE_H
+#define BT_SCHEDULES_SCHEDULE_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  BT_ACT_F = 0, /* forward */
+  BT_ACT_B = 1, /* full backward: input gradient then weight gradient */
+  BT_ACT_I = 2, /* input gradient only */
+  BT_ACT_W = 3, /* weight gradient only */
+} bt_act_type_t;
+
+#define BT_ACT_NTYPES 4
+
+typedef struct {
+  int32_t stage; /* virtual stage k */
+  int32_t mb;    /* micro-batch */
+  int32_t type;  /* bt_act_type_t */
+} bt_action_t;
+
+/* Limits that keep every index product inside 32 bits. */
+#define BT_SCHED_MAX_STAGES 1024
+#define BT_SCHED_MAX_CHUNKS 64
+#define BT_SCHED_MAX_MICROBATCHES (1 << 20)
+#define BT_SCHED_MAX_ACTIONS ((size_t)1 << 28)
+
+typedef struct {
+  char name[32];      /* "gpipe", "1f1b", "interleaved", "zb-h1", "csv" */
+  int p;              /* workers (pipeline stages) */
+  int v;              /* chunks per worker */
+  int m;              /* micro-batches */
+  bt_action_t *acts;  /* every worker's actions, worker 0's first */
+  size_t *off;        /* p + 1 offsets: worker w owns acts[off[w] .. off[w+1]) */
+} bt_schedule_t;
+
+static inline int bt_sched_worker_of(const bt_schedule_t *s, int k) { return k % s->p; }
+static inline int bt_sched_chunk_of(const bt_schedule_t *s, int k) { return k / s->p; }
+static inline int bt_sched_nstages(const bt_schedule_t *s) { return s->p * s->v; }
+static inline size_t bt_sched_len(const bt_schedule_t *s, int w) { return s->off[w + 1] - s->off[w]; }
+static inline const bt_action_t *bt_sched_at(const bt_schedule_t *s, int w, size_t j) {
+  return &s->acts[s->off[w] + j];
+}
+
+/* The letter of a type ('F', 'B', 'I', 'W'), or '?' for anything else. */
+char bt_act_letter(int type);
+/* "2F0" into buf (at least 32 bytes); returns buf. */
+char *bt_action_format(const bt_action_t *a, char *buf, size_t len);
+/* Parses exactly "<stage><F|B|I|W><mb>" (decimal, no sign, no spaces);
+ * 0 or BT_EFORMAT. */
+int bt_action_parse(const char *s, bt_action_t *out);
+
+/* The schedule names bt_sched_build knows, NULL-terminated. */
+extern const char *const bt_sched_names[];
+
+/* Builds schedule `name` for p workers, v chunks, m micro-batches. Bad
+ * parameters give BT_EARG and a one-line message in err naming the rule and
+ * a value that works. *out is zeroed first and owned by the caller. */
+int bt_sched_build(const char *name, int p, int v, int m, bt_schedule_t *out, char *err,
+                   size_t errlen);
+/* An empty schedule with room for `total` actions, off[] all zero; used by
+ * the builders and the CSV reader. */
+int bt_sched_alloc(bt_schedule_t *s, const char *name, int p, int v, int m, size_t total);
+void bt_sched_free(bt_schedule_t *s);
+
+/* Interleaving's micro-batch group size: the smallest N >= p with
+ * m mod N == 0 or m mod N >= p. */
+int bt_sched_group_size(int p, int m);
+
+/* Structural validity: every (virtual stage, micro-batch) has exactly one F
+ * and exactly one backward (B, or I then W on the same worker), every action
+ * sits on its stage's worker, and the per-worker orders respect the data
+ * dependencies under the communication rule (no deadlock). 0, BT_ESCHEDULE
+ * or BT_EDEADLOCK with a one-line message naming worker, position, action. */
+int bt_sched_validate(const bt_schedule_t *s, char *err, size_t errlen);
+
+/* 1 when every virtual stage accumulates weight gradients (B or W) in
+ * micro-batch order 0..m-1, as bit-identical training needs; 0 with the
+ * first offender in err. Assumes a structurally valid schedule. */
+int bt_sched_check_microbatch_order(const bt_schedule_t *s, char *err, size_t errlen);
+
+/* 1 when, on every (sender, receiver, kind) channel, messages are received
+ * in the order they are sent (what an untagged transport such as NCCL
+ * needs); 0 with the first mismatch in err. Assumes a valid schedule. */
+int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errlen);
+
+/* A lookup from bt_sched_key() to the action's index in acts (UINT32_MAX
+ * where absent). BT_ESCHEDULE, with a message, for an action out of range,
+ * on the wrong worker, or present twice. The caller frees *out. */
+int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t errlen);
+
+/* Index of action (stage, type, mb) in a lookup table of V·m·4 entries. */
+static inline size_t bt_sched_key(const bt_schedule_t *s, int stage, int type, int mb) {
+  return ((size_t)stage * (size_t)s->m + (size_t)mb) * BT_ACT_NTYPES + (size_t)type;
+}
+
+#endif
