@@ -123,6 +123,15 @@ typedef struct bt_backend_ops {
   int (*count_nonfinite)(bt_backend_t *be, const float *x, size_t n, size_t *count);
 
   void (*destroy)(bt_backend_t *be);
+
+  /* ---- math mode (part of the model configuration, DESIGN.md §8) ----
+   * "fp32" (the default everywhere) or "tf32" (CUDA only: cuBLAS may use
+   * TF32 tensor cores for the matrix products). The CUDA backend starts in
+   * the mode named by BATON_CUDA_MATH, else "fp32". set_math returns
+   * BT_EUNSUPPORTED for a mode the backend lacks, BT_EARG for an unknown
+   * name; math_mode says what is in force, for the checkpoint to record. */
+  int (*set_math)(bt_backend_t *be, const char *mode);
+  const char *(*math_mode)(bt_backend_t *be);
 } bt_backend_ops_t;
 
 /* A backend is used by one thread at a time (ops share scratch memory and,

@@ -786,3 +786,12 @@ Test(kernels, cpu_backend_memory_ops) {
   be->ops->free(be, p);
   bt_backend_destroy(be);
 }
+
+Test(kernels, cpu_math_mode_is_fp32_only) {
+  bt_backend_t *be = cpu();
+  cr_assert_str_eq(be->ops->math_mode(be), "fp32");
+  cr_assert_eq(be->ops->set_math(be, "fp32"), 0);
+  cr_assert_eq(be->ops->set_math(be, "tf32"), BT_EUNSUPPORTED);
+  cr_assert_eq(be->ops->set_math(be, "fp16"), BT_EARG);
+  bt_backend_destroy(be);
+}

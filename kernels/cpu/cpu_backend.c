@@ -367,6 +367,14 @@ static int cpu_count_nonfinite(bt_backend_t *be, const float *x, size_t n, size_
   return 0;
 }
 
+static int cpu_set_math(bt_backend_t *be, const char *mode) {
+  if (!mode) return BT_EARG;
+  if (!strcmp(mode, "fp32")) return 0;
+  return !strcmp(mode, "tf32") ? BT_EUNSUPPORTED : BT_EARG;
+}
+
+static const char *cpu_math_mode(bt_backend_t *be) { return "fp32"; }
+
 static void cpu_destroy(bt_backend_t *be) {
   if (!be) return;
   cpu_state_t *st = be->impl;
@@ -401,6 +409,8 @@ static const bt_backend_ops_t cpu_ops = {
     .adamw_update = cpu_adamw_update,
     .count_nonfinite = cpu_count_nonfinite,
     .destroy = cpu_destroy,
+    .set_math = cpu_set_math,
+    .math_mode = cpu_math_mode,
 };
 
 int bt_backend_cpu_create(bt_backend_t **out) {
