@@ -310,8 +310,14 @@ static void fmt_value(const bt_config_t *c, const bt_config_flag_t *f, char *out
   }
 }
 
-static int cmp_str(const void *a, const void *b) {
-  return strcmp(*(const char *const *)a, *(const char *const *)b);
+/* Orders "key=value" lines by key: comparing whole lines would put
+ * "data-size=" before "data=" ('-' sorts before '='). */
+static int cmp_key(const void *a, const void *b) {
+  const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+  size_t xl = strcspn(x, "="), yl = strcspn(y, "=");
+  int c = strncmp(x, y, xl < yl ? xl : yl);
+  if (c) return c;
+  return xl < yl ? -1 : xl > yl;
 }
 
 size_t bt_config_to_text(const bt_config_t *c, int part, char *out, size_t outlen) {
@@ -333,7 +339,7 @@ size_t bt_config_to_text(const bt_config_t *c, int part, char *out, size_t outle
       sorted[n] = lines[n];
       n++;
     }
-  qsort(sorted, n, sizeof sorted[0], cmp_str);
+  qsort(sorted, n, sizeof sorted[0], cmp_key);
   size_t len = 0;
   for (size_t i = 0; i < n; i++) {
     size_t l = strlen(sorted[i]);
