@@ -1,0 +1,1197 @@
+/* transport_socket.c - the socket transport of transport.h: TCP between
+ * workers, on one host or many.
+ *
+ * What it is for: CPU jobs. Each worker listens on an ephemeral port
+ * (127.0.0.1 for a single-node job), reports "tcp:HOST:PORT" to the
+ * supervisor, and connects to the peers it exchanges tensors with: for each
+ * pair the lower rank dials, the higher accepts. Every connection opens with
+ * a handshake that presents the per-job token; a connection without it is
+ * closed and logged, and accepting goes on — a port scanner or a stray
+ * worker of another job never stops this one.
+ *
+ * How it moves bytes: one progress thread per transport polls the peer
+ * sockets, the listening socket and an eventfd (its wake-up call). It
+ * writes queued sends (per peer, in order) and reads whatever arrives:
+ * a message whose receive is posted lands straight in that buffer, any
+ * other is held in memory until its receive is posted. A send is first
+ * tried at once from the caller's thread (small messages then leave
+ * without waking the progress thread); whatever the socket does not take
+ * is finished in the background. Sends and receives with one peer share
+ * one full-duplex connection, so a pending send never delays a receive.
+ * One mutex guards all state; socket calls under it are non-blocking and
+ * short.
+ *
+ * Wire format (little-endian; docs/protocol.md):
+ *   handshake  dialer -> acceptor: u32 'BTHS', u16 version, u16 token
+ *              length, u32 from rank, u32 to rank, token bytes
+ *   ack        acceptor -> dialer: u32 'BTAK', u32 acceptor rank
+ *   message    u32 'BTDM', i32 kind, i64 step, i32 virtual stage,
+ *              i32 micro-batch, u64 payload bytes, then the payload
+ * Payloads carry no checksum of their own: TCP's covers the wire, and a
+ * CRC over every activation would cost a pass over memory per message.
+ *
+ * What it does not do: reconnect. A lost peer is BT_EPEER for good; the
+ * supervisor re-forms the whole pipeline. Nor does it choose a faster path
+ * for peers on the same host (Unix sockets, shared memory): loopback TCP is
+ * what bench/bench_transport.c measures against a raw socket.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "worker/transport.h"
+
+#define HS_MAGIC 0x53485442u  /* "BTHS" */
+#define ACK_MAGIC 0x4b415442u /* "BTAK" */
+#define MSG_MAGIC 0x4d445442u /* "BTDM" */
+#define HS_VERSION 1
+enum { HS_HDR = 16, ACK_LEN = 8, MSG_HDR = 32 };
+/* No tensor of this model comes near it; a larger length is a corrupt
+ * stream, and refusing it keeps a bad header from allocating the heap away. */
+#define MAX_MESSAGE (1ull << 34)
+/* Accepted connections still in their handshake; more are refused at once,
+ * so a flood of silent connections cannot starve the real peers. */
+enum { MAX_PENDING = 16 };
+/* Bytes read from one peer per wake-up before the others get their turn. */
+#define READ_BUDGET (16u << 20)
+#define ADDR_LEN 128
+
+enum { REQ_SEND = 0, REQ_RECV = 1 };
+
+struct bt_tx_req {
+  struct bt_tx_req *next;             /* in a peer's send queue or the posted list */
+  struct bt_tx_req *all_prev, *all_next; /* every live request, for destroy */
+  int kind, peer;
+  bt_tag_t tag;
+  uint8_t *buf;
+  size_t bytes;
+  uint8_t hdr[MSG_HDR]; /* sends: the header on the wire */
+  size_t sent;          /* sends: header + payload bytes written */
+  int done, rc;
+  int detached;         /* a send nobody holds a handle for */
+};
+
+/* A message that arrived before its receive was posted. */
+typedef struct held {
+  struct held *next;
+  int peer;
+  bt_tag_t tag;
+  uint8_t *data;
+  size_t bytes;
+  int complete;         /* all bytes read */
+  bt_tx_req_t *waiter;  /* the receive posted while it was still arriving */
+} held_t;
+
+typedef struct {
+  int fd;       /* -1 until connected */
+  int wanted;   /* in this worker's peer list */
+  int err;      /* 0, or the code every request with this peer now fails with */
+  int closing;  /* err set, fd still open: the progress thread closes it */
+  bt_tx_req_t *sq_head, *sq_tail; /* sends in order */
+  /* the message being read */
+  uint8_t rhdr[MSG_HDR];
+  size_t rhdr_got;
+  int in_body;
+  uint8_t *rdst;
+  size_t rgot, rtotal;
+  bt_tx_req_t *rreq; /* landing in a posted receive */
+  held_t *rheld;     /* or held */
+} peer_t;
+
+typedef struct {
+  int fd;
+  uint64_t deadline;
+  uint8_t buf[HS_HDR + BT_TX_TOKEN_MAX];
+  size_t got;
+  char who[64];
+} pending_t;
+
+typedef struct {
+  bt_tx_t base;
+  pthread_mutex_t mu;
+  pthread_cond_t cv; /* any request completes, a peer connects or fails */
+  pthread_t thread;
+  int thread_started, stop;
+  int listen_fd, wake_fd;
+  char addr[ADDR_LEN];
+  uint8_t token[BT_TX_TOKEN_MAX];
+  size_t token_len;
+  int64_t handshake_ms;
+  peer_t *peers; /* nranks entries */
+  bt_tx_req_t *posted;
+  bt_tx_req_t *all;
+  held_t *held;
+  pending_t pend[MAX_PENDING];
+  int npend;
+  int have_min_step;
+  int64_t min_step; /* the open step after bt_tx_end_step() */
+  uint64_t sends_pending;
+  int send_err;     /* first error of a detached send */
+  uint64_t held_bytes;
+  bt_tx_stats_t st;
+} sock_tx_t;
+
+/* ---- little-endian helpers ---- */
+
+static void st32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void st64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t ld32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t ld64(const uint8_t *p) { return (uint64_t)ld32(p) | (uint64_t)ld32(p + 4) << 32; }
+
+static void encode_msg_hdr(uint8_t *h, const bt_tag_t *tag, size_t bytes) {
+  st32(h, MSG_MAGIC);
+  st32(h + 4, (uint32_t)tag->kind);
+  st64(h + 8, (uint64_t)tag->step);
+  st32(h + 16, (uint32_t)tag->stage);
+  st32(h + 20, (uint32_t)tag->mb);
+  st64(h + 24, (uint64_t)bytes);
+}
+
+static int tag_eq(const bt_tag_t *a, const bt_tag_t *b) {
+  return a->step == b->step && a->kind == b->kind && a->stage == b->stage && a->mb == b->mb;
+}
+
+/* ---- requests ---- */
+
+static bt_tx_req_t *req_new(sock_tx_t *t, int kind, int peer, bt_tag_t tag, void *buf,
+                            size_t bytes) {
+  bt_tx_req_t *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->kind = kind;
+  r->peer = peer;
+  r->tag = tag;
+  r->buf = buf;
+  r->bytes = bytes;
+  r->all_next = t->all;
+  if (t->all) t->all->all_prev = r;
+  t->all = r;
+  return r;
+}
+
+static void req_free(sock_tx_t *t, bt_tx_req_t *r) {
+  if (r->all_prev) r->all_prev->all_next = r->all_next;
+  else t->all = r->all_next;
+  if (r->all_next) r->all_next->all_prev = r->all_prev;
+  free(r);
+}
+
+/* Marks r finished with rc and wakes waiters. r must be in no queue. A
+ * detached send is freed here, its error kept for bt_tx_wait_sends(). */
+static void req_complete(sock_tx_t *t, bt_tx_req_t *r, int rc) {
+  r->done = 1;
+  r->rc = rc;
+  if (r->kind == REQ_SEND) {
+    t->sends_pending--;
+    if (rc == 0) {
+      t->st.msgs_sent++;
+      t->st.bytes_sent += r->bytes;
+    }
+    if (r->detached) {
+      if (rc && !t->send_err) t->send_err = rc;
+      req_free(t, r);
+    }
+  }
+  pthread_cond_broadcast(&t->cv);
+}
+
+static void wake(sock_tx_t *t) {
+  uint64_t one = 1;
+  /* EAGAIN means the counter is already non-zero: the thread will wake. */
+  while (write(t->wake_fd, &one, sizeof one) < 0 && errno == EINTR) {
+  }
+}
+
+static void held_unlink(sock_tx_t *t, held_t *h) {
+  for (held_t **pp = &t->held; *pp; pp = &(*pp)->next)
+    if (*pp == h) {
+      *pp = h->next;
+      break;
+    }
+  t->held_bytes -= h->bytes;
+}
+
+/* Breaks peer i for good: every request with it fails with `code`, except
+ * messages it already sent whole, which stay deliverable. */
+static void fail_peer(sock_tx_t *t, int i, int code, const char *why) {
+  peer_t *p = &t->peers[i];
+  if (p->err) return;
+  p->err = code;
+  if (p->fd >= 0) p->closing = 1;
+  bt_warn("transport: peer %d lost (%s): %s", i, why, bt_strerror(code));
+  while (p->sq_head) {
+    bt_tx_req_t *r = p->sq_head;
+    p->sq_head = r->next;
+    req_complete(t, r, code);
+  }
+  p->sq_tail = NULL;
+  for (bt_tx_req_t **pp = &t->posted; *pp;) {
+    bt_tx_req_t *r = *pp;
+    if (r->peer == i) {
+      *pp = r->next;
+      req_complete(t, r, code);
+    } else {
+      pp = &r->next;
+    }
+  }
+  if (p->rreq) req_complete(t, p->rreq, code);
+  p->rreq = NULL;
+  p->rheld = NULL;
+  p->in_body = 0;
+  for (held_t *h = t->held, *next; h; h = next) {
+    next = h->next;
+    if (h->peer != i || h->complete) continue;
+    if (h->waiter) req_complete(t, h->waiter, code);
+    held_unlink(t, h);
+    free(h->data);
+    free(h);
+  }
+  wake(t);
+  pthread_cond_broadcast(&t->cv);
+}
+
+/* ---- moving bytes (called with the lock held) ---- */
+
+/* Writes what the socket takes of peer i's queue. */
+static void do_write(sock_tx_t *t, int i) {
+  peer_t *p = &t->peers[i];
+  while (p->sq_head && !p->err) {
+    bt_tx_req_t *r = p->sq_head;
+    struct iovec iov[2];
+    int n = 0;
+    if (r->sent < MSG_HDR) iov[n++] = (struct iovec){r->hdr + r->sent, MSG_HDR - r->sent};
+    size_t body = r->sent > MSG_HDR ? r->sent - MSG_HDR : 0;
+    if (r->bytes > body) iov[n++] = (struct iovec){r->buf + body, r->bytes - body};
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    ssize_t w = n ? sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      fail_peer(t, i, BT_EPEER, strerror(errno));
+      return;
+    }
+    r->sent += (size_t)w;
+    if (r->sent == MSG_HDR + r->bytes) {
+      p->sq_head = r->next;
+      if (!p->sq_head) p->sq_tail = NULL;
+      req_complete(t, r, 0);
+    }
+  }
+}
+
+static bt_tx_req_t *take_posted(sock_tx_t *t, int peer, const bt_tag_t *tag) {
+  for (bt_tx_req_t **pp = &t->posted; *pp; pp = &(*pp)->next) {
+    bt_tx_req_t *r = *pp;
+    if (r->peer == peer && tag_eq(&r->tag, tag)) {
+      *pp = r->next;
+      r->next = NULL;
+      return r;
+    }
+  }
+  return NULL;
+}
+
+static held_t *find_held(sock_tx_t *t, int peer, const bt_tag_t *tag) {
+  for (held_t *h = t->held; h; h = h->next)
+    if (h->peer == peer && tag_eq(&h->tag, tag)) return h;
+  return NULL;
+}
+
+/* Whether a receive with this tag is pending: posted, or being filled. */
+static int tag_posted(sock_tx_t *t, int peer, const bt_tag_t *tag) {
+  for (bt_tx_req_t *r = t->posted; r; r = r->next)
+    if (r->peer == peer && tag_eq(&r->tag, tag)) return 1;
+  bt_tx_req_t *cur = t->peers[peer].rreq;
+  return cur && tag_eq(&cur->tag, tag);
+}
+
+static void body_done(sock_tx_t *t, peer_t *p) {
+  t->st.msgs_recv++;
+  t->st.bytes_recv += p->rtotal;
+  if (p->rreq) {
+    bt_tx_req_t *r = p->rreq;
+    p->rreq = NULL;
+    req_complete(t, r, 0);
+  } else if (p->rheld) {
+    held_t *h = p->rheld;
+    p->rheld = NULL;
+    h->complete = 1;
+    if (h->waiter) {
+      if (h->bytes) memcpy(h->waiter->buf, h->data, h->bytes);
+      req_complete(t, h->waiter, 0);
+      held_unlink(t, h);
+      free(h->data);
+      free(h);
+    }
+  }
+  p->in_body = 0;
+  p->rhdr_got = 0;
+}
+
+/* A whole message header arrived from peer i: decide where its bytes go.
+ * Returns 0, or -1 when the peer was failed. */
+static int on_header(sock_tx_t *t, int i) {
+  peer_t *p = &t->peers[i];
+  const uint8_t *h = p->rhdr;
+  uint32_t kind = ld32(h + 4);
+  uint64_t bytes = ld64(h + 24);
+  if (ld32(h) != MSG_MAGIC || kind > BT_MSG_GRADIENT || bytes > MAX_MESSAGE) {
+    fail_peer(t, i, BT_ETRANSPORT, "corrupt message header");
+    return -1;
+  }
+  bt_tag_t tag = {.step = (int64_t)ld64(h + 8), .kind = (int32_t)kind,
+                  .stage = (int32_t)ld32(h + 16), .mb = (int32_t)ld32(h + 20)};
+  char ts[128];
+  if (t->have_min_step && (tag.step < t->min_step || tag.step > t->min_step + 1)) {
+    bt_tag_str(&tag, ts, sizeof ts);
+    bt_error("transport: peer %d sent %s, but step %lld is open", i, ts, (long long)t->min_step);
+    fail_peer(t, i, BT_ETAG, "message outside the open steps");
+    return -1;
+  }
+  bt_tx_req_t *r = take_posted(t, i, &tag);
+  if (r && r->bytes != bytes) {
+    bt_tag_str(&tag, ts, sizeof ts);
+    bt_error("transport: peer %d sent %llu bytes for %s, the receive expects %zu", i,
+             (unsigned long long)bytes, ts, r->bytes);
+    req_complete(t, r, BT_ETAG);
+    fail_peer(t, i, BT_ETAG, "message size differs from its receive");
+    return -1;
+  }
+  p->rtotal = (size_t)bytes;
+  p->rgot = 0;
+  p->in_body = 1;
+  if (r) {
+    p->rreq = r;
+    p->rdst = r->buf;
+  } else {
+    if (find_held(t, i, &tag)) {
+      bt_tag_str(&tag, ts, sizeof ts);
+      bt_error("transport: peer %d sent %s twice", i, ts);
+      fail_peer(t, i, BT_ETAG, "duplicate tag");
+      return -1;
+    }
+    held_t *hd = calloc(1, sizeof *hd);
+    uint8_t *data = malloc(bytes ? (size_t)bytes : 1);
+    if (!hd || !data) {
+      free(hd);
+      free(data);
+      fail_peer(t, i, -ENOMEM, "no memory to hold an early message");
+      return -1;
+    }
+    hd->peer = i;
+    hd->tag = tag;
+    hd->data = data;
+    hd->bytes = (size_t)bytes;
+    hd->next = t->held;
+    t->held = hd;
+    t->held_bytes += hd->bytes;
+    t->st.held++;
+    if (t->held_bytes > t->st.held_bytes_peak) t->st.held_bytes_peak = t->held_bytes;
+    p->rheld = hd;
+    p->rdst = data;
+  }
+  if (bytes == 0) body_done(t, p);
+  return 0;
+}
+
+/* Reads what peer i has sent, up to READ_BUDGET bytes. */
+static void do_read(sock_tx_t *t, int i) {
+  peer_t *p = &t->peers[i];
+  size_t budget = READ_BUDGET;
+  while (!p->err && budget > 0) {
+    uint8_t *dst;
+    size_t want;
+    if (!p->in_body) {
+      dst = p->rhdr + p->rhdr_got;
+      want = MSG_HDR - p->rhdr_got;
+    } else {
+      dst = p->rdst + p->rgot;
+      want = p->rtotal - p->rgot;
+      if (want > budget) want = budget;
+    }
+    ssize_t n = read(p->fd, dst, want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      fail_peer(t, i, BT_EPEER, strerror(errno));
+      return;
+    }
+    if (n == 0) {
+      fail_peer(t, i, BT_EPEER, p->in_body || p->rhdr_got ? "connection closed mid-message"
+                                                          : "connection closed");
+      return;
+    }
+    budget -= (size_t)n < budget ? (size_t)n : budget;
+    if (!p->in_body) {
+      p->rhdr_got += (size_t)n;
+      if (p->rhdr_got == MSG_HDR && on_header(t, i) < 0) return;
+    } else {
+      p->rgot += (size_t)n;
+      if (p->rgot == p->rtotal) body_done(t, p);
+    }
+  }
+}
+
+/* ---- connections ---- */
+
+static void tune_socket(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  /* A host that vanishes sends no FIN: keep-alive probes and a bound on
+   * unacknowledged data turn it into an error within about 30 s, well
+   * inside the default transport deadline. */
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  int idle = 10, intvl = 5, cnt = 3;
+  unsigned int user_timeout_ms = 30000;
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+  setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
+}
+
+static void refuse(sock_tx_t *t, int k, const char *why) {
+  pending_t *pc = &t->pend[k];
+  bt_warn("transport: refused a connection from %s: %s", pc->who, why);
+  close(pc->fd);
+  t->st.refused++;
+  t->pend[k] = t->pend[--t->npend];
+}
+
+static void do_accept(sock_tx_t *t) {
+  for (;;) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int fd = accept4(t->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      /* EAGAIN: all taken. EMFILE and the like: try again on the next wake. */
+      if (errno != EAGAIN && errno != EWOULDBLOCK) bt_warn("transport: accept: %s", strerror(errno));
+      return;
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+      struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+      inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+      port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+      struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+      inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+      port = ntohs(a->sin6_port);
+    }
+    if (t->npend == MAX_PENDING) {
+      bt_warn("transport: refused a connection from %s:%d: too many connections in handshake", host, port);
+      close(fd);
+      t->st.refused++;
+      continue;
+    }
+    pending_t *pc = &t->pend[t->npend++];
+    memset(pc, 0, sizeof *pc);
+    pc->fd = fd;
+    pc->deadline = bt_deadline_ms(t->handshake_ms);
+    snprintf(pc->who, sizeof pc->who, "%s:%d", host, port);
+  }
+}
+
+/* Compares in time independent of where the first difference is, so the
+ * token cannot be guessed byte by byte from response times. */
+static int token_eq(const uint8_t *a, const uint8_t *b, size_t n) {
+  uint8_t d = 0;
+  for (size_t i = 0; i < n; i++) d |= (uint8_t)(a[i] ^ b[i]);
+  return d == 0;
+}
+
+/* Advances the handshake of pending connection k. Returns 1 when entry k
+ * was removed (refused or promoted), 0 when it waits for more bytes. */
+static int do_handshake(sock_tx_t *t, int k) {
+  pending_t *pc = &t->pend[k];
+  size_t need = HS_HDR;
+  if (pc->got >= HS_HDR) need += (size_t)(pc->buf[6] | pc->buf[7] << 8);
+  while (pc->got < need) {
+    ssize_t n = read(pc->fd, pc->buf + pc->got, need - pc->got);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      refuse(t, k, strerror(errno));
+      return 1;
+    }
+    if (n == 0) {
+      refuse(t, k, "closed before presenting the job token");
+      return 1;
+    }
+    pc->got += (size_t)n;
+    if (pc->got >= 4 && ld32(pc->buf) != HS_MAGIC) {
+      refuse(t, k, "not a baton handshake");
+      return 1;
+    }
+    if (pc->got >= HS_HDR && need == HS_HDR) {
+      size_t tl = (size_t)(pc->buf[6] | pc->buf[7] << 8);
+      if ((pc->buf[4] | pc->buf[5] << 8) != HS_VERSION) {
+        refuse(t, k, "unknown handshake version");
+        return 1;
+      }
+      if (tl != t->token_len) {
+        refuse(t, k, "wrong job token");
+        return 1;
+      }
+      need += tl;
+    }
+  }
+  uint32_t from = ld32(pc->buf + 8), to = ld32(pc->buf + 12);
+  if (!token_eq(pc->buf + HS_HDR, t->token, t->token_len)) {
+    refuse(t, k, "wrong job token");
+    return 1;
+  }
+  if (to != (uint32_t)t->base.rank || from >= (uint32_t)t->base.nranks ||
+      (int)from >= t->base.rank || !t->peers[from].wanted) {
+    char why[96];
+    snprintf(why, sizeof why, "rank %u dialed rank %u, not a peer that dials rank %d", from, to,
+             t->base.rank);
+    refuse(t, k, why);
+    return 1;
+  }
+  peer_t *p = &t->peers[from];
+  if (p->fd >= 0 || p->err) {
+    refuse(t, k, "that rank is already connected");
+    return 1;
+  }
+  uint8_t ack[ACK_LEN];
+  st32(ack, ACK_MAGIC);
+  st32(ack + 4, (uint32_t)t->base.rank);
+  /* A fresh socket's buffer always takes 8 bytes; anything less is a
+   * connection already broken. */
+  ssize_t w;
+  do w = send(pc->fd, ack, sizeof ack, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  if (w != (ssize_t)sizeof ack) {
+    refuse(t, k, "could not acknowledge");
+    return 1;
+  }
+  tune_socket(pc->fd);
+  p->fd = pc->fd;
+  bt_debug("transport: rank %u connected from %s", from, pc->who);
+  t->pend[k] = t->pend[--t->npend];
+  pthread_cond_broadcast(&t->cv);
+  return 1;
+}
+
+/* ---- the progress thread ---- */
+
+enum { SLOT_WAKE, SLOT_LISTEN, SLOT_PEND, SLOT_PEER };
+
+static void *progress_main(void *arg) {
+  sock_tx_t *t = arg;
+  int nr = t->base.nranks;
+  size_t cap = 2 + MAX_PENDING + (size_t)nr;
+  struct pollfd *pfd = calloc(cap, sizeof *pfd);
+  int *slot = calloc(cap, sizeof *slot);
+  int *idx = calloc(cap, sizeof *idx);
+  pthread_mutex_lock(&t->mu);
+  if (!pfd || !slot || !idx) {
+    /* Without a progress thread nothing moves: fail every peer so waits
+     * return at once instead of at their deadlines. */
+    for (int i = 0; i < nr; i++)
+      if (t->peers[i].wanted) fail_peer(t, i, -ENOMEM, "no memory for the progress thread");
+    t->stop = 1;
+  }
+  while (!t->stop) {
+    for (int i = 0; i < nr; i++) {
+      peer_t *p = &t->peers[i];
+      if (p->closing) {
+        close(p->fd);
+        p->fd = -1;
+        p->closing = 0;
+      }
+    }
+    int n = 0;
+    pfd[n] = (struct pollfd){.fd = t->wake_fd, .events = POLLIN};
+    slot[n++] = SLOT_WAKE;
+    pfd[n] = (struct pollfd){.fd = t->listen_fd, .events = POLLIN};
+    slot[n++] = SLOT_LISTEN;
+    uint64_t next = UINT64_MAX;
+    for (int k = 0; k < t->npend; k++) {
+      pfd[n] = (struct pollfd){.fd = t->pend[k].fd, .events = POLLIN};
+      slot[n] = SLOT_PEND;
+      idx[n++] = t->pend[k].fd;
+      if (t->pend[k].deadline < next) next = t->pend[k].deadline;
+    }
+    for (int i = 0; i < nr; i++) {
+      peer_t *p = &t->peers[i];
+      if (p->fd < 0 || p->err) continue;
+      pfd[n] = (struct pollfd){.fd = p->fd, .events = (short)(POLLIN | (p->sq_head ? POLLOUT : 0))};
+      slot[n] = SLOT_PEER;
+      idx[n++] = i;
+    }
+    int timeout = next == UINT64_MAX ? -1 : (int)bt_ms_left(next);
+    pthread_mutex_unlock(&t->mu);
+    int r = poll(pfd, (nfds_t)n, timeout);
+    int poll_errno = errno;
+    pthread_mutex_lock(&t->mu);
+    if (r < 0 && poll_errno != EINTR) {
+      bt_error("transport: poll: %s", strerror(poll_errno));
+      for (int i = 0; i < nr; i++)
+        if (t->peers[i].wanted) fail_peer(t, i, BT_ETRANSPORT, "poll failed");
+      break;
+    }
+    for (int s = 0; r > 0 && s < n; s++) {
+      if (!pfd[s].revents) continue;
+      if (slot[s] == SLOT_WAKE) {
+        uint64_t v;
+        while (read(t->wake_fd, &v, sizeof v) < 0 && errno == EINTR) {
+        }
+      } else if (slot[s] == SLOT_LISTEN) {
+        do_accept(t);
+      } else if (slot[s] == SLOT_PEND) {
+        /* The entry may have moved (removals swap in the last one). */
+        for (int k = 0; k < t->npend; k++)
+          if (t->pend[k].fd == idx[s]) {
+            do_handshake(t, k);
+            break;
+          }
+      } else {
+        int i = idx[s];
+        peer_t *p = &t->peers[i];
+        if (p->fd != pfd[s].fd || p->err) continue;
+        if (pfd[s].revents & (POLLIN | POLLHUP | POLLERR)) do_read(t, i);
+        if (!p->err && (pfd[s].revents & POLLERR)) fail_peer(t, i, BT_EPEER, "socket error");
+        if (!p->err && (pfd[s].revents & POLLOUT)) do_write(t, i);
+      }
+    }
+    uint64_t now = bt_clock_ns();
+    for (int k = 0; k < t->npend;) {
+      if (t->pend[k].deadline <= now) {
+        char why[64];
+        snprintf(why, sizeof why, "no job token within %lld ms", (long long)t->handshake_ms);
+        refuse(t, k, why);
+      } else {
+        k++;
+      }
+    }
+  }
+  pthread_mutex_unlock(&t->mu);
+  free(pfd);
+  free(slot);
+  free(idx);
+  return NULL;
+}
+
+/* ---- the vtable ---- */
+
+static int sock_isend(bt_tx_t *tx, const void *buf, size_t bytes, int peer, bt_tag_t tag,
+                      bt_tx_req_t **reqp) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  int rc = 0;
+  pthread_mutex_lock(&t->mu);
+  peer_t *p = &t->peers[peer];
+  if (!p->wanted) {
+    rc = BT_EARG;
+    goto out;
+  }
+  if (p->err) {
+    rc = p->err;
+    goto out;
+  }
+  /* The buffer is only read; the cast lets one request type serve both. */
+  bt_tx_req_t *r = req_new(t, REQ_SEND, peer, tag, (void *)(uintptr_t)buf, bytes);
+  if (!r) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  encode_msg_hdr(r->hdr, &tag, bytes);
+  r->detached = reqp == NULL;
+  if (reqp) *reqp = r;
+  t->sends_pending++;
+  if (p->sq_tail) p->sq_tail->next = r;
+  else p->sq_head = r;
+  p->sq_tail = r;
+  /* r may be freed by do_write (a detached send that completed): from here
+   * on only the queue is looked at. */
+  if (p->fd >= 0 && p->sq_head == r) do_write(t, peer);
+  if (p->sq_head) wake(t);
+out:
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int sock_irecv(bt_tx_t *tx, void *buf, size_t bytes, int peer, bt_tag_t tag,
+                      bt_tx_req_t **reqp) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  int rc = 0;
+  char ts[128];
+  pthread_mutex_lock(&t->mu);
+  peer_t *p = &t->peers[peer];
+  if (!p->wanted) {
+    rc = BT_EARG;
+    goto out;
+  }
+  held_t *h = find_held(t, peer, &tag);
+  if (tag_posted(t, peer, &tag) || (h && h->waiter)) {
+    bt_tag_str(&tag, ts, sizeof ts);
+    bt_error("transport: a receive of %s from peer %d is already posted", ts, peer);
+    rc = BT_ETAG;
+    goto out;
+  }
+  if (h) {
+    if (h->bytes != bytes) {
+      bt_tag_str(&tag, ts, sizeof ts);
+      bt_error("transport: peer %d sent %zu bytes for %s, the receive expects %zu", peer,
+               h->bytes, ts, bytes);
+      rc = BT_ETAG;
+      goto out;
+    }
+    bt_tx_req_t *r = req_new(t, REQ_RECV, peer, tag, buf, bytes);
+    if (!r) {
+      rc = -ENOMEM;
+      goto out;
+    }
+    *reqp = r;
+    if (h->complete) {
+      if (bytes) memcpy(buf, h->data, bytes);
+      held_unlink(t, h);
+      free(h->data);
+      free(h);
+      req_complete(t, r, 0);
+    } else {
+      h->waiter = r;
+    }
+    goto out;
+  }
+  if (p->err) {
+    rc = p->err;
+    goto out;
+  }
+  bt_tx_req_t *r = req_new(t, REQ_RECV, peer, tag, buf, bytes);
+  if (!r) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  r->next = t->posted;
+  t->posted = r;
+  *reqp = r;
+out:
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int sock_test(bt_tx_t *tx, bt_tx_req_t *r) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  pthread_mutex_lock(&t->mu);
+  int rc = 0;
+  if (r->done) {
+    rc = r->rc ? r->rc : 1;
+    req_free(t, r);
+  }
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+/* Waits on the condition variable until *flag-like predicate holds or the
+ * deadline passes; the caller holds the lock. Returns 0 or BT_ETIMEOUT. */
+static int cv_wait_until(sock_tx_t *t, uint64_t deadline) {
+  if (bt_clock_ns() >= deadline) return BT_ETIMEOUT;
+  struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),
+                        .tv_nsec = (long)(deadline % 1000000000ull)};
+  int e = pthread_cond_timedwait(&t->cv, &t->mu, &ts);
+  return e == ETIMEDOUT ? BT_ETIMEOUT : 0;
+}
+
+static int sock_wait(bt_tx_t *tx, bt_tx_req_t *r, uint64_t deadline) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  pthread_mutex_lock(&t->mu);
+  while (!r->done && cv_wait_until(t, deadline) == 0) {
+  }
+  int rc = BT_ETIMEOUT;
+  if (r->done) {
+    rc = r->rc;
+    req_free(t, r);
+  }
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int wait_sends_locked(sock_tx_t *t, uint64_t deadline) {
+  while (t->sends_pending && cv_wait_until(t, deadline) == 0) {
+  }
+  if (t->sends_pending) return BT_ETIMEOUT;
+  int rc = t->send_err;
+  t->send_err = 0;
+  return rc;
+}
+
+static int sock_wait_sends(bt_tx_t *tx, uint64_t deadline) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  pthread_mutex_lock(&t->mu);
+  int rc = wait_sends_locked(t, deadline);
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static int sock_end_step(bt_tx_t *tx, int64_t step, uint64_t deadline) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  pthread_mutex_lock(&t->mu);
+  int rc = wait_sends_locked(t, deadline);
+  for (held_t *h = t->held; h; h = h->next) {
+    if (h->tag.step > step) continue;
+    char ts[128];
+    bt_tag_str(&h->tag, ts, sizeof ts);
+    bt_error("transport: peer %d sent %s, which no receive of step %lld asked for", h->peer, ts,
+             (long long)step);
+    if (!rc) rc = BT_ETAG;
+  }
+  t->have_min_step = 1;
+  t->min_step = step + 1;
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
+
+static void sock_stats(bt_tx_t *tx, bt_tx_stats_t *out) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  pthread_mutex_lock(&t->mu);
+  *out = t->st;
+  pthread_mutex_unlock(&t->mu);
+}
+
+static void sock_destroy(bt_tx_t *tx) {
+  sock_tx_t *t = (sock_tx_t *)tx;
+  if (t->thread_started) {
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_mutex_unlock(&t->mu);
+    wake(t);
+    pthread_join(t->thread, NULL);
+  }
+  for (int i = 0; t->peers && i < t->base.nranks; i++) {
+    peer_t *p = &t->peers[i];
+    if (p->fd < 0) continue;
+    /* FIN first: the peer reads everything we sent, then sees the end. */
+    shutdown(p->fd, SHUT_WR);
+    close(p->fd);
+  }
+  for (int k = 0; k < t->npend; k++) close(t->pend[k].fd);
+  if (t->listen_fd >= 0) close(t->listen_fd);
+  if (t->wake_fd >= 0) close(t->wake_fd);
+  while (t->all) req_free(t, t->all);
+  for (held_t *h = t->held, *next; h; h = next) {
+    next = h->next;
+    free(h->data);
+    free(h);
+  }
+  free(t->peers);
+  pthread_cond_destroy(&t->cv);
+  pthread_mutex_destroy(&t->mu);
+  free(t);
+}
+
+static const bt_tx_ops_t sock_ops = {
+    .name = "socket",
+    .isend = sock_isend,
+    .irecv = sock_irecv,
+    .test = sock_test,
+    .wait = sock_wait,
+    .wait_sends = sock_wait_sends,
+    .end_step = sock_end_step,
+    .stats = sock_stats,
+    .destroy = sock_destroy,
+};
+
+/* ---- set-up ---- */
+
+/* Binds a listening socket on host, port 0; fills the port. */
+static int listen_on(const char *host, int *fd_out, int *port_out) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+  struct addrinfo *ai = NULL;
+  int e = getaddrinfo(host, "0", &hints, &ai);
+  if (e) {
+    bt_error("transport: cannot resolve bind host '%s': %s", host, gai_strerror(e));
+    return BT_EARG;
+  }
+  int rc = -EADDRNOTAVAIL, fd = -1;
+  for (struct addrinfo *a = ai; a; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      rc = -errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 64) == 0) {
+      struct sockaddr_storage ss;
+      socklen_t sl = sizeof ss;
+      getsockname(fd, (struct sockaddr *)&ss, &sl);
+      *port_out = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                           : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+      *fd_out = fd;
+      rc = 0;
+      break;
+    }
+    rc = -errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(ai);
+  if (rc) bt_error("transport: cannot listen on %s: %s", host, bt_strerror(rc));
+  return rc;
+}
+
+int bt_tx_socket_create(const bt_tx_socket_opts_t *o, bt_tx_t **out) {
+  *out = NULL;
+  if (!o || o->nranks < 1 || o->rank < 0 || o->rank >= o->nranks || o->npeers < 0 ||
+      (o->npeers && !o->peers) || !o->token || o->token_len < 16 || o->token_len > BT_TX_TOKEN_MAX)
+    return BT_EARG;
+  for (int k = 0; k < o->npeers; k++)
+    if (o->peers[k] < 0 || o->peers[k] >= o->nranks || o->peers[k] == o->rank) return BT_EARG;
+  int rc = 0;
+  sock_tx_t *t = calloc(1, sizeof *t);
+  if (!t) return -ENOMEM;
+  t->base.ops = &sock_ops;
+  t->base.rank = o->rank;
+  t->base.nranks = o->nranks;
+  t->listen_fd = -1;
+  t->wake_fd = -1;
+  memcpy(t->token, o->token, o->token_len);
+  t->token_len = o->token_len;
+  t->handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 5000;
+  pthread_mutex_init(&t->mu, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* deadlines are bt_clock_ns() */
+  pthread_cond_init(&t->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  t->peers = calloc((size_t)o->nranks, sizeof *t->peers);
+  if (!t->peers) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  for (int i = 0; i < o->nranks; i++) t->peers[i].fd = -1;
+  for (int k = 0; k < o->npeers; k++) t->peers[o->peers[k]].wanted = 1;
+
+  const char *bind_host = o->bind_host ? o->bind_host : "127.0.0.1";
+  int port = 0;
+  rc = listen_on(bind_host, &t->listen_fd, &port);
+  if (rc) goto fail;
+  char hostname[256];
+  const char *adv = o->advertise_host;
+  if (!adv) {
+    adv = bind_host;
+    if (!strcmp(bind_host, "0.0.0.0") || !strcmp(bind_host, "::")) {
+      if (gethostname(hostname, sizeof hostname) < 0) {
+        rc = -errno;
+        goto fail;
+      }
+      hostname[sizeof hostname - 1] = '\0';
+      adv = hostname;
+    }
+  }
+  if (snprintf(t->addr, sizeof t->addr, "tcp:%s:%d", adv, port) >= (int)sizeof t->addr) {
+    rc = BT_EARG;
+    goto fail;
+  }
+  t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (t->wake_fd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  int e = pthread_create(&t->thread, NULL, progress_main, t);
+  if (e) {
+    rc = -e;
+    goto fail;
+  }
+  t->thread_started = 1;
+  *out = &t->base;
+  return 0;
+fail:
+  sock_destroy(&t->base);
+  return rc;
+}
+
+const char *bt_tx_socket_address(bt_tx_t *tx) {
+  if (!tx || tx->ops != &sock_ops) return NULL;
+  return ((sock_tx_t *)tx)->addr;
+}
+
+/* Splits "tcp:HOST:PORT" (HOST may hold colons: IPv6). */
+static int parse_addr(const char *addr, char *host, size_t hcap, char *port, size_t pcap) {
+  if (!addr || strncmp(addr, "tcp:", 4) != 0) return BT_EARG;
+  const char *h = addr + 4, *c = strrchr(h, ':');
+  if (!c || c == h || !c[1]) return BT_EARG;
+  size_t hl = (size_t)(c - h);
+  if (hl >= hcap || strlen(c + 1) >= pcap) return BT_EARG;
+  memcpy(host, h, hl);
+  host[hl] = '\0';
+  if (host[0] == '[' && hl >= 2 && host[hl - 1] == ']') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  strcpy(port, c + 1);
+  for (const char *q = port; *q; q++)
+    if (*q < '0' || *q > '9') return BT_EARG;
+  return 0;
+}
+
+/* Waits for fd to be ready for `events` until the deadline. 0 or BT_ETIMEOUT
+ * or -errno. */
+static int poll_one(int fd, short events, uint64_t deadline) {
+  for (;;) {
+    int64_t ms = bt_ms_left(deadline);
+    if (ms <= 0) return BT_ETIMEOUT;
+    struct pollfd p = {.fd = fd, .events = events};
+    int r = poll(&p, 1, ms > 1000 ? 1000 : (int)ms);
+    if (r < 0 && errno != EINTR) return -errno;
+    if (r > 0) return 0;
+  }
+}
+
+/* Writes all of buf on a non-blocking fd before the deadline. */
+static int write_all(int fd, const uint8_t *buf, size_t len, uint64_t deadline) {
+  while (len) {
+    ssize_t w = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+      int rc = poll_one(fd, POLLOUT, deadline);
+      if (rc) return rc;
+      continue;
+    }
+    buf += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}
+
+static int read_all(int fd, uint8_t *buf, size_t len, uint64_t deadline) {
+  while (len) {
+    ssize_t n = read(fd, buf, len);
+    if (n == 0) return -ECONNRESET;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+      int rc = poll_one(fd, POLLIN, deadline);
+      if (rc) return rc;
+      continue;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* One attempt to dial `peer` and pass the handshake. Returns the connected
+ * fd, or a negative code (any of them worth a retry before the deadline). */
+static int dial_once(sock_tx_t *t, int peer, const char *host, const char *port, uint64_t deadline) {
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  struct addrinfo *ai = NULL;
+  int e = getaddrinfo(host, port, &hints, &ai);
+  if (e) return e == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+  int rc = -ECONNREFUSED, fd = -1;
+  for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      rc = -errno;
+      continue;
+    }
+    int r = connect(fd, a->ai_addr, a->ai_addrlen);
+    if (r < 0 && errno == EINPROGRESS) {
+      r = poll_one(fd, POLLOUT, deadline);
+      if (r == 0) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el);
+        r = err ? -err : 0;
+      }
+    } else if (r < 0) {
+      r = -errno;
+    }
+    if (r) {
+      rc = r;
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(ai);
+  if (fd < 0) return rc;
+  uint8_t hs[HS_HDR + BT_TX_TOKEN_MAX];
+  st32(hs, HS_MAGIC);
+  hs[4] = HS_VERSION & 0xff;
+  hs[5] = HS_VERSION >> 8;
+  hs[6] = (uint8_t)t->token_len;
+  hs[7] = (uint8_t)(t->token_len >> 8);
+  st32(hs + 8, (uint32_t)t->base.rank);
+  st32(hs + 12, (uint32_t)peer);
+  memcpy(hs + HS_HDR, t->token, t->token_len);
+  uint8_t ack[ACK_LEN];
+  rc = write_all(fd, hs, HS_HDR + t->token_len, deadline);
+  if (!rc) rc = read_all(fd, ack, sizeof ack, deadline);
+  if (!rc && (ld32(ack) != ACK_MAGIC || ld32(ack + 4) != (uint32_t)peer)) rc = BT_ETRANSPORT;
+  if (rc) {
+    close(fd);
+    return rc;
+  }
+  tune_socket(fd);
+  return fd;
+}
+
+int bt_tx_socket_connect(bt_tx_t *tx, const char *const *addrs, uint64_t deadline) {
+  if (!tx || tx->ops != &sock_ops || !addrs) return BT_EARG;
+  sock_tx_t *t = (sock_tx_t *)tx;
+  int me = tx->rank, rc = 0;
+  for (int q = me + 1; q < tx->nranks; q++) {
+    if (!t->peers[q].wanted) continue;
+    char host[ADDR_LEN], port[16];
+    if (parse_addr(addrs[q], host, sizeof host, port, sizeof port)) {
+      bt_error("transport: bad address for rank %d: '%s' (want tcp:HOST:PORT)", q,
+               addrs[q] ? addrs[q] : "(null)");
+      return BT_EARG;
+    }
+    int64_t backoff = 20;
+    int fd;
+    /* Peers start at different times, and a peer's listener may not be up
+     * yet: retry with a growing pause until the deadline. */
+    while ((fd = dial_once(t, q, host, port, deadline)) < 0) {
+      if (bt_ms_left(deadline) <= 0) {
+        bt_error("transport: could not connect to rank %d at %s: %s", q, addrs[q], bt_strerror(fd));
+        return BT_ETIMEOUT;
+      }
+      bt_debug("transport: dialing rank %d at %s: %s; retrying", q, addrs[q], bt_strerror(fd));
+      int64_t left = bt_ms_left(deadline);
+      bt_sleep_ms(backoff < left ? backoff : left);
+      if (backoff < 1000) backoff *= 2;
+    }
+    pthread_mutex_lock(&t->mu);
+    t->peers[q].fd = fd;
+    pthread_mutex_unlock(&t->mu);
+    wake(t);
+  }
+  pthread_mutex_lock(&t->mu);
+  for (;;) {
+    int missing = -1;
+    for (int q = 0; q < me && missing < 0; q++)
+      if (t->peers[q].wanted && t->peers[q].fd < 0 && !t->peers[q].err) missing = q;
+    if (missing < 0) break;
+    if (cv_wait_until(t, deadline) == BT_ETIMEOUT) {
+      bt_error("transport: rank %d never connected (deadline passed)", missing);
+      rc = BT_ETIMEOUT;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&t->mu);
+  return rc;
+}
