@@ -1,0 +1,181 @@
+/* fake_worker.c - a stand-in for `baton worker` that the supervisor tests
+ * spawn through `baton run --worker-cmd` (libuv's spawn_helper idea).
+ *
+ * It speaks the real control protocol through worker/control.c, trains
+ * nothing, and misbehaves on cue. Arguments (after `baton run … --`):
+ *
+ *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
+ *                   | slow-start | no-hash
+ *   --fail-stage S  the stage that misbehaves (default: every stage)
+ *   --at-step N     the step at which it does (default 2)
+ *   --code X        exit code for --mode exit (default 4)
+ *   --step-ms MS    time one step takes (default 20)
+ *   --start-ms MS   slow-start: sleep this long before HELLO (default 5000)
+ *
+ * Every stage prints "fake stage S pid P" to stderr and its BATON_* and
+ * torchrun variables to stdout ("env NAME=value") first thing. At the end it
+ * sends HASHES with two records per stage derived from the stage and the
+ * step count, so a test can recompute the combined hash independently.
+ */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/hash.h"
+#include "common/parse.h"
+#include "worker/control.h"
+
+#define ACTIONS_PER_STEP 4
+
+typedef struct {
+  const char *mode;
+  int fail_stage; /* -1: all */
+  int64_t at_step, code, step_ms, start_ms;
+} fake_opts_t;
+
+static int parse_args(int argc, char **argv, fake_opts_t *o) {
+  o->mode = "normal";
+  o->fail_stage = -1;
+  o->at_step = 2;
+  o->code = 4;
+  o->step_ms = 20;
+  o->start_ms = 5000;
+  for (int i = 1; i < argc; i++) {
+    if (i + 1 >= argc) return BT_EARG;
+    const char *a = argv[i], *v = argv[++i];
+    int64_t x;
+    if (!strcmp(a, "--mode")) {
+      o->mode = v;
+      continue;
+    }
+    if (bt_parse_i64(v, -1, INT64_C(1) << 40, &x) < 0) return BT_EARG;
+    if (!strcmp(a, "--fail-stage")) o->fail_stage = (int)x;
+    else if (!strcmp(a, "--at-step")) o->at_step = x;
+    else if (!strcmp(a, "--code")) o->code = x;
+    else if (!strcmp(a, "--step-ms")) o->step_ms = x;
+    else if (!strcmp(a, "--start-ms")) o->start_ms = x;
+    else return BT_EARG;
+  }
+  return 0;
+}
+
+static void print_env(void) {
+  static const char *const names[] = {
+      "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+      "BATON_RESTART_COUNT", "BATON_STAGE", "BATON_STAGES", "BATON_CHUNKS", "BATON_LAYERS",
+      "BATON_CKPT_DIR", "BATON_CONTROL_FD", "BATON_SUPERVISOR_PID", "BATON_JOB_TOKEN",
+      "BATON_FAKE_MARKER"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    const char *v = getenv(names[i]);
+    if (v) printf("env %s=%s\n", names[i], v);
+  }
+  fflush(stdout);
+}
+
+/* The records the test recomputes: layers 2s and 2s+1, one tensor each. */
+static void make_hashes(uint32_t stage, int64_t steps, bt_hash_rec_t recs[2]) {
+  for (int i = 0; i < 2; i++) {
+    float data[4] = {(float)stage, (float)steps, (float)i, 0.5f};
+    recs[i].layer = 2 * stage + (uint32_t)i;
+    recs[i].index = 0;
+    snprintf(recs[i].name, sizeof recs[i].name, "w");
+    recs[i].h = bt_hash_tensor(data, 4);
+  }
+}
+
+int main(int argc, char **argv) {
+  int grc = bt_control_guard();
+  if (grc == BT_EPEER) return BT_WEXIT_ORPHAN;
+  if (grc < 0) return BT_WEXIT_USAGE;
+  fake_opts_t o;
+  if (parse_args(argc, argv, &o) < 0) {
+    fprintf(stderr, "fake_worker: bad arguments\n");
+    return BT_WEXIT_USAGE;
+  }
+  bt_control_env_t env;
+  if (bt_control_env(&env) < 0) return BT_WEXIT_USAGE;
+  int me = o.fail_stage < 0 || o.fail_stage == (int)env.stage;
+  fprintf(stderr, "fake stage %u pid %d\n", env.stage, (int)getpid());
+  print_env();
+  if (me && !strcmp(o.mode, "slow-start")) bt_sleep_ms(o.start_ms);
+
+  bt_control_t *c = NULL;
+  if (bt_control_open(&c, &env) < 0) return BT_WEXIT_ORPHAN;
+  char addr[64];
+  snprintf(addr, sizeof addr, "fake:%u", env.stage);
+  bt_control_send_ready(c, addr);
+  bt_msg_start_t *start = calloc(1, sizeof *start);
+  if (!start || bt_control_wait_start(c, start, bt_deadline_ms(60000)) < 0) {
+    fprintf(stderr, "fake_worker: no START\n");
+    return BT_WEXIT_RETRY;
+  }
+  for (uint32_t i = 0; i < start->nstages; i++) {
+    char want[64];
+    snprintf(want, sizeof want, "fake:%u", i);
+    if (strcmp(start->addrs[i], want)) {
+      fprintf(stderr, "fake_worker: address %u is '%s'\n", i, start->addrs[i]);
+      return BT_WEXIT_FATAL;
+    }
+  }
+  int64_t first = start->first_step, last = start->last_step;
+  free(start);
+  int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
+  for (int64_t step = first; step <= last || ignore_stop; step++) {
+    bt_control_progress(c, step, 0, BT_PHASE_COMPUTE);
+    if (me && step == o.at_step) {
+      if (!strcmp(o.mode, "crash")) {
+        fprintf(stderr, "fake stage %u: crashing at step %lld\n", env.stage, (long long)step);
+        abort();
+      }
+      if (!strcmp(o.mode, "exit")) {
+        fprintf(stderr, "fake stage %u: line one before exit\n", env.stage);
+        fprintf(stderr, "fake stage %u: exiting with code %lld at step %lld\n", env.stage, (long long)o.code,
+                (long long)step);
+        bt_control_send_error(c, BT_ECONFIG, (int)o.code, "fake failure on request");
+        return (int)o.code;
+      }
+      if (!strcmp(o.mode, "freeze")) raise(SIGSTOP);
+      if (!strcmp(o.mode, "noprogress"))
+        for (;;) bt_sleep_ms(1000); /* the heartbeat thread goes on beating */
+    }
+    bt_trace_ev_t ev[ACTIONS_PER_STEP];
+    double t0 = bt_clock_s();
+    for (int a = 0; a < ACTIONS_PER_STEP; a++) {
+      bt_control_progress(c, step, a, BT_PHASE_COMPUTE);
+      double s0 = bt_clock_s();
+      bt_sleep_ms(o.step_ms / ACTIONS_PER_STEP);
+      bt_control_action_done(c);
+      snprintf(ev[a].action, sizeof ev[a].action, "%uF%d", env.stage, a);
+      ev[a].worker = env.stage;
+      ev[a].start_s = s0;
+      ev[a].end_s = bt_clock_s();
+    }
+    double dt = bt_clock_s() - t0;
+    bt_msg_metrics_t m = {.stage = env.stage, .step = step, .busy_s = dt, .idle_s = 0, .step_s = dt,
+                          .tokens = 1000};
+    m.loss = env.stage + 1 == env.nstages ? 1.0 / (double)step : NAN;
+    bt_control_send_metrics(c, &m);
+    bt_msg_trace_t tr = {.stage = env.stage, .step = step, .n = ACTIONS_PER_STEP, .ev = ev};
+    bt_control_send_trace(c, &tr);
+    int64_t stop = bt_control_stop_step(c);
+    if (!ignore_stop && stop >= 0 && step >= stop) {
+      fprintf(stderr, "fake stage %u: stopping after step %lld\n", env.stage, (long long)step);
+      bt_control_close(c);
+      return BT_WEXIT_STOPPED;
+    }
+  }
+  if (!(me && !strcmp(o.mode, "no-hash"))) {
+    bt_hash_rec_t recs[2];
+    make_hashes(env.stage, last, recs);
+    bt_msg_hashes_t h = {.stage = env.stage, .step = last, .n = 2, .recs = recs};
+    bt_control_send_hashes(c, &h);
+  }
+  bt_control_send_done(c, last);
+  bt_control_close(c);
+  return BT_WEXIT_DONE;
+}

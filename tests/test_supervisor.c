@@ -1,0 +1,312 @@
+/* test_supervisor.c - the worker's control channel (worker/control.c) over a
+ * socketpair, and the supervisor (launcher/supervisor.c) run in-process
+ * with the fake worker. Signals and SIGKILL of the supervisor are tested end
+ * to end in test_e2e_run.c, where the supervisor is a process of its own.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/frame.h"
+#include "launcher/supervisor.h"
+#include "worker/control.h"
+
+Test(control, exit_codes_match_the_supervisors_mirror) {
+  cr_assert_eq(BT_WEXIT_DONE, BT_SUP_WEXIT_DONE);
+  cr_assert_eq(BT_WEXIT_ERROR, BT_SUP_WEXIT_ERROR);
+  cr_assert_eq(BT_WEXIT_USAGE, BT_SUP_WEXIT_USAGE);
+  cr_assert_eq(BT_WEXIT_RETRY, BT_SUP_WEXIT_RETRY);
+  cr_assert_eq(BT_WEXIT_FATAL, BT_SUP_WEXIT_FATAL);
+  cr_assert_eq(BT_WEXIT_STOPPED, BT_SUP_WEXIT_STOPPED);
+  cr_assert_eq(BT_WEXIT_ORPHAN, BT_SUP_WEXIT_ORPHAN);
+}
+
+Test(control, env_requires_the_supervisor_variables) {
+  bt_control_env_t e;
+  unsetenv("BATON_CONTROL_FD");
+  setenv("BATON_SUPERVISOR_PID", "1", 1);
+  setenv("BATON_STAGES", "2", 1);
+  setenv("BATON_STAGE", "1", 1);
+  cr_assert_eq(bt_control_env(&e), BT_EARG);
+  setenv("BATON_CONTROL_FD", "3", 1);
+  cr_assert_eq(bt_control_env(&e), 0);
+  cr_assert_eq(e.fd, 3);
+  cr_assert_eq(e.stage, 1);
+  cr_assert_eq(e.heartbeat_ms, 1000);
+  setenv("BATON_STAGE", "2", 1); /* stage must be below the stage count */
+  cr_assert_eq(bt_control_env(&e), BT_EARG);
+  setenv("BATON_STAGE", "1", 1);
+  setenv("BATON_HEARTBEAT_MS", "10x", 1);
+  cr_assert_eq(bt_control_env(&e), BT_EARG);
+}
+
+Test(control, guard_refuses_a_parent_that_is_not_the_supervisor) {
+  char pid[32];
+  snprintf(pid, sizeof pid, "%d", (int)getppid() + 100000);
+  setenv("BATON_SUPERVISOR_PID", pid, 1);
+  cr_assert_eq(bt_control_guard(), BT_EPEER);
+  unsetenv("BATON_SUPERVISOR_PID");
+  cr_assert_eq(bt_control_guard(), BT_EARG);
+}
+
+/* Reads frames from fd until one of `type` arrives (or the deadline). */
+static int read_until(int fd, uint16_t type, uint8_t *buf, size_t cap, size_t *len, bt_frame_t *f,
+                      int timeout_ms) {
+  uint64_t deadline = bt_deadline_ms(timeout_ms);
+  for (;;) {
+    long n;
+    while ((n = bt_frame_parse(buf, *len, f)) > 0) {
+      int match = f->type == type;
+      if (match) {
+        /* keep the frame at the buffer's start until the caller decodes it */
+        return (int)n;
+      }
+      memmove(buf, buf + n, *len - (size_t)n);
+      *len -= (size_t)n;
+    }
+    if (n < 0) return (int)n;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r = poll(&p, 1, (int)bt_ms_left(deadline));
+    if (r == 0) return BT_ETIMEOUT;
+    ssize_t k = read(fd, buf + *len, cap - *len);
+    if (k <= 0) return BT_EPEER;
+    *len += (size_t)k;
+  }
+}
+
+static void consume(uint8_t *buf, size_t *len, int n) {
+  memmove(buf, buf + n, *len - (size_t)n);
+  *len -= (size_t)n;
+}
+
+Test(control, hello_heartbeats_start_stop_over_a_socketpair) {
+  int sv[2];
+  cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  bt_control_env_t e = {.fd = sv[1], .stage = 2, .nstages = 3, .chunks = 1, .heartbeat_ms = 20};
+  bt_control_t *c = NULL;
+  cr_assert_eq(bt_control_open(&c, &e), 0);
+  static uint8_t buf[1 << 21];
+  size_t len = 0;
+  bt_frame_t f;
+  int n = read_until(sv[0], BT_MSG_HELLO, buf, sizeof buf, &len, &f, 2000);
+  cr_assert_gt(n, 0);
+  bt_msg_hello_t hello;
+  cr_assert_eq(bt_msg_decode_hello(&f, &hello), 0);
+  cr_assert_eq(hello.stage, 2);
+  cr_assert_eq(hello.pid, getpid());
+  consume(buf, &len, n);
+
+  /* the thread beats on its own while the "main thread" does nothing */
+  bt_control_progress(c, 7, 3, BT_PHASE_WAIT);
+  bt_control_action_done(c);
+  bt_control_action_done(c);
+  bt_msg_heartbeat_t hb = {0};
+  for (int tries = 0; tries < 10 && hb.step != 7; tries++) {
+    n = read_until(sv[0], BT_MSG_HEARTBEAT, buf, sizeof buf, &len, &f, 2000);
+    cr_assert_gt(n, 0);
+    cr_assert_eq(bt_msg_decode_heartbeat(&f, &hb), 0);
+    consume(buf, &len, n);
+  }
+  cr_assert_eq(hb.step, 7);
+  cr_assert_eq(hb.action, 3);
+  cr_assert_eq(hb.phase, BT_PHASE_WAIT);
+  cr_assert_eq(hb.actions_done, 2);
+
+  cr_assert_eq(bt_control_send_ready(c, "tcp:127.0.0.1:5"), 0);
+  n = read_until(sv[0], BT_MSG_READY, buf, sizeof buf, &len, &f, 2000);
+  cr_assert_gt(n, 0);
+  bt_msg_ready_t ready;
+  cr_assert_eq(bt_msg_decode_ready(&f, &ready), 0);
+  cr_assert_str_eq(ready.addr, "tcp:127.0.0.1:5");
+  consume(buf, &len, n);
+
+  /* no START yet: a bounded wait */
+  bt_msg_start_t *st = calloc(1, sizeof *st);
+  cr_assert_eq(bt_control_wait_start(c, st, bt_deadline_ms(50)), BT_ETIMEOUT);
+  bt_msg_start_t *sent = calloc(1, sizeof *sent);
+  sent->nstages = 3;
+  sent->first_step = 4;
+  sent->last_step = 9;
+  snprintf(sent->addrs[1], BT_ADDR_MAX, "tcp:127.0.0.1:77");
+  bt_buf_t b;
+  bt_buf_init(&b);
+  bt_msg_encode_start(&b, sent);
+  bt_msg_step_t stop = {.step = 6};
+  bt_msg_encode_step(&b, BT_MSG_STOP, &stop);
+  bt_msg_step_t ck = {.step = 5};
+  bt_msg_encode_step(&b, BT_MSG_CKPT_AT, &ck);
+  cr_assert_eq(write(sv[0], b.data, b.len), (ssize_t)b.len);
+  bt_buf_free(&b);
+  cr_assert_eq(bt_control_wait_start(c, st, bt_deadline_ms(2000)), 0);
+  cr_assert_eq(st->first_step, 4);
+  cr_assert_eq(st->last_step, 9);
+  cr_assert_str_eq(st->addrs[1], "tcp:127.0.0.1:77");
+  uint64_t deadline = bt_deadline_ms(2000);
+  while ((bt_control_stop_step(c) < 0 || bt_control_ckpt_step(c) < 0) && bt_ms_left(deadline) > 0) bt_sleep_ms(5);
+  cr_assert_eq(bt_control_stop_step(c), 6);
+  cr_assert_eq(bt_control_ckpt_step(c), 5);
+  free(st);
+  free(sent);
+  bt_control_close(c);
+  close(sv[0]);
+}
+
+Test(control, abort_ends_the_process_at_once) {
+  int sv[2];
+  cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    close(sv[0]);
+    bt_control_env_t e = {.fd = sv[1], .stage = 0, .nstages = 1, .chunks = 1, .heartbeat_ms = 1000};
+    bt_control_t *c = NULL;
+    if (bt_control_open(&c, &e) < 0) _exit(99);
+    for (;;) bt_sleep_ms(1000); /* "busy" in a long wait: only ABORT ends it */
+  }
+  close(sv[1]);
+  bt_buf_t b;
+  bt_buf_init(&b);
+  bt_msg_encode_empty(&b, BT_MSG_ABORT);
+  cr_assert_eq(write(sv[0], b.data, b.len), (ssize_t)b.len);
+  bt_buf_free(&b);
+  int st = 0;
+  uint64_t deadline = bt_deadline_ms(5000);
+  pid_t r;
+  while ((r = waitpid(pid, &st, WNOHANG)) == 0 && bt_ms_left(deadline) > 0) bt_sleep_ms(5);
+  if (r == 0) kill(pid, SIGKILL);
+  cr_assert_eq(r, pid, "ABORT did not end the worker");
+  cr_assert(WIFEXITED(st));
+  cr_assert_eq(WEXITSTATUS(st), BT_WEXIT_STOPPED);
+  close(sv[0]);
+}
+
+Test(control, closed_channel_makes_the_worker_exit_as_orphan) {
+  int sv[2];
+  cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    close(sv[0]);
+    bt_control_env_t e = {.fd = sv[1], .stage = 0, .nstages = 1, .chunks = 1, .heartbeat_ms = 1000};
+    bt_control_t *c = NULL;
+    if (bt_control_open(&c, &e) < 0) _exit(99);
+    for (;;) bt_sleep_ms(1000);
+  }
+  close(sv[1]);
+  /* after HELLO, so the worker is past bt_control_open when the channel goes */
+  static uint8_t buf[1 << 16];
+  size_t len = 0;
+  bt_frame_t f;
+  cr_assert_gt(read_until(sv[0], BT_MSG_HELLO, buf, sizeof buf, &len, &f, 5000), 0);
+  close(sv[0]);
+  int st = 0;
+  uint64_t deadline = bt_deadline_ms(5000);
+  pid_t r;
+  while ((r = waitpid(pid, &st, WNOHANG)) == 0 && bt_ms_left(deadline) > 0) bt_sleep_ms(5);
+  if (r == 0) kill(pid, SIGKILL);
+  cr_assert_eq(r, pid);
+  cr_assert(WIFEXITED(st));
+  cr_assert_eq(WEXITSTATUS(st), BT_WEXIT_ORPHAN);
+}
+
+Test(supervisor, rejects_bad_options) {
+  bt_sup_opts_t o;
+  bt_sup_result_t r;
+  bt_sup_opts_default(&o);
+  cr_assert_eq(bt_supervisor_run(&o, &r), BT_EARG, "no worker command");
+  char *argv[] = {"/bin/true", NULL};
+  o.worker_argv = argv;
+  o.nstages = 0;
+  cr_assert_eq(bt_supervisor_run(&o, &r), BT_EARG);
+  o.nstages = 2;
+  o.heartbeat_timeout_s = 0;
+  cr_assert_eq(bt_supervisor_run(&o, &r), BT_EARG);
+}
+
+Test(supervisor, defaults_are_the_documented_ones) {
+  bt_sup_opts_t o;
+  bt_sup_opts_default(&o);
+  cr_assert_eq(o.grace_s, 5.0);
+  cr_assert_eq(o.heartbeat_timeout_s, 10.0);
+  cr_assert_eq(o.progress_timeout_s, 60.0);
+  cr_assert_eq(o.start_timeout_s, 120.0);
+}
+
+static char fake[512];
+
+static void fake_opts(bt_sup_opts_t *o, char **argv) {
+  const char *dir = getenv("BATON_HELPERS_DIR");
+  if (!dir) cr_skip_test("BATON_HELPERS_DIR is not set (run through ctest)");
+  snprintf(fake, sizeof fake, "%s/fake_worker", dir);
+  argv[0] = fake;
+  bt_sup_opts_default(o);
+  o->worker_argv = argv;
+  o->progress = 0;
+}
+
+Test(supervisor, in_process_run_collects_hashes_from_every_stage) {
+  char *argv[] = {NULL, NULL};
+  bt_sup_opts_t o;
+  fake_opts(&o, argv);
+  o.nstages = 2;
+  o.last_step = 3;
+  o.want_hash = 1;
+  bt_sup_result_t r;
+  cr_assert_eq(bt_supervisor_run(&o, &r), 0);
+  cr_assert_eq(r.exit_code, BT_SUP_EXIT_OK, "reason: %s", r.reason);
+  cr_assert_eq(r.failed_stage, -1);
+  cr_assert_eq(r.steps_done, 3);
+  cr_assert(r.have_hash);
+  /* the fake worker's records, recomputed (see fake_worker.c) */
+  bt_hash_rec_t recs[4];
+  for (int s = 0; s < 2; s++)
+    for (int i = 0; i < 2; i++) {
+      float data[4] = {(float)s, 3.0f, (float)i, 0.5f};
+      bt_hash_rec_t *x = &recs[2 * s + i];
+      x->layer = (uint32_t)(2 * s + i);
+      x->index = 0;
+      snprintf(x->name, sizeof x->name, "w");
+      x->h = bt_hash_tensor(data, 4);
+    }
+  bt_hash128_t want;
+  cr_assert_eq(bt_hash_combine(recs, 4, &want), 0);
+  cr_assert_eq(r.hash.hi, want.hi);
+  cr_assert_eq(r.hash.lo, want.lo);
+}
+
+Test(supervisor, in_process_failure_names_the_root_cause) {
+  char *argv[] = {NULL, "--mode", "exit", "--fail-stage", "1", "--code", "4", NULL};
+  bt_sup_opts_t o;
+  fake_opts(&o, argv);
+  o.nstages = 3;
+  o.last_step = 50;
+  bt_sup_result_t r;
+  cr_assert_eq(bt_supervisor_run(&o, &r), 0);
+  cr_assert_eq(r.exit_code, BT_SUP_EXIT_FAILED);
+  cr_assert_eq(r.failed_stage, 1);
+  cr_assert_not_null(strstr(r.reason, "exited with code 4"), "%s", r.reason);
+}
+
+Test(supervisor, slow_start_past_the_start_timeout_fails) {
+  char *argv[] = {NULL, "--mode", "slow-start", "--fail-stage", "0", "--start-ms", "20000", NULL};
+  bt_sup_opts_t o;
+  fake_opts(&o, argv);
+  o.nstages = 2;
+  o.start_timeout_s = 0.3;
+  bt_sup_result_t r;
+  uint64_t t0 = bt_clock_ns();
+  cr_assert_eq(bt_supervisor_run(&o, &r), 0);
+  cr_assert_eq(r.exit_code, BT_SUP_EXIT_FAILED);
+  cr_assert_eq(r.failed_stage, 0);
+  cr_assert_not_null(strstr(r.reason, "start-up timeout"), "%s", r.reason);
+  cr_assert_lt(bt_clock_ns() - t0, 10ull * 1000000000ull, "took over 10 s");
+}

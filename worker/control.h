@@ -1,0 +1,94 @@
+/* control.h - the worker's side of the control channel (DESIGN.md §5).
+ *
+ * A worker is started by the supervisor (`baton run`) with one end of a
+ * socketpair at fd BATON_CONTROL_FD. This module owns that fd: it sends
+ * HELLO, READY, METRICS, TRACE, HASHES, ERROR and DONE frames (thread-safe:
+ * one lock around each whole frame), and runs one background thread that
+ * sends a HEARTBEAT every heartbeat interval — so a worker busy in a long
+ * matrix multiply still beats — and reads what the supervisor sends (START,
+ * CKPT_AT, STOP, ABORT).
+ *
+ * It does not train, move tensors or decide what to do on STOP: the caller
+ * polls bt_control_stop_step() between steps. ABORT is the one message acted
+ * on here: the thread ends the process at once (_exit), since the main
+ * thread may be blocked in a transport wait with a long deadline.
+ *
+ * Called by worker/cmd_worker.c (the real pipeline worker) and by
+ * tests/helpers/fake_worker.c (the fake worker the supervisor tests spawn).
+ */
+#ifndef BT_WORKER_CONTROL_H
+#define BT_WORKER_CONTROL_H
+#include <stdint.h>
+
+#include "common/frame.h"
+
+/* Worker exit codes: a contract with the supervisor (launcher/supervisor.h
+ * mirrors them as BT_SUP_WEXIT_*; tests/test_supervisor.c checks both lists
+ * agree) and with anyone who reads a worker's status. */
+enum {
+  BT_WEXIT_DONE = 0,    /* trained through the last step */
+  BT_WEXIT_ERROR = 1,   /* internal error (out of memory, a bug) */
+  BT_WEXIT_USAGE = 2,   /* bad command line */
+  BT_WEXIT_RETRY = 3,   /* retryable: peer lost, deadline passed, transport error */
+  BT_WEXIT_FATAL = 4,   /* fatal: bad configuration, no usable checkpoint */
+  BT_WEXIT_STOPPED = 5, /* stopped early on the supervisor's STOP or ABORT */
+  BT_WEXIT_ORPHAN = 6,  /* the supervisor was gone (start-up check, control EOF) */
+};
+
+/* What the supervisor tells a worker through its environment. */
+typedef struct {
+  int fd;                 /* BATON_CONTROL_FD */
+  long supervisor_pid;    /* BATON_SUPERVISOR_PID */
+  uint32_t stage;         /* BATON_STAGE */
+  uint32_t nstages;       /* BATON_STAGES */
+  uint32_t chunks;        /* BATON_CHUNKS */
+  uint32_t restart;       /* BATON_RESTART_COUNT */
+  int64_t heartbeat_ms;   /* BATON_HEARTBEAT_MS (default 1000) */
+  int64_t peer_timeout_ms;/* BATON_PEER_TIMEOUT_MS (default 120000): transport deadline */
+  char token[65];         /* BATON_JOB_TOKEN (hex, may be empty) */
+  char layers[256];       /* BATON_LAYERS: "lo-hi,lo-hi" global layer range per chunk */
+} bt_control_env_t;
+
+/* First thing a worker does, before anything that can take time:
+ * PR_SET_PDEATHSIG(SIGKILL), then checks that its parent is still
+ * BATON_SUPERVISOR_PID (the supervisor may have died before the prctl, and
+ * then no death signal would ever come), and ignores SIGTERM and SIGINT (a
+ * scheduler signals every process of a job; workers obey the control
+ * channel only). Returns 0, BT_EARG when BATON_SUPERVISOR_PID is missing or
+ * malformed, BT_EPEER when the parent is not the supervisor. */
+int bt_control_guard(void);
+
+/* Reads the BATON_* variables above. BT_EARG (with a one-line log naming the
+ * variable) when a required one is missing or malformed. */
+int bt_control_env(bt_control_env_t *env);
+
+typedef struct bt_control bt_control_t;
+
+/* Takes over env->fd, sends HELLO and starts the heartbeat/reader thread. */
+int bt_control_open(bt_control_t **out, const bt_control_env_t *env);
+/* Stops the thread and closes the fd. NULL is a no-op. */
+void bt_control_close(bt_control_t *c);
+
+/* Progress for the next heartbeats. `action` is the index in this stage's
+ * action list of the step; actions_done counts completed actions over the
+ * whole run and is what the supervisor's progress timeout watches. */
+void bt_control_progress(bt_control_t *c, int64_t step, int64_t action, bt_phase_t phase);
+void bt_control_action_done(bt_control_t *c);
+
+int bt_control_send_ready(bt_control_t *c, const char *addr);
+/* Blocks until START arrives or `deadline` (bt_clock_ns) passes
+ * (BT_ETIMEOUT), or the channel breaks (BT_EPEER). */
+int bt_control_wait_start(bt_control_t *c, bt_msg_start_t *start, uint64_t deadline);
+int bt_control_send_metrics(bt_control_t *c, const bt_msg_metrics_t *m);
+int bt_control_send_trace(bt_control_t *c, const bt_msg_trace_t *m);
+int bt_control_send_hashes(bt_control_t *c, const bt_msg_hashes_t *m);
+int bt_control_send_error(bt_control_t *c, int code, int exit_code, const char *text);
+int bt_control_send_done(bt_control_t *c, int64_t step);
+
+/* The step after which to stop (from STOP), or -1 when no STOP came. A STOP
+ * of step 0 means "at once". */
+int64_t bt_control_stop_step(bt_control_t *c);
+/* The step after which to save a shard (latest CKPT_AT), or -1. */
+int64_t bt_control_ckpt_step(bt_control_t *c);
+
+#endif
