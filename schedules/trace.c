@@ -103,7 +103,9 @@ static int number(parser_t *p, double *out) {
   ws(p);
   size_t a = p->i;
   if (p->i < p->len && p->s[p->i] == '-') p->i++;
+  size_t first = p->i;
   if (!digits(p)) return fail(p, "expected a number");
+  if (p->s[first] == '0' && p->i - first > 1) return fail(p, "expected a number without leading zeros");
   if (p->i < p->len && p->s[p->i] == '.') {
     p->i++;
     if (!digits(p)) return fail(p, "expected digits after '.'");
