@@ -194,7 +194,9 @@ int bt_cmd_train(int argc, char **argv) {
   rc = bt_stage_create(be, m, &all, 1, &st, why, sizeof why);
   if (rc) {
     fprintf(stderr, "baton train: %s\n", why[0] ? why : bt_strerror(rc));
-    code = rc == BT_EARG ? 2 : 1;
+    /* Out of memory is a failure; anything else here is the user's input
+     * (a data file, a math mode the backend lacks). */
+    code = rc == -ENOMEM ? 1 : 2;
     goto out;
   }
 

@@ -44,6 +44,12 @@ int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer
   st->head_chunk = -1;
   st->nchunks = nchunks;
   int M = m->microbatches;
+  /* The math mode is part of the model configuration (§8): a backend left
+   * in another mode would give other bits. */
+  if (be->ops->set_math && (rc = be->ops->set_math(be, m->math))) {
+    if (err && errlen) snprintf(err, errlen, "--math %s: %s", m->math, bt_strerror(rc));
+    goto fail;
+  }
   st->chunks = calloc((size_t)nchunks, sizeof *st->chunks);
   st->mb_loss = calloc((size_t)M, sizeof *st->mb_loss);
   st->mb_done = calloc((size_t)M, 1);

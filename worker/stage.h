@@ -45,8 +45,9 @@ typedef struct {
 } bt_layer_range_t;
 
 /* Chunks in the order given (chunk c is the stage's c-th virtual stage).
- * Opens the data source when a chunk holds embed or head; a bad data file
- * is BT_EARG with a one-line reason in err. */
+ * Sets the backend's math mode to m->math. Opens the data source when a
+ * chunk holds embed or head; a bad data file is BT_EARG with a one-line
+ * reason in err. */
 int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer_range_t *chunks,
                     int nchunks, bt_stage_t **out, char *err, size_t errlen);
 void bt_stage_destroy(bt_stage_t *st);
