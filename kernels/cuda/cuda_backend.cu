@@ -384,7 +384,10 @@ static int cu_alloc(bt_backend_t *be, void **ptr, size_t bytes) {
 
 static void cu_free(bt_backend_t *be, void *ptr) {
   if (!ptr || enter(be) < 0) return;
-  /* cudaFree waits for the device, so no queued kernel still uses ptr. */
+  /* cudaFree waits for the whole device, with no deadline: wait for our
+   * stream first, with one, and leak the memory rather than hang when a
+   * kernel never ends. */
+  if (stream_wait(state(be)) < 0) return;
   cuda_check(cudaFree(ptr), __FILE__, __LINE__, "cudaFree");
 }
 
@@ -649,8 +652,10 @@ static const char *cu_math_mode(bt_backend_t *be) { return state(be)->tf32 ? "tf
 
 /* ---- life cycle ---- */
 
+/* Frees what create made. A stream that never drains leaves the device
+ * memory to the process's exit: cudaFree would wait without a deadline. */
 static void state_release(cuda_state_t *st) {
-  if (st->stream) stream_wait(st);
+  if (st->stream && stream_wait(st) < 0) return;
   if (st->counter) cudaFree(st->counter);
   if (st->scratch) cudaFree(st->scratch);
   if (st->blas) cublasDestroy(st->blas);
