@@ -59,9 +59,15 @@ int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *le
   bt_json_obj_end(&j);
   int rc = bt_json_error(&j);
   if (rc == 0) {
-    *len = j.len;
-    *text = strdup(bt_json_cstr(&j));
-    if (!*text) rc = -ENOMEM;
+    /* A final newline, so `cat MANIFEST.json` ends its line. */
+    *len = j.len + 1;
+    *text = malloc(j.len + 2);
+    if (*text) {
+      memcpy(*text, bt_json_cstr(&j), j.len);
+      memcpy(*text + j.len, "\n", 2);
+    } else {
+      rc = -ENOMEM;
+    }
   }
   bt_json_free(&j);
   return rc;
