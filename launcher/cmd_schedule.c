@@ -9,6 +9,7 @@
  * one line on stderr and exit code 2.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,13 +26,16 @@
 #include "schedules/trace.h"
 
 #define GRID_MAX_COLS 160
+#define MAX_STAGE_COSTS 64
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: baton schedule --schedule NAME --stages P [--chunks V] --microbatches M\n"
-          "                      [--costs F,B,I,W[,T]] [--csv-out FILE] [--svg FILE] [--json]\n"
+          "                      [--costs F,B,I,W[,T]] [--stage-cost K:F,B,I,W]...\n"
+          "                      [--csv-out FILE] [--svg FILE] [--json]\n"
           "       baton schedule --csv-in FILE [--stages P] [--chunks V] [--microbatches M]\n"
-          "                      [--costs F,B,I,W[,T]] [--csv-out FILE] [--svg FILE] [--json]\n"
+          "                      [--costs F,B,I,W[,T]] [--stage-cost K:F,B,I,W]...\n"
+          "                      [--csv-out FILE] [--svg FILE] [--json]\n"
           "       baton schedule --from-trace FILE [--svg FILE] [--json]\n"
           "\n"
           "Builds (or reads) a pipeline schedule, checks it, simulates it with the\n"
@@ -44,6 +48,8 @@ static void usage(FILE *f) {
           "  --microbatches M     micro-batches per step, >= P\n"
           "  --costs F,B,I,W[,T]  time of one action of each type (per chunk) and of one\n"
           "                       transfer between workers (default 1,2,1,1,0)\n"
+          "  --stage-cost K:F,B,I,W  the costs of virtual stage K alone (K a number or\n"
+          "                       'last'), e.g. a heavy embedding or loss; repeatable\n"
           "  --csv-in FILE        read the schedule from PyTorch's compute_only CSV (one\n"
           "                       row per worker, empty cell = idle slot); stages, chunks\n"
           "                       and micro-batches are inferred and must match if given\n"
@@ -64,6 +70,12 @@ typedef struct {
   int p, v, m;
   int has_costs, json;
   bt_sim_costs_t costs;
+  int nstage; /* --stage-cost overrides */
+  struct {
+    int k; /* virtual stage, -1 for the last */
+    double c[BT_ACT_NTYPES];
+  } stage[MAX_STAGE_COSTS];
+  double *stage_table; /* V·4 costs once the schedule is known, or NULL */
 } opts_t;
 
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -90,7 +102,7 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       continue;
     }
     static const char *const with_value[] = {"--schedule", "--stages", "--chunks",
-                                             "--microbatches", "--costs", "--csv-in",
+                                             "--microbatches", "--costs", "--stage-cost", "--csv-in",
                                              "--csv-out", "--svg", "--from-trace", NULL};
     size_t flen = strcspn(arg, "=");
     int known = 0;
@@ -115,6 +127,24 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       o->svg = val;
     } else if (!strcmp(flag, "--from-trace")) {
       o->trace = val;
+    } else if (!strcmp(flag, "--stage-cost")) {
+      const char *colon = strchr(val, ':');
+      double c[BT_ACT_NTYPES + 1];
+      size_t n = 0;
+      int k = -1;
+      if (o->nstage == MAX_STAGE_COSTS)
+        return bad("at most %d --stage-cost options", MAX_STAGE_COSTS);
+      char ks[32];
+      snprintf(ks, sizeof ks, "%.*s", colon ? (int)(colon - val) : 0, val);
+      if (!colon || (strcmp(ks, "last") && bt_parse_int(ks, 0, INT32_MAX, &k)) ||
+          bt_parse_doubles(colon + 1, c, BT_ACT_NTYPES + 1, &n) || n != BT_ACT_NTYPES)
+        return bad("--stage-cost wants K:F,B,I,W with K a virtual stage or 'last' (got '%s'); "
+                   "e.g. --stage-cost last:2,4,2,2", val);
+      for (int t = 0; t < BT_ACT_NTYPES; t++) {
+        if (c[t] <= 0) return bad("--stage-cost costs must be positive: got '%s'", val);
+        o->stage[o->nstage].c[t] = c[t];
+      }
+      o->stage[o->nstage++].k = k;
     } else if (!strcmp(flag, "--costs")) {
       double c[5];
       size_t n = 0;
@@ -139,7 +169,7 @@ static int parse_args(int argc, char **argv, opts_t *o) {
   if (sources == 0) return bad("give --schedule NAME, --csv-in FILE or --from-trace FILE");
   if (sources > 1)
     return bad("--schedule, --csv-in and --from-trace are alternatives: give one");
-  if (o->trace && (o->p > 0 || o->v > 0 || o->m > 0 || o->has_costs || o->csv_out))
+  if (o->trace && (o->p > 0 || o->v > 0 || o->m > 0 || o->has_costs || o->nstage || o->csv_out))
     return bad("--from-trace takes only --svg and --json: the trace has the real times");
   if (o->name) {
     if (o->p < 0) return bad("--schedule needs --stages P");
@@ -154,11 +184,34 @@ static int parse_args(int argc, char **argv, opts_t *o) {
 static double closed_form(const opts_t *o, const bt_schedule_t *s) {
   bt_sim_costs_t unit;
   bt_sim_costs_default(&unit);
-  if (!o->name || memcmp(unit.cost, o->costs.cost, sizeof unit.cost) || o->costs.transfer != 0)
+  if (!o->name || o->nstage || memcmp(unit.cost, o->costs.cost, sizeof unit.cost) ||
+      o->costs.transfer != 0)
     return -1;
   double p = s->p, m = s->m, v = s->v;
   if (!strcmp(s->name, "zb-h1")) return (p - 1) / (3 * m + p - 1);
   return (p - 1) / (v * m + p - 1);
+}
+
+/* The per-stage cost table: --costs for every virtual stage, then the
+ * --stage-cost overrides, which must name a stage the schedule has. */
+static int apply_stage_costs(opts_t *o, const bt_schedule_t *s, char *err, size_t errlen) {
+  if (!o->nstage) return 0;
+  int V = bt_sched_nstages(s);
+  o->stage_table = malloc((size_t)V * BT_ACT_NTYPES * sizeof *o->stage_table);
+  if (!o->stage_table) return -ENOMEM;
+  for (int k = 0; k < V; k++)
+    memcpy(o->stage_table + (size_t)k * BT_ACT_NTYPES, o->costs.cost, sizeof o->costs.cost);
+  for (int i = 0; i < o->nstage; i++) {
+    int k = o->stage[i].k < 0 ? V - 1 : o->stage[i].k;
+    if (k >= V) {
+      snprintf(err, errlen, "--stage-cost names virtual stage %d, but the schedule has %d "
+               "(0..%d)", k, V, V - 1);
+      return BT_EARG;
+    }
+    memcpy(o->stage_table + (size_t)k * BT_ACT_NTYPES, o->stage[i].c, sizeof o->stage[i].c);
+  }
+  o->costs.stage_cost = o->stage_table;
+  return 0;
 }
 
 static int write_svg(const char *path, const bt_box_t *b, size_t n, const bt_render_opts_t *ro) {
@@ -261,7 +314,7 @@ done:
   return code;
 }
 
-static int run_schedule(const opts_t *o) {
+static int run_schedule(opts_t *o) {
   bt_schedule_t s;
   bt_sim_result_t r;
   bt_box_t *boxes = NULL;
@@ -292,6 +345,7 @@ static int run_schedule(const opts_t *o) {
     rc = bt_sched_build(o->name, o->p, o->v, o->m, &s, err, sizeof err);
   }
   if (!rc) rc = bt_sched_validate(&s, err, sizeof err);
+  if (!rc) rc = apply_stage_costs(o, &s, err, sizeof err);
   if (!rc) rc = bt_sim_run(&s, &o->costs, &r, err, sizeof err);
   if (!rc) rc = bt_sim_boxes(&s, &r, &boxes, &nb);
   if (rc) {
@@ -364,5 +418,7 @@ int bt_cmd_schedule(int argc, char **argv) {
     return 0;
   }
   if (rc) return rc;
-  return o.trace ? run_trace(&o) : run_schedule(&o);
+  rc = o.trace ? run_trace(&o) : run_schedule(&o);
+  free(o.stage_table);
+  return rc;
 }

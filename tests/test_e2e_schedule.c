@@ -150,6 +150,23 @@ Test(schedule_cli, text_output_has_grid_and_summary) {
   free(out);
 }
 
+Test(schedule_cli, stage_costs_and_transfer_time_change_the_simulation) {
+  /* 1F1B, p = 2, m = 4, the last stage twice as slow: worker 0 ends with
+   * 0B3 over [25, 27] (worked by hand in docs/schedules.md). */
+  cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 4 --stage-cost last:2,4,2,2 "
+                   "--json"), 0);
+  expect_python("import json\n"
+                "d = json.load(open('out'))\n"
+                "assert d['makespan'] == 27 and d['busy'] == [12, 24], d\n"
+                "assert d['closed_form_bubble_fraction'] is None\n");
+  /* GPipe, p = m = 2, one time unit per hop: 1F0 [2,3], 1F1 [3,4], 1B0
+   * [4,6], 1B1 [6,8], then 0B0 [7,9] and 0B1 [9,11]. */
+  cr_assert_eq(run("--schedule gpipe --stages 2 --microbatches 2 --costs 1,2,1,1,1 --json"), 0);
+  expect_python("import json\n"
+                "d = json.load(open('out'))\n"
+                "assert d['makespan'] == 11 and d['costs']['transfer'] == 1, d\n");
+}
+
 Test(schedule_cli, csv_out_then_in_gives_the_same_simulation) {
   cr_assert_eq(run("--schedule interleaved --stages 2 --chunks 2 --microbatches 5 --csv-out "
                    "s.csv --json"), 0);
@@ -221,6 +238,8 @@ Test(schedule_cli, bad_input_gives_exit_2_and_one_line) {
   expect_bad("--schedule 1f1b --stages 2 --chunks 2 --microbatches 4", "chunks must be 1");
   expect_bad("--schedule 1f1b --stages 2 --microbatches 4 --costs 1,2", "--costs");
   expect_bad("--schedule 1f1b --stages 2 --microbatches 4 --colour", "unknown option");
+  expect_bad("--schedule 1f1b --stages 2 --microbatches 4 --stage-cost 2:1,1,1,1", "stage 2");
+  expect_bad("--schedule 1f1b --stages 2 --microbatches 4 --stage-cost 1:1,1", "K:F,B,I,W");
   expect_bad("--schedule 1f1b --stages 2", "--microbatches");
   expect_bad("--json", "give --schedule");
   expect_bad("--csv-in malformed.csv", "line 1 column 2");
