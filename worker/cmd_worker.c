@@ -1,11 +1,107 @@
-/* cmd_worker.c - placeholder entry point for `baton worker` until its module lands. */
+/* cmd_worker.c - `baton worker`: one pipeline stage, started by `baton run`.
+ *
+ * The supervisor passes the whole configuration as `--key=value` flags (the
+ * shared table of common/config.h, the layout already resolved to counts,
+ * a CSV schedule as an absolute path) and the stage, the control fd and the
+ * job token through BATON_* variables (worker/control.h). First thing, the
+ * worker ties its life to the supervisor's (bt_control_guard); then it
+ * parses, opens the control channel and runs worker/pipeline.c.
+ *
+ * Exit codes are the BT_WEXIT_* contract of worker/control.h: 0 done,
+ * 2 bad usage, 3 retryable, 4 fatal, 5 stopped, 6 supervisor gone.
+ */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "common/config.h"
+#include "common/error.h"
+#include "common/log.h"
 #include "launcher/commands.h"
+#include "worker/control.h"
+#include "worker/pipeline.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: baton worker [model and run options of `baton run`]\n\n"
+          "One pipeline stage. Started by `baton run`, which sets BATON_STAGE,\n"
+          "BATON_STAGES, BATON_CONTROL_FD, BATON_SUPERVISOR_PID and BATON_JOB_TOKEN;\n"
+          "not meant to be run by hand.\n\n"
+          "exit codes: 0 done, 1 internal error, 2 bad usage, 3 retryable (peer lost,\n"
+          "deadline, transport), 4 fatal (bad configuration), 5 stopped by the\n"
+          "supervisor, 6 the supervisor is gone\n");
+}
+
+/* Parses --key=value / --key value flags of the shared table into cfg. */
+static int parse_args(int argc, char **argv, bt_config_t *cfg) {
+  char err[512];
+  bt_config_defaults(cfg);
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (strncmp(arg, "--", 2)) {
+      fprintf(stderr, "baton worker: unexpected argument '%s'\n", arg);
+      return BT_EARG;
+    }
+    char name[64];
+    const char *eq = strchr(arg, '='), *value;
+    size_t nl = eq ? (size_t)(eq - arg) : strlen(arg);
+    if (nl >= sizeof name) nl = sizeof name - 1;
+    memcpy(name, arg, nl);
+    name[nl] = 0;
+    if (eq) value = eq + 1;
+    else if (i + 1 < argc) value = argv[++i];
+    else {
+      fprintf(stderr, "baton worker: %s needs a value\n", name);
+      return BT_EARG;
+    }
+    if (bt_config_flag(cfg, BT_CONFIG_ALL, name, value, err, sizeof err) < 0) {
+      fprintf(stderr, "baton worker: %s\n", err);
+      return BT_EARG;
+    }
+  }
+  if (bt_config_finish(cfg, err, sizeof err) < 0) {
+    fprintf(stderr, "baton worker: %s\n", err);
+    return BT_EARG;
+  }
+  return 0;
+}
 
 int bt_cmd_worker(int argc, char **argv) {
-  (void)argc;
-  (void)argv;
-  fprintf(stderr, "baton: 'worker' is not part of this build yet\n");
-  return 2;
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    }
+  int rc = bt_control_guard();
+  if (rc == BT_EPEER) {
+    fprintf(stderr, "baton worker: the supervisor is gone; exiting\n");
+    return BT_WEXIT_ORPHAN;
+  }
+  if (rc < 0) {
+    fprintf(stderr, "baton worker: started without a supervisor (BATON_SUPERVISOR_PID); use `baton run`\n");
+    return BT_WEXIT_USAGE;
+  }
+  bt_control_env_t env;
+  if (bt_control_env(&env) < 0) return BT_WEXIT_USAGE;
+  bt_config_t *cfg = calloc(1, sizeof *cfg);
+  if (!cfg) return BT_WEXIT_ERROR;
+  int code = BT_WEXIT_USAGE;
+  bt_control_t *ctl = NULL;
+  if (parse_args(argc, argv, cfg) < 0) goto out;
+  code = BT_WEXIT_FATAL;
+  if ((int)env.nstages != cfg->run.stages || (int)env.chunks != cfg->run.chunks) {
+    fprintf(stderr, "baton worker: BATON_STAGES=%u BATON_CHUNKS=%u disagree with --stages %d --chunks %d\n",
+            env.nstages, env.chunks, cfg->run.stages, cfg->run.chunks);
+    goto out;
+  }
+  if (bt_control_open(&ctl, &env) < 0) {
+    fprintf(stderr, "baton worker: the control channel (fd %d) is unusable\n", env.fd);
+    code = BT_WEXIT_ORPHAN;
+    goto out;
+  }
+  code = bt_pipeline_run(cfg, &env, ctl);
+out:
+  bt_control_close(ctl);
+  free(cfg);
+  return code;
 }

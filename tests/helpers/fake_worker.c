@@ -2,7 +2,9 @@
  * spawn through `baton run --worker-cmd` (libuv's spawn_helper idea).
  *
  * It speaks the real control protocol through worker/control.c, trains
- * nothing, and misbehaves on cue. Arguments (after `baton run … --`):
+ * nothing, and misbehaves on cue. It skips the --key=value configuration
+ * flags `baton run` passes to every worker; its own arguments come after
+ * `baton run … --`:
  *
  *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
  *                   | slow-start | no-hash
@@ -46,6 +48,8 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
   o->step_ms = 20;
   o->start_ms = 5000;
   for (int i = 1; i < argc; i++) {
+    /* `baton run` passes its whole configuration as --key=value: not ours */
+    if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=')) continue;
     if (i + 1 >= argc) return BT_EARG;
     const char *a = argv[i], *v = argv[++i];
     int64_t x;

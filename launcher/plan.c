@@ -1,0 +1,105 @@
+/* plan.c - see plan.h. The worker keeps its own copy of these few lines
+ * (worker/pipeline.c): the layering of DESIGN.md §1 lets neither include
+ * the other, and both must build the same schedule from the same flags. */
+#include "launcher/plan.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/model.h"
+#include "schedules/csv.h"
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+int bt_plan_is_builder(const char *name) {
+  for (int i = 0; bt_sched_names[i]; i++)
+    if (!strcmp(bt_sched_names[i], name)) return 1;
+  return 0;
+}
+
+int bt_plan_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen) {
+  const bt_run_config_t *r = &cfg->run;
+  int m = cfg->model.microbatches;
+  char why[512] = "";
+  int rc;
+  memset(out, 0, sizeof *out);
+  if (bt_plan_is_builder(r->schedule)) {
+    rc = bt_sched_build(r->schedule, r->stages, r->chunks, m, out, why, sizeof why);
+    if (rc < 0) {
+      errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+      return rc;
+    }
+  } else {
+    rc = bt_sched_csv_read(r->schedule, out, why, sizeof why);
+    if (rc < 0) {
+      errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a readable CSV: %s",
+           r->schedule, why[0] ? why : bt_strerror(rc));
+      return BT_EARG;
+    }
+    if (out->p != r->stages || out->v != r->chunks || out->m != m) {
+      errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
+           r->schedule, out->p, out->v, out->m, r->stages, r->chunks, m);
+      bt_sched_free(out);
+      return BT_EARG;
+    }
+  }
+  if ((rc = bt_sched_validate(out, why, sizeof why)) < 0) {
+    errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+    bt_sched_free(out);
+    return rc;
+  }
+  if (!bt_sched_check_microbatch_order(out, why, sizeof why)) {
+    errf(err, errlen,
+         "--schedule %s: refused: weight gradients must accumulate in micro-batch order on every "
+         "virtual stage for bit-identical training (%s)",
+         r->schedule, why);
+    bt_sched_free(out);
+    return BT_ESCHEDULE;
+  }
+  return 0;
+}
+
+int bt_plan_layout(const bt_config_t *cfg, int *first, int *last, char *err, size_t errlen) {
+  const bt_model_config_t *m = &cfg->model;
+  int nv = cfg->run.stages * cfg->run.chunks;
+  int nl = bt_model_layer_count(m);
+  if (nv > nl) {
+    errf(err, errlen,
+         "--stages %d x --chunks %d = %d virtual stages, but the model has only %d layers "
+         "(--layers %d, plus embed and head)",
+         cfg->run.stages, cfg->run.chunks, nv, nl, m->layers);
+    return BT_EARG;
+  }
+  int *counts = calloc((size_t)nv, sizeof *counts);
+  if (!counts) return -ENOMEM;
+  int rc, n = nv;
+  char why[512] = "";
+  if (cfg->run.layout[0]) {
+    rc = bt_model_layout_parse(m, cfg->run.layout, nv, counts, nv, &n, why, sizeof why);
+    if (rc < 0) errf(err, errlen, "--layout %s: %s", cfg->run.layout, why);
+  } else {
+    rc = bt_model_layout_balanced(m, nv, counts);
+    if (rc < 0) errf(err, errlen, "cannot split %d layers into %d virtual stages", nl, nv);
+  }
+  if (rc == 0) {
+    int at = 0;
+    for (int k = 0; k < nv; k++) {
+      first[k] = at;
+      at += counts[k];
+      last[k] = at - 1;
+    }
+  }
+  free(counts);
+  return rc;
+}
+

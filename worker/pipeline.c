@@ -1,0 +1,426 @@
+/* pipeline.c - see pipeline.h. */
+#include "worker/pipeline.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/model.h"
+#include "kernels/backend.h"
+#include "schedules/comm.h"
+#include "schedules/csv.h"
+#include "worker/stage.h"
+#include "worker/transport.h"
+
+/* HASHES frames stay far below BT_FRAME_MAX_PAYLOAD with this many records
+ * each (a record is under 80 bytes on the wire). */
+#define HASH_RECS_PER_FRAME 4096
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+static int is_builder(const char *name) {
+  for (int i = 0; bt_sched_names[i]; i++)
+    if (!strcmp(bt_sched_names[i], name)) return 1;
+  return 0;
+}
+
+int bt_pipeline_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen) {
+  const bt_run_config_t *r = &cfg->run;
+  int m = cfg->model.microbatches;
+  char why[512] = "";
+  int rc;
+  memset(out, 0, sizeof *out);
+  if (is_builder(r->schedule)) {
+    rc = bt_sched_build(r->schedule, r->stages, r->chunks, m, out, why, sizeof why);
+    if (rc < 0) {
+      errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+      return rc;
+    }
+  } else {
+    rc = bt_sched_csv_read(r->schedule, out, why, sizeof why);
+    if (rc < 0) {
+      errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a readable CSV: %s",
+           r->schedule, why[0] ? why : bt_strerror(rc));
+      return BT_EARG;
+    }
+    if (out->p != r->stages || out->v != r->chunks || out->m != m) {
+      errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
+           r->schedule, out->p, out->v, out->m, r->stages, r->chunks, m);
+      bt_sched_free(out);
+      return BT_EARG;
+    }
+  }
+  if ((rc = bt_sched_validate(out, why, sizeof why)) < 0) {
+    errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+    bt_sched_free(out);
+    return rc;
+  }
+  if (!bt_sched_check_microbatch_order(out, why, sizeof why)) {
+    errf(err, errlen,
+         "--schedule %s: refused: weight gradients must accumulate in micro-batch order on every "
+         "virtual stage for bit-identical training (%s)",
+         r->schedule, why);
+    bt_sched_free(out);
+    return BT_ESCHEDULE;
+  }
+  return 0;
+}
+
+int bt_pipeline_layout(const bt_config_t *cfg, int *first, int *last, char *err, size_t errlen) {
+  const bt_model_config_t *m = &cfg->model;
+  int nv = cfg->run.stages * cfg->run.chunks;
+  int nl = bt_model_layer_count(m);
+  if (nv > nl) {
+    errf(err, errlen,
+         "--stages %d x --chunks %d = %d virtual stages, but the model has only %d layers "
+         "(--layers %d, plus embed and head)",
+         cfg->run.stages, cfg->run.chunks, nv, nl, m->layers);
+    return BT_EARG;
+  }
+  int *counts = calloc((size_t)nv, sizeof *counts);
+  if (!counts) return -ENOMEM;
+  int rc, n = nv;
+  char why[512] = "";
+  if (cfg->run.layout[0]) {
+    rc = bt_model_layout_parse(m, cfg->run.layout, nv, counts, nv, &n, why, sizeof why);
+    if (rc < 0) errf(err, errlen, "--layout %s: %s", cfg->run.layout, why);
+  } else {
+    rc = bt_model_layout_balanced(m, nv, counts);
+    if (rc < 0) errf(err, errlen, "cannot split %d layers into %d virtual stages", nl, nv);
+  }
+  if (rc == 0) {
+    int at = 0;
+    for (int k = 0; k < nv; k++) {
+      first[k] = at;
+      at += counts[k];
+      last[k] = at - 1;
+    }
+  }
+  free(counts);
+  return rc;
+}
+
+/* ---------- the run ---------- */
+
+typedef struct {
+  const bt_config_t *cfg;
+  const bt_control_env_t *env;
+  bt_control_t *ctl;
+  bt_schedule_t sched;
+  bt_backend_t *be;
+  bt_stage_t *st;
+  bt_tx_t *tx;
+  int me, p, v, nv;
+  int holds_head;
+  size_t nact;
+  bt_tx_req_t **reqs;      /* nact * BT_COMM_MAX receive requests of the step */
+  bt_trace_ev_t *ev;       /* nact */
+  char err[512];
+} pipe_t;
+
+static int exit_code_of(int rc) {
+  switch (rc) {
+  case BT_EPEER:
+  case BT_ETIMEOUT:
+  case BT_ETRANSPORT:
+  case BT_ETAG:
+    return BT_WEXIT_RETRY;
+  case BT_EARG:
+  case BT_ECONFIG:
+  case BT_ESCHEDULE:
+  case BT_EDEADLOCK:
+  case BT_EBACKEND:
+  case BT_EUNSUPPORTED:
+    return BT_WEXIT_FATAL;
+  default:
+    return BT_WEXIT_ERROR;
+  }
+}
+
+/* The buffer a message of this worker lands in or leaves from. An
+ * activation from virtual stage k feeds k+1; a gradient from k feeds k-1. */
+static float *recv_buf(pipe_t *w, const bt_tag_t *t) {
+  int k = t->kind == BT_MSG_ACTIVATION ? t->stage + 1 : t->stage - 1;
+  int c = k / w->p;
+  return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_in(w->st, c, t->mb) : bt_stage_grad_in(w->st, c, t->mb);
+}
+
+static float *send_buf(pipe_t *w, const bt_tag_t *t) {
+  int c = t->stage / w->p;
+  return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_out(w->st, c, t->mb) : bt_stage_grad_out(w->st, c, t->mb);
+}
+
+/* Consecutive virtual stages on this same worker (p = 1 with chunks) pass
+ * the tensor in memory: the schedule derives no message for them. */
+static int hand_off_locally(pipe_t *w, const bt_action_t *a) {
+  size_t bytes = bt_stage_act_bytes(w->st);
+  int k = a->stage;
+  if (a->type == BT_ACT_F && k + 1 < w->nv && (k + 1) % w->p == w->me) {
+    float *src = bt_stage_act_out(w->st, k / w->p, a->mb), *dst = bt_stage_act_in(w->st, (k + 1) / w->p, a->mb);
+    return w->be->ops->copy(w->be, dst, src, bytes);
+  }
+  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && (k - 1) % w->p == w->me) {
+    float *src = bt_stage_grad_out(w->st, k / w->p, a->mb), *dst = bt_stage_grad_in(w->st, (k - 1) / w->p, a->mb);
+    return w->be->ops->copy(w->be, dst, src, bytes);
+  }
+  return 0;
+}
+
+static int compute(pipe_t *w, const bt_action_t *a) {
+  int c = a->stage / w->p;
+  switch (a->type) {
+  case BT_ACT_F: return bt_stage_forward(w->st, c, a->mb);
+  case BT_ACT_B: return bt_stage_backward(w->st, c, a->mb);
+  case BT_ACT_I: return bt_stage_backward_input(w->st, c, a->mb);
+  case BT_ACT_W: return bt_stage_backward_weight(w->st, c, a->mb);
+  default: return BT_ESCHEDULE;
+  }
+}
+
+static uint64_t peer_deadline(pipe_t *w) { return bt_deadline_ms(w->env->peer_timeout_ms); }
+
+/* One step: post every receive, walk the actions, optimizer, close the step. */
+static int run_step(pipe_t *w, int64_t step, double *busy_s) {
+  size_t bytes = bt_stage_act_bytes(w->st);
+  int rc = bt_stage_begin_step(w->st, step - 1);
+  if (rc < 0) return rc;
+  for (size_t j = 0; j < w->nact; j++) {
+    bt_comm_t cm;
+    if ((rc = bt_comm_of(&w->sched, w->me, j, step, &cm)) < 0) return rc;
+    for (int r = 0; r < cm.nrecv; r++) {
+      float *buf = recv_buf(w, &cm.recv[r].tag);
+      rc = bt_tx_irecv(w->tx, buf, bytes, cm.recv[r].peer, cm.recv[r].tag, &w->reqs[j * BT_COMM_MAX + r]);
+      if (rc < 0) return rc;
+    }
+  }
+  double busy = 0;
+  for (size_t j = 0; j < w->nact; j++) {
+    const bt_action_t *a = bt_sched_at(&w->sched, w->me, j);
+    bt_comm_t cm;
+    bt_comm_of(&w->sched, w->me, j, step, &cm);
+    bt_control_progress(w->ctl, step, (int64_t)j, BT_PHASE_WAIT);
+    for (int r = 0; r < cm.nrecv; r++) {
+      bt_tx_req_t **req = &w->reqs[j * BT_COMM_MAX + r];
+      rc = bt_tx_wait(w->tx, *req, peer_deadline(w));
+      if (rc == 0) *req = NULL;
+      if (rc < 0) {
+        char tag[96];
+        bt_tag_str(&cm.recv[r].tag, tag, sizeof tag);
+        errf(w->err, sizeof w->err, "step %lld: receiving %s from stage %d: %s", (long long)step, tag,
+             cm.recv[r].peer, bt_strerror(rc));
+        return rc;
+      }
+    }
+    bt_control_progress(w->ctl, step, (int64_t)j, BT_PHASE_COMPUTE);
+    double t0 = bt_clock_s();
+    rc = compute(w, a);
+    if (rc == 0) rc = hand_off_locally(w, a);
+    double t1 = bt_clock_s();
+    if (rc < 0) {
+      char an[32];
+      errf(w->err, sizeof w->err, "step %lld: action %s: %s", (long long)step,
+           bt_action_format(a, an, sizeof an), bt_strerror(rc));
+      return rc;
+    }
+    busy += t1 - t0;
+    for (int s = 0; s < cm.nsend; s++) {
+      rc = bt_tx_isend(w->tx, send_buf(w, &cm.send[s].tag), bytes, cm.send[s].peer, cm.send[s].tag, NULL);
+      if (rc < 0) {
+        errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
+             bt_strerror(rc));
+        return rc;
+      }
+    }
+    bt_trace_ev_t *e = &w->ev[j];
+    e->worker = (uint32_t)w->me;
+    bt_action_format(a, e->action, sizeof e->action);
+    e->start_s = t0;
+    e->end_s = t1;
+    bt_control_action_done(w->ctl);
+  }
+  bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_COMPUTE);
+  double t0 = bt_clock_s();
+  rc = bt_stage_optimizer_step(w->st);
+  busy += bt_clock_s() - t0;
+  if (rc < 0) {
+    errf(w->err, sizeof w->err, "step %lld: optimizer: %s", (long long)step, bt_strerror(rc));
+    return rc;
+  }
+  bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_WAIT);
+  if ((rc = bt_tx_end_step(w->tx, step, peer_deadline(w))) < 0) {
+    errf(w->err, sizeof w->err, "step %lld: finishing the sends: %s", (long long)step, bt_strerror(rc));
+    return rc;
+  }
+  *busy_s = busy;
+  return 0;
+}
+
+static int send_hashes(pipe_t *w, int64_t step) {
+  size_t n = bt_stage_param_tensor_count(w->st), got = 0;
+  bt_hash_rec_t *recs = calloc(n ? n : 1, sizeof *recs);
+  if (!recs) return -ENOMEM;
+  int rc = bt_stage_hash_records(w->st, recs, n, &got);
+  for (size_t off = 0; rc == 0 && off < got; off += HASH_RECS_PER_FRAME) {
+    size_t k = got - off < HASH_RECS_PER_FRAME ? got - off : HASH_RECS_PER_FRAME;
+    bt_msg_hashes_t h = {.stage = (uint32_t)w->me, .step = step, .n = (uint32_t)k, .recs = recs + off};
+    rc = bt_control_send_hashes(w->ctl, &h);
+  }
+  free(recs);
+  return rc;
+}
+
+/* The peers this worker exchanges messages with, from its own actions. */
+static int find_peers(pipe_t *w, int *peers, int *npeers) {
+  int *seen = calloc((size_t)w->p, sizeof *seen);
+  if (!seen) return -ENOMEM;
+  for (size_t j = 0; j < w->nact; j++) {
+    bt_comm_t cm;
+    bt_comm_of(&w->sched, w->me, j, 1, &cm);
+    for (int r = 0; r < cm.nrecv; r++) seen[cm.recv[r].peer] = 1;
+    for (int s = 0; s < cm.nsend; s++) seen[cm.send[s].peer] = 1;
+  }
+  *npeers = 0;
+  for (int i = 0; i < w->p; i++)
+    if (seen[i]) peers[(*npeers)++] = i;
+  free(seen);
+  return 0;
+}
+
+static int setup(pipe_t *w, int *first, int *last) {
+  const bt_config_t *cfg = w->cfg;
+  int rc;
+  if ((rc = bt_pipeline_schedule(cfg, &w->sched, w->err, sizeof w->err)) < 0) return rc;
+  if ((rc = bt_pipeline_layout(cfg, first, last, w->err, sizeof w->err)) < 0) return rc;
+  w->nact = bt_sched_len(&w->sched, w->me);
+  w->reqs = calloc(w->nact * BT_COMM_MAX + 1, sizeof *w->reqs);
+  w->ev = calloc(w->nact + 1, sizeof *w->ev);
+  if (!w->reqs || !w->ev) return -ENOMEM;
+  char why[512] = "";
+  if ((rc = bt_backend_create(cfg->run.backend, -1, &w->be, why, sizeof why)) < 0) {
+    errf(w->err, sizeof w->err, "--backend %s: %s", cfg->run.backend, why[0] ? why : bt_strerror(rc));
+    return rc;
+  }
+  /* The socket transport moves host memory; device tensors would need
+   * staging through host buffers, which only the NCCL transport avoids. */
+  if (strcmp(w->be->ops->name, "cpu")) {
+    errf(w->err, sizeof w->err, "--backend %s: the socket transport carries host memory only", cfg->run.backend);
+    return BT_EUNSUPPORTED;
+  }
+  bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
+  for (int c = 0; c < w->v; c++) {
+    int k = c * w->p + w->me;
+    ranges[c].first = first[k];
+    ranges[c].last = last[k];
+    if (ranges[c].last >= bt_model_layer_count(&cfg->model) - 1) w->holds_head = 1;
+  }
+  if ((rc = bt_stage_create(w->be, &cfg->model, ranges, w->v, &w->st, why, sizeof why)) < 0) {
+    errf(w->err, sizeof w->err, "creating the stage: %s", why[0] ? why : bt_strerror(rc));
+    return rc;
+  }
+  uint8_t token[BT_TX_TOKEN_MAX];
+  size_t token_len = 0;
+  if ((rc = bt_tx_token_parse(w->env->token, token, &token_len)) < 0) {
+    errf(w->err, sizeof w->err, "BATON_JOB_TOKEN is missing or malformed");
+    return rc;
+  }
+  int *peers = calloc((size_t)w->p, sizeof *peers), npeers = 0;
+  if (!peers) return -ENOMEM;
+  rc = find_peers(w, peers, &npeers);
+  if (rc == 0) {
+    bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = peers, .npeers = npeers,
+                              .token = token, .token_len = token_len};
+    rc = bt_tx_socket_create(&to, &w->tx);
+    if (rc < 0) errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
+  }
+  free(peers);
+  return rc;
+}
+
+int bt_pipeline_run(const bt_config_t *cfg, const bt_control_env_t *env, bt_control_t *ctl) {
+  pipe_t w;
+  memset(&w, 0, sizeof w);
+  w.cfg = cfg;
+  w.env = env;
+  w.ctl = ctl;
+  w.me = (int)env->stage;
+  w.p = cfg->run.stages;
+  w.v = cfg->run.chunks;
+  w.nv = w.p * w.v;
+  int code = BT_WEXIT_ERROR, rc;
+  int *first = calloc((size_t)w.nv, sizeof *first), *last = calloc((size_t)w.nv, sizeof *last);
+  bt_msg_start_t *start = calloc(1, sizeof *start);
+  if (!first || !last || !start) {
+    rc = -ENOMEM;
+    errf(w.err, sizeof w.err, "out of memory");
+    goto out;
+  }
+  if ((rc = setup(&w, first, last)) < 0) goto out;
+  if ((rc = bt_control_send_ready(ctl, bt_tx_socket_address(w.tx))) < 0) goto out;
+  /* The supervisor's start-up timeout and our death signal bound this; the
+   * deadline only keeps a wait from being endless by construction. */
+  if ((rc = bt_control_wait_start(ctl, start, bt_deadline_ms(24 * 3600 * 1000))) < 0) {
+    errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
+    goto out;
+  }
+  const char *addrs[BT_MAX_STAGES];
+  for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
+  if ((rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
+    errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
+    goto out;
+  }
+  const double tokens = (double)cfg->model.microbatches * (double)cfg->model.mb_tokens;
+  for (int64_t step = start->first_step; step <= start->last_step; step++) {
+    double t0 = bt_clock_s(), busy = 0;
+    if ((rc = run_step(&w, step, &busy)) < 0) goto out;
+    double dt = bt_clock_s() - t0;
+    bt_msg_metrics_t m = {.stage = (uint32_t)w.me, .step = step, .loss = NAN, .busy_s = busy,
+                          .idle_s = dt > busy ? dt - busy : 0, .step_s = dt, .tokens = (int64_t)tokens};
+    if (w.holds_head && (rc = bt_stage_loss(w.st, &m.loss)) < 0) {
+      errf(w.err, sizeof w.err, "step %lld: loss: %s", (long long)step, bt_strerror(rc));
+      goto out;
+    }
+    bt_msg_trace_t tr = {.stage = (uint32_t)w.me, .step = step, .n = (uint32_t)w.nact, .ev = w.ev};
+    if ((rc = bt_control_send_metrics(ctl, &m)) < 0 || (rc = bt_control_send_trace(ctl, &tr)) < 0) goto out;
+    int64_t stop = bt_control_stop_step(ctl);
+    if (stop >= 0 && step >= stop && step < start->last_step) {
+      bt_info("stopping after step %lld on the supervisor's request", (long long)step);
+      code = BT_WEXIT_STOPPED;
+      rc = 0;
+      goto done;
+    }
+  }
+  if ((rc = send_hashes(&w, start->last_step)) < 0 || (rc = bt_control_send_done(ctl, start->last_step)) < 0)
+    goto out;
+  code = BT_WEXIT_DONE;
+  goto done;
+out:
+  code = exit_code_of(rc);
+  if (!w.err[0]) errf(w.err, sizeof w.err, "%s", bt_strerror(rc));
+  bt_error("%s", w.err);
+  bt_control_send_error(ctl, rc, code, w.err);
+done:
+  /* Receives still posted point into the stage's buffers: the transport
+   * goes first. */
+  bt_tx_destroy(w.tx);
+  bt_stage_destroy(w.st);
+  if (w.be) bt_backend_destroy(w.be);
+  bt_sched_free(&w.sched);
+  free(w.reqs);
+  free(w.ev);
+  free(start);
+  free(first);
+  free(last);
+  return code;
+}
