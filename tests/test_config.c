@@ -107,7 +107,7 @@ Test(config, mismatch_names_each_key_with_both_values) {
   char out[512];
   int n = bt_config_model_diff(&a.model, &b.model, out, sizeof out);
   cr_assert_eq(n, 2, "%s", out);
-  cr_assert(strstr(out, "dim: 64 vs 96") != NULL, "%s", out);
+  cr_assert(strstr(out, "dim: 128 vs 96") != NULL, "%s", out);
   cr_assert(strstr(out, "lr: 0.003 vs 0.5") != NULL, "%s", out);
 }
 

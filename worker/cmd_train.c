@@ -42,10 +42,17 @@ static void usage(FILE *f) {
           "model options (shared with `baton run`; stored in checkpoints):\n");
   bt_config_help(BT_CONFIG_MODEL, flags, sizeof flags);
   fputs(flags, f);
+  fprintf(f, "\nrun options:\n");
+  /* --steps and --backend come from the shared table too, defaults and all. */
+  size_t n;
+  const bt_config_flag_t *t = bt_config_flags(&n);
+  for (size_t i = 0; i < n; i++) {
+    if (strcmp(t[i].name, "steps") && strcmp(t[i].name, "backend")) continue;
+    char opt[64];
+    snprintf(opt, sizeof opt, "--%s %s", t[i].name, t[i].type == BT_FLAG_STRING ? "S" : "N");
+    fprintf(f, "  %-22s %s (default %s)\n", opt, t[i].help, t[i].def);
+  }
   fprintf(f,
-          "\nrun options:\n"
-          "  --steps N              optimizer steps (default 600)\n"
-          "  --backend S            cpu or cuda (default cpu)\n"
           "  --hash                 print `hash <32 hex>` (all parameters) as the last line\n"
           "  --metrics FILE         write one JSON line per step (step, loss, lr, tokens_per_s)\n"
           "  --print-every N        a progress line every N steps (default: steps/20)\n"

@@ -1,0 +1,284 @@
+/* test_e2e_train.c - `baton train` end to end: reproducible hashes, the
+ * default run reaching the synthetic stream's entropy rate, learning on a
+ * real text file, and bad input refused with exit code 2 and one line. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+typedef struct {
+  int code;      /* exit code, or 128 + signal */
+  char *out;     /* stdout */
+  char *err;     /* stderr */
+} result_t;
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  cr_assert(f != NULL, "%s: %s", path, strerror(errno));
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = malloc((size_t)n + 1);
+  size_t got = fread(s, 1, (size_t)n, f);
+  s[got] = 0;
+  fclose(f);
+  return s;
+}
+
+/* Runs `baton train ARGS...` with a deadline; stdout and stderr go to files
+ * so a chatty child never blocks on a full pipe. */
+static result_t run_train(int timeout_s, const char *const *args) {
+  const char *bin = getenv("BATON_BIN");
+  cr_assert(bin != NULL, "BATON_BIN is not set");
+  char outp[] = "/tmp/bt_e2e_train_outXXXXXX", errp[] = "/tmp/bt_e2e_train_errXXXXXX";
+  int ofd = mkstemp(outp), efd = mkstemp(errp);
+  cr_assert(ofd >= 0 && efd >= 0);
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = bin;
+  argv[n++] = "train";
+  for (int i = 0; args[i]; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, ofd, 1);
+  posix_spawn_file_actions_adddup2(&fa, efd, 2);
+  pid_t pid;
+  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  cr_assert_eq(rc, 0, "spawn %s: %s", bin, strerror(rc));
+  close(ofd);
+  close(efd);
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  int status = 0;
+  for (;;) {
+    pid_t w = waitpid(pid, &status, WNOHANG);
+    if (w == pid) break;
+    cr_assert(w == 0 || errno == EINTR, "waitpid: %s", strerror(errno));
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec - t0.tv_sec > timeout_s) {
+      kill(pid, SIGKILL);
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      cr_assert_fail("baton train did not finish within %d s", timeout_s);
+    }
+    usleep(20000);
+  }
+  result_t r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(outp);
+  r.err = slurp(errp);
+  unlink(outp);
+  unlink(errp);
+  return r;
+}
+
+static void result_free(result_t *r) {
+  free(r->out);
+  free(r->err);
+}
+
+/* The hash on the last line of stdout, checked for its format. */
+static void last_hash(const char *out, char hex[33]) {
+  size_t n = strlen(out);
+  cr_assert(n > 0 && out[n - 1] == '\n', "stdout does not end in a line");
+  const char *p = out + n - 1;
+  while (p > out && p[-1] != '\n') p--;
+  cr_assert_eq(strncmp(p, "hash ", 5), 0, "last line is not a hash: %s", p);
+  cr_assert_eq(strlen(p), 5 + 32 + 1, "last line: %s", p);
+  for (int i = 0; i < 32; i++)
+    cr_assert((p[5 + i] >= '0' && p[5 + i] <= '9') || (p[5 + i] >= 'a' && p[5 + i] <= 'f'),
+              "not lowercase hex: %s", p);
+  memcpy(hex, p + 5, 32);
+  hex[32] = 0;
+}
+
+/* Losses of a --metrics file, in order; checks each line's fields. */
+static int read_losses(const char *path, double *loss, int max) {
+  char *text = slurp(path);
+  int n = 0;
+  for (char *line = strtok(text, "\n"); line && n < max; line = strtok(NULL, "\n")) {
+    cr_assert(strstr(line, "\"step\":") && strstr(line, "\"tokens_per_s\":"), "%s", line);
+    const char *l = strstr(line, "\"loss\":");
+    cr_assert(l != NULL, "%s", line);
+    int step = atoi(strstr(line, "\"step\":") + 7);
+    cr_assert_eq(step, n + 1, "%s", line);
+    loss[n++] = strtod(l + 7, NULL);
+  }
+  free(text);
+  return n;
+}
+
+static double mean(const double *x, int from, int to) {
+  double s = 0;
+  for (int i = from; i < to; i++) s += x[i];
+  return s / (to - from);
+}
+
+Test(train, same_configuration_same_hash_other_seed_other_hash) {
+  const char *a[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "15",
+                     "--hash", NULL};
+  const char *b[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "15",
+                     "--seed", "2", "--hash", NULL};
+  result_t r1 = run_train(120, a), r2 = run_train(120, a), r3 = run_train(120, b);
+  cr_assert_eq(r1.code, 0, "%s", r1.err);
+  cr_assert_eq(r2.code, 0, "%s", r2.err);
+  cr_assert_eq(r3.code, 0, "%s", r3.err);
+  char h1[33], h2[33], h3[33];
+  last_hash(r1.out, h1);
+  last_hash(r2.out, h2);
+  last_hash(r3.out, h3);
+  cr_assert_str_eq(h1, h2, "two identical runs differ");
+  cr_assert_str_neq(h1, h3, "another seed gave the same parameters");
+  result_free(&r1);
+  result_free(&r2);
+  result_free(&r3);
+}
+
+Test(train, default_run_reaches_the_entropy_rate_of_the_synthetic_stream) {
+  char metrics[] = "/tmp/bt_e2e_train_metricsXXXXXX";
+  close(mkstemp(metrics));
+  const char *a[] = {"--metrics", metrics, NULL};
+  result_t r = run_train(400, a);
+  cr_assert_eq(r.code, 0, "%s", r.err);
+  const char *e = strstr(r.out, "entropy_rate ");
+  cr_assert(e != NULL, "no entropy line: %s", r.out);
+  double rate = strtod(e + 13, NULL);
+  const char *u = strstr(r.out, "unigram_entropy ");
+  cr_assert(u != NULL);
+  double unigram = strtod(u + 16, NULL);
+  static double loss[100000];
+  int n = read_losses(metrics, loss, 100000);
+  cr_assert_geq(n, 100);
+  /* One step's loss is a mean over only M*T tokens: judge the last 20. */
+  double final = mean(loss, n - 20, n), first = loss[0];
+  cr_assert_leq(final, rate + 0.3, "final loss %.4f, entropy rate %.4f", final, rate);
+  cr_assert_lt(final, unigram - 1.0, "final loss %.4f, unigram entropy %.4f", final, unigram);
+  cr_assert_gt(first, unigram, "the untrained model should not beat the unigram entropy");
+  unlink(metrics);
+  result_free(&r);
+}
+
+Test(train, a_real_text_file_is_learned) {
+  /* Real text: the project's own sources, always present. */
+  const char *src = getenv("BATON_SOURCE_DIR");
+  cr_assert(src != NULL);
+  char data[] = "/tmp/bt_e2e_train_textXXXXXX";
+  int fd = mkstemp(data);
+  const char *files[] = {"DESIGN.md", "README.md", "common/config.c", "common/model.c",
+                         "common/data.c", "worker/stage.c", "kernels/model.c", "common/json.c"};
+  size_t total = 0;
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", src, files[i]);
+    FILE *f = fopen(path, "rb");
+    if (!f) continue;
+    char buf[8192];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+      cr_assert_eq(write(fd, buf, n), (ssize_t)n);
+      total += n;
+    }
+    fclose(f);
+  }
+  close(fd);
+  cr_assert_gt(total, 20000, "too little text gathered (%zu bytes)", total);
+  char metrics[] = "/tmp/bt_e2e_train_metricsXXXXXX";
+  close(mkstemp(metrics));
+  const char *a[] = {"--data", data, "--dim", "64", "--mb-tokens", "64", "--steps", "200",
+                     "--metrics", metrics, NULL};
+  result_t r = run_train(300, a);
+  cr_assert_eq(r.code, 0, "%s", r.err);
+  static double loss[1000];
+  int n = read_losses(metrics, loss, 1000);
+  cr_assert_eq(n, 200);
+  double start = mean(loss, 0, 5), end = mean(loss, n - 20, n);
+  cr_assert_gt(start - end, 1.0, "loss went from %.3f to %.3f only", start, end);
+  unlink(metrics);
+  unlink(data);
+  result_free(&r);
+}
+
+static void expect_usage_error(const char *const *args, const char *mention) {
+  result_t r = run_train(60, args);
+  cr_assert_eq(r.code, 2, "%s %s: exit %d, stderr: %s", args[0], args[1] ? args[1] : "", r.code,
+               r.err);
+  size_t len = strlen(r.err);
+  int lines = 0;
+  for (size_t i = 0; i < len; i++) lines += r.err[i] == '\n';
+  cr_assert_eq(lines, 1, "not one line on stderr: '%s'", r.err);
+  cr_assert_str_eq(r.out, "", "stdout should be empty: %s", r.out);
+  if (mention) cr_assert(strstr(r.err, mention) != NULL, "'%s' does not mention %s", r.err, mention);
+  result_free(&r);
+}
+
+Test(train, bad_input_exits_2_with_one_line) {
+  char empty[] = "/tmp/bt_e2e_train_emptyXXXXXX", shortf[] = "/tmp/bt_e2e_train_shortXXXXXX";
+  close(mkstemp(empty));
+  int fd = mkstemp(shortf);
+  cr_assert_eq(write(fd, "hello world", 11), 11);
+  close(fd);
+  const char *cases[][6] = {
+      {"--dim", "0", NULL},
+      {"--layers", "-3", NULL},
+      {"--lr", "fast", NULL},
+      {"--steps", "0", NULL},
+      {"--microbatches", "1.5", NULL},
+      {"--mb-tokens", "", NULL},
+      {"--data", "/nonexistent/baton/data.txt", NULL},
+      {"--data", empty, NULL},
+      {"--data", shortf, NULL},
+      {"--layers", "4096", "--dim", "16384", NULL},
+      {"--frobnicate", "1", NULL},
+      {"stray", NULL},
+      {"--steps", NULL},
+  };
+  const char *mention[] = {"--dim", "--layers", "--lr", "--steps", "--microbatches",
+                           "--mb-tokens", "--data", "--data", "--data", "GiB", "--frobnicate",
+                           "stray", "--steps"};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    expect_usage_error(cases[i], mention[i]);
+  unlink(empty);
+  unlink(shortf);
+}
+
+Test(train, cuda_without_a_gpu_is_a_one_line_error) {
+  const char *a[] = {"--backend", "cuda", "--layers", "1", "--dim", "16", "--mb-tokens", "16",
+                     "--steps", "2", NULL};
+  result_t r = run_train(120, a);
+  if (r.code == 0) {
+    /* A machine with a working GPU library: the run itself must work. */
+    cr_assert(strstr(r.out, "final loss") != NULL, "%s", r.out);
+  } else {
+    cr_assert_eq(r.code, 2, "exit %d: %s", r.code, r.err);
+    size_t lines = 0;
+    for (const char *p = r.err; *p; p++) lines += *p == '\n';
+    cr_assert_eq(lines, 1, "'%s'", r.err);
+    cr_assert(strstr(r.err, "cuda") != NULL, "%s", r.err);
+  }
+  result_free(&r);
+}
+
+Test(train, help_lists_the_shared_model_flags) {
+  const char *a[] = {"--help", NULL};
+  result_t r = run_train(30, a);
+  cr_assert_eq(r.code, 0);
+  const char *flags[] = {"--layers", "--dim", "--context", "--microbatches", "--mb-tokens",
+                         "--lr", "--warmup", "--lr-decay-steps", "--seed", "--data",
+                         "--backend", "--steps", "--hash", "--metrics"};
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+    cr_assert(strstr(r.out, flags[i]) != NULL, "--help lacks %s", flags[i]);
+  result_free(&r);
+}
