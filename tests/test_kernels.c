@@ -8,6 +8,7 @@
  * backward, extreme logits, AdamW over several steps, same bits twice, and
  * odd sizes (N = 7, C = 13, OC = 5) throughout.
  */
+#include <cblas.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
@@ -793,5 +794,27 @@ Test(kernels, cpu_math_mode_is_fp32_only) {
   cr_assert_eq(be->ops->set_math(be, "fp32"), 0);
   cr_assert_eq(be->ops->set_math(be, "tf32"), BT_EUNSUPPORTED);
   cr_assert_eq(be->ops->set_math(be, "fp16"), BT_EARG);
+  bt_backend_destroy(be);
+}
+
+/* Creating the backend pins OpenBLAS to one thread whatever was set before
+ * (OPENBLAS_NUM_THREADS, or a library that called openblas_set_num_threads):
+ * the split of a product between threads would change its bits. */
+Test(kernels, cpu_backend_pins_openblas_to_one_thread) {
+  openblas_set_num_threads(2);
+  bt_backend_t *be = cpu();
+  cr_assert_eq(openblas_get_num_threads(), 1, "OpenBLAS threads: %d", openblas_get_num_threads());
+  bt_backend_destroy(be);
+}
+
+Test(kernels, empty_batches_are_no_ops) {
+  bt_backend_t *be = cpu();
+  float w[6] = {1, 2, 3, 4, 5, 6}, dw[6] = {0}, db[2] = {0}, x[1] = {0};
+  cr_assert_eq(be->ops->matmul_forward(be, x, x, w, NULL, 0, 3, 2), 0);
+  cr_assert_eq(be->ops->matmul_backward_weight(be, dw, db, x, x, 0, 3, 2), 0);
+  cr_assert_eq(be->ops->layernorm_backward_weight(be, dw, db, x, x, x, x, 0, 2), 0);
+  for (int i = 0; i < 6; i++) cr_assert_eq(dw[i], 0.0f);
+  cr_assert_eq(db[0], 0.0f);
+  cr_assert_eq(be->ops->layernorm_forward(be, x, x, x, x, w, w, 3, 0), BT_EARG);
   bt_backend_destroy(be);
 }
