@@ -68,6 +68,8 @@ enum { HS_HDR = 16, ACK_LEN = 8, MSG_HDR = 32 };
 enum { MAX_PENDING = 16 };
 /* Bytes read from one peer per wake-up before the others get their turn. */
 #define READ_BUDGET (16u << 20)
+/* The most one read or write moves in one system call. */
+#define IO_CHUNK ((size_t)1 << 20)
 #define ADDR_LEN 128
 
 enum { REQ_SEND = 0, REQ_RECV = 1 };
@@ -231,7 +233,7 @@ static void held_unlink(sock_tx_t *t, held_t *h) {
 }
 
 /* Breaks peer i for good: every request with it fails with `code`, except
- * messages it already sent whole, which stay deliverable. */
+ * messages it already sent whole, which stay deliverable. Any thread. */
 static void fail_peer(sock_tx_t *t, int i, int code, const char *why) {
   peer_t *p = &t->peers[i];
   if (p->err) return;
@@ -253,20 +255,29 @@ static void fail_peer(sock_tx_t *t, int i, int code, const char *why) {
       pp = &r->next;
     }
   }
-  if (p->rreq) req_complete(t, p->rreq, code);
-  p->rreq = NULL;
-  p->rheld = NULL;
-  p->in_body = 0;
-  for (held_t *h = t->held, *next; h; h = next) {
-    next = h->next;
-    if (h->peer != i || h->complete) continue;
-    if (h->waiter) req_complete(t, h->waiter, code);
+  /* The message being read (p->rreq, p->rheld) belongs to the progress
+   * thread, which may be reading into it right now without the lock: it
+   * drops it itself (drop_read) when it next looks at this peer. */
+  wake(t);
+  pthread_cond_broadcast(&t->cv);
+}
+
+/* Progress thread only: after peer i failed, fails the receive its
+ * half-read message was landing in, or frees the half-held message. */
+static void drop_read(sock_tx_t *t, int i) {
+  peer_t *p = &t->peers[i];
+  if (p->rreq) req_complete(t, p->rreq, p->err);
+  if (p->rheld) {
+    held_t *h = p->rheld;
+    if (h->waiter) req_complete(t, h->waiter, p->err);
     held_unlink(t, h);
     free(h->data);
     free(h);
   }
-  wake(t);
-  pthread_cond_broadcast(&t->cv);
+  p->rreq = NULL;
+  p->rheld = NULL;
+  p->in_body = 0;
+  p->rhdr_got = 0;
 }
 
 /* ---- moving bytes (called with the lock held) ---- */
@@ -280,7 +291,10 @@ static void do_write(sock_tx_t *t, int i) {
     int n = 0;
     if (r->sent < MSG_HDR) iov[n++] = (struct iovec){r->hdr + r->sent, MSG_HDR - r->sent};
     size_t body = r->sent > MSG_HDR ? r->sent - MSG_HDR : 0;
-    if (r->bytes > body) iov[n++] = (struct iovec){r->buf + body, r->bytes - body};
+    /* A bounded write keeps the lock's hold short: the other thread may be
+     * waiting to post a receive. */
+    if (r->bytes > body)
+      iov[n++] = (struct iovec){r->buf + body, r->bytes - body < IO_CHUNK ? r->bytes - body : IO_CHUNK};
     struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
     ssize_t w = n ? sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
     if (w < 0) {
@@ -413,7 +427,12 @@ static int on_header(sock_tx_t *t, int i) {
   return 0;
 }
 
-/* Reads what peer i has sent, up to READ_BUDGET bytes. */
+/* Reads what peer i has sent, up to READ_BUDGET bytes. Progress thread
+ * only. The read itself runs without the lock: its destination (the header
+ * buffer, a posted receive's buffer or a held message) is touched by no
+ * other thread until the message completes, and holding the lock through
+ * megabytes of copying would keep the worker from posting receives, so
+ * that every message would end up held and copied twice. */
 static void do_read(sock_tx_t *t, int i) {
   peer_t *p = &t->peers[i];
   size_t budget = READ_BUDGET;
@@ -426,13 +445,18 @@ static void do_read(sock_tx_t *t, int i) {
     } else {
       dst = p->rdst + p->rgot;
       want = p->rtotal - p->rgot;
-      if (want > budget) want = budget;
+      if (want > IO_CHUNK) want = IO_CHUNK;
     }
-    ssize_t n = read(p->fd, dst, want);
+    int fd = p->fd; /* closed only by this thread */
+    pthread_mutex_unlock(&t->mu);
+    ssize_t n = read(fd, dst, want);
+    int e = errno;
+    pthread_mutex_lock(&t->mu);
+    if (p->err) return; /* failed meanwhile by a send: drop_read cleans up */
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
-      fail_peer(t, i, BT_EPEER, strerror(errno));
+      if (e == EINTR) continue;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      fail_peer(t, i, BT_EPEER, strerror(e));
       return;
     }
     if (n == 0) {
@@ -616,6 +640,7 @@ static void *progress_main(void *arg) {
   while (!t->stop) {
     for (int i = 0; i < nr; i++) {
       peer_t *p = &t->peers[i];
+      if (p->err && (p->rreq || p->rheld)) drop_read(t, i);
       if (p->closing) {
         close(p->fd);
         p->fd = -1;
