@@ -77,6 +77,9 @@ typedef struct {
   char **fwd;
   int nfwd;
   int given_schedule, given_stages, given_chunks, given_mb;
+  const char *csv_arg;     /* --schedule FILE as given */
+  char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
+  char csv_env[PATH_MAX + 32];
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -136,6 +139,12 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       if (parse_seconds(name, v, 0.05, &a->o.progress_timeout_s) < 0) return 2;
     } else if (!strcmp(name, "--start-timeout")) {
       if (parse_seconds(name, v, 0.05, &a->o.start_timeout_s) < 0) return 2;
+    } else if (!strcmp(name, "--schedule") && !bt_plan_is_builder(v)) {
+      /* A CSV path does not fit the configuration's schedule name: the
+       * configuration says "csv", the path travels on its own. */
+      a->csv_arg = v;
+      a->given_schedule = 1;
+      snprintf(a->cfg.run.schedule, sizeof a->cfg.run.schedule, "csv");
     } else {
       if (bt_config_flag(&a->cfg, BT_CONFIG_ALL, name, v, err, sizeof err) < 0) {
         fprintf(stderr, "baton run: %s\n", err);
@@ -154,19 +163,15 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
  * fill what the command line left out and must agree with what it gave. */
 static int adopt_csv_counts(run_args_t *a) {
   bt_run_config_t *r = &a->cfg.run;
-  char why[512] = "", path[PATH_MAX];
+  char why[512] = "";
   bt_schedule_t s;
-  if (!realpath(r->schedule, path)) {
+  if (!realpath(a->csv_arg, a->csv_path)) {
     fprintf(stderr, "baton run: --schedule %s: not a schedule name (%s) nor a readable CSV file: %s\n",
-            r->schedule, "gpipe, 1f1b, interleaved, zb-h1", strerror(errno));
+            a->csv_arg, "gpipe, 1f1b, interleaved, zb-h1", strerror(errno));
     return 2;
   }
-  if (strlen(path) >= sizeof r->schedule) {
-    fprintf(stderr, "baton run: --schedule %s: path too long\n", r->schedule);
-    return 2;
-  }
-  if (bt_sched_csv_read(path, &s, why, sizeof why) < 0) {
-    fprintf(stderr, "baton run: --schedule %s: %s\n", r->schedule, why);
+  if (bt_sched_csv_read(a->csv_path, &s, why, sizeof why) < 0) {
+    fprintf(stderr, "baton run: --schedule %s: %s\n", a->csv_arg, why);
     return 2;
   }
   int rc = 0;
@@ -175,13 +180,13 @@ static int adopt_csv_counts(run_args_t *a) {
     fprintf(stderr,
             "baton run: --schedule %s has %d workers, %d chunks and %d micro-batches; the command line "
             "says %d, %d, %d\n",
-            r->schedule, s.p, s.v, s.m, r->stages, r->chunks, a->cfg.model.microbatches);
+            a->csv_arg, s.p, s.v, s.m, r->stages, r->chunks, a->cfg.model.microbatches);
     rc = 2;
   } else {
     r->stages = s.p;
     r->chunks = s.v;
     a->cfg.model.microbatches = s.m;
-    snprintf(r->schedule, sizeof r->schedule, "%s", path);
+    snprintf(a->csv_env, sizeof a->csv_env, "BATON_SCHEDULE_CSV=%s", a->csv_path);
   }
   bt_sched_free(&s);
   return rc;
@@ -231,7 +236,7 @@ int bt_cmd_run(int argc, char **argv) {
   }
   if (prc) goto out;
   bt_config_t *cfg = &a->cfg;
-  if (a->given_schedule && !bt_plan_is_builder(cfg->run.schedule)) {
+  if (a->csv_arg) {
     if (adopt_csv_counts(a)) goto out;
   } else if (!a->given_stages) {
     fprintf(stderr, "baton run: --stages is required (try `baton run --help`)\n");
@@ -247,16 +252,16 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
   }
-  if (bt_plan_schedule(cfg, &sched, err, sizeof err) < 0) {
-    fprintf(stderr, "baton run: %s\n", err);
-    goto out;
-  }
   int p = cfg->run.stages, v = cfg->run.chunks, nv = p * v;
   first = calloc((size_t)nv, sizeof *first);
   last = calloc((size_t)nv, sizeof *last);
   layers = calloc((size_t)p, sizeof *layers);
   if (!first || !last || !layers) goto oom;
   if (bt_plan_layout(cfg, first, last, err, sizeof err) < 0) {
+    fprintf(stderr, "baton run: %s\n", err);
+    goto out;
+  }
+  if (bt_plan_schedule(cfg, a->csv_arg ? a->csv_path : NULL, &sched, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
   }
@@ -299,6 +304,8 @@ int bt_cmd_run(int argc, char **argv) {
   o->chunks = (uint32_t)v;
   o->worker_argv = wargv;
   o->stage_layers = (const char *const *)layers;
+  const char *extra_env[] = {a->csv_env, NULL};
+  if (a->csv_arg) o->extra_env = extra_env;
   o->first_step = 1;
   o->last_step = cfg->run.steps;
   /* A closed stdout must not kill the supervisor mid-job with children

@@ -27,7 +27,8 @@ int bt_plan_is_builder(const char *name) {
   return 0;
 }
 
-int bt_plan_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen) {
+int bt_plan_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t *out, char *err,
+                     size_t errlen) {
   const bt_run_config_t *r = &cfg->run;
   int m = cfg->model.microbatches;
   char why[512] = "";
@@ -39,22 +40,26 @@ int bt_plan_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size
       errf(err, errlen, "--schedule %s: %s", r->schedule, why);
       return rc;
     }
-  } else {
-    rc = bt_sched_csv_read(r->schedule, out, why, sizeof why);
+  } else if (!strcmp(r->schedule, "csv") && csv_path) {
+    rc = bt_sched_csv_read(csv_path, out, why, sizeof why);
     if (rc < 0) {
-      errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a readable CSV: %s",
-           r->schedule, why[0] ? why : bt_strerror(rc));
+      errf(err, errlen, "--schedule %s: %s", csv_path, why[0] ? why : bt_strerror(rc));
       return BT_EARG;
     }
     if (out->p != r->stages || out->v != r->chunks || out->m != m) {
       errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
-           r->schedule, out->p, out->v, out->m, r->stages, r->chunks, m);
+           csv_path, out->p, out->v, out->m, r->stages, r->chunks, m);
       bt_sched_free(out);
       return BT_EARG;
     }
+  } else {
+    errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a CSV file",
+         r->schedule);
+    return BT_EARG;
   }
+  const char *what = csv_path && !strcmp(r->schedule, "csv") ? csv_path : r->schedule;
   if ((rc = bt_sched_validate(out, why, sizeof why)) < 0) {
-    errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+    errf(err, errlen, "--schedule %s: %s", what, why);
     bt_sched_free(out);
     return rc;
   }
@@ -62,7 +67,7 @@ int bt_plan_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size
     errf(err, errlen,
          "--schedule %s: refused: weight gradients must accumulate in micro-batch order on every "
          "virtual stage for bit-identical training (%s)",
-         r->schedule, why);
+         what, why);
     bt_sched_free(out);
     return BT_ESCHEDULE;
   }

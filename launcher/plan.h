@@ -20,10 +20,11 @@
 /* 1 when `name` is a schedule builder ("gpipe", "1f1b", ...), 0 for a path. */
 int bt_plan_is_builder(const char *name);
 
-/* Builds or reads cfg->run.schedule for cfg's stages, chunks and
- * micro-batches; validates it and checks micro-batch order. BT_EARG or
- * BT_ESCHEDULE with a one-line reason in err. */
-int bt_plan_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen);
+/* Builds cfg->run.schedule, or reads csv_path when the schedule is "csv",
+ * for cfg's stages, chunks and micro-batches; validates it and checks
+ * micro-batch order. BT_EARG or BT_ESCHEDULE with a one-line reason in
+ * err. */
+int bt_plan_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t *out, char *err, size_t errlen);
 
 /* first[k], last[k]: the global layers of virtual stage k (p·v entries),
  * from cfg->run.layout or the balanced split. BT_EARG with the reason. */

@@ -440,6 +440,7 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
     bt_msg_ready_t m;
     if ((rc = bt_msg_decode_ready(f, &m)) < 0) break;
     snprintf(w->addr, sizeof w->addr, "%s", m.addr);
+    bt_debug("stage %u ready at %s", w->stage, w->addr);
     if (w->state == W_SPAWNED || w->state == W_HELLO) w->state = W_READY;
     if (s->state != JOB_STARTING) break;
     uint32_t ready = 0;
@@ -760,7 +761,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---------- spawning ---------- */
 
-static int is_ours(const char *kv) {
+static int is_ours(const char *kv, const char *const *extra) {
   static const char *const names[] = {
       "RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=",
       "BATON_RESTART_COUNT=", "BATON_STAGE=", "BATON_STAGES=", "BATON_CHUNKS=", "BATON_LAYERS=",
@@ -768,6 +769,11 @@ static int is_ours(const char *kv) {
       "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS="};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (!strncmp(kv, names[i], strlen(names[i]))) return 1;
+  for (size_t i = 0; extra && extra[i]; i++) {
+    const char *eq = strchr(extra[i], '=');
+    size_t len = eq ? (size_t)(eq - extra[i]) + 1 : strlen(extra[i]);
+    if (!strncmp(kv, extra[i], len)) return 1;
+  }
   return 0;
 }
 
@@ -776,9 +782,10 @@ static int is_ours(const char *kv) {
 /* The worker's environment: ours first, then the supervisor's own minus
  * any variable we set (a stale RANK from an outer launcher must not win). */
 static char **build_env(sup_t *s, uint32_t stage) {
-  size_t n = 0;
+  size_t n = 0, nextra = 0;
   while (environ[n]) n++;
-  char **env = calloc(n + NOURS + 1, sizeof *env);
+  while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
+  char **env = calloc(n + nextra + NOURS + 1, sizeof *env);
   if (!env) return NULL;
   const bt_sup_opts_t *o = s->o;
   int64_t hb_ms = (int64_t)(o->heartbeat_timeout_s * 1000.0 / 5.0);
@@ -817,8 +824,11 @@ static char **build_env(sup_t *s, uint32_t stage) {
   if (layers) PUT("BATON_LAYERS=%s", layers);
   if (o->ckpt_dir) PUT("BATON_CKPT_DIR=%s", o->ckpt_dir);
 #undef PUT
+  for (size_t i = 0; i < nextra; i++)
+    if ((env[k] = strdup(o->extra_env[i]))) k++;
+    else fail = 1;
   for (size_t i = 0; i < n; i++)
-    if (!is_ours(environ[i]) && (env[k] = strdup(environ[i]))) k++;
+    if (!is_ours(environ[i], o->extra_env) && (env[k] = strdup(environ[i]))) k++;
   if (fail) {
     for (size_t i = 0; i < k; i++) free(env[i]);
     free(env);

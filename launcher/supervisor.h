@@ -56,6 +56,7 @@ typedef struct {
    * NULL entries or a NULL array leave it unset. */
   const char *const *stage_layers;
   const char *ckpt_dir;        /* BATON_CKPT_DIR, or NULL */
+  const char *const *extra_env;/* more "K=V" for every worker, NULL-terminated, or NULL */
   int64_t first_step;          /* START.first_step */
   int64_t last_step;           /* START.last_step */
   uint32_t restart_count;      /* BATON_RESTART_COUNT */

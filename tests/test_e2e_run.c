@@ -16,6 +16,9 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "common/clock.h"
 #include "common/hash.h"
@@ -333,4 +336,248 @@ Test(run, unstartable_worker_command_fails_the_job) {
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
   cr_assert_eq(finish(pid, 10000), 1);
   assert_contains(err_path, "cannot start stage 0");
+}
+
+/* ---------- the real pipeline: bit-identical to `baton train` ---------- */
+
+/* A small, fast model: 8 layers (6 blocks + embed + head), so 4 stages of
+ * 2 chunks put embed and head alone on a virtual stage. */
+static const char *const MODEL[] = {"--layers", "6", "--dim", "16", "--mb-tokens", "16", "--context", "2",
+                                    "--steps", "3", NULL};
+
+/* Runs `baton ARGS… MODEL… --microbatches M --hash --metrics FILE`; returns
+ * the exit code, the last stdout line in hash_line. */
+static int run_baton(const char *const *args, int mb, const char *metrics, char *hash_line, size_t cap) {
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[96];
+  char mbs[16];
+  snprintf(mbs, sizeof mbs, "%d", mb);
+  int k = 0;
+  argv[k++] = (char *)bin;
+  for (int i = 0; args[i]; i++) argv[k++] = (char *)args[i];
+  for (int i = 0; MODEL[i]; i++) argv[k++] = (char *)MODEL[i];
+  argv[k++] = "--microbatches";
+  argv[k++] = mbs;
+  argv[k++] = "--hash";
+  argv[k++] = "--metrics";
+  argv[k++] = (char *)metrics;
+  argv[k] = NULL;
+  truncate(out_path, 0);
+  truncate(err_path, 0);
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_gt(pid, 0);
+  int code = finish(pid, 60000);
+  char *out = bt_proc_slurp(out_path);
+  snprintf(hash_line, cap, "%s", out ? last_line(out) : "");
+  free(out);
+  return code;
+}
+
+/* The "loss" value texts of a metrics file, one per line, joined by '|'. */
+static void losses_of(const char *path, char *out, size_t cap) {
+  char *s = bt_proc_slurp(path);
+  cr_assert_not_null(s, "no metrics file %s", path);
+  size_t n = 0;
+  out[0] = 0;
+  for (char *p = strstr(s, "\"loss\":"); p; p = strstr(p + 1, "\"loss\":")) {
+    p += 7;
+    size_t len = strcspn(p, ",}");
+    n += (size_t)snprintf(out + n, n < cap ? cap - n : 0, "%.*s|", (int)len, p);
+  }
+  free(s);
+}
+
+TestSuite(pipeline, .init = setup, .fini = teardown, .timeout = 300);
+
+typedef struct {
+  int mb;
+  char hash[80];
+  char losses[1024];
+} reference_t;
+
+static void reference(int mb, reference_t *r) {
+  char metrics[320];
+  snprintf(metrics, sizeof metrics, "%s/train-%d.jsonl", dir, mb);
+  const char *args[] = {"train", NULL};
+  r->mb = mb;
+  cr_assert_eq(run_baton(args, mb, metrics, r->hash, sizeof r->hash), 0);
+  cr_assert_eq(strncmp(r->hash, "hash ", 5), 0, "train printed '%s'", r->hash);
+  losses_of(metrics, r->losses, sizeof r->losses);
+  cr_assert_gt(strlen(r->losses), 3);
+}
+
+/* `baton run` with extra arguments must match the reference bit for bit. */
+static void assert_run_matches(const reference_t *ref, const char *const *extra) {
+  char metrics[320], hash[80], losses[1024], what[256] = "";
+  snprintf(metrics, sizeof metrics, "%s/run.jsonl", dir);
+  const char *args[48] = {"run", "--no-progress"};
+  int k = 2;
+  for (int i = 0; extra[i]; i++) {
+    args[k++] = extra[i];
+    strncat(what, extra[i], sizeof what - strlen(what) - 2);
+    strcat(what, " ");
+  }
+  args[k] = NULL;
+  int code = run_baton(args, ref->mb, metrics, hash, sizeof hash);
+  char *err = bt_proc_slurp(err_path);
+  cr_assert_eq(code, 0, "baton run %s--microbatches %d exited %d:\n%s", what, ref->mb, code, err);
+  free(err);
+  cr_assert_str_eq(hash, ref->hash, "baton run %s--microbatches %d", what, ref->mb);
+  losses_of(metrics, losses, sizeof losses);
+  cr_assert_str_eq(losses, ref->losses, "losses of baton run %s--microbatches %d", what, ref->mb);
+}
+
+/* P = 1..4 with micro-batch counts 4 and 5 (5 is no multiple of 2, 3, 4). */
+static void check_schedule(const char *name, const char *chunks) {
+  for (int mb = 4; mb <= 5; mb++) {
+    reference_t ref;
+    reference(mb, &ref);
+    for (int p = 1; p <= 4; p++) {
+      char ps[8];
+      snprintf(ps, sizeof ps, "%d", p);
+      const char *extra[] = {"--stages", ps, "--chunks", chunks, "--schedule", name, NULL};
+      assert_run_matches(&ref, extra);
+    }
+  }
+}
+
+Test(pipeline, gpipe_is_bit_identical_to_train) { check_schedule("gpipe", "1"); }
+Test(pipeline, one_f_one_b_is_bit_identical_to_train) { check_schedule("1f1b", "1"); }
+/* V = 2: with P = 4 every virtual stage holds one layer, embed and head alone */
+Test(pipeline, interleaved_is_bit_identical_to_train) { check_schedule("interleaved", "2"); }
+Test(pipeline, zb_h1_is_bit_identical_to_train) { check_schedule("zb-h1", "1"); }
+
+Test(pipeline, uneven_layouts_with_embed_or_head_alone_are_bit_identical) {
+  reference_t ref;
+  reference(5, &ref);
+  const char *embed_alone[] = {"--stages", "3", "--layout", "1,5,2", NULL};
+  const char *head_alone[] = {"--stages", "3", "--layout", "3,4,1", "--schedule", "gpipe", NULL};
+  const char *interleaved[] = {"--stages", "2", "--chunks", "2", "--layout", "1,2,4,1", NULL};
+  const char *zb[] = {"--stages", "2", "--layout", "6,2", "--schedule", "zb-h1", NULL};
+  assert_run_matches(&ref, embed_alone);
+  assert_run_matches(&ref, head_alone);
+  assert_run_matches(&ref, interleaved);
+  assert_run_matches(&ref, zb);
+}
+
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fputs(text, f);
+  cr_assert_eq(fclose(f), 0);
+}
+
+Test(pipeline, csv_schedule_is_bit_identical_to_train) {
+  char csv[320];
+  snprintf(csv, sizeof csv, "%s/sched.csv", dir);
+  /* a hand-written 2-worker schedule with an idle cell, and counts inferred
+   * from the CSV (3 micro-batches, no --stages) */
+  write_file(csv, "0F0,0F1,0F2,,0B0,0B1,0B2\n1F0,1B0,1F1,1B1,1F2,1B2\n");
+  reference_t ref;
+  reference(3, &ref);
+  const char *extra[] = {"--schedule", csv, NULL};
+  assert_run_matches(&ref, extra);
+}
+
+static void assert_refused(const char *const *extra, const char *needle) {
+  char metrics[320], hash[80];
+  snprintf(metrics, sizeof metrics, "%s/refused.jsonl", dir);
+  const char *args[32] = {"run", "--no-progress"};
+  int k = 2;
+  for (int i = 0; extra[i]; i++) args[k++] = extra[i];
+  args[k] = NULL;
+  cr_assert_eq(run_baton(args, 4, metrics, hash, sizeof hash), 2, "not refused: %s", needle);
+  char *e = bt_proc_slurp(err_path);
+  int lines = 0;
+  for (char *p = e; *p; p++) lines += *p == '\n';
+  cr_assert_eq(lines, 1, "want one line on stderr:\n%s", e);
+  cr_assert_not_null(strstr(e, needle), "'%s' not in: %s", needle, e);
+  cr_assert_null(strstr(e, "started stage"), "something was spawned: %s", e);
+  free(e);
+}
+
+Test(pipeline, out_of_order_csv_is_refused) {
+  char csv[320];
+  snprintf(csv, sizeof csv, "%s/bad.csv", dir);
+  /* valid, but virtual stages 0 and 1 accumulate micro-batch 1 before 0;
+   * the CSV's 2 micro-batches are taken from it (no --microbatches) */
+  write_file(csv, "0F0,0F1,0B1,0B0\n1F0,1F1,1B1,1B0\n");
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--schedule", csv, "--layers", "2", "--steps", "1", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_eq(finish(pid, 20000), 2);
+  char *e = bt_proc_slurp(err_path);
+  cr_assert_not_null(strstr(e, "refused"), "%s", e);
+  cr_assert_not_null(strstr(e, "micro-batch order"), "%s", e);
+  cr_assert_null(strstr(e, "started stage"), "%s", e);
+  free(e);
+}
+
+Test(pipeline, bad_combinations_exit_2_before_spawning) {
+  const char *too_many[] = {"--stages", "5", "--chunks", "2", NULL};
+  assert_refused(too_many, "10 virtual stages, but the model has only 8 layers");
+  const char *short_layout[] = {"--stages", "2", "--layout", "1,2", NULL};
+  assert_refused(short_layout, "--layout 1,2");
+  const char *wrong_count[] = {"--stages", "2", "--layout", "2,2,4", NULL};
+  assert_refused(wrong_count, "--layout 2,2,4");
+  const char *few_mb[] = {"--stages", "5", "--schedule", "1f1b", NULL};
+  assert_refused(few_mb, "--schedule 1f1b");
+  const char *no_such[] = {"--stages", "2", "--schedule", "/nonexistent/s.csv", NULL};
+  assert_refused(no_such, "--schedule /nonexistent/s.csv");
+  const char *chunks[] = {"--stages", "2", "--chunks", "2", "--schedule", "gpipe", NULL};
+  assert_refused(chunks, "--schedule gpipe");
+}
+
+Test(pipeline, peer_death_mid_step_fails_the_job_naming_the_stage) {
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--no-progress", "--stages", "3", "--layers", "6", "--dim", "16",
+                  "--mb-tokens", "16", "--steps", "1000000", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert(bt_proc_wait_for_text(err_path, "training", 30000));
+  bt_sleep_ms(300);
+  pid_t pids[16] = {0};
+  cr_assert_eq(bt_proc_worker_pids(err_path, pids, 16), 3);
+  kill(pids[1], SIGKILL);
+  /* the neighbours see the peer go at once and never hang */
+  cr_assert_eq(finish(pid, 30000), 1);
+  assert_contains(err_path, "baton: stage 1 failed: killed by signal 9");
+  assert_workers_gone(3, 2000);
+}
+
+Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) {
+  reference_t ref;
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[] = {(char *)bin, "train", "--layers", "6", "--dim", "16", "--mb-tokens", "16", "--steps", "150",
+                  "--hash", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_eq(finish(pid, 60000), 0);
+  char *o = bt_proc_slurp(out_path);
+  snprintf(ref.hash, sizeof ref.hash, "%s", last_line(o));
+  free(o);
+  truncate(out_path, 0);
+  truncate(err_path, 0);
+  char *run_argv[] = {(char *)bin, "run", "--no-progress", "--stages", "2", "--layers", "6", "--dim", "16",
+                      "--mb-tokens", "16", "--steps", "150", "--hash", NULL};
+  char *env[] = {"BATON_LOG=debug", NULL};
+  pid = bt_proc_spawn(run_argv, env, out_path, err_path);
+  cr_assert(bt_proc_wait_for_text(err_path, "stage 1 ready at tcp:", 30000));
+  char *e = bt_proc_slurp(err_path);
+  char *at = strstr(e, "stage 1 ready at tcp:");
+  char host[64];
+  int port = 0;
+  cr_assert_eq(sscanf(at, "stage 1 ready at tcp:%63[^:]:%d", host, &port), 2);
+  free(e);
+  /* an intruder with no token: the worker must close it, not trust it */
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, host, &sa.sin_addr);
+  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s", strerror(errno));
+  const char junk[] = "GET / HTTP/1.0\r\n\r\nnot a baton handshake, no token at all";
+  cr_assert_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+  cr_assert_eq(finish(pid, 60000), 0);
+  close(fd);
+  assert_contains(err_path, "transport: refused a connection from");
+  char *out = bt_proc_slurp(out_path);
+  cr_assert_str_eq(last_line(out), ref.hash);
+  free(out);
 }

@@ -2,7 +2,8 @@
  *
  * The supervisor passes the whole configuration as `--key=value` flags (the
  * shared table of common/config.h, the layout already resolved to counts,
- * a CSV schedule as an absolute path) and the stage, the control fd and the
+ * a CSV schedule as `--schedule=csv` with its absolute path in
+ * BATON_SCHEDULE_CSV) and the stage, the control fd and the
  * job token through BATON_* variables (worker/control.h). First thing, the
  * worker ties its life to the supervisor's (bt_control_guard); then it
  * parses, opens the control channel and runs worker/pipeline.c.
@@ -99,7 +100,7 @@ int bt_cmd_worker(int argc, char **argv) {
     code = BT_WEXIT_ORPHAN;
     goto out;
   }
-  code = bt_pipeline_run(cfg, &env, ctl);
+  code = bt_pipeline_run(cfg, getenv("BATON_SCHEDULE_CSV"), &env, ctl);
 out:
   bt_control_close(ctl);
   free(cfg);

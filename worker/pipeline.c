@@ -36,7 +36,8 @@ static int is_builder(const char *name) {
   return 0;
 }
 
-int bt_pipeline_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen) {
+int bt_pipeline_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t *out, char *err,
+                         size_t errlen) {
   const bt_run_config_t *r = &cfg->run;
   int m = cfg->model.microbatches;
   char why[512] = "";
@@ -48,22 +49,26 @@ int bt_pipeline_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, 
       errf(err, errlen, "--schedule %s: %s", r->schedule, why);
       return rc;
     }
-  } else {
-    rc = bt_sched_csv_read(r->schedule, out, why, sizeof why);
+  } else if (!strcmp(r->schedule, "csv") && csv_path) {
+    rc = bt_sched_csv_read(csv_path, out, why, sizeof why);
     if (rc < 0) {
-      errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a readable CSV: %s",
-           r->schedule, why[0] ? why : bt_strerror(rc));
+      errf(err, errlen, "--schedule %s: %s", csv_path, why[0] ? why : bt_strerror(rc));
       return BT_EARG;
     }
     if (out->p != r->stages || out->v != r->chunks || out->m != m) {
       errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
-           r->schedule, out->p, out->v, out->m, r->stages, r->chunks, m);
+           csv_path, out->p, out->v, out->m, r->stages, r->chunks, m);
       bt_sched_free(out);
       return BT_EARG;
     }
+  } else {
+    errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a CSV file",
+         r->schedule);
+    return BT_EARG;
   }
+  const char *what = csv_path && !strcmp(r->schedule, "csv") ? csv_path : r->schedule;
   if ((rc = bt_sched_validate(out, why, sizeof why)) < 0) {
-    errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+    errf(err, errlen, "--schedule %s: %s", what, why);
     bt_sched_free(out);
     return rc;
   }
@@ -71,7 +76,7 @@ int bt_pipeline_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, 
     errf(err, errlen,
          "--schedule %s: refused: weight gradients must accumulate in micro-batch order on every "
          "virtual stage for bit-identical training (%s)",
-         r->schedule, why);
+         what, why);
     bt_sched_free(out);
     return BT_ESCHEDULE;
   }
@@ -116,6 +121,7 @@ int bt_pipeline_layout(const bt_config_t *cfg, int *first, int *last, char *err,
 
 typedef struct {
   const bt_config_t *cfg;
+  const char *csv_path;
   const bt_control_env_t *env;
   bt_control_t *ctl;
   bt_schedule_t sched;
@@ -301,7 +307,7 @@ static int find_peers(pipe_t *w, int *peers, int *npeers) {
 static int setup(pipe_t *w, int *first, int *last) {
   const bt_config_t *cfg = w->cfg;
   int rc;
-  if ((rc = bt_pipeline_schedule(cfg, &w->sched, w->err, sizeof w->err)) < 0) return rc;
+  if ((rc = bt_pipeline_schedule(cfg, w->csv_path, &w->sched, w->err, sizeof w->err)) < 0) return rc;
   if ((rc = bt_pipeline_layout(cfg, first, last, w->err, sizeof w->err)) < 0) return rc;
   w->nact = bt_sched_len(&w->sched, w->me);
   w->reqs = calloc(w->nact * BT_COMM_MAX + 1, sizeof *w->reqs);
@@ -348,10 +354,12 @@ static int setup(pipe_t *w, int *first, int *last) {
   return rc;
 }
 
-int bt_pipeline_run(const bt_config_t *cfg, const bt_control_env_t *env, bt_control_t *ctl) {
+int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_control_env_t *env,
+                    bt_control_t *ctl) {
   pipe_t w;
   memset(&w, 0, sizeof w);
   w.cfg = cfg;
+  w.csv_path = csv_path;
   w.env = env;
   w.ctl = ctl;
   w.me = (int)env->stage;

@@ -26,12 +26,14 @@
 #include "worker/control.h"
 
 /* The schedule of cfg->run: a builder name ("gpipe", "1f1b", "interleaved",
- * "zb-h1") or a CSV file, for run.stages workers, run.chunks chunks and
- * model.microbatches micro-batches. The CSV's own counts must agree with
- * them. Validated, and checked for micro-batch order of the weight
- * gradients (bit-identical training needs it). BT_EARG or BT_ESCHEDULE with
- * a one-line reason in err. */
-int bt_pipeline_schedule(const bt_config_t *cfg, bt_schedule_t *out, char *err, size_t errlen);
+ * "zb-h1"), or "csv" for the file csv_path (BATON_SCHEDULE_CSV: a path does
+ * not fit the configuration's schedule name), for run.stages workers,
+ * run.chunks chunks and model.microbatches micro-batches. The CSV's own
+ * counts must agree with them. Validated, and checked for micro-batch order
+ * of the weight gradients (bit-identical training needs it). BT_EARG or
+ * BT_ESCHEDULE with a one-line reason in err. */
+int bt_pipeline_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t *out, char *err,
+                         size_t errlen);
 
 /* The layer range of every virtual stage (p·v entries of first/last global
  * layer) from run.layout (explicit counts) or the balanced split. BT_EARG
@@ -40,6 +42,7 @@ int bt_pipeline_layout(const bt_config_t *cfg, int *first, int *last, char *err,
 
 /* Runs the stage env->stage to the end. Returns a worker exit code
  * (BT_WEXIT_*), after sending ERROR with the reason when it fails. */
-int bt_pipeline_run(const bt_config_t *cfg, const bt_control_env_t *env, bt_control_t *ctl);
+int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_control_env_t *env,
+                    bt_control_t *ctl);
 
 #endif
