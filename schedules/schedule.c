@@ -250,41 +250,54 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
     errf(err, errlen, "schedule has %d workers, %d chunks, %d micro-batches", s->p, s->v, s->m);
     return BT_ESCHEDULE;
   }
-  int V = bt_sched_nstages(s);
-  size_t n = (size_t)V * (size_t)s->m * BT_ACT_NTYPES;
+  int V = bt_sched_nstages(s), rc = 0;
+  /* A complete schedule has 2·V·m actions or more; one naming far more
+   * (stage, micro-batch) pairs than it has actions is incomplete anyway,
+   * and its table could be huge (a two-cell CSV naming stage 60000 and
+   * micro-batch 10^6), so it is refused before allocating. */
+  size_t pairs = (size_t)V * (size_t)s->m, total = s->off[s->p];
+  if (pairs > 2 * total + 4096) {
+    errf(err, errlen, "schedule names %d virtual stages and %d micro-batches but holds only %zu "
+         "actions (a complete one has %zu)", V, s->m, total, 2 * pairs);
+    return BT_ESCHEDULE;
+  }
+  size_t n = pairs * BT_ACT_NTYPES;
   uint32_t *idx = malloc(n * sizeof *idx);
   if (!idx) return -ENOMEM;
   memset(idx, 0xff, n * sizeof *idx);
   char a1[32];
-  for (int w = 0; w < s->p; w++)
+  for (int w = 0; w < s->p && !rc; w++)
     for (size_t j = 0; j < bt_sched_len(s, w); j++) {
       const bt_action_t *a = bt_sched_at(s, w, j);
       if (a->stage < 0 || a->stage >= V || a->mb < 0 || a->mb >= s->m || a->type < 0 ||
           a->type >= BT_ACT_NTYPES) {
         errf(err, errlen, "worker %d position %zu: %s is outside %d virtual stages x %d "
              "micro-batches", w, j, bt_action_format(a, a1, sizeof a1), V, s->m);
-        free(idx);
-        return BT_ESCHEDULE;
+        rc = BT_ESCHEDULE;
+        break;
       }
-      if (bt_sched_worker_of(s, a->stage) != w) {
+      int owner = bt_sched_worker_of(s, a->stage);
+      if (owner != w) {
         errf(err, errlen, "worker %d position %zu: %s belongs on worker %d (virtual stage %d "
-             "is chunk %d of worker %d)", w, j, bt_action_format(a, a1, sizeof a1),
-             bt_sched_worker_of(s, a->stage), a->stage, bt_sched_chunk_of(s, a->stage),
-             bt_sched_worker_of(s, a->stage));
-        free(idx);
-        return BT_ESCHEDULE;
+             "is chunk %d of worker %d)", w, j, bt_action_format(a, a1, sizeof a1), owner,
+             a->stage, bt_sched_chunk_of(s, a->stage), owner);
+        rc = BT_ESCHEDULE;
+        break;
       }
       size_t key = bt_sched_key(s, a->stage, a->type, a->mb);
       if (idx[key] != UINT32_MAX) {
         errf(err, errlen, "worker %d position %zu: %s appears twice (first at position %zu)", w,
              j, bt_action_format(a, a1, sizeof a1), (size_t)idx[key] - s->off[w]);
-        free(idx);
-        return BT_ESCHEDULE;
+        rc = BT_ESCHEDULE;
+        break;
       }
       idx[key] = (uint32_t)(s->off[w] + j);
     }
-  *out = idx;
-  return 0;
+  if (rc)
+    free(idx);
+  else
+    *out = idx;
+  return rc;
 }
 
 /* Every (virtual stage, micro-batch) has one F and one backward. */

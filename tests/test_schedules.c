@@ -245,6 +245,16 @@ Test(validate, deadlock_names_the_stuck_workers_and_what_they_wait_for) {
   bt_sched_free(&s);
 }
 
+Test(validate, sparse_schedule_is_refused_before_its_tables_are_built) {
+  const char *text = "0F999999,0B999999\n65535F0\n";
+  bt_schedule_t s;
+  char err[512] = "";
+  cr_assert_eq(bt_sched_csv_parse(text, strlen(text), &s, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(bt_sched_validate(&s, err, sizeof err), BT_ESCHEDULE);
+  cr_assert(strstr(err, "holds only 3 actions"), "%s", err);
+  bt_sched_free(&s);
+}
+
 Test(validate, backward_before_own_forward_deadlocks) {
   const char *rows[] = {"0B0 0F0"};
   bt_schedule_t s;
