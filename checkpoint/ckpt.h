@@ -119,6 +119,15 @@ int bt_ckpt_writer_create(bt_ckpt_writer_t **out, const char *root, const bt_ckp
  * is all the caller waits for. The writer thread writes the shard. */
 int bt_ckpt_save_async(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
                        const bt_ckpt_tensor_t *t, size_t n, int64_t timeout_ms);
+/* Copies tensor i (numel floats) into dst; 0 or a negative code. */
+typedef int (*bt_ckpt_fill_fn)(void *arg, size_t i, float *dst);
+/* The same, but each tensor is copied into the snapshot by fill() (e.g.
+ * bt_stage_tensor_get, straight from device memory): one copy instead of a
+ * host staging buffer and then the snapshot. t[i].data is ignored. A fill
+ * error is returned and nothing is queued. */
+int bt_ckpt_save_async_fill(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
+                            const bt_ckpt_tensor_t *t, size_t n, bt_ckpt_fill_fn fill,
+                            void *arg, int64_t timeout_ms);
 /* Waits (at most timeout_ms) until no save is in flight; *last gets the
  * result of the most recent save (rc BT_EARG when there was none). */
 int bt_ckpt_writer_wait(bt_ckpt_writer_t *w, int64_t timeout_ms, bt_ckpt_result_t *last);

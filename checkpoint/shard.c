@@ -32,6 +32,19 @@ struct bt_ckpt_shard {
   size_t nlayers;
 };
 
+/* HDF5's own file locks fail on some NFS and Lustre mounts (its docs say
+ * to set HDF5_USE_FILE_LOCKING=FALSE there). A shard is written once under
+ * a temporary name and never modified after its rename, and the checkpoint
+ * directory has its own LOCK, so HDF5's locks protect nothing here. */
+static herr_t no_file_locking(hid_t fapl) {
+#if H5_VERSION_GE(1, 10, 7)
+  return H5Pset_file_locking(fapl, 0, 1);
+#else
+  (void)fapl;
+  return 0;
+#endif
+}
+
 /* ---- attributes ---- */
 
 static int attr_write(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank,
@@ -276,6 +289,7 @@ static int write_h5(const char *tmp, const bt_ckpt_meta_t *meta, const bt_ckpt_t
   H5_TRY_ID(fapl, H5Pcreate(H5P_FILE_ACCESS));
   /* Strong close: on an error path H5Fclose also closes whatever is open. */
   H5_TRY(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
+  H5_TRY(no_file_locking(fapl));
   H5_TRY_ID(file, H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
   if ((rc = write_root_attrs(file, meta, layers, nl)) < 0) goto out;
   H5_TRY_ID(g, H5Gcreate2(file, "/layers", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
@@ -443,6 +457,7 @@ int bt_ckpt_shard_open(const char *path, bt_ckpt_shard_t **out) {
   s->file = -1;
   H5_TRY_ID(fapl, H5Pcreate(H5P_FILE_ACCESS));
   H5_TRY(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG));
+  H5_TRY(no_file_locking(fapl));
   s->file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   if (s->file < 0) {
     /* The HDF5 signature is there but the file does not open: torn. */

@@ -127,9 +127,10 @@ out:
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
-/* Copies meta and tensors into the snapshot; called while idle. */
+/* Copies meta and tensors (with fill() when given) into the snapshot;
+ * called while idle. */
 static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
-                    size_t n) {
+                    size_t n, bt_ckpt_fill_fn fill, void *arg) {
   size_t total = 0;
   for (size_t i = 0; i < n; i++) total += bt_ckpt_numel(&t[i]);
   if (n > w->tcap) {
@@ -144,6 +145,21 @@ static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ck
     w->buf = nb;
     w->bufcap = total;
   }
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t k = bt_ckpt_numel(&t[i]);
+    w->t[i] = t[i];
+    w->t[i].data = w->buf + off;
+    if (fill) {
+      int rc = fill(arg, i, w->t[i].data);
+      if (rc < 0) return rc;
+    } else if (t[i].data) {
+      memcpy(w->t[i].data, t[i].data, k * sizeof(float));
+    } else {
+      w->t[i].data = NULL; /* bt_ckpt_save reports the bad description */
+    }
+    off += k;
+  }
   char *cfg = dup_or_empty(meta->model_config), *run = dup_or_empty(meta->run_settings);
   if (!cfg || !run) {
     free(cfg);
@@ -154,27 +170,24 @@ static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ck
   w->meta = *meta;
   w->meta.model_config = cfg;
   w->meta.run_settings = run;
-  size_t off = 0;
-  for (size_t i = 0; i < n; i++) {
-    size_t k = bt_ckpt_numel(&t[i]);
-    w->t[i] = t[i];
-    w->t[i].data = w->buf + off;
-    if (t[i].data) memcpy(w->t[i].data, t[i].data, k * sizeof(float));
-    else w->t[i].data = NULL; /* bt_ckpt_save reports the bad description */
-    off += k;
-  }
   w->n = n;
   return 0;
 }
 
 int bt_ckpt_save_async(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
                        const bt_ckpt_tensor_t *t, size_t n, int64_t timeout_ms) {
+  return bt_ckpt_save_async_fill(w, meta, t, n, NULL, NULL, timeout_ms);
+}
+
+int bt_ckpt_save_async_fill(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
+                            const bt_ckpt_tensor_t *t, size_t n, bt_ckpt_fill_fn fill,
+                            void *arg, int64_t timeout_ms) {
   if (!w || !meta || (!t && n)) return BT_EARG;
   for (size_t i = 0; i < n; i++)
     if (t[i].ndim < 1 || t[i].ndim > BT_CKPT_MAX_DIMS) return BT_EARG;
   pthread_mutex_lock(&w->mu);
   int rc = wait_until(w, idle, bt_deadline_ms(timeout_ms));
-  if (rc == 0) rc = snapshot(w, meta, t, n);
+  if (rc == 0) rc = snapshot(w, meta, t, n, fill, arg);
   if (rc == 0) {
     w->busy = 1;
     pthread_cond_broadcast(&w->cv);

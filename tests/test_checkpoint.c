@@ -670,3 +670,52 @@ Test(retention, keeps_newest_n_and_every_kth, .init = setup, .fini = teardown) {
   cr_assert(!exists("step-00000008") && !exists("step-00000004"));
   cr_assert_eq(bt_ckpt_retain(root, &(bt_ckpt_retention_t){.keep_last = 0}, -1, NULL), BT_EARG);
 }
+
+/* ---- asynchronous saves filled by a callback (device copies) ---- */
+
+typedef struct {
+  const ckpt_synth_t *src;
+  size_t calls;
+  size_t fail_at;
+} fill_t;
+
+static int fill_from(void *arg, size_t i, float *dst) {
+  fill_t *f = arg;
+  f->calls++;
+  if (i == f->fail_at) return BT_EBACKEND;
+  memcpy(dst, f->src->t[i].data, bt_ckpt_numel(&f->src->t[i]) * sizeof(float));
+  return 0;
+}
+
+Test(async, fill_callback_snapshot, .init = setup, .fini = teardown) {
+  ckpt_synth_t sy, got;
+  cr_assert_eq(ckpt_synth_make(&sy, 0, L, L, 8, 4, 1), 0);
+  bt_ckpt_tensor_t *desc = calloc(sy.n, sizeof *desc);
+  for (size_t i = 0; i < sy.n; i++) {
+    desc[i] = sy.t[i];
+    desc[i].data = NULL; /* only the description: fill() provides data */
+  }
+  bt_ckpt_writer_t *w;
+  cr_assert_eq(bt_ckpt_writer_create(&w, root, NULL, NULL, NULL), 0);
+  bt_ckpt_meta_t m = ckpt_synth_meta(4, 0, 1, L, 8);
+  fill_t f = {.src = &sy, .fail_at = 5};
+  cr_assert_eq(bt_ckpt_save_async_fill(w, &m, desc, sy.n, fill_from, &f, 10000), BT_EBACKEND);
+  bt_ckpt_result_t r;
+  cr_assert_eq(bt_ckpt_writer_wait(w, 10000, &r), 0);
+  cr_assert_eq(r.rc, BT_EARG, "a failed fill still queued a save");
+  f = (fill_t){.src = &sy, .fail_at = SIZE_MAX};
+  cr_assert_eq(bt_ckpt_save_async_fill(w, &m, desc, sy.n, fill_from, &f, 10000), 0);
+  cr_assert_eq(f.calls, sy.n);
+  cr_assert_eq(bt_ckpt_writer_wait(w, 30000, &r), 0);
+  cr_assert_eq(r.rc, 0);
+  bt_ckpt_writer_destroy(w);
+  cr_assert_eq(bt_ckpt_commit(root, 4, &r.shard, 1), 0);
+  cr_assert_eq(ckpt_synth_empty(&got, 0, L, L, 1), 0);
+  bt_ckpt_step_t st;
+  cr_assert_eq(bt_ckpt_restore(root, got.t, got.n, &st), 0);
+  assert_same(&got, &sy);
+  bt_ckpt_step_close(&st);
+  free(desc);
+  ckpt_synth_free(&got);
+  ckpt_synth_free(&sy);
+}
