@@ -211,6 +211,7 @@ static int alloc_activations(bt_chunk_t *c) {
   if (c->first > 0) per_mb += TD;
   if (!is_head(c, c->last)) per_mb += TD;
   size_t total = per_mb * (size_t)c->nmb;
+  c->act_floats = total;
   int rc = c->be->ops->alloc(c->be, (void **)&c->act, (total ? total : 1) * sizeof(float));
   if (rc) return rc;
   size_t n = (size_t)c->nlayers * (size_t)c->nmb;

@@ -88,6 +88,7 @@ typedef struct bt_chunk {
   float *grads;             /* (nparams) */
   float *opt;               /* (2 nparams): m then v */
   float *act;               /* all per-micro-batch buffers, one allocation */
+  size_t act_floats;        /* its size (bt_model_activation_floats less data bytes, x nmb) */
   uint8_t *bytes;           /* (nmb, T + K + 1) micro-batch bytes, when needed */
   size_t nbytes;            /* T + K + 1 */
   /* [layer * nmb + mb]: output (non-head), input gradient (non-embed), stash */

@@ -151,7 +151,7 @@ Test(train, default_run_reaches_the_entropy_rate_of_the_synthetic_stream) {
   char metrics[] = "/tmp/bt_e2e_train_metricsXXXXXX";
   close(mkstemp(metrics));
   const char *a[] = {"--metrics", metrics, NULL};
-  result_t r = run_train(400, a);
+  result_t r = run_train(540, a);
   cr_assert_eq(r.code, 0, "%s", r.err);
   const char *e = strstr(r.out, "entropy_rate ");
   cr_assert(e != NULL, "no entropy line: %s", r.out);

@@ -170,6 +170,23 @@ Test(model, layout_parse_checks_coverage) {
   cr_assert_eq(bt_model_layout_parse(&m, "2,x,4", 0, counts, 8, &n, err, sizeof err), BT_EARG);
 }
 
+Test(model, memory_estimate_is_what_chunks_allocate) {
+  bt_model_config_t m = tiny(3);
+  bt_backend_t *be = cpu();
+  const int ranges[][2] = {{0, 4}, {0, 0}, {1, 2}, {4, 4}, {2, 4}, {0, 3}};
+  for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+    int f = ranges[i][0], l = ranges[i][1];
+    bt_chunk_t *c = NULL;
+    cr_assert_eq(bt_chunk_create(be, &m, f, l, m.microbatches, &c), 0);
+    uint64_t est = bt_model_activation_floats(&m, f, l);
+    uint64_t data = (f == 0 || l == m.layers + 1) ? (m.context + m.mb_tokens + 1 + 3) / 4 : 0;
+    cr_assert_eq(c->act_floats, (est - data) * (uint64_t)m.microbatches, "layers %d..%d: %zu vs %llu",
+                 f, l, c->act_floats, (unsigned long long)((est - data) * m.microbatches));
+    bt_chunk_destroy(c);
+  }
+  bt_backend_destroy(be);
+}
+
 /* ---- data ---- */
 
 Test(data, batches_are_pure_functions_of_seed_step_microbatch) {
