@@ -21,6 +21,8 @@
 /* HASHES frames stay far below BT_FRAME_MAX_PAYLOAD with this many records
  * each (a record is under 80 bytes on the wire). */
 #define HASH_RECS_PER_FRAME 4096
+/* The same for TRACE frames (an event is under 50 bytes on the wire). */
+#define TRACE_EVS_PER_FRAME 8192
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...) {
@@ -399,8 +401,12 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
       errf(w.err, sizeof w.err, "step %lld: loss: %s", (long long)step, bt_strerror(rc));
       goto out;
     }
-    bt_msg_trace_t tr = {.stage = (uint32_t)w.me, .step = step, .n = (uint32_t)w.nact, .ev = w.ev};
-    if ((rc = bt_control_send_metrics(ctl, &m)) < 0 || (rc = bt_control_send_trace(ctl, &tr)) < 0) goto out;
+    if ((rc = bt_control_send_metrics(ctl, &m)) < 0) goto out;
+    for (size_t off = 0; off < w.nact; off += TRACE_EVS_PER_FRAME) {
+      size_t k = w.nact - off < TRACE_EVS_PER_FRAME ? w.nact - off : TRACE_EVS_PER_FRAME;
+      bt_msg_trace_t tr = {.stage = (uint32_t)w.me, .step = step, .n = (uint32_t)k, .ev = w.ev + off};
+      if ((rc = bt_control_send_trace(ctl, &tr)) < 0) goto out;
+    }
     int64_t stop = bt_control_stop_step(ctl);
     if (stop >= 0 && step >= stop && step < start->last_step) {
       bt_info("stopping after step %lld on the supervisor's request", (long long)step);
