@@ -12,7 +12,7 @@
  *
  * Usage: bench_kernels [--tokens N] [--seconds S]
  *   --tokens   rows per micro-batch (default 64, baton's --mb-tokens default)
- *   --seconds  time per measurement (default 0.2), split into 7 rounds that
+ *   --seconds  time per measurement (default 0.2), split into 15 rounds that
  *              alternate backend and baseline; the best round counts
  *
  * Not a test: it asserts nothing about speed.
@@ -35,7 +35,7 @@
 static const int dims[] = {64, 128, 256, 512};
 #define NDIMS (sizeof dims / sizeof dims[0])
 enum { OP_FWD, OP_BWD_IN, OP_BWD_W, NOPS };
-#define ROUNDS 7
+#define ROUNDS 15
 static const char *op_names[NOPS] = {"forward", "backward_input", "backward_weight"};
 
 static double now_s(void) {

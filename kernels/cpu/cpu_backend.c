@@ -243,15 +243,27 @@ static int cpu_matmul_backward_weight(bt_backend_t *be, float *dweight, float *d
                                       const float *dout, const float *inp, int N, int C, int OC) {
   if (N < 0 || C < 1 || OC < 1) return BT_EARG;
   if (N == 0) return 0;
-  size_t nw = (size_t)OC * C;
+  /* The product goes through the scratch buffer in bands of output rows
+   * about 128 KiB large, each added to dweight while it is still in cache:
+   * a whole (OC, C) scratch would be written, then read back from memory.
+   * The band height depends only on C, so the call sequence, and hence the
+   * bits, are the same on every run. */
+  int band = 32768 / C;
+  band = band < 16 ? 16 : band / 16 * 16;
+  if (band > OC) band = OC;
   float *s;
-  int rc = scratch_get(be, nw + (size_t)OC, &s);
+  int rc = scratch_get(be, (size_t)band * C + (size_t)OC, &s);
   if (rc < 0) return rc;
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 0.0f, s,
-              C);
-  for (size_t i = 0; i < nw; i++) dweight[i] += s[i];
+  for (int o = 0; o < OC; o += band) {
+    int rows = OC - o < band ? OC - o : band;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, C, N, 1.0f, dout + o, OC, inp, C,
+                0.0f, s, C);
+    float *dw = dweight + (size_t)o * C;
+    size_t nb = (size_t)rows * C;
+    for (size_t i = 0; i < nb; i++) dw[i] += s[i];
+  }
   if (dbias) {
-    float *sb = s + nw;
+    float *sb = s + (size_t)band * C;
     memset(sb, 0, (size_t)OC * sizeof(float));
     for (int n = 0; n < N; n++) {
       const float *g = dout + (size_t)n * OC;
