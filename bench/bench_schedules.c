@@ -44,9 +44,9 @@ static void fs_type(char *out, size_t len) {
   static const struct {
     unsigned long magic;
     const char *name;
-  } known[] = {{0xEF53, "ext4"}, {0x58465342, "xfs"}, {0x01021994, "tmpfs"},
+  } known[] = {{0xEF53, "ext4"},          {0x58465342, "xfs"},   {0x01021994, "tmpfs"},
                {0x794c7630, "overlayfs"}, {0x9123683E, "btrfs"}, {0x6969, "nfs"},
-               {0x2FC12FC1, "zfs"}, {0x65735546, "fuse"}};
+               {0x2FC12FC1, "zfs"},       {0x65735546, "fuse"}};
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
     if ((unsigned long)st.f_type == known[i].magic) {
       snprintf(out, len, "%s", known[i].name);
@@ -138,22 +138,23 @@ int main(int argc, char **argv) {
          "simulate s", "total s", "ns/action");
   printf("%6d %10zu %10.4f %10.4f %10.4f %10.4f %12.1f\n", mq, quarter.actions, quarter.build,
          quarter.validate, quarter.simulate, tq, 1e9 * tq / (double)quarter.actions);
-  printf("%6d %10zu %10.4f %10.4f %10.4f %10.4f %12.1f\n", m, big.actions, big.build,
-         big.validate, big.simulate, tb, 1e9 * tb / (double)big.actions);
-  printf("time ratio %.2f for %.2fx the actions (linear: %.2f, quadratic: %.2f); "
-         "peak RSS growth %ld KiB (%.1f bytes/action)\n\n",
-         scaling, want_scaling, want_scaling, want_scaling * want_scaling, rss_delta,
-         1024.0 * (double)rss_delta / (double)big.actions);
+  printf("%6d %10zu %10.4f %10.4f %10.4f %10.4f %12.1f\n", m, big.actions, big.build, big.validate,
+         big.simulate, tb, 1e9 * tb / (double)big.actions);
+  printf(
+      "time ratio %.2f for %.2fx the actions (linear: %.2f, quadratic: %.2f); "
+      "peak RSS growth %ld KiB (%.1f bytes/action)\n\n",
+      scaling, want_scaling, want_scaling, want_scaling * want_scaling, rss_delta,
+      1024.0 * (double)rss_delta / (double)big.actions);
 
   /* Simulated bubble against the closed form, unit costs. */
   static const struct {
     const char *name;
     int p, v, m;
   } sizes[] = {
-      {"gpipe", 4, 1, 8},        {"gpipe", 16, 1, 64},      {"1f1b", 4, 1, 8},
-      {"1f1b", 8, 1, 32},        {"1f1b", 32, 1, 128},      {"zb-h1", 4, 1, 8},
-      {"zb-h1", 8, 1, 32},       {"zb-h1", 32, 1, 128},     {"interleaved", 4, 2, 8},
-      {"interleaved", 8, 2, 32}, {"interleaved", 8, 4, 36}, {"interleaved", 2, 3, 5},
+      {"gpipe", 4, 1, 8},          {"gpipe", 16, 1, 64},      {"1f1b", 4, 1, 8},
+      {"1f1b", 8, 1, 32},          {"1f1b", 32, 1, 128},      {"zb-h1", 4, 1, 8},
+      {"zb-h1", 8, 1, 32},         {"zb-h1", 32, 1, 128},     {"interleaved", 4, 2, 8},
+      {"interleaved", 8, 2, 32},   {"interleaved", 8, 4, 36}, {"interleaved", 2, 3, 5},
       {"interleaved", 32, 4, 128},
   };
   double rmin = 0, rmax = 0;

@@ -9,8 +9,8 @@
  * one line on stderr and exit code 2.
  */
 #include <errno.h>
-#include <stdint.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,9 +101,9 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       o->json = 1;
       continue;
     }
-    static const char *const with_value[] = {"--schedule", "--stages", "--chunks",
-                                             "--microbatches", "--costs", "--stage-cost", "--csv-in",
-                                             "--csv-out", "--svg", "--from-trace", NULL};
+    static const char *const with_value[] = {
+        "--schedule", "--stages",  "--chunks", "--microbatches", "--costs", "--stage-cost",
+        "--csv-in",   "--csv-out", "--svg",    "--from-trace",   NULL};
     size_t flen = strcspn(arg, "=");
     int known = 0;
     for (int k = 0; with_value[k]; k++)
@@ -138,8 +138,10 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       snprintf(ks, sizeof ks, "%.*s", colon ? (int)(colon - val) : 0, val);
       if (!colon || (strcmp(ks, "last") && bt_parse_int(ks, 0, INT32_MAX, &k)) ||
           bt_parse_doubles(colon + 1, c, BT_ACT_NTYPES + 1, &n) || n != BT_ACT_NTYPES)
-        return bad("--stage-cost wants K:F,B,I,W with K a virtual stage or 'last' (got '%s'); "
-                   "e.g. --stage-cost last:2,4,2,2", val);
+        return bad(
+            "--stage-cost wants K:F,B,I,W with K a virtual stage or 'last' (got '%s'); "
+            "e.g. --stage-cost last:2,4,2,2",
+            val);
       for (int t = 0; t < BT_ACT_NTYPES; t++) {
         if (c[t] <= 0) return bad("--stage-cost costs must be positive: got '%s'", val);
         o->stage[o->nstage].c[t] = c[t];
@@ -149,8 +151,10 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       double c[5];
       size_t n = 0;
       if (bt_parse_doubles(val, c, 5, &n) || n < 4)
-        return bad("--costs wants F,B,I,W or F,B,I,W,T, finite numbers (got '%s'); e.g. "
-                   "--costs 1,2,1,1,0", val);
+        return bad(
+            "--costs wants F,B,I,W or F,B,I,W,T, finite numbers (got '%s'); e.g. "
+            "--costs 1,2,1,1,0",
+            val);
       for (size_t k = 0; k < n; k++)
         if (c[k] < 0 || (k < 4 && c[k] <= 0))
           return bad("--costs must be positive (transfer may be 0): got '%s'", val);
@@ -159,16 +163,16 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       o->has_costs = 1;
     } else {
       int *dst = !strcmp(flag, "--stages") ? &o->p : !strcmp(flag, "--chunks") ? &o->v : &o->m;
-      int hi = dst == &o->p ? BT_SCHED_MAX_STAGES
-               : dst == &o->v ? BT_SCHED_MAX_CHUNKS : BT_SCHED_MAX_MICROBATCHES;
+      int hi = dst == &o->p   ? BT_SCHED_MAX_STAGES
+               : dst == &o->v ? BT_SCHED_MAX_CHUNKS
+                              : BT_SCHED_MAX_MICROBATCHES;
       if (bt_parse_int(val, 1, hi, dst))
         return bad("%s must be a whole number from 1 to %d (got '%s')", flag, hi, val);
     }
   }
   int sources = !!o->name + !!o->csv_in + !!o->trace;
   if (sources == 0) return bad("give --schedule NAME, --csv-in FILE or --from-trace FILE");
-  if (sources > 1)
-    return bad("--schedule, --csv-in and --from-trace are alternatives: give one");
+  if (sources > 1) return bad("--schedule, --csv-in and --from-trace are alternatives: give one");
   if (o->trace && (o->p > 0 || o->v > 0 || o->m > 0 || o->has_costs || o->nstage || o->csv_out))
     return bad("--from-trace takes only --svg and --json: the trace has the real times");
   if (o->name) {
@@ -204,8 +208,10 @@ static int apply_stage_costs(opts_t *o, const bt_schedule_t *s, char *err, size_
   for (int i = 0; i < o->nstage; i++) {
     int k = o->stage[i].k < 0 ? V - 1 : o->stage[i].k;
     if (k >= V) {
-      snprintf(err, errlen, "--stage-cost names virtual stage %d, but the schedule has %d "
-               "(0..%d)", k, V, V - 1);
+      snprintf(err, errlen,
+               "--stage-cost names virtual stage %d, but the schedule has %d "
+               "(0..%d)",
+               k, V, V - 1);
       return BT_EARG;
     }
     memcpy(o->stage_table + (size_t)k * BT_ACT_NTYPES, o->stage[i].c, sizeof o->stage[i].c);
@@ -229,8 +235,7 @@ static int write_svg(const char *path, const bt_box_t *b, size_t n, const bt_ren
   return 0;
 }
 
-static void print_summary(const bt_sim_result_t *r, double closed,
-                          const char *unit) {
+static void print_summary(const bt_sim_result_t *r, double closed, const char *unit) {
   printf("makespan %.6g%s%s, bubble fraction %.6g", r->makespan, *unit ? " " : "", unit,
          r->bubble_fraction);
   if (closed >= 0) printf(" (closed form %.6g)", closed);
@@ -291,8 +296,8 @@ static int run_trace(const opts_t *o) {
     goto done;
   }
   char title[256];
-  snprintf(title, sizeof title, "trace %s: %d workers, %zu actions, bubble fraction %.4f",
-           o->trace, t.p, t.n, r.bubble_fraction);
+  snprintf(title, sizeof title, "trace %s: %d workers, %zu actions, bubble fraction %.4f", o->trace,
+           t.p, t.n, r.bubble_fraction);
   bt_render_opts_t ro = {.p = t.p, .v = t.v, .title = title, .unit = "us"};
   if (o->svg && (code = write_svg(o->svg, t.boxes, t.n, &ro))) goto done;
   if (o->json) {
@@ -331,9 +336,12 @@ static int run_schedule(opts_t *o) {
     if (!rc) {
       const char *what = NULL;
       int given = 0, got = 0;
-      if (o->p > 0 && o->p != s.p) what = "stages", given = o->p, got = s.p;
-      else if (o->v > 0 && o->v != s.v) what = "chunks", given = o->v, got = s.v;
-      else if (o->m > 0 && o->m != s.m) what = "microbatches", given = o->m, got = s.m;
+      if (o->p > 0 && o->p != s.p)
+        what = "stages", given = o->p, got = s.p;
+      else if (o->v > 0 && o->v != s.v)
+        what = "chunks", given = o->v, got = s.v;
+      else if (o->m > 0 && o->m != s.m)
+        what = "microbatches", given = o->m, got = s.m;
       if (what) {
         fprintf(stderr, "baton schedule: %s has %d %s but --%s %d was given\n", o->csv_in, got,
                 what, what, given);
@@ -349,7 +357,8 @@ static int run_schedule(opts_t *o) {
   if (!rc) rc = bt_sim_run(&s, &o->costs, &r, err, sizeof err);
   if (!rc) rc = bt_sim_boxes(&s, &r, &boxes, &nb);
   if (rc) {
-    fprintf(stderr, "baton schedule: %s: %s\n", src, err[0] && rc != -ENOMEM ? err : bt_strerror(rc));
+    fprintf(stderr, "baton schedule: %s: %s\n", src,
+            err[0] && rc != -ENOMEM ? err : bt_strerror(rc));
     code = rc == -ENOMEM ? 1 : 2;
     goto done;
   }

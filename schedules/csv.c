@@ -40,8 +40,7 @@ static size_t count_rows(const char *t, size_t len) {
 
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
 
-int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *err,
-                       size_t errlen) {
+int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   size_t rows = count_rows(text, len);
   int rc = 0;
@@ -80,23 +79,28 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
       if (b > a) {
         char cell[32];
         bt_action_t act;
-        if (b - a >= sizeof cell || (memcpy(cell, text + a, b - a), cell[b - a] = 0,
-                                     bt_action_parse(cell, &act))) {
-          errf(err, errlen, "CSV line %zu column %zu: '%.*s' is not an action like 2F0, 5I3 or "
-               "5W3", row + 1, col, (int)(b - a > 40 ? 40 : b - a), text + a);
+        if (b - a >= sizeof cell ||
+            (memcpy(cell, text + a, b - a), cell[b - a] = 0, bt_action_parse(cell, &act))) {
+          errf(err, errlen,
+               "CSV line %zu column %zu: '%.*s' is not an action like 2F0, 5I3 or "
+               "5W3",
+               row + 1, col, (int)(b - a > 40 ? 40 : b - a), text + a);
           rc = BT_EFORMAT;
           goto done;
         }
         if (act.stage >= BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS ||
             act.mb >= BT_SCHED_MAX_MICROBATCHES) {
-          errf(err, errlen, "CSV line %zu column %zu: %s is beyond the limits (%d virtual "
-               "stages, %d micro-batches)", row + 1, col, cell,
-               BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS, BT_SCHED_MAX_MICROBATCHES);
+          errf(err, errlen,
+               "CSV line %zu column %zu: %s is beyond the limits (%d virtual "
+               "stages, %d micro-batches)",
+               row + 1, col, cell, BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS,
+               BT_SCHED_MAX_MICROBATCHES);
           rc = BT_EFORMAT;
           goto done;
         }
         if (act.stage % (int)rows != (int)row) {
-          errf(err, errlen, "CSV line %zu column %zu: %s is on worker %zu, but with %zu workers "
+          errf(err, errlen,
+               "CSV line %zu column %zu: %s is on worker %zu, but with %zu workers "
                "virtual stage %d belongs to worker %d (stage k runs on worker k %% %zu)",
                row + 1, col, cell, row, rows, act.stage, act.stage % (int)rows, rows);
           rc = BT_EFORMAT;
@@ -118,7 +122,8 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
     goto done;
   }
   if ((max_stage + 1) % (int)rows != 0) {
-    errf(err, errlen, "CSV names virtual stages 0..%d on %zu workers: the stage count must be "
+    errf(err, errlen,
+         "CSV names virtual stages 0..%d on %zu workers: the stage count must be "
          "a multiple of the worker count (each worker holds the same number of chunks)",
          max_stage, rows);
     rc = BT_EFORMAT;

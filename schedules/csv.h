@@ -16,8 +16,7 @@
 
 /* Parses CSV text (len bytes, need not be NUL-terminated). BT_EFORMAT with
  * a one-line message naming line and column for anything malformed. */
-int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *err,
-                       size_t errlen);
+int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *err, size_t errlen);
 /* The same from a file; -errno when it cannot be read. */
 int bt_sched_csv_read(const char *path, bt_schedule_t *out, char *err, size_t errlen);
 

@@ -21,8 +21,7 @@ static void extent(const bt_box_t *b, size_t n, double *t0, double *t1, double *
   }
 }
 
-int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *o,
-                   int max_cols) {
+int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *o, int max_cols) {
   double t0, t1, q;
   extent(b, n, &t0, &t1, &q);
   if (n == 0 || q <= 0) {
@@ -31,8 +30,8 @@ int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t 
   }
   double slots = (t1 - t0) / q;
   if (slots > max_cols) {
-    fprintf(f, "(grid omitted: %.0f time slots is wider than %d; draw it with --svg)\n", ceil(slots),
-            max_cols);
+    fprintf(f, "(grid omitted: %.0f time slots is wider than %d; draw it with --svg)\n",
+            ceil(slots), max_cols);
     return ferror(f) ? -EIO : 0;
   }
   long cols = lround(ceil(slots - 1e-9));
@@ -78,8 +77,8 @@ int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t 
 /* F blue, B green (as the Megatron figures), I orange, W purple. */
 static const int base_rgb[BT_ACT_NTYPES][3] = {
     {31, 95, 168}, {46, 139, 62}, {212, 128, 28}, {123, 79, 176}};
-static const char *const type_label[BT_ACT_NTYPES] = {"F forward", "B backward",
-                                                       "I input gradient", "W weight gradient"};
+static const char *const type_label[BT_ACT_NTYPES] = {"F forward", "B backward", "I input gradient",
+                                                      "W weight gradient"};
 
 /* How far chunk c is blended towards white: 0 for chunk 0, 0.6 for the last. */
 static double shade_of(int chunk, int v) { return v > 1 ? 0.6 * chunk / (v - 1) : 0; }
@@ -127,7 +126,8 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
     if (b[j].act.type >= 0 && b[j].act.type < BT_ACT_NTYPES) present[b[j].act.type] = 1;
 
   fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
           "viewBox=\"0 0 %.0f %.0f\" font-family=\"Helvetica, Arial, sans-serif\">\n",
           ceil(width), ceil(height), ceil(width), ceil(height));
   fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#ffffff\"/>\n");
@@ -143,8 +143,10 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
   for (int t = 0; t < BT_ACT_NTYPES; t++) {
     if (!present[t]) continue;
     colour(fill, sizeof fill, t, 0);
-    fprintf(f, "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" "
-            "fill=\"%s\"/><text x=\"%g\" y=\"45\">%s</text>\n", lx, fill, lx + 18, type_label[t]);
+    fprintf(f,
+            "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" "
+            "fill=\"%s\"/><text x=\"%g\" y=\"45\">%s</text>\n",
+            lx, fill, lx + 18, type_label[t]);
     lx += 30 + 7.0 * strlen(type_label[t]);
   }
   if (o->v > 1) {
@@ -152,19 +154,24 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
     lx += 52;
     for (int c = 0; c < o->v; c++) {
       colour(fill, sizeof fill, BT_ACT_F, shade_of(c, o->v));
-      fprintf(f, "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" "
-              "fill=\"%s\"/><text x=\"%g\" y=\"45\">%d</text>\n", lx, fill, lx + 17, c);
+      fprintf(f,
+              "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" "
+              "fill=\"%s\"/><text x=\"%g\" y=\"45\">%d</text>\n",
+              lx, fill, lx + 17, c);
       lx += 34;
     }
   }
-  fprintf(f, "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" fill=\"#e6e6e6\" "
-          "stroke=\"#bbbbbb\"/><text x=\"%g\" y=\"45\">idle</text>\n</g>\n", lx + 10, lx + 28);
+  fprintf(f,
+          "<rect class=\"legend\" x=\"%g\" y=\"34\" width=\"14\" height=\"14\" fill=\"#e6e6e6\" "
+          "stroke=\"#bbbbbb\"/><text x=\"%g\" y=\"45\">idle</text>\n</g>\n",
+          lx + 10, lx + 28);
 
   /* Lanes: the grey that shows through where a worker idles. */
   fprintf(f, "<g id=\"lanes\" font-size=\"12\">\n");
   for (int w = 0; w < o->p; w++) {
     double y = top + w * (lane_h + gap);
-    fprintf(f, "<rect class=\"lane\" x=\"%g\" y=\"%g\" width=\"%.2f\" height=\"%g\" "
+    fprintf(f,
+            "<rect class=\"lane\" x=\"%g\" y=\"%g\" width=\"%.2f\" height=\"%g\" "
             "fill=\"#e6e6e6\"/><text x=\"%g\" y=\"%g\" text-anchor=\"end\">worker %d</text>\n",
             left, y, plot_w, lane_h, left - 8, y + lane_h / 2 + 4, w);
   }
@@ -180,11 +187,12 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
     double bx = left + (x->start - t0) * scale, bw = (x->end - x->start) * scale;
     double y = top + x->worker * (lane_h + gap);
     bt_action_format(&x->act, name, sizeof name);
-    fprintf(f, "<rect class=\"act %c\" data-action=\"%s\" x=\"%.2f\" y=\"%g\" width=\"%.2f\" "
+    fprintf(f,
+            "<rect class=\"act %c\" data-action=\"%s\" x=\"%.2f\" y=\"%g\" width=\"%.2f\" "
             "height=\"%g\" fill=\"%s\" stroke=\"#ffffff\" stroke-width=\"1\"><title>%s on worker "
-            "%d: %.6g to %.6g%s%s</title></rect>\n", bt_act_letter(t), name, bx, y + 1, bw,
-            lane_h - 2, fill, name, x->worker, x->start - t0, x->end - t0,
-            o->unit && *o->unit ? " " : "", o->unit ? o->unit : "");
+            "%d: %.6g to %.6g%s%s</title></rect>\n",
+            bt_act_letter(t), name, bx, y + 1, bw, lane_h - 2, fill, name, x->worker, x->start - t0,
+            x->end - t0, o->unit && *o->unit ? " " : "", o->unit ? o->unit : "");
     if (bw >= 10)
       fprintf(f, "<text x=\"%.2f\" y=\"%g\" fill=\"%s\">%d</text>\n", bx + bw / 2,
               y + lane_h / 2 + 4, sh < 0.4 ? "#ffffff" : "#1a1a1a", (int)x->act.mb);
@@ -196,8 +204,10 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
           left + plot_w, ay);
   for (double t = 0; t <= span * (1 + 1e-12); t += step) {
     double x = left + t * scale;
-    fprintf(f, "<line x1=\"%.2f\" y1=\"%g\" x2=\"%.2f\" y2=\"%g\" stroke=\"#333333\"/>"
-            "<text x=\"%.2f\" y=\"%g\">%g</text>\n", x, ay, x, ay + 5, x, ay + 17, t);
+    fprintf(f,
+            "<line x1=\"%.2f\" y1=\"%g\" x2=\"%.2f\" y2=\"%g\" stroke=\"#333333\"/>"
+            "<text x=\"%.2f\" y=\"%g\">%g</text>\n",
+            x, ay, x, ay + 5, x, ay + 17, t);
   }
   fprintf(f, "<text x=\"%.2f\" y=\"%g\">time%s%s%s</text>\n</g>\n</svg>\n", left + plot_w / 2,
           ay + 34, o->unit && *o->unit ? " (" : "", o->unit ? o->unit : "",

@@ -27,8 +27,7 @@ typedef struct {
  * name in its first slot, '-' while it runs, '.' where the worker idles.
  * A grid wider than max_cols slots is replaced by one line saying so.
  * 0 or -EIO. */
-int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *o,
-                   int max_cols);
+int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *o, int max_cols);
 
 /* A standalone SVG document; every action is one <rect class="act ..."> in
  * the "actions" group. 0 or -EIO. */

@@ -183,24 +183,32 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
   }
   int interleaved = !strcmp(name, "interleaved");
   if (!interleaved && v != 1) {
-    errf(err, errlen, "%s places one chunk on each stage: chunks must be 1 (got %d); "
-         "use --schedule interleaved for more", name, v);
+    errf(err, errlen,
+         "%s places one chunk on each stage: chunks must be 1 (got %d); "
+         "use --schedule interleaved for more",
+         name, v);
     return BT_EARG;
   }
   if (interleaved && (v < 2 || v > BT_SCHED_MAX_CHUNKS)) {
-    errf(err, errlen, "interleaved needs between 2 and %d chunks per stage (got %d); "
-         "try --chunks 2, or --schedule 1f1b for one chunk", BT_SCHED_MAX_CHUNKS, v);
+    errf(err, errlen,
+         "interleaved needs between 2 and %d chunks per stage (got %d); "
+         "try --chunks 2, or --schedule 1f1b for one chunk",
+         BT_SCHED_MAX_CHUNKS, v);
     return BT_EARG;
   }
   if (m < p) {
-    errf(err, errlen, "%s needs at least as many micro-batches as stages, m >= p "
-         "(got m=%d, p=%d); try --microbatches %d", name, m, p, p);
+    errf(err, errlen,
+         "%s needs at least as many micro-batches as stages, m >= p "
+         "(got m=%d, p=%d); try --microbatches %d",
+         name, m, p, p);
     return BT_EARG;
   }
   size_t per = (size_t)v * (size_t)m * (strcmp(name, "zb-h1") ? 2 : 3);
   if (per * (size_t)p > BT_SCHED_MAX_ACTIONS) {
-    errf(err, errlen, "%s with p=%d, v=%d, m=%d has more than %zu actions; try fewer "
-         "micro-batches", name, p, v, m, BT_SCHED_MAX_ACTIONS);
+    errf(err, errlen,
+         "%s with p=%d, v=%d, m=%d has more than %zu actions; try fewer "
+         "micro-batches",
+         name, p, v, m, BT_SCHED_MAX_ACTIONS);
     return BT_EARG;
   }
   return 0;
@@ -257,8 +265,10 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
    * micro-batch 10^6), so it is refused before allocating. */
   size_t pairs = (size_t)V * (size_t)s->m, total = s->off[s->p];
   if (pairs > 2 * total + 4096) {
-    errf(err, errlen, "schedule names %d virtual stages and %d micro-batches but holds only %zu "
-         "actions (a complete one has %zu)", V, s->m, total, 2 * pairs);
+    errf(err, errlen,
+         "schedule names %d virtual stages and %d micro-batches but holds only %zu "
+         "actions (a complete one has %zu)",
+         V, s->m, total, 2 * pairs);
     return BT_ESCHEDULE;
   }
   size_t n = pairs * BT_ACT_NTYPES;
@@ -271,23 +281,27 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
       const bt_action_t *a = bt_sched_at(s, w, j);
       if (a->stage < 0 || a->stage >= V || a->mb < 0 || a->mb >= s->m || a->type < 0 ||
           a->type >= BT_ACT_NTYPES) {
-        errf(err, errlen, "worker %d position %zu: %s is outside %d virtual stages x %d "
-             "micro-batches", w, j, bt_action_format(a, a1, sizeof a1), V, s->m);
+        errf(err, errlen,
+             "worker %d position %zu: %s is outside %d virtual stages x %d "
+             "micro-batches",
+             w, j, bt_action_format(a, a1, sizeof a1), V, s->m);
         rc = BT_ESCHEDULE;
         break;
       }
       int owner = bt_sched_worker_of(s, a->stage);
       if (owner != w) {
-        errf(err, errlen, "worker %d position %zu: %s belongs on worker %d (virtual stage %d "
-             "is chunk %d of worker %d)", w, j, bt_action_format(a, a1, sizeof a1), owner,
-             a->stage, bt_sched_chunk_of(s, a->stage), owner);
+        errf(err, errlen,
+             "worker %d position %zu: %s belongs on worker %d (virtual stage %d "
+             "is chunk %d of worker %d)",
+             w, j, bt_action_format(a, a1, sizeof a1), owner, a->stage,
+             bt_sched_chunk_of(s, a->stage), owner);
         rc = BT_ESCHEDULE;
         break;
       }
       size_t key = bt_sched_key(s, a->stage, a->type, a->mb);
       if (idx[key] != UINT32_MAX) {
-        errf(err, errlen, "worker %d position %zu: %s appears twice (first at position %zu)", w,
-             j, bt_action_format(a, a1, sizeof a1), (size_t)idx[key] - s->off[w]);
+        errf(err, errlen, "worker %d position %zu: %s appears twice (first at position %zu)", w, j,
+             bt_action_format(a, a1, sizeof a1), (size_t)idx[key] - s->off[w]);
         rc = BT_ESCHEDULE;
         break;
       }
@@ -301,8 +315,7 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
 }
 
 /* Every (virtual stage, micro-batch) has one F and one backward. */
-static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err,
-                          size_t errlen) {
+static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err, size_t errlen) {
   int V = bt_sched_nstages(s);
   char a1[32], a2[32];
   for (int k = 0; k < V; k++) {
@@ -314,8 +327,8 @@ static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err
       uint32_t wg = idx[bt_sched_key(s, k, BT_ACT_W, i)];
       bt_action_t fa = {.stage = k, .mb = i, .type = BT_ACT_F};
       if (f == UINT32_MAX) {
-        errf(err, errlen, "worker %d: virtual stage %d micro-batch %d has no forward (%s)", w,
-             k, i, bt_action_format(&fa, a1, sizeof a1));
+        errf(err, errlen, "worker %d: virtual stage %d micro-batch %d has no forward (%s)", w, k, i,
+             bt_action_format(&fa, a1, sizeof a1));
         return BT_ESCHEDULE;
       }
       if (b != UINT32_MAX && (in != UINT32_MAX || wg != UINT32_MAX)) {
@@ -326,9 +339,10 @@ static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err
         return BT_ESCHEDULE;
       }
       if (b == UINT32_MAX && in == UINT32_MAX && wg == UINT32_MAX) {
-        errf(err, errlen, "worker %d position %zu: %s has no backward (%dB%d, or %dI%d then "
-             "%dW%d)", w, (size_t)f - s->off[w], bt_action_format(&fa, a1, sizeof a1), k, i, k,
-             i, k, i);
+        errf(err, errlen,
+             "worker %d position %zu: %s has no backward (%dB%d, or %dI%d then "
+             "%dW%d)",
+             w, (size_t)f - s->off[w], bt_action_format(&fa, a1, sizeof a1), k, i, k, i, k, i);
         return BT_ESCHEDULE;
       }
       if (b == UINT32_MAX && (in == UINT32_MAX) != (wg == UINT32_MAX)) {
@@ -380,9 +394,10 @@ int bt_sched_check_microbatch_order(const bt_schedule_t *s, char *err, size_t er
       const bt_action_t *a = bt_sched_at(s, w, j);
       if (a->type != BT_ACT_B && a->type != BT_ACT_W) continue;
       if (a->mb != next[a->stage]) {
-        errf(err, errlen, "worker %d position %zu: %s accumulates weight gradients of virtual "
-             "stage %d before micro-batch %d", w, j, bt_action_format(a, a1, sizeof a1),
-             a->stage, next[a->stage]);
+        errf(err, errlen,
+             "worker %d position %zu: %s accumulates weight gradients of virtual "
+             "stage %d before micro-batch %d",
+             w, j, bt_action_format(a, a1, sizeof a1), a->stage, next[a->stage]);
         ok = 0;
         break;
       }
@@ -425,9 +440,11 @@ int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errle
         uint32_t got = seq[((size_t)t->kind * V + t->stage) * s->m + t->mb];
         if (got != want) {
           char a1[32];
-          errf(err, errlen, "worker %d position %zu: %s receives the %s of virtual stage %d "
+          errf(err, errlen,
+               "worker %d position %zu: %s receives the %s of virtual stage %d "
                "micro-batch %d from worker %d as message %u of that channel, but it was sent "
-               "as message %u", w, j, bt_action_format(bt_sched_at(s, w, j), a1, sizeof a1),
+               "as message %u",
+               w, j, bt_action_format(bt_sched_at(s, w, j), a1, sizeof a1),
                bt_msg_kind_name(t->kind), t->stage, t->mb, msg->peer, want, got);
           ok = 0;
         }

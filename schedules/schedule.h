@@ -39,18 +39,20 @@ typedef struct {
 #define BT_SCHED_MAX_ACTIONS ((size_t)1 << 28)
 
 typedef struct {
-  char name[32];      /* "gpipe", "1f1b", "interleaved", "zb-h1", "csv" */
-  int p;              /* workers (pipeline stages) */
-  int v;              /* chunks per worker */
-  int m;              /* micro-batches */
-  bt_action_t *acts;  /* every worker's actions, worker 0's first */
-  size_t *off;        /* p + 1 offsets: worker w owns acts[off[w] .. off[w+1]) */
+  char name[32];     /* "gpipe", "1f1b", "interleaved", "zb-h1", "csv" */
+  int p;             /* workers (pipeline stages) */
+  int v;             /* chunks per worker */
+  int m;             /* micro-batches */
+  bt_action_t *acts; /* every worker's actions, worker 0's first */
+  size_t *off;       /* p + 1 offsets: worker w owns acts[off[w] .. off[w+1]) */
 } bt_schedule_t;
 
 static inline int bt_sched_worker_of(const bt_schedule_t *s, int k) { return k % s->p; }
 static inline int bt_sched_chunk_of(const bt_schedule_t *s, int k) { return k / s->p; }
 static inline int bt_sched_nstages(const bt_schedule_t *s) { return s->p * s->v; }
-static inline size_t bt_sched_len(const bt_schedule_t *s, int w) { return s->off[w + 1] - s->off[w]; }
+static inline size_t bt_sched_len(const bt_schedule_t *s, int w) {
+  return s->off[w + 1] - s->off[w];
+}
 static inline const bt_action_t *bt_sched_at(const bt_schedule_t *s, int w, size_t j) {
   return &s->acts[s->off[w] + j];
 }

@@ -66,17 +66,18 @@ typedef struct {
 /* The inputs of a: at most two (see comm.h for the rule). The input
  * gradient of B/I(k,i) comes from whichever of I(k+1,i) or B(k+1,i) the
  * schedule has. */
-static int deps_of(const bt_schedule_t *s, const uint32_t *idx, const bt_action_t *a,
-                   dep_t d[2]) {
+static int deps_of(const bt_schedule_t *s, const uint32_t *idx, const bt_action_t *a, dep_t d[2]) {
   int n = 0, V = bt_sched_nstages(s), k = a->stage, i = a->mb;
   switch (a->type) {
     case BT_ACT_F:
-      if (k > 0) d[n++] = (dep_t){idx[bt_sched_key(s, k - 1, BT_ACT_F, i)],
-                                  {.stage = k - 1, .mb = i, .type = BT_ACT_F}};
+      if (k > 0)
+        d[n++] = (dep_t){idx[bt_sched_key(s, k - 1, BT_ACT_F, i)],
+                         {.stage = k - 1, .mb = i, .type = BT_ACT_F}};
       break;
     case BT_ACT_B:
     case BT_ACT_I:
-      d[n++] = (dep_t){idx[bt_sched_key(s, k, BT_ACT_F, i)], {.stage = k, .mb = i, .type = BT_ACT_F}};
+      d[n++] =
+          (dep_t){idx[bt_sched_key(s, k, BT_ACT_F, i)], {.stage = k, .mb = i, .type = BT_ACT_F}};
       if (k < V - 1) {
         uint32_t g = idx[bt_sched_key(s, k + 1, BT_ACT_I, i)];
         int t = BT_ACT_I;
@@ -88,7 +89,8 @@ static int deps_of(const bt_schedule_t *s, const uint32_t *idx, const bt_action_
       }
       break;
     case BT_ACT_W:
-      d[n++] = (dep_t){idx[bt_sched_key(s, k, BT_ACT_I, i)], {.stage = k, .mb = i, .type = BT_ACT_I}};
+      d[n++] =
+          (dep_t){idx[bt_sched_key(s, k, BT_ACT_I, i)], {.stage = k, .mb = i, .type = BT_ACT_I}};
       break;
   }
   return n;
@@ -120,19 +122,22 @@ static void describe_deadlock(const bt_schedule_t *s, const uint32_t *idx, const
       int from = bt_sched_worker_of(s, d[q].of.stage);
       const char *what = d[q].of.type == BT_ACT_F ? "the activation of" : "the gradient of";
       if (d[q].at == NONE)
-        used += (size_t)snprintf(err + used, errlen - used, "%s worker %d at position %zu (%s) "
-                                 "needs %s, which is missing", shown ? ";" : "", w, pos[w],
-                                 bt_action_format(a, a1, sizeof a1),
+        used += (size_t)snprintf(err + used, errlen - used,
+                                 "%s worker %d at position %zu (%s) "
+                                 "needs %s, which is missing",
+                                 shown ? ";" : "", w, pos[w], bt_action_format(a, a1, sizeof a1),
                                  bt_action_format(&d[q].of, a2, sizeof a2));
       else if (from == w)
-        used += (size_t)snprintf(err + used, errlen - used, "%s worker %d at position %zu (%s) "
+        used += (size_t)snprintf(err + used, errlen - used,
+                                 "%s worker %d at position %zu (%s) "
                                  "waits for %s, which comes later in its own order (position "
-                                 "%zu)", shown ? ";" : "", w, pos[w],
-                                 bt_action_format(a, a1, sizeof a1),
+                                 "%zu)",
+                                 shown ? ";" : "", w, pos[w], bt_action_format(a, a1, sizeof a1),
                                  bt_action_format(&d[q].of, a2, sizeof a2),
                                  (size_t)d[q].at - s->off[w]);
       else
-        used += (size_t)snprintf(err + used, errlen - used, "%s worker %d at position %zu (%s) "
+        used += (size_t)snprintf(err + used, errlen - used,
+                                 "%s worker %d at position %zu (%s) "
                                  "waits for %s %s from worker %d (its position %zu)",
                                  shown ? ";" : "", w, pos[w], bt_action_format(a, a1, sizeof a1),
                                  what, bt_action_format(&d[q].of, a2, sizeof a2), from,
@@ -181,8 +186,8 @@ int bt_sim_walk(const bt_schedule_t *s, const uint32_t *idx, const bt_sim_costs_
       for (int q = 0; q < nd; q++) {
         if (d[q].at == NONE) {
           char a1[32], a2[32];
-          errf(err, errlen, "worker %d position %zu: %s needs %s, which is not in the schedule",
-               w, pos[w], bt_action_format(a, a1, sizeof a1),
+          errf(err, errlen, "worker %d position %zu: %s needs %s, which is not in the schedule", w,
+               pos[w], bt_action_format(a, a1, sizeof a1),
                bt_action_format(&d[q].of, a2, sizeof a2));
           rc = BT_ESCHEDULE;
           goto done;

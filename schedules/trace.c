@@ -37,8 +37,8 @@ static int fail(parser_t *p, const char *fmt, ...) {
 }
 
 static void ws(parser_t *p) {
-  while (p->i < p->len && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' ||
-                           p->s[p->i] == '\r'))
+  while (p->i < p->len &&
+         (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
     p->i++;
 }
 
@@ -66,7 +66,9 @@ static int string(parser_t *p, char *buf, size_t cap, int *fits) {
       if (p->i >= p->len) break;
       char e = p->s[p->i++];
       switch (e) {
-        case '"': case '\\': case '/': c = e; break;
+        case '"':
+        case '\\':
+        case '/': c = e; break;
         case 'b': c = '\b'; break;
         case 'f': c = '\f'; break;
         case 'n': c = '\n'; break;
@@ -105,7 +107,8 @@ static int number(parser_t *p, double *out) {
   if (p->i < p->len && p->s[p->i] == '-') p->i++;
   size_t first = p->i;
   if (!digits(p)) return fail(p, "expected a number");
-  if (p->s[first] == '0' && p->i - first > 1) return fail(p, "expected a number without leading zeros");
+  if (p->s[first] == '0' && p->i - first > 1)
+    return fail(p, "expected a number without leading zeros");
   if (p->i < p->len && p->s[p->i] == '.') {
     p->i++;
     if (!digits(p)) return fail(p, "expected digits after '.'");
@@ -205,9 +208,12 @@ static int event(parser_t *p) {
       if (string(p, ph, sizeof ph, &fits)) return BT_EFORMAT;
     } else if (fits && (!strcmp(key, "ts") || !strcmp(key, "dur") || !strcmp(key, "tid"))) {
       if (number(p, &num)) return BT_EFORMAT;
-      if (key[0] == 't' && key[1] == 's') ts = num, has_ts = 1;
-      else if (key[0] == 'd') dur = num, has_dur = 1;
-      else tid = num, has_tid = 1;
+      if (key[0] == 't' && key[1] == 's')
+        ts = num, has_ts = 1;
+      else if (key[0] == 'd')
+        dur = num, has_dur = 1;
+      else
+        tid = num, has_tid = 1;
     } else if (skip_value(p, 2)) {
       return BT_EFORMAT;
     }
@@ -223,7 +229,10 @@ static int event(parser_t *p) {
   if (strcmp(ph, "X") || !name_fits || bt_action_parse(name, &b.act)) return 0;
   p->i = at; /* errors below point at the event's start */
   if (!has_ts || !has_dur || !has_tid)
-    return fail(p, "complete event %s lacks \"%s\"", name, !has_ts ? "ts" : !has_dur ? "dur" : "tid");
+    return fail(p, "complete event %s lacks \"%s\"", name,
+                !has_ts    ? "ts"
+                : !has_dur ? "dur"
+                           : "tid");
   if (dur < 0) return fail(p, "event %s has a negative duration", name);
   if (tid < 0 || tid >= BT_SCHED_MAX_STAGES || tid != floor(tid))
     return fail(p, "event %s has tid %g: expected a worker number 0..%d", name, tid,
@@ -258,7 +267,8 @@ int bt_trace_parse(const char *text, size_t len, bt_trace_t *out, char *err, siz
     seen = 1;
   } else {
     rc = expect(&p, '{');
-    if (!rc && peek(&p) == '}') p.i++;
+    if (!rc && peek(&p) == '}')
+      p.i++;
     else
       while (!rc) {
         char key[16];

@@ -91,7 +91,7 @@ Test(schedule_cli, json_parses_and_bubble_equals_the_closed_form) {
   struct {
     const char *name;
     int p, v, m;
-  } cases[] = {{"gpipe", 4, 1, 8},       {"1f1b", 8, 1, 32},      {"zb-h1", 8, 1, 32},
+  } cases[] = {{"gpipe", 4, 1, 8},       {"1f1b", 8, 1, 32},       {"zb-h1", 8, 1, 32},
                {"interleaved", 4, 2, 8}, {"interleaved", 2, 3, 5}, {"interleaved", 8, 2, 36},
                {"1f1b", 1, 1, 3}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -101,7 +101,7 @@ Test(schedule_cli, json_parses_and_bubble_equals_the_closed_form) {
     cr_assert_eq(run(args), 0, "%s", args);
     snprintf(code, sizeof code,
              "import json\n"
-             "d = json.load(open('out'))\n"  /* fails on anything besides one object */
+             "d = json.load(open('out'))\n" /* fails on anything besides one object */
              "p, v, m = %d, %d, %d\n"
              "zb = '%s' == 'zb-h1'\n"
              "want = (p - 1) / (3 * m + p - 1) if zb else (p - 1) / (v * m + p - 1)\n"
@@ -124,28 +124,29 @@ Test(schedule_cli, json_parses_and_bubble_equals_the_closed_form) {
 
 Test(schedule_cli, svg_is_well_formed_with_one_box_per_action) {
   cr_assert_eq(run("--schedule interleaved --stages 4 --chunks 2 --microbatches 8 --svg t.svg "
-                   "--json"), 0);
-  expect_python("import json, xml.etree.ElementTree as ET\n"
-                "d = json.load(open('out'))\n"
-                "root = ET.parse('t.svg').getroot()\n"
-                "ns = '{http://www.w3.org/2000/svg}'\n"
-                "assert root.tag == ns + 'svg', root.tag\n"
-                "acts = [r for r in root.iter(ns + 'rect') "
-                "if r.get('class', '').split()[:1] == ['act']]\n"
-                "assert len(acts) == d['actions'] == 4 * 2 * 8 * 2, (len(acts), d['actions'])\n"
-                "kinds = {r.get('class').split()[1] for r in acts}\n"
-                "assert kinds == {'F', 'B'}, kinds\n"
-                "assert len({r.get('fill') for r in acts}) == 4  # 2 types x 2 chunk shades\n"
-                "labels = [t.text for t in root.iter(ns + 'text')]\n"
-                "assert 'worker 3' in labels and 'time' in labels\n");
+                   "--json"),
+               0);
+  expect_python(
+      "import json, xml.etree.ElementTree as ET\n"
+      "d = json.load(open('out'))\n"
+      "root = ET.parse('t.svg').getroot()\n"
+      "ns = '{http://www.w3.org/2000/svg}'\n"
+      "assert root.tag == ns + 'svg', root.tag\n"
+      "acts = [r for r in root.iter(ns + 'rect') "
+      "if r.get('class', '').split()[:1] == ['act']]\n"
+      "assert len(acts) == d['actions'] == 4 * 2 * 8 * 2, (len(acts), d['actions'])\n"
+      "kinds = {r.get('class').split()[1] for r in acts}\n"
+      "assert kinds == {'F', 'B'}, kinds\n"
+      "assert len({r.get('fill') for r in acts}) == 4  # 2 types x 2 chunk shades\n"
+      "labels = [t.text for t in root.iter(ns + 'text')]\n"
+      "assert 'worker 3' in labels and 'time' in labels\n");
 }
 
 Test(schedule_cli, text_output_has_grid_and_summary) {
   cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 2"), 0);
   char *out = file_in_dir("out");
   cr_assert(strstr(out, "w0  | 0F0 0F1 .   .   0B0 --- .   0B1 ---"), "%s", out);
-  cr_assert(strstr(out, "makespan 9, bubble fraction 0.333333 (closed form 0.333333)"), "%s",
-            out);
+  cr_assert(strstr(out, "makespan 9, bubble fraction 0.333333 (closed form 0.333333)"), "%s", out);
   cr_assert(strstr(out, "gradient accumulation in micro-batch order: yes"), "%s", out);
   free(out);
 }
@@ -154,22 +155,26 @@ Test(schedule_cli, stage_costs_and_transfer_time_change_the_simulation) {
   /* 1F1B, p = 2, m = 4, the last stage twice as slow: worker 0 ends with
    * 0B3 over [25, 27] (worked by hand in docs/schedules.md). */
   cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 4 --stage-cost last:2,4,2,2 "
-                   "--json"), 0);
-  expect_python("import json\n"
-                "d = json.load(open('out'))\n"
-                "assert d['makespan'] == 27 and d['busy'] == [12, 24], d\n"
-                "assert d['closed_form_bubble_fraction'] is None\n");
+                   "--json"),
+               0);
+  expect_python(
+      "import json\n"
+      "d = json.load(open('out'))\n"
+      "assert d['makespan'] == 27 and d['busy'] == [12, 24], d\n"
+      "assert d['closed_form_bubble_fraction'] is None\n");
   /* GPipe, p = m = 2, one time unit per hop: 1F0 [2,3], 1F1 [3,4], 1B0
    * [4,6], 1B1 [6,8], then 0B0 [7,9] and 0B1 [9,11]. */
   cr_assert_eq(run("--schedule gpipe --stages 2 --microbatches 2 --costs 1,2,1,1,1 --json"), 0);
-  expect_python("import json\n"
-                "d = json.load(open('out'))\n"
-                "assert d['makespan'] == 11 and d['costs']['transfer'] == 1, d\n");
+  expect_python(
+      "import json\n"
+      "d = json.load(open('out'))\n"
+      "assert d['makespan'] == 11 and d['costs']['transfer'] == 1, d\n");
 }
 
 Test(schedule_cli, csv_out_then_in_gives_the_same_simulation) {
   cr_assert_eq(run("--schedule interleaved --stages 2 --chunks 2 --microbatches 5 --csv-out "
-                   "s.csv --json"), 0);
+                   "s.csv --json"),
+               0);
   char path[300];
   snprintf(path, sizeof path, "%s/out", dir);
   char *first = slurp(path);
@@ -178,15 +183,16 @@ Test(schedule_cli, csv_out_then_in_gives_the_same_simulation) {
   spit(path, first);
   free(first);
   cr_assert_eq(run("--csv-in s.csv --stages 2 --microbatches 5 --costs 1,2,1,1,0 --json"), 0);
-  expect_python("import json\n"
-                "a = json.load(open('first.json'))\n"
-                "b = json.load(open('out'))\n"
-                "assert b['schedule'] == 'csv'\n"
-                "for k in ('stages', 'chunks', 'microbatches', 'actions', 'makespan', "
-                "'bubble_fraction', 'busy', 'idle', 'peak_activations'):\n"
-                "    assert a[k] == b[k], (k, a[k], b[k])\n"
-                "rows = open('s.csv').read().splitlines()\n"
-                "assert len(rows) == 2 and '' in rows[1].split(',')\n");
+  expect_python(
+      "import json\n"
+      "a = json.load(open('first.json'))\n"
+      "b = json.load(open('out'))\n"
+      "assert b['schedule'] == 'csv'\n"
+      "for k in ('stages', 'chunks', 'microbatches', 'actions', 'makespan', "
+      "'bubble_fraction', 'busy', 'idle', 'peak_activations'):\n"
+      "    assert a[k] == b[k], (k, a[k], b[k])\n"
+      "rows = open('s.csv').read().splitlines()\n"
+      "assert len(rows) == 2 and '' in rows[1].split(',')\n");
 }
 
 Test(schedule_cli, hand_written_csv_loads_and_simulates) {
@@ -194,11 +200,12 @@ Test(schedule_cli, hand_written_csv_loads_and_simulates) {
   snprintf(path, sizeof path, "%s/hand.csv", dir);
   spit(path, "0F0,0F1,,0B0,0F2,0B1,0F3,0B2,,0B3\n,1F0,1B0,1F1,1B1,1F2,1B2,1F3,1B3\n");
   cr_assert_eq(run("--csv-in hand.csv --json"), 0);
-  expect_python("import json\n"
-                "d = json.load(open('out'))\n"
-                "assert (d['stages'], d['chunks'], d['microbatches']) == (2, 1, 4), d\n"
-                "assert d['bubble_fraction'] == 1 / 5, d['bubble_fraction']\n"
-                "assert d['closed_form_bubble_fraction'] is None\n");
+  expect_python(
+      "import json\n"
+      "d = json.load(open('out'))\n"
+      "assert (d['stages'], d['chunks'], d['microbatches']) == (2, 1, 4), d\n"
+      "assert d['bubble_fraction'] == 1 / 5, d['bubble_fraction']\n"
+      "assert d['closed_form_bubble_fraction'] is None\n");
 }
 
 /* Exit code 2, nothing on stdout, exactly one line on stderr. */
@@ -265,17 +272,18 @@ Test(schedule_cli, from_trace_draws_and_measures_a_real_run) {
        "{\"name\":\"1B0\",\"ph\":\"X\",\"ts\":5022,\"dur\":20,\"pid\":0,\"tid\":1},\n"
        "{\"name\":\"0B0\",\"ph\":\"X\",\"ts\":5044,\"dur\":20,\"pid\":0,\"tid\":0}]}\n");
   cr_assert_eq(run("--from-trace run.json --svg run.svg --json"), 0);
-  expect_python("import json, xml.etree.ElementTree as ET\n"
-                "d = json.load(open('out'))\n"
-                "assert d['schedule'] == 'trace' and d['stages'] == 2, d\n"
-                "assert d['makespan'] == 64 and d['busy'] == [30, 30], d\n"
-                "assert d['bubble_fraction'] == 68 / 128, d['bubble_fraction']\n"
-                "ns = '{http://www.w3.org/2000/svg}'\n"
-                "root = ET.parse('run.svg').getroot()\n"
-                "acts = [r for r in root.iter(ns + 'rect') "
-                "if r.get('class', '').startswith('act ')]\n"
-                "assert sorted(r.get('data-action') for r in acts) == "
-                "['0B0', '0F0', '1B0', '1F0']\n");
+  expect_python(
+      "import json, xml.etree.ElementTree as ET\n"
+      "d = json.load(open('out'))\n"
+      "assert d['schedule'] == 'trace' and d['stages'] == 2, d\n"
+      "assert d['makespan'] == 64 and d['busy'] == [30, 30], d\n"
+      "assert d['bubble_fraction'] == 68 / 128, d['bubble_fraction']\n"
+      "ns = '{http://www.w3.org/2000/svg}'\n"
+      "root = ET.parse('run.svg').getroot()\n"
+      "acts = [r for r in root.iter(ns + 'rect') "
+      "if r.get('class', '').startswith('act ')]\n"
+      "assert sorted(r.get('data-action') for r in acts) == "
+      "['0B0', '0F0', '1B0', '1F0']\n");
   cr_assert_eq(run("--from-trace run.json"), 0);
   char *out = file_in_dir("out");
   cr_assert(strstr(out, "bubble fraction 0.53125"), "%s", out);

@@ -56,8 +56,8 @@ Test(action, format_and_parse_round_trip) {
 }
 
 Test(action, parse_rejects_malformed) {
-  const char *bad[] = {"", "F0", "2F", "2X0", "-1F0", "2F0 ", " 2F0", "2f0", "2F-1",
-                       "1234567890F0", "2FF0", "2F0;3B1", "+2F0"};
+  const char *bad[] = {"",    "F0",   "2F",           "2X0",  "-1F0",    "2F0 ", " 2F0",
+                       "2f0", "2F-1", "1234567890F0", "2FF0", "2F0;3B1", "+2F0"};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     bt_action_t a;
     cr_assert_eq(bt_action_parse(bad[i], &a), BT_EFORMAT, "'%s' accepted", bad[i]);
@@ -120,10 +120,10 @@ static void check_closed_form(const char *name, int p, int v, int m, void *ctx) 
     bubble = (double)(p - 1) / ((double)v * m + p - 1);
   }
   for (int w = 0; w < p; w++)
-    cr_assert_eq(r.idle[w], idle, "%s p=%d v=%d m=%d worker %d idle %.17g, closed form %.17g",
-                 name, p, v, m, w, r.idle[w], idle);
-  cr_assert_eq(r.bubble_fraction, bubble, "%s p=%d v=%d m=%d bubble %.17g, closed form %.17g",
-               name, p, v, m, r.bubble_fraction, bubble);
+    cr_assert_eq(r.idle[w], idle, "%s p=%d v=%d m=%d worker %d idle %.17g, closed form %.17g", name,
+                 p, v, m, w, r.idle[w], idle);
+  cr_assert_eq(r.bubble_fraction, bubble, "%s p=%d v=%d m=%d bubble %.17g, closed form %.17g", name,
+               p, v, m, r.bubble_fraction, bubble);
   if (!strcmp(name, "gpipe"))
     cr_assert_eq(r.peak[0], m, "gpipe p=%d m=%d peak %d", p, m, r.peak[0]);
   else if (strcmp(name, "interleaved"))
@@ -164,14 +164,14 @@ static void check_valid(const char *name, int p, int v, int m, void *ctx) {
   bt_schedule_t s;
   char err[512] = "";
   build_ok(name, p, v, m, &s);
-  cr_assert_eq(bt_sched_validate(&s, err, sizeof err), 0, "%s p=%d v=%d m=%d: %s", name, p, v,
-               m, err);
-  cr_assert(bt_sched_check_microbatch_order(&s, err, sizeof err), "%s p=%d v=%d m=%d: %s", name,
-            p, v, m, err);
+  cr_assert_eq(bt_sched_validate(&s, err, sizeof err), 0, "%s p=%d v=%d m=%d: %s", name, p, v, m,
+               err);
+  cr_assert(bt_sched_check_microbatch_order(&s, err, sizeof err), "%s p=%d v=%d m=%d: %s", name, p,
+            v, m, err);
   /* What we found true for every builder, including interleaving with
    * p = 2 and m odd: the group size N keeps send and receive orders equal. */
-  cr_assert(bt_sched_check_channel_order(&s, err, sizeof err), "%s p=%d v=%d m=%d: %s", name, p,
-            v, m, err);
+  cr_assert(bt_sched_check_channel_order(&s, err, sizeof err), "%s p=%d v=%d m=%d: %s", name, p, v,
+            m, err);
   size_t per = (size_t)v * m * (strcmp(name, "zb-h1") ? 2 : 3);
   for (int w = 0; w < p; w++) cr_assert_eq(bt_sched_len(&s, w), per);
   bt_sched_free(&s);
@@ -203,8 +203,7 @@ Test(validate, missing_backward_names_worker_and_action) {
   char err[512] = "";
   from_rows(&s, 2, 1, 2, rows);
   cr_assert_eq(bt_sched_validate(&s, err, sizeof err), BT_ESCHEDULE);
-  cr_assert(strstr(err, "worker 1") && strstr(err, "1F1") && strstr(err, "no backward"), "%s",
-            err);
+  cr_assert(strstr(err, "worker 1") && strstr(err, "1F1") && strstr(err, "no backward"), "%s", err);
   bt_sched_free(&s);
 }
 
@@ -238,10 +237,14 @@ Test(validate, deadlock_names_the_stuck_workers_and_what_they_wait_for) {
   char err[1024] = "";
   from_rows(&s, 2, 1, 2, rows);
   cr_assert_eq(bt_sched_validate(&s, err, sizeof err), BT_EDEADLOCK);
-  cr_assert(strstr(err, "worker 0 at position 1 (0B0) waits for the gradient of 1B0 from "
-                        "worker 1"), "%s", err);
-  cr_assert(strstr(err, "worker 1 at position 0 (1F1) waits for the activation of 0F1 from "
-                        "worker 0"), "%s", err);
+  cr_assert(strstr(err,
+                   "worker 0 at position 1 (0B0) waits for the gradient of 1B0 from "
+                   "worker 1"),
+            "%s", err);
+  cr_assert(strstr(err,
+                   "worker 1 at position 0 (1F1) waits for the activation of 0F1 from "
+                   "worker 0"),
+            "%s", err);
   bt_sched_free(&s);
 }
 
@@ -328,19 +331,19 @@ static void check_messages_match(const bt_schedule_t *s) {
       for (int q = 0; q < c.nsend; q++) {
         cr_assert_eq(c.send[q].tag.step, 7);
         cr_assert_neq(c.send[q].peer, w, "a message to oneself");
-        sends[ns++] = (msg_t){w, c.send[q].peer, c.send[q].tag.kind, c.send[q].tag.stage,
-                              c.send[q].tag.mb};
+        sends[ns++] =
+            (msg_t){w, c.send[q].peer, c.send[q].tag.kind, c.send[q].tag.stage, c.send[q].tag.mb};
       }
       for (int q = 0; q < c.nrecv; q++) {
         cr_assert_neq(c.recv[q].peer, w, "a message from oneself");
-        recvs[nr++] = (msg_t){c.recv[q].peer, w, c.recv[q].tag.kind, c.recv[q].tag.stage,
-                              c.recv[q].tag.mb};
+        recvs[nr++] =
+            (msg_t){c.recv[q].peer, w, c.recv[q].tag.kind, c.recv[q].tag.stage, c.recv[q].tag.mb};
       }
     }
   qsort(sends, ns, sizeof *sends, msg_cmp);
   qsort(recvs, nr, sizeof *recvs, msg_cmp);
-  cr_assert_eq(ns, nr, "%s p=%d v=%d m=%d: %zu sends, %zu receives", s->name, s->p, s->v, s->m,
-               ns, nr);
+  cr_assert_eq(ns, nr, "%s p=%d v=%d m=%d: %zu sends, %zu receives", s->name, s->p, s->v, s->m, ns,
+               nr);
   for (size_t i = 0; i < ns; i++) {
     cr_assert_eq(msg_cmp(&sends[i], &recvs[i]), 0,
                  "%s p=%d v=%d m=%d: send %d->%d kind %d stage %d mb %d unmatched", s->name, s->p,
@@ -512,8 +515,9 @@ Test(csv, written_with_idle_cells_in_unit_time_columns) {
 Test(csv, hand_written_pytorch_style_loads_and_simulates) {
   /* 1F1B for 2 ranks and 4 micro-batches as PyTorch writes it: one row per
    * rank, empty cells for idle slots, spaces and CRLF tolerated. */
-  const char *text = "0F0,0F1,,0B0,0F2,0B1,0F3,0B2,,0B3\r\n"
-                     ", 1F0 ,1B0,1F1,1B1,1F2,1B2,1F3,1B3\r\n\r\n";
+  const char *text =
+      "0F0,0F1,,0B0,0F2,0B1,0F3,0B2,,0B3\r\n"
+      ", 1F0 ,1B0,1F1,1B1,1F2,1B2,1F3,1B3\r\n\r\n";
   bt_schedule_t s;
   bt_sim_result_t r;
   char err[512] = "";
