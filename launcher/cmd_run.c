@@ -252,6 +252,12 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
   }
+  if (strcmp(cfg->run.backend, "cpu")) {
+    /* The only transport is the socket one, which carries host memory. */
+    fprintf(stderr, "baton run: --backend %s: pipelines run on the cpu backend only (socket transport)\n",
+            cfg->run.backend);
+    goto out;
+  }
   int p = cfg->run.stages, v = cfg->run.chunks, nv = p * v;
   first = calloc((size_t)nv, sizeof *first);
   last = calloc((size_t)nv, sizeof *last);
