@@ -98,9 +98,13 @@ done:
   return rc;
 }
 
-/* device -1: the node-local rank the launcher gave us, else device 0. */
+/* device -1: the node-local rank the launcher gave us, else device 0. A
+ * scheduler that hands each task one GPU (CUDA_VISIBLE_DEVICES naming one
+ * device) leaves that GPU as device 0 whatever the local rank. */
 static int resolve_device(int device) {
   if (device >= 0) return device;
+  const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+  if (vis && *vis && !strchr(vis, ',')) return 0;
   const char *lr = getenv("LOCAL_RANK");
   if (!lr || !*lr) return 0;
   char *end;
