@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
@@ -281,4 +282,67 @@ Test(train, help_lists_the_shared_model_flags) {
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
     cr_assert(strstr(r.out, flags[i]) != NULL, "--help lacks %s", flags[i]);
   result_free(&r);
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  return remove(path);
+}
+
+/* The "loss" field of each metrics line, as text, keyed by step. */
+static int loss_texts(const char *path, char texts[][40], int max) {
+  char *text = slurp(path);
+  int n = 0;
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+    int step = atoi(strstr(line, "\"step\":") + 7);
+    const char *l = strstr(line, "\"loss\":");
+    cr_assert(l && step >= 1 && step <= max, "%s", line);
+    snprintf(texts[step - 1], 40, "%.*s", (int)strcspn(l + 7, ",}"), l + 7);
+    n++;
+  }
+  free(text);
+  return n;
+}
+
+Test(train, resuming_from_a_checkpoint_gives_the_same_bits) {
+  char dir[] = "/tmp/bt_e2e_train_ckptXXXXXX";
+  cr_assert(mkdtemp(dir) != NULL);
+  char m2[] = "/tmp/bt_e2e_train_m2XXXXXX", m3[] = "/tmp/bt_e2e_train_m3XXXXXX";
+  close(mkstemp(m2));
+  close(mkstemp(m3));
+  /* 12 steps with saves at 5, 10 and 12; then on to 20 from step 12. */
+  const char *a1[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "12",
+                      "--ckpt-dir", dir, "--ckpt-every", "5", NULL};
+  const char *a2[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "20",
+                      "--ckpt-dir", dir, "--metrics", m2, "--hash", NULL};
+  const char *a3[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "20",
+                      "--metrics", m3, "--hash", NULL};
+  result_t r1 = run_train(120, a1);
+  cr_assert_eq(r1.code, 0, "%s", r1.err);
+  char latest[4096];
+  snprintf(latest, sizeof latest, "%s/step-00000012/MANIFEST.json", dir);
+  cr_assert_eq(access(latest, F_OK), 0, "the last step was not committed");
+  result_t r2 = run_train(120, a2), r3 = run_train(120, a3);
+  cr_assert_eq(r2.code, 0, "%s", r2.err);
+  cr_assert_eq(r3.code, 0, "%s", r3.err);
+  cr_assert(strstr(r2.out, "resumed from") != NULL, "%s", r2.out);
+  char h2[33], h3[33];
+  last_hash(r2.out, h2);
+  last_hash(r3.out, h3);
+  cr_assert_str_eq(h2, h3, "12 + 8 resumed steps differ from 20 straight");
+  static char l2[20][40], l3[20][40];
+  cr_assert_eq(loss_texts(m2, l2, 20), 8);
+  cr_assert_eq(loss_texts(m3, l3, 20), 20);
+  for (int s = 12; s < 20; s++)
+    cr_assert_str_eq(l2[s], l3[s], "step %d: loss %s after resume, %s straight", s + 1, l2[s],
+                     l3[s]);
+  /* Another model in the same directory: refused, naming the setting. */
+  const char *a4[] = {"--layers", "2", "--dim", "48", "--mb-tokens", "32", "--steps", "20",
+                      "--ckpt-dir", dir, NULL};
+  expect_usage_error(a4, "dim: 32 vs 48");
+  result_free(&r1);
+  result_free(&r2);
+  result_free(&r3);
+  unlink(m2);
+  unlink(m3);
+  nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
