@@ -427,7 +427,7 @@ int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errle
       bt_comm_of(s, w, j, 0, &c);
       for (int q = 0; q < c.nsend; q++) {
         const bt_tag_t *t = &c.send[q].tag;
-        seq[((size_t)t->kind * V + t->stage) * s->m + t->mb] = count[2 * w + t->kind]++;
+        seq[((size_t)t->mb * V + t->stage) * 2 + t->kind] = count[2 * w + t->kind]++;
       }
     }
   for (int w = 0; w < p && ok; w++)
@@ -437,7 +437,7 @@ int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errle
         const bt_msg_t *msg = &c.recv[q];
         const bt_tag_t *t = &msg->tag;
         uint32_t want = count[2 * (size_t)p + 2 * msg->peer + t->kind]++;
-        uint32_t got = seq[((size_t)t->kind * V + t->stage) * s->m + t->mb];
+        uint32_t got = seq[((size_t)t->mb * V + t->stage) * 2 + t->kind];
         if (got != want) {
           char a1[32];
           errf(err, errlen,
