@@ -289,3 +289,13 @@ Test(schedule_cli, from_trace_draws_and_measures_a_real_run) {
   cr_assert(strstr(out, "bubble fraction 0.53125"), "%s", out);
   free(out);
 }
+
+Test(schedule_cli, unwritable_output_gives_exit_1) {
+  cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 2 --svg no/such/dir/x.svg"), 1);
+  char *err = file_in_dir("err");
+  cr_assert(
+      strstr(err, "cannot write no/such/dir/x.svg") && strchr(err, '\n') == strrchr(err, '\n'),
+      "%s", err);
+  free(err);
+  cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 2 --csv-out no/such/dir/x.csv"), 1);
+}
