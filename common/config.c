@@ -194,7 +194,8 @@ uint64_t bt_config_memory_bytes(const bt_model_config_t *m) {
   /* In double: a silly --dim must give a huge estimate, not a wrapped one. */
   double params = (double)bt_model_param_count(m);
   double act = (double)bt_model_activation_floats(m, 0, m->layers + 1) * m->microbatches;
-  double bytes = 4.0 * (4.0 * params + act);
+  /* A data file is read into memory whole (common/data.c). */
+  double bytes = 4.0 * (4.0 * params + act) + (double)m->data_size;
   return bytes >= 1.8e19 ? UINT64_MAX : (uint64_t)bytes;
 }
 
@@ -279,6 +280,8 @@ static int resolve_data(bt_model_config_t *m, char *err, size_t errlen) {
 int bt_config_finish(bt_config_t *c, char *err, size_t errlen) {
   int rc = bt_config_validate(c, err, errlen);
   if (rc) return rc;
+  /* The data file first: its size is part of the memory estimate. */
+  if ((rc = resolve_data(&c->model, err, errlen))) return rc;
   uint64_t need = bt_config_memory_bytes(&c->model), have = bt_config_physical_bytes();
   if (need > have) {
     set_err(err, errlen,
@@ -287,7 +290,7 @@ int bt_config_finish(bt_config_t *c, char *err, size_t errlen) {
             (double)need / 1073741824.0, (double)have / 1073741824.0);
     return BT_EARG;
   }
-  return resolve_data(&c->model, err, errlen);
+  return 0;
 }
 
 /* ---- canonical text ---- */

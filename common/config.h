@@ -110,8 +110,8 @@ int bt_config_finish(bt_config_t *c, char *err, size_t errlen);
 int bt_config_validate(const bt_config_t *c, char *err, size_t errlen);
 
 /* Bytes a single process holding the whole model needs: parameters,
- * gradients, AdamW m and v, and the per-micro-batch activations of all M
- * micro-batches (what bt_stage allocates). */
+ * gradients, AdamW m and v, the per-micro-batch activations of all M
+ * micro-batches (what bt_stage allocates) and the data file (read whole). */
 uint64_t bt_config_memory_bytes(const bt_model_config_t *m);
 /* Physical memory of this machine (sysconf), in bytes. */
 uint64_t bt_config_physical_bytes(void);
