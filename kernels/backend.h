@@ -11,8 +11,10 @@
  * tensor's shape is in a comment; float32, row-major. *_backward_input ops
  * (the "I" half) overwrite the input gradient; *_backward_weight ops (the
  * "W" half) ACCUMULATE (+=) into parameter gradients, so gradients summed
- * over micro-batches in increasing order need no extra pass. A full backward
- * ("B") is exactly the I half then the W half.
+ * over micro-batches in increasing order need no extra pass. A W op adds
+ * its whole sum over rows once (grad = grad + sum), so two calls from zero
+ * give exactly twice one call. A full backward ("B") is exactly the I half
+ * then the W half.
  *
  * Determinism (DESIGN.md §8): an op must give the same bits for the same
  * inputs and sizes, whatever else ran before it. The CPU backend runs
@@ -146,7 +148,8 @@ struct bt_backend {
 int bt_backend_cpu_create(bt_backend_t **out);
 /* Creates the backend named "cpu" or "cuda". For "cuda" loads the GPU library
  * on first use; if it cannot, returns BT_EBACKEND and writes why (no driver,
- * no device, library not found) into why. device: -1 for LOCAL_RANK or 0. */
+ * no device, library not found) into why, one line. device: -1 for
+ * LOCAL_RANK or 0 (0 when CUDA_VISIBLE_DEVICES names a single device). */
 int bt_backend_create(const char *name, int device, bt_backend_t **out, char *why, size_t why_len);
 void bt_backend_destroy(bt_backend_t *be);
 
