@@ -292,7 +292,7 @@ int bt_ckpt_list_steps(const char *root, int64_t **steps, size_t *n) {
     }
     v[k++] = s;
   }
-  qsort(v, k, sizeof *v, cmp_desc);
+  if (k) qsort(v, k, sizeof *v, cmp_desc);
   *steps = v;
   *n = k;
   v = NULL;

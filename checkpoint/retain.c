@@ -60,7 +60,7 @@ static int scan(const char *root, entry_t **out, size_t *n) {
     snprintf(p, sizeof p, "%s/%s/%s", root, e->d_name, BT_CKPT_MANIFEST);
     en->committed = !tmp && access(p, F_OK) == 0;
   }
-  qsort(v, k, sizeof *v, cmp_entry);
+  if (k) qsort(v, k, sizeof *v, cmp_entry);
   *out = v;
   *n = k;
   v = NULL;

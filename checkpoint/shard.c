@@ -681,7 +681,7 @@ int bt_ckpt_shard_list(bt_ckpt_shard_t *s, bt_ckpt_tensor_t **out, size_t *n) {
   }
   for (size_t i = 0; i < l.n; i++)
     if ((rc = describe(s->file, &l.v[i])) < 0) goto out;
-  qsort(l.v, l.n, sizeof *l.v, cmp_tensor);
+  if (l.n) qsort(l.v, l.n, sizeof *l.v, cmp_tensor);
   *out = l.v;
   *n = l.n;
   l.v = NULL;

@@ -66,6 +66,9 @@ static int ckpt(const char *args) {
   int code = WEXITSTATUS(st);
   slurp(out_path, out, sizeof out);
   slurp(err_path, err, sizeof err);
+  /* A sanitizer build's report goes to the child's stderr, not ours. */
+  cr_assert(!strstr(err, "runtime error: ") && !strstr(err, "Sanitizer"),
+            "baton ckpt %s: sanitizer report:\n%s", args, err);
   cr_assert(code == 0 || code == 1 || code == 2,
             "baton ckpt %s: exit %d (crash or hang)\nstdout: %s\nstderr: %s", args, code, out, err);
   return code;
