@@ -534,6 +534,14 @@ Test(stage, actions_out_of_step_are_refused) {
   cr_assert_eq(bt_stage_forward(st, 1, 0), BT_EARG);
   double loss;
   cr_assert_eq(bt_stage_loss(st, &loss), BT_EARG, "loss before every forward");
+  cr_assert_eq(bt_stage_backward_input(st, 0, 0), BT_ESCHEDULE, "I before F");
+  cr_assert_eq(bt_stage_forward(st, 0, 0), 0);
+  cr_assert_eq(bt_stage_forward(st, 0, 0), BT_ESCHEDULE, "F twice");
+  cr_assert_eq(bt_stage_backward_weight(st, 0, 0), BT_ESCHEDULE, "W before I");
+  cr_assert_eq(bt_stage_forward(st, 0, 1), 0);
+  cr_assert_eq(bt_stage_backward_input(st, 0, 1), 0);
+  cr_assert_eq(bt_stage_backward_weight(st, 0, 1), BT_ESCHEDULE, "W of mb 1 before mb 0");
+  cr_assert_eq(bt_stage_optimizer_step(st), BT_ESCHEDULE, "update before every W");
   bt_stage_destroy(st);
   bt_backend_destroy(be);
 }

@@ -29,7 +29,13 @@ struct bt_stage {
   unsigned char *mb_done;   /* (M) */
   size_t nparam_tensors;
   tensor_ref_t *refs;       /* nparam_tensors, global layer order */
+  /* Per (chunk, mb) progress this step: DONE_F, DONE_I bits; and per chunk
+   * the next micro-batch whose W may run (W in increasing order, §8). */
+  unsigned char *done;      /* [chunk * M + mb] */
+  int *next_w;              /* [chunk] */
 };
+
+enum { DONE_F = 1, DONE_I = 2 };
 
 int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer_range_t *ranges,
                     int nchunks, bt_stage_t **out, char *err, size_t errlen) {
@@ -54,7 +60,10 @@ int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer
   st->mb_loss = calloc((size_t)M, sizeof *st->mb_loss);
   st->mb_done = calloc((size_t)M, 1);
   st->host_losses = malloc((size_t)m->mb_tokens * sizeof(float));
-  if (!st->chunks || !st->mb_loss || !st->mb_done || !st->host_losses) {
+  st->done = calloc((size_t)nchunks * (size_t)M, 1);
+  st->next_w = calloc((size_t)nchunks, sizeof *st->next_w);
+  if (!st->chunks || !st->mb_loss || !st->mb_done || !st->host_losses || !st->done ||
+      !st->next_w) {
     rc = -ENOMEM;
     goto fail;
   }
@@ -112,6 +121,8 @@ fail:
 
 void bt_stage_destroy(bt_stage_t *st) {
   if (!st) return;
+  free(st->next_w);
+  free(st->done);
   free(st->refs);
   bt_data_close(st->data);
   free(st->host_bytes);
@@ -145,13 +156,22 @@ int bt_stage_begin_step(bt_stage_t *st, int64_t step) {
   }
   memset(st->mb_loss, 0, (size_t)st->model.microbatches * sizeof *st->mb_loss);
   memset(st->mb_done, 0, (size_t)st->model.microbatches);
+  memset(st->done, 0, (size_t)st->nchunks * (size_t)st->model.microbatches);
+  memset(st->next_w, 0, (size_t)st->nchunks * sizeof *st->next_w);
   st->step = step;
   return 0;
+}
+
+static unsigned char *done_of(bt_stage_t *st, int chunk, int mb) {
+  return &st->done[(size_t)chunk * (size_t)st->model.microbatches + (size_t)mb];
 }
 
 int bt_stage_forward(bt_stage_t *st, int chunk, int mb) {
   int rc = check_action(st, chunk, mb);
   if (rc) return rc;
+  /* A second F of the same micro-batch would overwrite what its I and W
+   * still read. */
+  if (*done_of(st, chunk, mb)) return BT_ESCHEDULE;
   bt_chunk_t *c = st->chunks[chunk];
   uint8_t *dev_bytes = bt_chunk_bytes(c, mb);
   if (dev_bytes) {
@@ -170,21 +190,30 @@ int bt_stage_forward(bt_stage_t *st, int chunk, int mb) {
     st->mb_loss[mb] = s;
     st->mb_done[mb] = 1;
   }
+  *done_of(st, chunk, mb) = DONE_F;
   return 0;
 }
 
 int bt_stage_backward_input(bt_stage_t *st, int chunk, int mb) {
   int rc = check_action(st, chunk, mb);
   if (rc) return rc;
+  if (*done_of(st, chunk, mb) != DONE_F) return BT_ESCHEDULE;
   /* The constant 1/(M*T): every micro-batch's share of the mean loss. */
   double scale = 1.0 / ((double)st->model.microbatches * (double)st->model.mb_tokens);
-  return bt_chunk_backward_input(st->chunks[chunk], mb, (float)scale);
+  rc = bt_chunk_backward_input(st->chunks[chunk], mb, (float)scale);
+  if (!rc) *done_of(st, chunk, mb) |= DONE_I;
+  return rc;
 }
 
 int bt_stage_backward_weight(bt_stage_t *st, int chunk, int mb) {
   int rc = check_action(st, chunk, mb);
   if (rc) return rc;
-  return bt_chunk_backward_weight(st->chunks[chunk], mb);
+  /* Gradients are sums over micro-batches 0..M-1 in this order (§8 rule 2):
+   * another order would round differently from `baton train`. */
+  if (!(*done_of(st, chunk, mb) & DONE_I) || mb != st->next_w[chunk]) return BT_ESCHEDULE;
+  rc = bt_chunk_backward_weight(st->chunks[chunk], mb);
+  if (!rc) st->next_w[chunk]++;
+  return rc;
 }
 
 int bt_stage_backward(bt_stage_t *st, int chunk, int mb) {
@@ -203,6 +232,9 @@ double bt_stage_lr(const bt_model_config_t *m, int64_t step) {
 
 int bt_stage_optimizer_step(bt_stage_t *st) {
   if (st->step != st->opt_step) return BT_EARG;
+  /* Every micro-batch's W on every chunk, or the update misses gradient. */
+  for (int c = 0; c < st->nchunks; c++)
+    if (st->next_w[c] != st->model.microbatches) return BT_ESCHEDULE;
   const bt_model_config_t *m = &st->model;
   /* In double from the integer step, rounded once to float (§8 rule 5). */
   double t = (double)(st->opt_step + 1);

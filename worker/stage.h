@@ -21,8 +21,10 @@
  *   bt_stage_loss(st, &loss)                on the stage holding the head
  * Buffers handed out for sending or receiving are the backend's memory (a
  * GPU pointer on CUDA), one per (chunk, micro-batch), and nothing touches
- * them until the step ends. W passes of one chunk must run in increasing
- * micro-batch order (DESIGN.md §4); every schedule baton builds does.
+ * them until the step ends. Order is checked, BT_ESCHEDULE otherwise: F
+ * once per (chunk, mb), I after its F, W after its I and, on each chunk,
+ * in increasing micro-batch order (DESIGN.md §4, §8), and the optimizer
+ * step only after every W.
  *
  * Not here: communication, schedules, checkpoint files, the control
  * channel. The checkpoint code reads and writes tensors through the
