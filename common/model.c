@@ -1,9 +1,11 @@
 /* model.c - see model.h. */
 #include "common/model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/data.h"
@@ -191,7 +193,8 @@ static int pack(const double *cost, int nl, int nstages, double cap, int *counts
 int bt_model_layout_balanced(const bt_model_config_t *m, int nstages, int *counts) {
   int nl = bt_model_layer_count(m);
   if (nstages < 1 || nstages > nl) return BT_EARG;
-  double cost[nl];
+  double *cost = malloc((size_t)nl * sizeof *cost);
+  if (!cost) return -ENOMEM;
   double lo = 0, hi = 0;
   for (int l = 0; l < nl; l++) {
     cost[l] = bt_model_range_cost(m, l, l);
@@ -209,5 +212,6 @@ int bt_model_layout_balanced(const bt_model_config_t *m, int nstages, int *count
     else lo = mid;
   }
   pack(cost, nl, nstages, hi, counts);
+  free(cost);
   return 0;
 }
