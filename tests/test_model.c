@@ -424,6 +424,81 @@ Test(stage, any_split_into_chunks_gives_the_same_bits) {
   bt_backend_destroy(be);
 }
 
+static void hash_of(bt_stage_t **st, int n, int reverse, char hex[33]) {
+  bt_hash_rec_t recs[64];
+  size_t total = 0;
+  for (int k = 0; k < n; k++) {
+    size_t got = 0;
+    bt_stage_t *s = st[reverse ? n - 1 - k : k];
+    cr_assert_eq(bt_stage_hash_records(s, recs + total, 64 - total, &got), 0);
+    total += got;
+  }
+  if (reverse)
+    for (size_t i = 0; i < total / 2; i++) {
+      bt_hash_rec_t t = recs[i];
+      recs[i] = recs[total - 1 - i];
+      recs[total - 1 - i] = t;
+    }
+  bt_hash128_t h;
+  cr_assert_eq(bt_hash_combine(recs, total, &h), 0);
+  bt_hash_hex(h, hex);
+}
+
+Test(stage, interleaved_placement_over_two_stages_gives_the_same_bits) {
+  /* Virtual stages k = c*p + s with p = 2, v = 2: stage 0 holds virtual
+   * stages 0 and 2, stage 1 holds 1 and 3; driven 1F1B-like per
+   * micro-batch with W deferred, buffers copied between the stages. */
+  bt_model_config_t m = tiny(4); /* layers 0..5 */
+  bt_backend_t *be = cpu();
+  bt_stage_t *one = whole(be, &m);
+  const bt_layer_range_t r0[] = {{0, 1}, {3, 4}}, r1[] = {{2, 2}, {5, 5}};
+  bt_stage_t *s0 = stage(be, &m, r0, 2), *s1 = stage(be, &m, r1, 2);
+  struct {
+    bt_stage_t *st;
+    int chunk;
+  } vs[4] = {{s0, 0}, {s1, 0}, {s0, 1}, {s1, 1}};
+  size_t bytes = bt_stage_act_bytes(s0);
+  for (int s = 0; s < 3; s++) {
+    step_fb(one, s, m.microbatches);
+    cr_assert_eq(bt_stage_optimizer_step(one), 0);
+    cr_assert_eq(bt_stage_begin_step(s0, s), 0);
+    cr_assert_eq(bt_stage_begin_step(s1, s), 0);
+    for (int mb = 0; mb < m.microbatches; mb++) {
+      for (int k = 0; k < 4; k++) {
+        if (k > 0)
+          be->ops->copy(be, bt_stage_act_in(vs[k].st, vs[k].chunk, mb),
+                        bt_stage_act_out(vs[k - 1].st, vs[k - 1].chunk, mb), bytes);
+        cr_assert_eq(bt_stage_forward(vs[k].st, vs[k].chunk, mb), 0);
+      }
+      for (int k = 3; k >= 0; k--) {
+        if (k < 3)
+          be->ops->copy(be, bt_stage_grad_in(vs[k].st, vs[k].chunk, mb),
+                        bt_stage_grad_out(vs[k + 1].st, vs[k + 1].chunk, mb), bytes);
+        cr_assert_eq(bt_stage_backward_input(vs[k].st, vs[k].chunk, mb), 0);
+      }
+    }
+    for (int k = 0; k < 4; k++)
+      for (int mb = 0; mb < m.microbatches; mb++)
+        cr_assert_eq(bt_stage_backward_weight(vs[k].st, vs[k].chunk, mb), 0);
+    cr_assert_eq(bt_stage_optimizer_step(s0), 0);
+    cr_assert_eq(bt_stage_optimizer_step(s1), 0);
+  }
+  double l1, l2;
+  cr_assert_eq(bt_stage_loss(one, &l1), 0);
+  cr_assert_eq(bt_stage_loss(s1, &l2), 0);
+  cr_assert_eq(memcmp(&l1, &l2, sizeof l1), 0, "%.17g vs %.17g", l1, l2);
+  cr_assert_eq(bt_stage_loss(s0, &l2), BT_EARG, "stage 0 has no head");
+  char h1[33], h2[33];
+  bt_stage_t *parts[2] = {s0, s1};
+  hash_of(&one, 1, 0, h1);
+  hash_of(parts, 2, 1, h2);
+  cr_assert_str_eq(h1, h2);
+  bt_stage_destroy(s1);
+  bt_stage_destroy(s0);
+  bt_stage_destroy(one);
+  bt_backend_destroy(be);
+}
+
 Test(stage, initialisation_is_a_pure_function_of_the_layer) {
   bt_model_config_t m = tiny(3);
   bt_backend_t *be = cpu();
@@ -460,26 +535,6 @@ Test(stage, initialisation_is_a_pure_function_of_the_layer) {
   bt_stage_destroy(alone);
   bt_stage_destroy(all);
   bt_backend_destroy(be);
-}
-
-static void hash_of(bt_stage_t **st, int n, int reverse, char hex[33]) {
-  bt_hash_rec_t recs[64];
-  size_t total = 0;
-  for (int k = 0; k < n; k++) {
-    size_t got = 0;
-    bt_stage_t *s = st[reverse ? n - 1 - k : k];
-    cr_assert_eq(bt_stage_hash_records(s, recs + total, 64 - total, &got), 0);
-    total += got;
-  }
-  if (reverse)
-    for (size_t i = 0; i < total / 2; i++) {
-      bt_hash_rec_t t = recs[i];
-      recs[i] = recs[total - 1 - i];
-      recs[total - 1 - i] = t;
-    }
-  bt_hash128_t h;
-  cr_assert_eq(bt_hash_combine(recs, total, &h), 0);
-  bt_hash_hex(h, hex);
 }
 
 Test(stage, hash_does_not_depend_on_who_holds_or_visits_tensors) {
