@@ -113,9 +113,23 @@ static void source_free(source_t *s) {
   memset(s, 0, sizeof *s);
 }
 
-static void print_problem(void *arg, const char *line) {
-  (void)arg;
-  printf("%s\n", line);
+/* Problem lines, held back until we know the exit code: a checkpoint of
+ * another format version is one stderr line (exit 2), not a list. */
+typedef struct {
+  char *text;
+  size_t len;
+} lines_t;
+
+static void keep_problem(void *arg, const char *line) {
+  lines_t *l = arg;
+  size_t n = strlen(line);
+  char *t = realloc(l->text, l->len + n + 2);
+  if (!t) return;
+  memcpy(t + l->len, line, n);
+  t[l->len + n] = '\n';
+  t[l->len + n + 1] = 0;
+  l->text = t;
+  l->len += n + 1;
 }
 
 /* Problems with a lone shard: 2 when it is not one at all, 1 when damaged. */
@@ -158,14 +172,19 @@ static int source_open(const char *path, int level, source_t *s) {
   } else {
     snprintf(s->step_dir, sizeof s->step_dir, "%s", path);
   }
-  int rc = bt_ckpt_step_open(s->step_dir, level, &s->st, print_problem, NULL);
+  lines_t problems = {0};
+  int rc = bt_ckpt_step_open(s->step_dir, level, &s->st, keep_problem, &problems);
   if (rc < 0) {
     if (rc == BT_EVERSION) {
-      fprintf(stderr, "baton ckpt: %s: a checkpoint of another format version\n", s->step_dir);
-      return EXIT_USAGE;
+      fprintf(stderr, "baton ckpt: %s: a checkpoint of another format version (this baton reads %d)\n",
+              s->step_dir, BT_CKPT_FORMAT_VERSION);
+    } else {
+      fputs(problems.text ? problems.text : "", stdout);
     }
-    return EXIT_PROBLEM;
+    free(problems.text);
+    return rc == BT_EVERSION ? EXIT_USAGE : EXIT_PROBLEM;
   }
+  free(problems.text);
   s->have_step = 1;
   s->nfiles = (int)s->st.man.nshards;
   s->files = calloc((size_t)s->nfiles, sizeof *s->files);
@@ -176,23 +195,31 @@ static int source_open(const char *path, int level, source_t *s) {
   return 0;
 }
 
-/* ---- loading every tensor ---- */
+/* ---- tensors, listed up front and read one at a time ---- */
 
+/* Memory stays at the largest tensor (two for diff), whatever the size of
+ * the checkpoint: loading a whole checkpoint to look at it is the memory
+ * spike users complain about. */
 typedef struct {
-  bt_ckpt_tensor_t t;
-  uint64_t stored;
+  bt_ckpt_tensor_t t; /* data NULL */
   int file;
 } item_t;
 
 typedef struct {
+  const source_t *src;
+  bt_ckpt_shard_t **sh; /* [nfiles], NULL where it did not open */
   item_t *v;
   size_t n;
   int problems;
+  float *buf;
+  size_t cap;
 } items_t;
 
 static void items_free(items_t *it) {
-  for (size_t i = 0; i < it->n; i++) free(it->v[i].t.data);
+  for (int f = 0; it->sh && f < it->src->nfiles; f++) bt_ckpt_shard_close(it->sh[f]);
+  free(it->sh);
   free(it->v);
+  free(it->buf);
   memset(it, 0, sizeof *it);
 }
 
@@ -204,57 +231,67 @@ static int cmp_item(const void *a, const void *b) {
   return strcmp(x->name, y->name);
 }
 
-/* Reads every tensor (or only parameters) of every shard, checking each
- * dataset's CRC; problems are printed and counted. */
-static int load_all(const source_t *s, int params_only, items_t *it) {
+/* Opens every shard and lists its datasets (all, or parameters only),
+ * sorted by (layer, kind, index); problems are printed and counted. */
+static int list_all(const source_t *s, int params_only, items_t *it) {
   memset(it, 0, sizeof *it);
+  it->src = s;
+  it->sh = calloc((size_t)s->nfiles, sizeof *it->sh);
+  if (!it->sh) return -ENOMEM;
   for (int f = 0; f < s->nfiles; f++) {
-    bt_ckpt_shard_t *sh;
     bt_ckpt_tensor_t *ts = NULL;
     size_t nt = 0;
-    int rc = bt_ckpt_shard_open(s->files[f], &sh);
+    int rc = bt_ckpt_shard_open(s->files[f], &it->sh[f]);
     if (rc < 0) {
       printf("%s: cannot be read as a shard: %s\n", s->files[f], bt_strerror(rc));
       it->problems++;
+      it->sh[f] = NULL;
       continue;
     }
-    if ((rc = bt_ckpt_shard_list(sh, &ts, &nt)) < 0) {
+    if ((rc = bt_ckpt_shard_list(it->sh[f], &ts, &nt)) < 0) {
       printf("%s: cannot list its datasets: %s\n", s->files[f], bt_strerror(rc));
       it->problems++;
-      bt_ckpt_shard_close(sh);
       continue;
     }
     item_t *nv = realloc(it->v, (it->n + nt + 1) * sizeof *nv);
     if (!nv) {
       free(ts);
-      bt_ckpt_shard_close(sh);
       return -ENOMEM;
     }
     it->v = nv;
     for (size_t i = 0; i < nt; i++) {
       if (params_only && ts[i].kind != BT_CKPT_PARAM) continue;
-      item_t *x = &it->v[it->n];
-      x->t = ts[i];
-      x->file = f;
-      x->stored = 0;
-      x->t.data = malloc(bt_ckpt_numel(&ts[i]) * sizeof(float));
-      if (!x->t.data) {
-        free(ts);
-        bt_ckpt_shard_close(sh);
-        return -ENOMEM;
-      }
+      it->v[it->n].t = ts[i];
+      it->v[it->n].file = f;
       it->n++;
-      rc = bt_ckpt_shard_read(sh, &x->t, &x->stored);
-      if (rc < 0) {
-        printf("%s: tensor '%s' (%s) of layer %u: %s\n", s->files[f], x->t.name, kind_str(x->t.kind),
-               x->t.layer, rc == BT_ECRC ? "fails its CRC" : bt_strerror(rc));
-        it->problems++;
-      }
     }
     free(ts);
-    bt_ckpt_shard_close(sh);
   }
   if (it->n) qsort(it->v, it->n, sizeof *it->v, cmp_item);
+  return 0;
+}
+
+/* Reads item i into the listing's buffer (checking its CRC); *data points
+ * there until the next read. A failure is printed and counted. */
+static int read_item(items_t *it, size_t i, float **data, uint64_t *stored) {
+  item_t *x = &it->v[i];
+  size_t n = bt_ckpt_numel(&x->t);
+  if (n > it->cap) {
+    float *nb = realloc(it->buf, n * sizeof *nb);
+    if (!nb) return -ENOMEM;
+    it->buf = nb;
+    it->cap = n;
+  }
+  bt_ckpt_tensor_t t = x->t;
+  t.data = it->buf;
+  int rc = bt_ckpt_shard_read(it->sh[x->file], &t, stored);
+  if (rc < 0) {
+    printf("%s: tensor '%s' (%s) of layer %u: %s\n", it->src->files[x->file], t.name,
+           kind_str(t.kind), t.layer, rc == BT_ECRC ? "fails its CRC" : bt_strerror(rc));
+    it->problems++;
+    return rc;
+  }
+  *data = it->buf;
   return 0;
 }
 
@@ -532,12 +569,6 @@ static int cmd_show(const char *path) {
     source_free(&s);
     return ex;
   }
-  items_t it;
-  if (load_all(&s, 0, &it) < 0) {
-    fprintf(stderr, "baton ckpt show: out of memory\n");
-    source_free(&s);
-    return EXIT_PROBLEM;
-  }
   if (s.have_step) {
     printf("step directory  %s\nshards          %u\n", s.step_dir, s.st.man.nshards);
     print_meta(&s.st.man.meta, s.st.man.version, 0);
@@ -549,19 +580,31 @@ static int cmd_show(const char *path) {
       bt_ckpt_shard_close(sh);
     }
   }
-  printf("\n%5s %-6s %-10s %-14s %12s %12s %6s %12s %12s %12s %12s %5s %5s\n", "LAYER", "KIND", "NAME",
-         "SHAPE", "STORED", "RAW", "RATIO", "MIN", "MAX", "MEAN", "STD", "NAN", "INF");
+  items_t it;
+  if (list_all(&s, 0, &it) < 0) {
+    fprintf(stderr, "baton ckpt show: out of memory\n");
+    items_free(&it);
+    source_free(&s);
+    return EXIT_PROBLEM;
+  }
+  printf("\n%5s %-6s %-10s %-14s %12s %12s %6s %12s %12s %12s %12s %5s %5s\n", "LAYER", "KIND",
+         "NAME", "SHAPE", "STORED", "RAW", "RATIO", "MIN", "MAX", "MEAN", "STD", "NAN", "INF");
   uint64_t tot_stored = 0, tot_raw = 0;
   for (size_t i = 0; i < it.n; i++) {
     const bt_ckpt_tensor_t *t = &it.v[i].t;
+    float *data;
+    uint64_t stored = 0;
+    if (read_item(&it, i, &data, &stored) < 0) continue;
     size_t n = bt_ckpt_numel(t);
     double mn = INFINITY, mx = -INFINITY, sum = 0, sq = 0;
     size_t nan = 0, inf = 0, fin = 0;
     for (size_t k = 0; k < n; k++) {
-      float x = t->data[k];
-      if (isnan(x)) nan++;
-      else if (isinf(x)) inf++;
-      if (isnan(x)) continue;
+      float x = data[k];
+      if (isnan(x)) {
+        nan++;
+        continue;
+      }
+      if (isinf(x)) inf++;
       if (x < mn) mn = x;
       if (x > mx) mx = x;
       if (!isinf(x)) {
@@ -569,18 +612,19 @@ static int cmd_show(const char *path) {
         fin++;
       }
     }
+    /* Two passes in double: mean, then the spread around it. */
     double mean = fin ? sum / (double)fin : NAN;
     for (size_t k = 0; k < n; k++)
-      if (isfinite(t->data[k])) sq += ((double)t->data[k] - mean) * ((double)t->data[k] - mean);
+      if (isfinite(data[k])) sq += ((double)data[k] - mean) * ((double)data[k] - mean);
     double sd = fin ? sqrt(sq / (double)fin) : NAN;
     uint64_t raw = (uint64_t)n * sizeof(float);
     char shape[64];
     shape_str(t, shape, sizeof shape);
     printf("%5u %-6s %-10s %-14s %12llu %12llu %6.3f %12.5g %12.5g %12.5g %12.5g %5zu %5zu\n",
-           t->layer, kind_str(t->kind), t->name, shape, (unsigned long long)it.v[i].stored,
-           (unsigned long long)raw, it.v[i].stored ? (double)raw / (double)it.v[i].stored : 0.0,
-           mn, mx, mean, sd, nan, inf);
-    tot_stored += it.v[i].stored;
+           t->layer, kind_str(t->kind), t->name, shape, (unsigned long long)stored,
+           (unsigned long long)raw, stored ? (double)raw / (double)stored : 0.0, mn, mx, mean, sd,
+           nan, inf);
+    tot_stored += stored;
     tot_raw += raw;
   }
   printf("%zu tensors, %llu bytes stored, %llu raw (ratio %.3f)\n", it.n,
@@ -599,18 +643,19 @@ static int verify_shard(const char *path) {
   bt_ckpt_shard_t *sh;
   int rc = bt_ckpt_shard_open(path, &sh);
   if (rc < 0) return shard_open_exit(path, rc);
-  size_t nl;
-  const uint32_t *layers = bt_ckpt_shard_layers(sh, &nl);
-  uint32_t *held = malloc(nl * sizeof *held);
-  memcpy(held, layers, nl * sizeof *held);
   bt_ckpt_shard_close(sh);
   source_t s = {.nfiles = 1};
-  s.files = malloc(sizeof *s.files);
-  snprintf(s.files[0], sizeof s.files[0], "%s", path);
   items_t it;
   int problems = 0;
-  if (load_all(&s, 0, &it) < 0) problems++;
+  s.files = malloc(sizeof *s.files);
+  if (!s.files) return EXIT_PROBLEM;
+  snprintf(s.files[0], sizeof s.files[0], "%s", path);
+  if (list_all(&s, 0, &it) < 0) problems++;
+  size_t nl = 0;
+  const uint32_t *held = it.sh && it.sh[0] ? bt_ckpt_shard_layers(it.sh[0], &nl) : NULL;
   for (size_t i = 0; i < it.n; i++) {
+    float *data;
+    read_item(&it, i, &data, NULL);
     int ok = 0;
     for (size_t k = 0; k < nl && !ok; k++) ok = held[k] == it.v[i].t.layer;
     if (!ok) {
@@ -630,7 +675,6 @@ static int verify_shard(const char *path) {
   problems += it.problems;
   if (!problems) printf("ok: shard %s, %zu layers, %zu tensors\n", path, nl, it.n);
   items_free(&it);
-  free(held);
   source_free(&s);
   return problems ? EXIT_PROBLEM : EXIT_SOUND;
 }
@@ -677,12 +721,12 @@ static int cmd_diff(const char *a, const char *b) {
     source_free(&sb);
     return ex;
   }
-  if (load_all(&sa, 0, &ia) < 0 || load_all(&sb, 0, &ib) < 0) {
+  if (list_all(&sa, 0, &ia) < 0 || list_all(&sb, 0, &ib) < 0) {
     fprintf(stderr, "baton ckpt diff: out of memory\n");
     ex = EXIT_PROBLEM;
     goto out;
   }
-  /* Matched by (layer, kind, name): the declared index is checked too. */
+  /* Matched by (layer, kind, name); shape and declared index must agree. */
   if (ia.n) qsort(ia.v, ia.n, sizeof *ia.v, cmp_item_key);
   if (ib.n) qsort(ib.v, ib.n, sizeof *ib.v, cmp_item_key);
   size_t i = 0, k = 0, differ = 0, same = 0;
@@ -690,34 +734,32 @@ static int cmd_diff(const char *a, const char *b) {
   while (i < ia.n || k < ib.n) {
     const bt_ckpt_tensor_t *x = i < ia.n ? &ia.v[i].t : NULL, *y = k < ib.n ? &ib.v[k].t : NULL;
     int c = !x ? 1 : !y ? -1 : cmp_key(x, y);
-    if (c < 0) {
-      printf("%5u %-6s %-10s only in %s\n", x->layer, kind_str(x->kind), x->name, a);
+    if (c != 0) {
+      const bt_ckpt_tensor_t *t = c < 0 ? x : y;
+      printf("%5u %-6s %-10s only in %s\n", t->layer, kind_str(t->kind), t->name, c < 0 ? a : b);
       differ++;
-      i++;
-      continue;
-    }
-    if (c > 0) {
-      printf("%5u %-6s %-10s only in %s\n", y->layer, kind_str(y->kind), y->name, b);
-      differ++;
-      k++;
+      if (c < 0) i++;
+      else k++;
       continue;
     }
     int shape = x->ndim == y->ndim && x->index == y->index;
     for (int d = 0; shape && d < x->ndim; d++) shape = x->dims[d] == y->dims[d];
+    float *da, *db;
     if (!shape) {
       printf("%5u %-6s %-10s shape or index differs\n", x->layer, kind_str(x->kind), x->name);
       differ++;
+    } else if (read_item(&ia, i, &da, NULL) < 0 || read_item(&ib, k, &db, NULL) < 0) {
+      differ++;
     } else {
       size_t n = bt_ckpt_numel(x);
-      if (!memcmp(x->data, y->data, n * sizeof(float))) {
+      if (!memcmp(da, db, n * sizeof(float))) {
         printf("%5u %-6s %-10s 0 (identical)\n", x->layer, kind_str(x->kind), x->name);
         same++;
       } else {
         double mx = 0;
-        for (size_t e = 0; e < n; e++) {
-          double d = fabs((double)x->data[e] - (double)y->data[e]);
+        for (size_t e = 0; e < n && !isnan(mx); e++) {
+          double d = fabs((double)da[e] - (double)db[e]);
           if (isnan(d) || d > mx) mx = d;
-          if (isnan(mx)) break;
         }
         printf("%5u %-6s %-10s %.9g\n", x->layer, kind_str(x->kind), x->name, mx);
         differ++;
@@ -744,24 +786,21 @@ static int cmd_hash(const char *path) {
   bt_hash_rec_t *recs = NULL;
   int ex = source_open(path, BT_CKPT_CHECK_CHEAP, &s);
   if (ex) goto out;
-  if (load_all(&s, 1, &it) < 0) {
-    ex = EXIT_PROBLEM;
-    goto out;
-  }
-  if (it.problems) {
-    ex = EXIT_PROBLEM;
-    goto out;
-  }
-  recs = calloc(it.n ? it.n : 1, sizeof *recs);
-  if (!recs) {
+  if (list_all(&s, 1, &it) < 0 || !(recs = calloc(it.n ? it.n : 1, sizeof *recs))) {
     ex = EXIT_PROBLEM;
     goto out;
   }
   for (size_t i = 0; i < it.n; i++) {
+    float *data;
+    if (read_item(&it, i, &data, NULL) < 0) continue;
     recs[i].layer = it.v[i].t.layer;
     recs[i].index = it.v[i].t.index;
     snprintf(recs[i].name, sizeof recs[i].name, "%s", it.v[i].t.name);
-    recs[i].h = bt_hash_tensor(it.v[i].t.data, bt_ckpt_numel(&it.v[i].t));
+    recs[i].h = bt_hash_tensor(data, bt_ckpt_numel(&it.v[i].t));
+  }
+  if (it.problems) {
+    ex = EXIT_PROBLEM;
+    goto out;
   }
   bt_hash128_t h;
   if (bt_hash_combine(recs, it.n, &h) < 0) {

@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <hdf5.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,4 +325,42 @@ Test(ckpt_cli, damaged_files_inside_a_step_give_exit_1, .init = setup, .fini = t
   write_bytes(p, "{\"format\":\"baton-checkpoint\",\"version\":1}", 40);
   cr_assert_eq(ckpt(fmt("verify '%s/b'", dir)), 1, "%s%s", out, err);
   cr_assert(strstr(out, "MANIFEST.json"), "%s", out);
+}
+
+/* A shard (or step) of another format version is not ours to read: 2. */
+Test(ckpt_cli, other_format_version_gives_exit_2, .init = setup, .fini = teardown) {
+  make_three();
+  char p[600];
+  snprintf(p, sizeof p, "%s/a/step-00000002/stage-001-of-004.h5", dir);
+  hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+  cr_assert_geq(f, 0);
+  hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+  cr_assert_geq(a, 0);
+  unsigned v = 2;
+  cr_assert_geq(H5Awrite(a, H5T_NATIVE_UINT, &v), 0);
+  H5Aclose(a);
+  H5Fclose(f);
+  static const char *cmds[] = {"show", "verify", "hash"};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(ckpt(fmt("%s '%s'", cmds[i], p)), 2, "%s: %s%s", cmds[i], out, err);
+    cr_assert_eq(count_lines(err) + count_lines(out), 1, "%s: %s%s", cmds[i], out, err);
+    cr_assert(strstr(err, "format version"), "%s", err);
+  }
+  snprintf(p, sizeof p, "%s/b/step-00000002/MANIFEST.json", dir);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *fp = fopen(p, "r");
+  cr_assert(fp);
+  cr_assert_gt(getdelim(&text, &len, 0, fp), 0);
+  fclose(fp);
+  char *ver = strstr(text, "\"version\":1,");
+  cr_assert(ver, "%s", text);
+  ver[10] = '7';
+  fp = fopen(p, "w");
+  fputs(text, fp);
+  fclose(fp);
+  free(text);
+  cr_assert_eq(ckpt(fmt("verify '%s/b'", dir)), 2, "%s%s", out, err);
+  cr_assert(strstr(err, "format version"), "%s", err);
+  cr_assert_eq(count_lines(err) + count_lines(out), 1, "%s%s", out, err);
 }
