@@ -460,20 +460,17 @@ int bt_cmd_train(int argc, char **argv) {
   }
 
   {
-    bt_data_t *d = NULL;
     /* The data description line: the entropies tell the user (and the
      * tests) what loss the model can reach. */
-    if (!bt_data_open(m, &d, why, sizeof why)) {
-      printf("baton train: L=%d D=%d K=%d M=%d T=%d, %llu parameters, backend %s, data %s\n",
-             m->layers, m->dim, m->context, m->microbatches, m->mb_tokens,
-             (unsigned long long)bt_model_param_count(m), a.cfg.run.backend, m->data);
-      if (bt_data_is_synthetic(d))
-        printf("data entropy_rate %.6f unigram_entropy %.6f (nats/byte)\n",
-               bt_data_entropy_rate(d), bt_data_unigram_entropy(d));
-      else
-        printf("data unigram_entropy %.6f (nats/byte)\n", bt_data_unigram_entropy(d));
-      bt_data_close(d);
-    }
+    const bt_data_t *d = bt_stage_data(st);
+    printf("baton train: L=%d D=%d K=%d M=%d T=%d, %llu parameters, backend %s, data %s\n",
+           m->layers, m->dim, m->context, m->microbatches, m->mb_tokens,
+           (unsigned long long)bt_model_param_count(m), a.cfg.run.backend, m->data);
+    if (bt_data_is_synthetic(d))
+      printf("data entropy_rate %.6f unigram_entropy %.6f (nats/byte)\n",
+             bt_data_entropy_rate(d), bt_data_unigram_entropy(d));
+    else
+      printf("data unigram_entropy %.6f (nats/byte)\n", bt_data_unigram_entropy(d));
   }
   fflush(stdout);
 

@@ -136,6 +136,7 @@ void bt_stage_destroy(bt_stage_t *st) {
 }
 
 int bt_stage_nchunks(const bt_stage_t *st) { return st->nchunks; }
+const bt_data_t *bt_stage_data(const bt_stage_t *st) { return st->data; }
 
 bt_chunk_t *bt_stage_chunk(bt_stage_t *st, int chunk) {
   return chunk >= 0 && chunk < st->nchunks ? st->chunks[chunk] : NULL;

@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "common/config.h"
+#include "common/data.h"
 #include "common/hash.h"
 #include "kernels/backend.h"
 #include "kernels/model.h"
@@ -55,6 +56,9 @@ int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer
 void bt_stage_destroy(bt_stage_t *st);
 
 int bt_stage_nchunks(const bt_stage_t *st);
+/* The stage's data source (entropies for reports); NULL when no chunk holds
+ * embed or head. */
+const bt_data_t *bt_stage_data(const bt_stage_t *st);
 bt_chunk_t *bt_stage_chunk(bt_stage_t *st, int chunk);
 
 /* Starts step `step` (0-based: the state after `step` updates is current).
