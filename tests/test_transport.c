@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,6 +303,59 @@ Test(transport, both_directions_at_once_with_large_messages) {
       free(s[w][i]);
       free(r[w][i]);
     }
+  bt_tx_destroy(tx[0]);
+  bt_tx_destroy(tx[1]);
+}
+
+/* One rank per thread, as in a real job: each posts a receive, sends,
+ * waits for its send, then for its receive, many times over, so that the
+ * worker threads and the progress threads race on every socket. */
+typedef struct {
+  bt_tx_t *tx;
+  int64_t step;
+  int iters;
+  size_t bytes;
+  int rc;
+} rank_job_t;
+
+static void *rank_loop(void *arg) {
+  rank_job_t *j = arg;
+  int me = j->tx->rank, peer = 1 - me;
+  uint8_t *out = malloc(j->bytes), *in = malloc(j->bytes);
+  for (int i = 0; i < j->iters && !j->rc; i++) {
+    bt_tag_t mine = tag(j->step, me, me, i), theirs = tag(j->step, peer, peer, i);
+    fill(out, j->bytes, mine);
+    bt_tx_req_t *r, *s;
+    j->rc = bt_tx_irecv(j->tx, in, j->bytes, peer, theirs, &r);
+    if (!j->rc) j->rc = bt_tx_isend(j->tx, out, j->bytes, peer, mine, &s);
+    if (!j->rc) j->rc = bt_tx_wait(j->tx, s, bt_deadline_ms(10000));
+    if (!j->rc) j->rc = bt_tx_wait(j->tx, r, bt_deadline_ms(10000));
+    uint8_t *want = malloc(j->bytes);
+    fill(want, j->bytes, theirs);
+    if (!j->rc && memcmp(in, want, j->bytes)) j->rc = BT_EFORMAT;
+    free(want);
+  }
+  free(out);
+  free(in);
+  return NULL;
+}
+
+Test(transport, ranks_in_threads_race_sends_and_receives) {
+  int p0[] = {1}, p1[] = {0};
+  bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
+  connect_all(tx, 2);
+  size_t sizes[] = {100, 65536, 1u << 20};
+  int iters[] = {2000, 400, 40};
+  for (int k = 0; k < 3; k++) {
+    rank_job_t j[2] = {{tx[0], k + 1, iters[k], sizes[k], 0}, {tx[1], k + 1, iters[k], sizes[k], 0}};
+    pthread_t th[2];
+    for (int w = 0; w < 2; w++) pthread_create(&th[w], NULL, rank_loop, &j[w]);
+    for (int w = 0; w < 2; w++) pthread_join(th[w], NULL);
+    for (int w = 0; w < 2; w++)
+      cr_assert_eq(j[w].rc, 0, "rank %d, %zu-byte messages: %s", w, sizes[k], bt_strerror(j[w].rc));
+    /* One step per size: nothing may be left over when it closes. */
+    for (int w = 0; w < 2; w++) cr_assert_eq(bt_tx_end_step(tx[w], k + 1, bt_deadline_ms(5000)), 0);
+  }
   bt_tx_destroy(tx[0]);
   bt_tx_destroy(tx[1]);
 }

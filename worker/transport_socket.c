@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -73,6 +74,7 @@ enum { MAX_PENDING = 16 };
 #define ADDR_LEN 128
 
 enum { REQ_SEND = 0, REQ_RECV = 1 };
+enum { READER_PROGRESS = 1, READER_WAITER = 2 };
 
 struct bt_tx_req {
   struct bt_tx_req *next;             /* in a peer's send queue or the posted list */
@@ -103,6 +105,10 @@ typedef struct {
   int wanted;   /* in this worker's peer list */
   int err;      /* 0, or the code every request with this peer now fails with */
   int closing;  /* err set, fd still open: the progress thread closes it */
+  int reader;   /* who reads this peer now: 0 nobody, READER_PROGRESS, or
+                   READER_WAITER (a worker thread waiting for a receive) */
+  uint32_t interest;  /* epoll events registered for fd */
+  int registered;     /* fd is in the epoll set */
   bt_tx_req_t *sq_head, *sq_tail; /* sends in order */
   /* the message being read */
   uint8_t rhdr[MSG_HDR];
@@ -128,7 +134,7 @@ typedef struct {
   pthread_cond_t cv; /* any request completes, a peer connects or fails */
   pthread_t thread;
   int thread_started, stop;
-  int listen_fd, wake_fd;
+  int listen_fd, wake_fd, epfd;
   char addr[ADDR_LEN];
   uint8_t token[BT_TX_TOKEN_MAX];
   size_t token_len;
@@ -223,6 +229,39 @@ static void wake(sock_tx_t *t) {
   }
 }
 
+/* What the progress thread's epoll waits for on peer i, from its state:
+ * readable unless another thread is reading it, writable while sends are
+ * queued. Called under the lock by whoever changes that state; epoll_ctl
+ * takes effect on a thread already sleeping in epoll_wait, so no wake-up is
+ * needed. A peer with nothing to wait for leaves the set (epoll reports a
+ * hang-up even for an empty mask, which would spin the thread). */
+enum { EV_WAKE = 1, EV_LISTEN = 2, EV_PEND = 3, EV_PEER = 4 };
+static uint64_t ev_data(int kind, int v) { return (uint64_t)kind << 32 | (uint32_t)v; }
+
+static void update_interest(sock_tx_t *t, int i) {
+  peer_t *p = &t->peers[i];
+  uint32_t want = 0;
+  if (p->fd >= 0 && !p->err) {
+    /* Only a waiting worker thread takes the socket out of the progress
+     * thread's sight; the progress thread reading it itself leaves the
+     * interest as it is (it is the one that would be woken). */
+    if (p->reader != READER_WAITER) want |= EPOLLIN;
+    if (p->sq_head) want |= EPOLLOUT;
+  }
+  if (want == p->interest && p->registered == (want != 0)) return;
+  if (!want) {
+    if (p->registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+    p->registered = 0;
+  } else {
+    struct epoll_event ev = {.events = want, .data.u64 = ev_data(EV_PEER, i)};
+    if (epoll_ctl(t->epfd, p->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, p->fd, &ev) == 0)
+      p->registered = 1;
+    else
+      bt_warn("transport: epoll_ctl for peer %d: %s", i, strerror(errno));
+  }
+  p->interest = want;
+}
+
 static void held_unlink(sock_tx_t *t, held_t *h) {
   for (held_t **pp = &t->held; *pp; pp = &(*pp)->next)
     if (*pp == h) {
@@ -239,6 +278,7 @@ static void fail_peer(sock_tx_t *t, int i, int code, const char *why) {
   if (p->err) return;
   p->err = code;
   if (p->fd >= 0) p->closing = 1;
+  update_interest(t, i);
   bt_warn("transport: peer %d lost (%s): %s", i, why, bt_strerror(code));
   while (p->sq_head) {
     bt_tx_req_t *r = p->sq_head;
@@ -255,14 +295,14 @@ static void fail_peer(sock_tx_t *t, int i, int code, const char *why) {
       pp = &r->next;
     }
   }
-  /* The message being read (p->rreq, p->rheld) belongs to the progress
-   * thread, which may be reading into it right now without the lock: it
-   * drops it itself (drop_read) when it next looks at this peer. */
+  /* The message being read (p->rreq, p->rheld) belongs to the peer's
+   * reader, who may be reading into it right now without the lock: it is
+   * dropped (drop_read) by the next thread to hold the reader role. */
   wake(t);
   pthread_cond_broadcast(&t->cv);
 }
 
-/* Progress thread only: after peer i failed, fails the receive its
+/* By the reader of peer i only: after peer i failed, fails the receive its
  * half-read message was landing in, or frees the half-held message. */
 static void drop_read(sock_tx_t *t, int i) {
   peer_t *p = &t->peers[i];
@@ -299,7 +339,7 @@ static void do_write(sock_tx_t *t, int i) {
     ssize_t w = n ? sendmsg(p->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
     if (w < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
       fail_peer(t, i, BT_EPEER, strerror(errno));
       return;
     }
@@ -310,6 +350,7 @@ static void do_write(sock_tx_t *t, int i) {
       req_complete(t, r, 0);
     }
   }
+  update_interest(t, i);
 }
 
 static bt_tx_req_t *take_posted(sock_tx_t *t, int peer, const bt_tag_t *tag) {
@@ -427,16 +468,17 @@ static int on_header(sock_tx_t *t, int i) {
   return 0;
 }
 
-/* Reads what peer i has sent, up to READ_BUDGET bytes. Progress thread
- * only. The read itself runs without the lock: its destination (the header
- * buffer, a posted receive's buffer or a held message) is touched by no
- * other thread until the message completes, and holding the lock through
- * megabytes of copying would keep the worker from posting receives, so
- * that every message would end up held and copied twice. */
-static void do_read(sock_tx_t *t, int i) {
+/* Reads what peer i has sent, up to READ_BUDGET bytes, or until `until`
+ * completes. Only by the thread that holds p->reader. The read itself runs
+ * without the lock: its destination (the header buffer, a posted receive's
+ * buffer or a held message) is touched by no other thread until the message
+ * completes, and holding the lock through megabytes of copying would keep
+ * the worker from posting receives, so that every message would end up held
+ * and copied twice. */
+static void do_read(sock_tx_t *t, int i, const bt_tx_req_t *until) {
   peer_t *p = &t->peers[i];
   size_t budget = READ_BUDGET;
-  while (!p->err && budget > 0) {
+  while (!p->err && budget > 0 && !(until && until->done)) {
     uint8_t *dst;
     size_t want;
     if (!p->in_body) {
@@ -447,12 +489,12 @@ static void do_read(sock_tx_t *t, int i) {
       want = p->rtotal - p->rgot;
       if (want > IO_CHUNK) want = IO_CHUNK;
     }
-    int fd = p->fd; /* closed only by this thread */
+    int fd = p->fd; /* not closed while someone holds the reader role */
     pthread_mutex_unlock(&t->mu);
     ssize_t n = read(fd, dst, want);
     int e = errno;
     pthread_mutex_lock(&t->mu);
-    if (p->err) return; /* failed meanwhile by a send: drop_read cleans up */
+    if (p->err) return; /* failed meanwhile by a send: the reader drops the message */
     if (n < 0) {
       if (e == EINTR) continue;
       if (e == EAGAIN || e == EWOULDBLOCK) return;
@@ -533,6 +575,8 @@ static void do_accept(sock_tx_t *t) {
     pc->fd = fd;
     pc->deadline = bt_deadline_ms(t->handshake_ms);
     snprintf(pc->who, sizeof pc->who, "%s:%d", host, port);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(EV_PEND, fd)};
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) refuse(t, t->npend - 1, strerror(errno));
   }
 }
 
@@ -611,7 +655,10 @@ static int do_handshake(sock_tx_t *t, int k) {
     return 1;
   }
   tune_socket(pc->fd);
+  /* From handshake to peer: out of the set, back in under the peer's key. */
+  epoll_ctl(t->epfd, EPOLL_CTL_DEL, pc->fd, NULL);
   p->fd = pc->fd;
+  update_interest(t, (int)from);
   bt_debug("transport: rank %u connected from %s", from, pc->who);
   t->pend[k] = t->pend[--t->npend];
   pthread_cond_broadcast(&t->cv);
@@ -620,85 +667,74 @@ static int do_handshake(sock_tx_t *t, int k) {
 
 /* ---- the progress thread ---- */
 
-enum { SLOT_WAKE, SLOT_LISTEN, SLOT_PEND, SLOT_PEER };
+/* Takes the reader role of peer i and reads. The caller holds the lock and
+ * has checked that nobody else reads. */
+static void read_as_reader(sock_tx_t *t, int i, const bt_tx_req_t *until) {
+  peer_t *p = &t->peers[i];
+  p->reader = READER_PROGRESS;
+  if (!p->err) do_read(t, i, until);
+  if (p->err && (p->rreq || p->rheld)) drop_read(t, i);
+  p->reader = 0;
+  update_interest(t, i);
+}
+
+enum { MAX_EVENTS = 64 };
 
 static void *progress_main(void *arg) {
   sock_tx_t *t = arg;
   int nr = t->base.nranks;
-  size_t cap = 2 + MAX_PENDING + (size_t)nr;
-  struct pollfd *pfd = calloc(cap, sizeof *pfd);
-  int *slot = calloc(cap, sizeof *slot);
-  int *idx = calloc(cap, sizeof *idx);
+  struct epoll_event evs[MAX_EVENTS];
   pthread_mutex_lock(&t->mu);
-  if (!pfd || !slot || !idx) {
-    /* Without a progress thread nothing moves: fail every peer so waits
-     * return at once instead of at their deadlines. */
-    for (int i = 0; i < nr; i++)
-      if (t->peers[i].wanted) fail_peer(t, i, -ENOMEM, "no memory for the progress thread");
-    t->stop = 1;
-  }
   while (!t->stop) {
     for (int i = 0; i < nr; i++) {
       peer_t *p = &t->peers[i];
+      if (p->reader) continue; /* a waiting worker thread reads it: it cleans up */
       if (p->err && (p->rreq || p->rheld)) drop_read(t, i);
       if (p->closing) {
+        if (p->registered) epoll_ctl(t->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+        p->registered = 0;
         close(p->fd);
         p->fd = -1;
         p->closing = 0;
       }
     }
-    int n = 0;
-    pfd[n] = (struct pollfd){.fd = t->wake_fd, .events = POLLIN};
-    slot[n++] = SLOT_WAKE;
-    pfd[n] = (struct pollfd){.fd = t->listen_fd, .events = POLLIN};
-    slot[n++] = SLOT_LISTEN;
     uint64_t next = UINT64_MAX;
-    for (int k = 0; k < t->npend; k++) {
-      pfd[n] = (struct pollfd){.fd = t->pend[k].fd, .events = POLLIN};
-      slot[n] = SLOT_PEND;
-      idx[n++] = t->pend[k].fd;
+    for (int k = 0; k < t->npend; k++)
       if (t->pend[k].deadline < next) next = t->pend[k].deadline;
-    }
-    for (int i = 0; i < nr; i++) {
-      peer_t *p = &t->peers[i];
-      if (p->fd < 0 || p->err) continue;
-      pfd[n] = (struct pollfd){.fd = p->fd, .events = (short)(POLLIN | (p->sq_head ? POLLOUT : 0))};
-      slot[n] = SLOT_PEER;
-      idx[n++] = i;
-    }
     int timeout = next == UINT64_MAX ? -1 : (int)bt_ms_left(next);
     pthread_mutex_unlock(&t->mu);
-    int r = poll(pfd, (nfds_t)n, timeout);
-    int poll_errno = errno;
+    int n = epoll_wait(t->epfd, evs, MAX_EVENTS, timeout);
+    int wait_errno = errno;
     pthread_mutex_lock(&t->mu);
-    if (r < 0 && poll_errno != EINTR) {
-      bt_error("transport: poll: %s", strerror(poll_errno));
+    if (n < 0 && wait_errno != EINTR) {
+      bt_error("transport: epoll_wait: %s", strerror(wait_errno));
       for (int i = 0; i < nr; i++)
-        if (t->peers[i].wanted) fail_peer(t, i, BT_ETRANSPORT, "poll failed");
+        if (t->peers[i].wanted) fail_peer(t, i, BT_ETRANSPORT, "epoll_wait failed");
       break;
     }
-    for (int s = 0; r > 0 && s < n; s++) {
-      if (!pfd[s].revents) continue;
-      if (slot[s] == SLOT_WAKE) {
-        uint64_t v;
-        while (read(t->wake_fd, &v, sizeof v) < 0 && errno == EINTR) {
+    for (int e = 0; e < n; e++) {
+      int kind = (int)(evs[e].data.u64 >> 32), v = (int)(uint32_t)evs[e].data.u64;
+      uint32_t got = evs[e].events;
+      if (kind == EV_WAKE) {
+        uint64_t x;
+        while (read(t->wake_fd, &x, sizeof x) < 0 && errno == EINTR) {
         }
-      } else if (slot[s] == SLOT_LISTEN) {
+      } else if (kind == EV_LISTEN) {
         do_accept(t);
-      } else if (slot[s] == SLOT_PEND) {
-        /* The entry may have moved (removals swap in the last one). */
+      } else if (kind == EV_PEND) {
+        /* The entry may have moved (removals swap in the last one), or be
+         * gone: look it up by its fd. */
         for (int k = 0; k < t->npend; k++)
-          if (t->pend[k].fd == idx[s]) {
+          if (t->pend[k].fd == v) {
             do_handshake(t, k);
             break;
           }
-      } else {
-        int i = idx[s];
-        peer_t *p = &t->peers[i];
-        if (p->fd != pfd[s].fd || p->err) continue;
-        if (pfd[s].revents & (POLLIN | POLLHUP | POLLERR)) do_read(t, i);
-        if (!p->err && (pfd[s].revents & POLLERR)) fail_peer(t, i, BT_EPEER, "socket error");
-        if (!p->err && (pfd[s].revents & POLLOUT)) do_write(t, i);
+      } else if (kind == EV_PEER && v >= 0 && v < nr) {
+        peer_t *p = &t->peers[v];
+        if (p->fd < 0 || p->err) continue;
+        if ((got & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !p->reader) read_as_reader(t, v, NULL);
+        if (!p->err && (got & EPOLLERR) && !p->reader) fail_peer(t, v, BT_EPEER, "socket error");
+        if (!p->err && (got & EPOLLOUT)) do_write(t, v);
       }
     }
     uint64_t now = bt_clock_ns();
@@ -713,9 +749,6 @@ static void *progress_main(void *arg) {
     }
   }
   pthread_mutex_unlock(&t->mu);
-  free(pfd);
-  free(slot);
-  free(idx);
   return NULL;
 }
 
@@ -751,7 +784,7 @@ static int sock_isend(bt_tx_t *tx, const void *buf, size_t bytes, int peer, bt_t
   /* r may be freed by do_write (a detached send that completed): from here
    * on only the queue is looked at. */
   if (p->fd >= 0 && p->sq_head == r) do_write(t, peer);
-  if (p->sq_head) wake(t);
+  else update_interest(t, peer);
 out:
   pthread_mutex_unlock(&t->mu);
   return rc;
@@ -839,10 +872,44 @@ static int cv_wait_until(sock_tx_t *t, uint64_t deadline) {
   return e == ETIMEDOUT ? BT_ETIMEOUT : 0;
 }
 
+/* The longest a waiting thread sits in poll() on its peer's socket before
+ * it looks at its request again: another thread may have failed it. */
+#define READER_SLICE_MS 50
+
+/* A wait for a receive reads the peer's socket itself when nobody else is
+ * reading it: the bytes then go from the socket to the buffer and the
+ * worker goes on, without a hand-over from the progress thread (one
+ * wake-up instead of two per message). The progress thread stops watching
+ * that socket meanwhile (update_interest) and takes over again after. */
+static void wait_reading(sock_tx_t *t, bt_tx_req_t *r, uint64_t deadline) {
+  peer_t *p = &t->peers[r->peer];
+  int i = r->peer;
+  p->reader = READER_WAITER;
+  update_interest(t, i);
+  int64_t ms = bt_ms_left(deadline);
+  struct pollfd pf = {.fd = p->fd, .events = POLLIN};
+  pthread_mutex_unlock(&t->mu);
+  int n = poll(&pf, 1, ms < READER_SLICE_MS ? (int)ms : READER_SLICE_MS);
+  pthread_mutex_lock(&t->mu);
+  if (n > 0 && !p->err) do_read(t, i, r);
+  if (p->err && (p->rreq || p->rheld)) drop_read(t, i);
+  p->reader = 0;
+  update_interest(t, i);
+  /* A failed peer's socket is closed by the progress thread. */
+  if (p->err && p->closing) wake(t);
+}
+
 static int sock_wait(bt_tx_t *tx, bt_tx_req_t *r, uint64_t deadline) {
   sock_tx_t *t = (sock_tx_t *)tx;
   pthread_mutex_lock(&t->mu);
-  while (!r->done && cv_wait_until(t, deadline) == 0) {
+  while (!r->done) {
+    peer_t *p = &t->peers[r->peer];
+    if (bt_clock_ns() >= deadline) break;
+    if (r->kind == REQ_RECV && p->fd >= 0 && !p->err && !p->reader) {
+      wait_reading(t, r, deadline);
+    } else if (cv_wait_until(t, deadline) == BT_ETIMEOUT) {
+      break;
+    }
   }
   int rc = BT_ETIMEOUT;
   if (r->done) {
@@ -914,6 +981,7 @@ static void sock_destroy(bt_tx_t *tx) {
   for (int k = 0; k < t->npend; k++) close(t->pend[k].fd);
   if (t->listen_fd >= 0) close(t->listen_fd);
   if (t->wake_fd >= 0) close(t->wake_fd);
+  if (t->epfd >= 0) close(t->epfd);
   while (t->all) req_free(t, t->all);
   for (held_t *h = t->held, *next; h; h = next) {
     next = h->next;
@@ -992,6 +1060,7 @@ int bt_tx_socket_create(const bt_tx_socket_opts_t *o, bt_tx_t **out) {
   t->base.nranks = o->nranks;
   t->listen_fd = -1;
   t->wake_fd = -1;
+  t->epfd = -1;
   memcpy(t->token, o->token, o->token_len);
   t->token_len = o->token_len;
   t->handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 5000;
@@ -1031,7 +1100,15 @@ int bt_tx_socket_create(const bt_tx_socket_opts_t *o, bt_tx_t **out) {
     goto fail;
   }
   t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (t->wake_fd < 0) {
+  t->epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (t->wake_fd < 0 || t->epfd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(EV_WAKE, 0)};
+  struct epoll_event lev = {.events = EPOLLIN, .data.u64 = ev_data(EV_LISTEN, 0)};
+  if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->wake_fd, &ev) < 0 ||
+      epoll_ctl(t->epfd, EPOLL_CTL_ADD, t->listen_fd, &lev) < 0) {
     rc = -errno;
     goto fail;
   }
@@ -1202,8 +1279,8 @@ int bt_tx_socket_connect(bt_tx_t *tx, const char *const *addrs, uint64_t deadlin
     }
     pthread_mutex_lock(&t->mu);
     t->peers[q].fd = fd;
+    update_interest(t, q);
     pthread_mutex_unlock(&t->mu);
-    wake(t);
   }
   pthread_mutex_lock(&t->mu);
   for (;;) {
