@@ -9,17 +9,23 @@
  * closed and logged, and accepting goes on — a port scanner or a stray
  * worker of another job never stops this one.
  *
- * How it moves bytes: one progress thread per transport polls the peer
- * sockets, the listening socket and an eventfd (its wake-up call). It
- * writes queued sends (per peer, in order) and reads whatever arrives:
- * a message whose receive is posted lands straight in that buffer, any
- * other is held in memory until its receive is posted. A send is first
- * tried at once from the caller's thread (small messages then leave
- * without waking the progress thread); whatever the socket does not take
- * is finished in the background. Sends and receives with one peer share
- * one full-duplex connection, so a pending send never delays a receive.
- * One mutex guards all state; socket calls under it are non-blocking and
- * short.
+ * How it moves bytes: one progress thread per transport waits in epoll on
+ * the peer sockets, the listening socket and an eventfd (its wake-up call
+ * for stop and failures). It writes queued sends (per peer, in order) and
+ * reads whatever arrives: a message whose receive is posted lands straight
+ * in that buffer, any other is held in memory until its receive is posted.
+ * A send is first tried at once from the caller's thread (small messages
+ * then leave without waking the progress thread); whatever the socket does
+ * not take is finished in the background. A worker thread waiting for a
+ * receive reads that peer's socket itself while nobody else does, so a
+ * message reaches it without a hand-over between threads. Sends and
+ * receives with one peer share one full-duplex connection, so a pending
+ * send never delays a receive.
+ *
+ * Locking: one mutex guards all state. Socket writes under it are
+ * non-blocking and bounded (IO_CHUNK); reads run without it, by the one
+ * thread that holds the peer's reader role (peer_t.reader), into memory
+ * no other thread touches until the message completes.
  *
  * Wire format (little-endian; docs/protocol.md):
  *   handshake  dialer -> acceptor: u32 'BTHS', u16 version, u16 token
