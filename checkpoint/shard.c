@@ -249,6 +249,11 @@ static int write_dataset(hid_t file, const bt_ckpt_tensor_t *t, const bt_ckpt_op
   if ((rc = attr_u32(ds, "crc", bt_crc32(0, t->data, bt_ckpt_numel(t) * sizeof(float)))) < 0)
     goto out;
   if ((rc = attr_u32(ds, "index", t->index)) < 0) goto out;
+  /* With filters, chunks sit in the chunk cache until the dataset closes:
+   * this close is a write that can fail on a full disk. */
+  herr_t closed = H5Dclose(ds);
+  ds = -1;
+  H5_TRY(closed);
 out:
   if (ds >= 0) H5Dclose(ds);
   if (dcpl >= 0) H5Pclose(dcpl);
