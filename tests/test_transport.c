@@ -100,28 +100,34 @@ static void put32(uint8_t *p, uint32_t v) {
   for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static int tcp_connect(const char *addr) {
+/* The raw_* helpers assert nothing: a forked child uses them too, and a
+ * Criterion assertion in a child would report into the parent's test. */
+static int raw_connect(const char *addr) {
   int port = atoi(strrchr(addr, ':') + 1);
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  cr_assert_geq(fd, 0);
+  if (fd < 0) return -1;
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s", strerror(errno));
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    close(fd);
+    return -1;
+  }
   return fd;
 }
 
-static void send_all(int fd, const void *buf, size_t n) {
+static int raw_send(int fd, const void *buf, size_t n) {
   const uint8_t *p = buf;
   while (n) {
     ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
-    cr_assert_gt(w, 0, "send: %s", strerror(errno));
+    if (w <= 0) return -1;
     p += w;
     n -= (size_t)w;
   }
+  return 0;
 }
 
-static void send_handshake(int fd, uint32_t from, uint32_t to, const uint8_t *tok, size_t tl) {
+static int raw_handshake(int fd, uint32_t from, uint32_t to, const uint8_t *tok, size_t tl) {
   uint8_t hs[16 + 64];
   put32(hs, 0x53485442u); /* "BTHS" */
   hs[4] = 1;
@@ -131,10 +137,25 @@ static void send_handshake(int fd, uint32_t from, uint32_t to, const uint8_t *to
   put32(hs + 8, from);
   put32(hs + 12, to);
   memcpy(hs + 16, tok, tl);
-  send_all(fd, hs, 16 + tl);
+  return raw_send(fd, hs, 16 + tl);
 }
 
-/* 1 when the other end acknowledged, 0 when it closed, -1 on timeout. */
+static int tcp_connect(const char *addr) {
+  int fd = raw_connect(addr);
+  cr_assert_geq(fd, 0, "connect to %s: %s", addr, strerror(errno));
+  return fd;
+}
+
+static void send_all(int fd, const void *buf, size_t n) {
+  cr_assert_eq(raw_send(fd, buf, n), 0, "send: %s", strerror(errno));
+}
+
+static void send_handshake(int fd, uint32_t from, uint32_t to, const uint8_t *tok, size_t tl) {
+  cr_assert_eq(raw_handshake(fd, from, to, tok, tl), 0, "send: %s", strerror(errno));
+}
+
+/* 1 when the other end acknowledged, 0 when it closed, -1 on timeout, 2 for
+ * an acknowledgement that is not one. */
 static int read_ack(int fd, int ms) {
   uint8_t ack[8];
   size_t got = 0;
@@ -146,8 +167,7 @@ static int read_ack(int fd, int ms) {
     if (n <= 0) return 0;
     got += (size_t)n;
   }
-  cr_assert_eq(ack[0] | ack[1] << 8 | ack[2] << 16 | (uint32_t)ack[3] << 24, 0x4b415442u);
-  return 1;
+  return (ack[0] | ack[1] << 8 | ack[2] << 16 | (uint32_t)ack[3] << 24) == 0x4b415442u ? 1 : 2;
 }
 
 static void msg_header(uint8_t *h, bt_tag_t t, uint64_t bytes) {
@@ -430,14 +450,12 @@ Test(transport, peer_killed_mid_message_fails_waits_at_once) {
      * then nothing until killed. The alarm ends it if the parent fails
      * before killing it. */
     alarm(30);
-    int fd = tcp_connect(addr);
-    send_handshake(fd, 0, 1, token, sizeof token);
-    if (read_ack(fd, 5000) != 1) _exit(1);
+    int fd = raw_connect(addr);
+    if (fd < 0 || raw_handshake(fd, 0, 1, token, sizeof token) || read_ack(fd, 5000) != 1) _exit(1);
     uint8_t h[32];
     msg_header(h, t, 8u << 20);
-    send_all(fd, h, sizeof h);
     uint8_t *part = calloc(1, 1u << 20);
-    send_all(fd, part, 1u << 20);
+    if (!part || raw_send(fd, h, sizeof h) || raw_send(fd, part, 1u << 20)) _exit(1);
     for (;;) pause();
   }
   const char *addrs[2] = {"tcp:127.0.0.1:1", addr};
