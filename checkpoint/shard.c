@@ -215,7 +215,18 @@ static int ensure_parents(hid_t file, const bt_ckpt_tensor_t *t) {
   return ensure_group(file, p);
 }
 
-static int write_dataset(hid_t file, const bt_ckpt_tensor_t *t, const bt_ckpt_opts_t *opts) {
+/* After a failed write (a full disk), HDF5 still holds dirty chunks and
+ * metadata that it writes when the dataset and the file close; if those
+ * writes fail too, HDF5 1.10.8 keeps the file half-open and crashes in
+ * H5F__close_cb when the library shuts down at exit. Truncating our own
+ * temporary file first frees its blocks, so the closing writes fit and
+ * every handle really closes; the file is unlinked afterwards anyway. */
+static void release_space(const char *tmp) {
+  if (truncate(tmp, 0) < 0) bt_debug("checkpoint: truncate %s: %s", tmp, strerror(errno));
+}
+
+static int write_dataset(hid_t file, const char *tmp, const bt_ckpt_tensor_t *t,
+                         const bt_ckpt_opts_t *opts) {
   int rc = 0;
   hid_t sp = -1, dcpl = -1, ds = -1;
   char path[128];
@@ -255,7 +266,10 @@ static int write_dataset(hid_t file, const bt_ckpt_tensor_t *t, const bt_ckpt_op
   ds = -1;
   H5_TRY(closed);
 out:
-  if (ds >= 0) H5Dclose(ds);
+  if (ds >= 0) {
+    release_space(tmp);
+    H5Dclose(ds);
+  }
   if (dcpl >= 0) H5Pclose(dcpl);
   if (sp >= 0) H5Sclose(sp);
   return rc;
@@ -303,13 +317,19 @@ static int write_h5(const char *tmp, const bt_ckpt_meta_t *meta, const bt_ckpt_t
   H5Gclose(g);
   g = -1;
   for (size_t i = 0; i < n; i++)
-    if ((rc = write_dataset(file, &t[i], opts)) < 0) goto out;
+    if ((rc = write_dataset(file, tmp, &t[i], opts)) < 0) goto out;
   H5_TRY(H5Fflush(file, H5F_SCOPE_GLOBAL));
   H5_TRY(H5Fget_filesize(file, h5size));
 out:
   if (file >= 0) {
+    if (rc < 0) release_space(tmp);
     herr_t c = H5Fclose(file);
-    if (c < 0 && rc == 0) rc = bt_h5_fail(__FILE__, __LINE__, "H5Fclose(file)");
+    if (c < 0 && rc == 0) {
+      /* The close itself failed to write: free the space and close again. */
+      rc = bt_h5_fail(__FILE__, __LINE__, "H5Fclose(file)");
+      release_space(tmp);
+      if (H5Iis_valid(file) > 0) H5Fclose(file);
+    }
   }
   if (fapl >= 0) H5Pclose(fapl);
   if (rc == BT_EHDF5) {
