@@ -763,3 +763,31 @@ Test(async, fill_callback_snapshot, .init = setup, .fini = teardown) {
   ckpt_synth_free(&got);
   ckpt_synth_free(&sy);
 }
+
+/* A save that cannot write at all (a read-only filesystem stands in for a
+ * permission error: the tests run as root, which ignores file modes). */
+Test(diskfull, read_only_filesystem_save_fails_cleanly, .init = setup, .fini = teardown) {
+  char mnt[400];
+  snprintf(mnt, sizeof mnt, "%s/ro", root);
+  cr_assert_eq(mkdir(mnt, 0755), 0);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=4m") < 0)
+    cr_skip_test("cannot mount a tmpfs (%s): needs root", strerror(errno));
+  char ck[500];
+  snprintf(ck, sizeof ck, "%s/ck", mnt);
+  cr_assert_eq(ckpt_synth_save_step(ck, 1, L, four, 4, 2, NULL), 0);
+  cr_assert_eq(mount(NULL, mnt, NULL, MS_REMOUNT | MS_RDONLY, NULL), 0, "%s", strerror(errno));
+  ckpt_synth_t sy;
+  cr_assert_eq(ckpt_synth_make(&sy, 0, L, L, 2, 2, 1), 0);
+  bt_ckpt_meta_t m = ckpt_synth_meta(2, 0, 1, L, 2);
+  bt_msg_shard_t rep;
+  cr_assert_eq(bt_ckpt_save(ck, &m, sy.t, sy.n, NULL, &rep), -EROFS);
+  bt_ckpt_step_t st;
+  ckpt_synth_t got;
+  cr_assert_eq(ckpt_synth_empty(&got, 0, L, L, 1), 0);
+  cr_assert_eq(bt_ckpt_restore(ck, got.t, got.n, &st), 0);
+  cr_assert_eq(st.step, 1);
+  bt_ckpt_step_close(&st);
+  ckpt_synth_free(&got);
+  ckpt_synth_free(&sy);
+  umount2(mnt, MNT_DETACH);
+}
