@@ -1,14 +1,18 @@
-/* bench_transport.c - the socket transport against a raw blocking TCP socket.
+/* bench_transport.c - the socket transport against raw blocking sockets.
  *
- * Two processes on loopback (this one and a forked child) exchange messages
- * of the model's sizes (16 KB, 256 KB, 4 MB by default) two ways, in the same
- * run: through baton's socket transport (tagged messages, progress thread,
- * receives posted ahead as a worker posts them) and through a plain blocking
- * TCP connection with TCP_NODELAY that writes and reads the bare payload.
+ * Two processes on one host (this one and a forked child) exchange messages
+ * of the model's sizes (16 KB, 256 KB, 4 MB by default) four ways, in the
+ * same run: through baton's socket transport over loopback TCP and over a
+ * Unix socket (opts.local), both with tagged messages, the progress thread
+ * and receives posted ahead as a worker posts them; and through plain
+ * blocking sockets of each kind (TCP with TCP_NODELAY, a Unix socketpair)
+ * that write and read the bare payload.
  *   latency    ping-pong; half the round trip
  *   bandwidth  a one-way stream of messages (8 in flight), then an ack
- * The ratios transport/raw are the figures: latency ratio > 1 is overhead,
- * bandwidth ratio < 1 is lost throughput. Prints a table, then one JSON line.
+ * The figures are the ratios transport/raw of the same socket kind (latency
+ * > 1 is overhead, bandwidth < 1 is lost throughput), and the local
+ * transport against the TCP one (is the same-host path worth having).
+ * Prints a table, then one JSON line.
  *
  * Usage: bench_transport [--sizes B,B,...] [--mb M] [--rounds R]
  *   --sizes   message sizes in bytes (default 16384,262144,4194304)
@@ -214,12 +218,20 @@ static double tx_stream(bt_tx_t *tx, uint8_t *bufs, size_t size, int count, int6
   return (double)(bt_clock_ns() - t0) * 1e-9;
 }
 
+/* Per kind (0 TCP, 1 Unix): seconds; bytes per second. */
 typedef struct {
-  double raw_lat, tx_lat, raw_bw, tx_bw; /* seconds; bytes per second */
+  double raw_lat[2], tx_lat[2], raw_bw[2], tx_bw[2];
 } result_t;
 
+static void keep_min(double *best, double v) {
+  if (v < *best) *best = v;
+}
+static void keep_max(double *best, double v) {
+  if (v > *best) *best = v;
+}
+
 /* Both processes run this; the lead (parent) keeps the best of each. */
-static void run(const opts_t *o, int raw_fd, bt_tx_t *tx, int lead, result_t *res) {
+static void run(const opts_t *o, const int raw_fd[2], bt_tx_t *const tx[2], int lead, result_t *res) {
   size_t maxsize = 0;
   for (size_t k = 0; k < o->nsizes; k++)
     if (o->sizes[k] > maxsize) maxsize = o->sizes[k];
@@ -228,20 +240,20 @@ static void run(const opts_t *o, int raw_fd, bt_tx_t *tx, int lead, result_t *re
   memset(a, 0x5a, maxsize);
   memset(bufs, 0xa5, maxsize * WINDOW);
   int64_t step = 1;
-  for (size_t k = 0; k < o->nsizes; k++) res[k] = (result_t){1e30, 1e30, 0, 0};
+  for (size_t k = 0; k < o->nsizes; k++)
+    res[k] = (result_t){{1e30, 1e30}, {1e30, 1e30}, {0, 0}, {0, 0}};
   for (int r = 0; r < o->rounds; r++) {
     for (size_t k = 0; k < o->nsizes; k++) {
       size_t sz = o->sizes[k];
       int iters = iters_for(sz), count = count_for(o, sz);
-      double t;
-      t = raw_latency(raw_fd, a, sz, iters, lead);
-      if (t < res[k].raw_lat) res[k].raw_lat = t;
-      t = tx_latency(tx, a, b, sz, iters, step++, lead);
-      if (t < res[k].tx_lat) res[k].tx_lat = t;
-      t = raw_stream(raw_fd, bufs, sz, count, lead);
-      if ((double)sz * count / t > res[k].raw_bw) res[k].raw_bw = (double)sz * count / t;
-      t = tx_stream(tx, bufs, sz, count, step++, lead);
-      if ((double)sz * count / t > res[k].tx_bw) res[k].tx_bw = (double)sz * count / t;
+      double bytes = (double)sz * count;
+      for (int u = 0; u < 2; u++) {
+        result_t *q = &res[k];
+        keep_min(&q->raw_lat[u], raw_latency(raw_fd[u], a, sz, iters, lead));
+        keep_min(&q->tx_lat[u], tx_latency(tx[u], a, b, sz, iters, step++, lead));
+        keep_max(&q->raw_bw[u], bytes / raw_stream(raw_fd[u], bufs, sz, count, lead));
+        keep_max(&q->tx_bw[u], bytes / tx_stream(tx[u], bufs, sz, count, step++, lead));
+      }
     }
   }
   free(a);
@@ -249,10 +261,10 @@ static void run(const opts_t *o, int raw_fd, bt_tx_t *tx, int lead, result_t *re
   free(bufs);
 }
 
-static bt_tx_t *make_tx(int rank) {
+static bt_tx_t *make_tx(int rank, int local) {
   int peer = 1 - rank;
   bt_tx_socket_opts_t so = {.rank = rank, .nranks = 2, .peers = &peer, .npeers = 1,
-                            .token = token, .token_len = sizeof token};
+                            .token = token, .token_len = sizeof token, .local = local};
   bt_tx_t *tx;
   int rc = bt_tx_socket_create(&so, &tx);
   if (rc) die("transport", rc);
@@ -298,7 +310,7 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* The raw pair: listen here, the child dials. */
+  /* The raw pairs: TCP (listen here, the child dials) and a Unix socketpair. */
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   struct sockaddr_in sa = {.sin_family = AF_INET};
   inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
@@ -306,27 +318,32 @@ int main(int argc, char **argv) {
   if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 1) ||
       getsockname(lfd, (struct sockaddr *)&sa, &sl))
     die("raw listen", -errno);
-  int pipefd[2];
+  int usv[2], pipefd[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, usv)) die("socketpair", -errno);
   if (pipe(pipefd)) die("pipe", -errno);
   fflush(stdout);
   pid_t child = fork();
   if (child < 0) die("fork", -errno);
   if (child == 0) {
-    /* Rank 1: dials the raw socket, listens for the transport, tells the
-     * parent its address, and follows the parent's sequence. */
+    /* Rank 1: dials the raw TCP socket, listens for both transports, tells
+     * the parent their addresses, and follows the parent's sequence. */
     close(pipefd[0]);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa)) die("raw connect", -errno);
     nodelay(fd);
-    bt_tx_t *tx = make_tx(1);
-    char addr[128];
-    snprintf(addr, sizeof addr, "%s", bt_tx_socket_address(tx));
-    raw_write(pipefd[1], (const uint8_t *)addr, sizeof addr);
-    const char *addrs[2] = {"tcp:127.0.0.1:1", addr};
-    must(bt_tx_socket_connect(tx, addrs, bt_deadline_ms(30000)), "connect");
+    int raw[2] = {fd, usv[1]};
+    bt_tx_t *tx[2] = {make_tx(1, 0), make_tx(1, 1)};
+    for (int u = 0; u < 2; u++) {
+      char addr[128];
+      snprintf(addr, sizeof addr, "%s", bt_tx_socket_address(tx[u]));
+      raw_write(pipefd[1], (const uint8_t *)addr, sizeof addr);
+      const char *addrs[2] = {"tcp:127.0.0.1:1", addr};
+      must(bt_tx_socket_connect(tx[u], addrs, bt_deadline_ms(30000)), "connect");
+    }
     result_t res[MAX_SIZES];
-    run(&o, fd, tx, 0, res);
-    bt_tx_destroy(tx);
+    run(&o, raw, tx, 0, res);
+    bt_tx_destroy(tx[0]);
+    bt_tx_destroy(tx[1]);
     close(fd);
     _exit(0);
   }
@@ -334,15 +351,19 @@ int main(int argc, char **argv) {
   int fd = accept(lfd, NULL, NULL);
   if (fd < 0) die("raw accept", -errno);
   nodelay(fd);
-  bt_tx_t *tx = make_tx(0);
-  char peer_addr[128];
-  raw_read(pipefd[0], (uint8_t *)peer_addr, sizeof peer_addr);
-  peer_addr[sizeof peer_addr - 1] = '\0';
-  const char *addrs[2] = {bt_tx_socket_address(tx), peer_addr};
-  must(bt_tx_socket_connect(tx, addrs, bt_deadline_ms(30000)), "connect");
+  int raw[2] = {fd, usv[0]};
+  bt_tx_t *tx[2] = {make_tx(0, 0), make_tx(0, 1)};
+  for (int u = 0; u < 2; u++) {
+    char peer_addr[128];
+    raw_read(pipefd[0], (uint8_t *)peer_addr, sizeof peer_addr);
+    peer_addr[sizeof peer_addr - 1] = '\0';
+    const char *addrs[2] = {bt_tx_socket_address(tx[u]), peer_addr};
+    must(bt_tx_socket_connect(tx[u], addrs, bt_deadline_ms(30000)), "connect");
+  }
   result_t res[MAX_SIZES];
-  run(&o, fd, tx, 1, res);
-  bt_tx_destroy(tx);
+  run(&o, raw, tx, 1, res);
+  bt_tx_destroy(tx[0]);
+  bt_tx_destroy(tx[1]);
   close(fd);
   int status = 0;
   waitpid(child, &status, 0);
@@ -353,35 +374,60 @@ int main(int argc, char **argv) {
 
   char cpu[256];
   cpu_model(cpu, sizeof cpu);
-  printf("transport: socket (TCP loopback, two processes) vs raw blocking TCP; best of %d rounds\n",
+  printf("transport: socket transport vs raw blocking sockets, two processes on one host; best of %d rounds\n",
          o.rounds);
   printf("cpu: %s; filesystem: %s (not used)\n", cpu, fs_name());
-  printf("%10s %12s %12s %8s %12s %12s %8s\n", "bytes", "raw_us", "baton_us", "lat_x", "raw_MB/s",
-         "baton_MB/s", "bw_x");
+  printf("latency, microseconds (half a round trip)\n");
+  printf("%10s %9s %9s %7s %9s %9s %7s %11s\n", "bytes", "raw_tcp", "baton_tcp", "x", "raw_unix",
+         "baton_unx", "x", "unix/tcp");
+  for (size_t k = 0; k < o.nsizes; k++) {
+    const result_t *r = &res[k];
+    printf("%10zu %9.1f %9.1f %7.2f %9.1f %9.1f %7.2f %11.2f\n", o.sizes[k], r->raw_lat[0] * 1e6,
+           r->tx_lat[0] * 1e6, r->tx_lat[0] / r->raw_lat[0], r->raw_lat[1] * 1e6, r->tx_lat[1] * 1e6,
+           r->tx_lat[1] / r->raw_lat[1], r->tx_lat[1] / r->tx_lat[0]);
+  }
+  printf("bandwidth, MB/s (one-way stream, 8 in flight)\n");
+  printf("%10s %9s %9s %7s %9s %9s %7s %11s\n", "bytes", "raw_tcp", "baton_tcp", "x", "raw_unix",
+         "baton_unx", "x", "unix/tcp");
+  for (size_t k = 0; k < o.nsizes; k++) {
+    const result_t *r = &res[k];
+    printf("%10zu %9.0f %9.0f %7.2f %9.0f %9.0f %7.2f %11.2f\n", o.sizes[k], r->raw_bw[0] / 1e6,
+           r->tx_bw[0] / 1e6, r->tx_bw[0] / r->raw_bw[0], r->raw_bw[1] / 1e6, r->tx_bw[1] / 1e6,
+           r->tx_bw[1] / r->raw_bw[1], r->tx_bw[1] / r->tx_bw[0]);
+  }
   bt_json_t j;
   bt_json_init(&j);
   bt_json_obj_begin(&j);
   bt_json_kstr(&j, "bench", "transport");
   bt_json_kstr(&j, "cpu", cpu);
   bt_json_kstr(&j, "filesystem", fs_name());
-  bt_json_kstr(&j, "baseline", "raw blocking TCP loopback, TCP_NODELAY");
+  bt_json_kstr(&j, "baseline", "raw blocking sockets of the same kind: TCP loopback with TCP_NODELAY, Unix socketpair");
   bt_json_kint(&j, "rounds", o.rounds);
   bt_json_kint(&j, "stream_mb", o.mb);
   bt_json_key(&j, "sizes");
   bt_json_arr_begin(&j);
+  static const char *kind[2] = {"tcp", "unix"};
   for (size_t k = 0; k < o.nsizes; k++) {
     const result_t *r = &res[k];
-    double lat_x = r->tx_lat / r->raw_lat, bw_x = r->tx_bw / r->raw_bw;
-    printf("%10zu %12.1f %12.1f %8.2f %12.0f %12.0f %8.2f\n", o.sizes[k], r->raw_lat * 1e6,
-           r->tx_lat * 1e6, lat_x, r->raw_bw / 1e6, r->tx_bw / 1e6, bw_x);
     bt_json_obj_begin(&j);
     bt_json_kint(&j, "bytes", (int64_t)o.sizes[k]);
-    bt_json_knum(&j, "raw_latency_us", r->raw_lat * 1e6);
-    bt_json_knum(&j, "latency_us", r->tx_lat * 1e6);
-    bt_json_knum(&j, "latency_ratio", lat_x);
-    bt_json_knum(&j, "raw_mb_per_s", r->raw_bw / 1e6);
-    bt_json_knum(&j, "mb_per_s", r->tx_bw / 1e6);
-    bt_json_knum(&j, "bandwidth_ratio", bw_x);
+    for (int u = 0; u < 2; u++) {
+      char key[64];
+      snprintf(key, sizeof key, "%s_raw_latency_us", kind[u]);
+      bt_json_knum(&j, key, r->raw_lat[u] * 1e6);
+      snprintf(key, sizeof key, "%s_latency_us", kind[u]);
+      bt_json_knum(&j, key, r->tx_lat[u] * 1e6);
+      snprintf(key, sizeof key, "%s_latency_ratio", kind[u]);
+      bt_json_knum(&j, key, r->tx_lat[u] / r->raw_lat[u]);
+      snprintf(key, sizeof key, "%s_raw_mb_per_s", kind[u]);
+      bt_json_knum(&j, key, r->raw_bw[u] / 1e6);
+      snprintf(key, sizeof key, "%s_mb_per_s", kind[u]);
+      bt_json_knum(&j, key, r->tx_bw[u] / 1e6);
+      snprintf(key, sizeof key, "%s_bandwidth_ratio", kind[u]);
+      bt_json_knum(&j, key, r->tx_bw[u] / r->raw_bw[u]);
+    }
+    bt_json_knum(&j, "unix_vs_tcp_latency_ratio", r->tx_lat[1] / r->tx_lat[0]);
+    bt_json_knum(&j, "unix_vs_tcp_bandwidth_ratio", r->tx_bw[1] / r->tx_bw[0]);
     bt_json_obj_end(&j);
   }
   bt_json_arr_end(&j);

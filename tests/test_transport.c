@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,14 +27,20 @@
 static const uint8_t token[16] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe,
                                   0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef};
 
+/* Set by the tests that run over Unix sockets (opts.local) instead of TCP;
+ * every test runs in its own process. */
+static int g_local;
+
 static bt_tx_t *mk(int rank, int nranks, const int *peers, int npeers) {
   bt_tx_socket_opts_t o = {.rank = rank, .nranks = nranks, .peers = peers, .npeers = npeers,
-                           .token = token, .token_len = sizeof token, .handshake_ms = 500};
+                           .token = token, .token_len = sizeof token, .handshake_ms = 500,
+                           .local = g_local};
   bt_tx_t *tx = NULL;
   int rc = bt_tx_socket_create(&o, &tx);
   cr_assert_eq(rc, 0, "create rank %d: %s", rank, bt_strerror(rc));
   const char *a = bt_tx_socket_address(tx);
-  cr_assert(a && !strncmp(a, "tcp:127.0.0.1:", 14), "address %s", a ? a : "(null)");
+  const char *want = g_local ? "unix:@" : "tcp:127.0.0.1:";
+  cr_assert(a && !strncmp(a, want, strlen(want)), "address %s", a ? a : "(null)");
   return tx;
 }
 
@@ -103,6 +111,18 @@ static void put32(uint8_t *p, uint32_t v) {
 /* The raw_* helpers assert nothing: a forked child uses them too, and a
  * Criterion assertion in a child would report into the parent's test. */
 static int raw_connect(const char *addr) {
+  if (!strncmp(addr, "unix:@", 6)) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t n = strlen(addr + 6);
+    memcpy(sa.sun_path + 1, addr + 6, n);
+    if (connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)) < 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
   int port = atoi(strrchr(addr, ':') + 1);
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -183,7 +203,7 @@ static void msg_header(uint8_t *h, bt_tag_t t, uint64_t bytes) {
 
 /* ---- tests ---- */
 
-Test(transport, ping_pong_of_every_size_is_exact) {
+static void ping_pong_of_every_size(void) {
   int p0[] = {1}, p1[] = {0};
   bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
   connect_all(tx, 2);
@@ -216,6 +236,13 @@ Test(transport, ping_pong_of_every_size_is_exact) {
   cr_assert_eq(st.held, 0, "a message posted in advance was held");
   bt_tx_destroy(tx[0]);
   bt_tx_destroy(tx[1]);
+}
+
+Test(transport, ping_pong_of_every_size_is_exact) { ping_pong_of_every_size(); }
+
+Test(transport, local_ping_pong_of_every_size_is_exact) {
+  g_local = 1;
+  ping_pong_of_every_size();
 }
 
 Test(transport, early_messages_are_held_until_posted) {
@@ -360,7 +387,7 @@ static void *rank_loop(void *arg) {
   return NULL;
 }
 
-Test(transport, ranks_in_threads_race_sends_and_receives) {
+static void ranks_race(void) {
   int p0[] = {1}, p1[] = {0};
   bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
   connect_all(tx, 2);
@@ -378,6 +405,13 @@ Test(transport, ranks_in_threads_race_sends_and_receives) {
   }
   bt_tx_destroy(tx[0]);
   bt_tx_destroy(tx[1]);
+}
+
+Test(transport, ranks_in_threads_race_sends_and_receives) { ranks_race(); }
+
+Test(transport, local_ranks_in_threads_race_sends_and_receives) {
+  g_local = 1;
+  ranks_race();
 }
 
 Test(transport, pending_large_send_does_not_delay_a_receive) {
@@ -438,7 +472,7 @@ Test(transport, unmatched_receive_ends_at_its_deadline) {
   bt_tx_destroy(tx[1]);
 }
 
-Test(transport, peer_killed_mid_message_fails_waits_at_once) {
+static void peer_killed_mid_message(void) {
   int p1[] = {0};
   bt_tx_t *tx = mk(1, 2, p1, 1);
   const char *addr = bt_tx_socket_address(tx);
@@ -485,7 +519,14 @@ Test(transport, peer_killed_mid_message_fails_waits_at_once) {
   free(big);
 }
 
-Test(transport, connections_without_the_token_are_refused_and_the_job_goes_on) {
+Test(transport, peer_killed_mid_message_fails_waits_at_once) { peer_killed_mid_message(); }
+
+Test(transport, local_peer_killed_mid_message_fails_waits_at_once) {
+  g_local = 1;
+  peer_killed_mid_message();
+}
+
+static void refuse_without_token(void) {
   int p0[] = {1}, p1[] = {0};
   bt_tx_t *tx[2] = {NULL, mk(1, 2, p1, 1)};
   const char *addr = bt_tx_socket_address(tx[1]);
@@ -533,6 +574,13 @@ Test(transport, connections_without_the_token_are_refused_and_the_job_goes_on) {
   close(e);
   bt_tx_destroy(tx[0]);
   bt_tx_destroy(tx[1]);
+}
+
+Test(transport, connections_without_the_token_are_refused_and_the_job_goes_on) { refuse_without_token(); }
+
+Test(transport, local_connections_without_the_token_are_refused_and_the_job_goes_on) {
+  g_local = 1;
+  refuse_without_token();
 }
 
 Test(transport, unexpected_and_mismatched_messages_are_tag_errors) {
@@ -596,6 +644,10 @@ Test(transport, bad_arguments_are_refused) {
   o.token_len = sizeof token;
   cr_assert_eq(bt_tx_socket_create(&o, &tx), 0);
   cr_assert_eq(bt_tx_socket_connect(tx, addrs, bt_deadline_ms(1000)), BT_EARG, "address without tcp:");
+  const char *relative[2] = {"tcp:127.0.0.1:1", "unix:sock"};
+  cr_assert_eq(bt_tx_socket_connect(tx, relative, bt_deadline_ms(1000)), BT_EARG, "relative Unix path");
+  const char *noport[2] = {"tcp:127.0.0.1:1", "tcp:127.0.0.1:x"};
+  cr_assert_eq(bt_tx_socket_connect(tx, noport, bt_deadline_ms(1000)), BT_EARG, "port not a number");
   bt_tx_destroy(tx);
 }
 

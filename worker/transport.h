@@ -3,8 +3,9 @@
  *
  * What it is for: moving activations and gradients between the workers of
  * one job, without ever blocking forever. One interface (a vtable), several
- * implementations: `socket` here (worker/transport_socket.c: TCP, any
- * hosts) and `nccl` (worker/transport_nccl.c, GPUs).
+ * implementations: `socket` here (worker/transport_socket.c: TCP between
+ * any hosts, or Unix sockets within one) and `nccl`
+ * (worker/transport_nccl.c, GPUs).
  *
  * The communication rule, shared with the simulator (schedules/comm.h):
  * a worker blocks only on the receives its next action needs; a send starts
@@ -149,22 +150,27 @@ typedef struct {
   int npeers;
   const uint8_t *token;      /* the per-job token (>= 16 bytes) */
   size_t token_len;
-  const char *bind_host;     /* NULL: "127.0.0.1" (single-node job); "0.0.0.0" for multi-node */
+  int local;                 /* 1: listen on a Unix socket ("unix:@NAME", same host only):
+                                faster than loopback TCP for a single-node job */
+  const char *bind_host;     /* TCP: NULL is "127.0.0.1" (single-node job); "0.0.0.0" for
+                                multi-node */
   const char *advertise_host;/* the host others dial; NULL: bind_host, or this host's name
                                 when bound to the wildcard address */
   int64_t handshake_ms;      /* an accepted connection must present its token within this
                                 time (0: 5000) */
 } bt_tx_socket_opts_t;
 
-/* Listens on an ephemeral port (port 0) and starts the progress thread,
+/* Listens on an ephemeral port (port 0), or on a kernel-named abstract Unix
+ * socket with opts.local, and starts the progress thread,
  * which accepts the peers of lower rank as soon as they dial (before
  * bt_tx_socket_connect() is called). BT_EARG for bad options. */
 int bt_tx_socket_create(const bt_tx_socket_opts_t *opts, bt_tx_t **out);
 
-/* "tcp:HOST:PORT": what to report to the supervisor (READY). */
+/* "tcp:HOST:PORT" or "unix:@NAME": what to report to the supervisor (READY). */
 const char *bt_tx_socket_address(bt_tx_t *tx);
 
 /* Connects to the peers: dials every peer of higher rank at addrs[peer]
+ * (either kind of address, whatever this worker listens on)
  * (retrying until the deadline, since peers start at different times), and
  * waits until every peer of lower rank has dialed in. BT_ETIMEOUT when a
  * peer is still missing at the deadline (the log names it). */
