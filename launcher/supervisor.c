@@ -61,7 +61,7 @@ typedef struct {
   size_t clen, ccap;
   char addr[BT_ADDR_MAX];
   uint64_t last_beat_ms, last_progress_ms;
-  int64_t actions_done, step, steps_reported;
+  int64_t actions_done, step, action, steps_reported;
   uint32_t phase;
   int done;                    /* DONE received */
   int hashes_received;
@@ -454,6 +454,7 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
     if (m.actions_done != w->actions_done) w->last_progress_ms = now_ms(s);
     w->actions_done = m.actions_done;
     w->step = m.step;
+    w->action = m.action;
     w->phase = m.phase;
     break;
   }
@@ -732,8 +733,9 @@ static void on_tick(uv_timer_t *t) {
   }
   if (blame) {
     kill_worker(blame);
-    worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld (killed)",
-                  (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step);
+    worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
+                  (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
+                  (long long)blame->action, blame->phase == BT_PHASE_WAIT ? "waiting for a peer" : "computing");
   }
 }
 

@@ -236,7 +236,7 @@ Test(run, beating_worker_without_progress_is_detected) {
                         "--", "--mode", "noprogress", "--fail-stage", "1", "--at-step", "3", NULL};
   cr_assert_eq(run_to_end(args, 30000), 1);
   assert_contains(err_path, "baton: stage 1 failed: no progress for ");
-  assert_contains(err_path, "at step 3 (killed)");
+  assert_contains(err_path, "at step 3, action 0, computing (killed)");
   assert_workers_gone(3, 2000);
 }
 

@@ -221,6 +221,12 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     bt_control_progress(w->ctl, step, (int64_t)j, BT_PHASE_WAIT);
     for (int r = 0; r < cm.nrecv; r++) {
       bt_tx_req_t **req = &w->reqs[j * BT_COMM_MAX + r];
+      if (bt_log_get_level() >= BT_LOG_DEBUG) {
+        char tag[96], an[32];
+        bt_tag_str(&cm.recv[r].tag, tag, sizeof tag);
+        bt_debug("step %lld: %s waits for %s from stage %d", (long long)step, bt_action_format(a, an, sizeof an),
+                 tag, cm.recv[r].peer);
+      }
       rc = bt_tx_wait(w->tx, *req, peer_deadline(w));
       if (rc == 0) *req = NULL;
       if (rc < 0) {
