@@ -538,7 +538,15 @@ static void do_read(sock_tx_t *t, int i, const bt_tx_req_t *until) {
 static void tune_socket(int fd) {
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
-  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX) return;
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX) {
+    /* A Unix socket's default buffer (about 200 KB) splits a tensor of
+     * megabytes into many writes, each a wake-up of the other side; 4 MB
+     * lets one model-sized message go in one. */
+    int buf = 4 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
+    return;
+  }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   /* A host that vanishes sends no FIN: keep-alive probes and a bound on
