@@ -364,3 +364,29 @@ Test(ckpt_cli, other_format_version_gives_exit_2, .init = setup, .fini = teardow
   cr_assert(strstr(err, "format version"), "%s", err);
   cr_assert_eq(count_lines(err) + count_lines(out), 1, "%s%s", out, err);
 }
+
+/* The hash of a checkpoint `baton train` wrote equals the hash it printed
+ * (DESIGN.md §8): the tool needs no model code to get there. */
+Test(ckpt_cli, hash_matches_what_baton_train_printed, .init = setup, .fini = teardown) {
+  const char *bin = getenv("BATON_BIN");
+  cr_assert(bin);
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd,
+           "timeout 120 '%s' train --layers 2 --dim 32 --mb-tokens 32 --steps 4 "
+           "--ckpt-dir '%s/t' --hash >'%s' 2>'%s'",
+           bin, dir, out_path, err_path);
+  int st = system(cmd);
+  slurp(out_path, out, sizeof out);
+  slurp(err_path, err, sizeof err);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "baton train failed: %s", err);
+  const char *h = NULL; /* the last line that starts with "hash " */
+  for (const char *p = out; (p = strstr(p, "hash ")); p++)
+    if (p == out || p[-1] == '\n') h = p;
+  cr_assert(h, "no hash line: %s", out);
+  char trained[64];
+  snprintf(trained, sizeof trained, "%.37s\n", h);
+  cr_assert_eq(ckpt(fmt("hash '%s/t'", dir)), 0, "%s%s", out, err);
+  cr_assert_str_eq(out, trained, "ckpt hash differs from train's");
+  cr_assert_eq(ckpt(fmt("verify '%s/t'", dir)), 0, "%s%s", out, err);
+  cr_assert(strstr(out, "step 4"), "%s", out);
+}
