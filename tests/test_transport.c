@@ -611,6 +611,57 @@ Test(transport, unexpected_and_mismatched_messages_are_tag_errors) {
   bt_tx_destroy(tx[1]);
 }
 
+Test(transport, messages_sent_before_a_peer_closed_are_still_delivered) {
+  int p0[] = {1}, p1[] = {0};
+  bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
+  connect_all(tx, 2);
+  enum { N = 300000 };
+  static uint8_t m[2][N], r[N];
+  bt_tag_t t[2] = {tag(1, BT_MSG_ACTIVATION, 0, 0), tag(1, BT_MSG_ACTIVATION, 0, 1)};
+  for (int i = 0; i < 2; i++) {
+    fill(m[i], N, t[i]);
+    cr_assert_eq(bt_tx_isend(tx[0], m[i], N, 1, t[i], NULL), 0);
+  }
+  cr_assert_eq(bt_tx_wait_sends(tx[0], bt_deadline_ms(10000)), 0);
+  bt_tx_destroy(tx[0]); /* rank 0 finished its step and left */
+  wait_arrivals(tx[1], 2);
+  for (int i = 1; i >= 0; i--) {
+    bt_tx_req_t *q;
+    cr_assert_eq(bt_tx_irecv(tx[1], r, N, 0, t[i], &q), 0);
+    wait_ok(tx[1], q);
+    check(r, N, t[i]);
+  }
+  /* Nothing more will come from it. */
+  bt_tx_req_t *q;
+  uint64_t deadline = bt_deadline_ms(10000);
+  int rc = 0;
+  while (rc == 0 && bt_clock_ns() < deadline) {
+    rc = bt_tx_irecv(tx[1], r, N, 0, tag(1, BT_MSG_ACTIVATION, 0, 2), &q);
+    if (rc == 0) rc = bt_tx_wait(tx[1], q, bt_deadline_ms(10000));
+  }
+  cr_assert_eq(rc, BT_EPEER, "got %s", bt_strerror(rc));
+  bt_tx_destroy(tx[1]);
+}
+
+Test(transport, a_message_more_than_one_step_ahead_is_a_tag_error) {
+  int p0[] = {1}, p1[] = {0};
+  bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
+  connect_all(tx, 2);
+  uint8_t m[16] = {0}, r[16];
+  bt_tx_req_t *q;
+  cr_assert_eq(bt_tx_end_step(tx[1], 4, bt_deadline_ms(5000)), 0);
+  /* Steps 5 and 6 are welcome now; 7 cannot come from a neighbour. */
+  cr_assert_eq(bt_tx_isend(tx[0], m, sizeof m, 1, tag(6, BT_MSG_ACTIVATION, 0, 0), NULL), 0);
+  cr_assert_eq(bt_tx_irecv(tx[1], r, sizeof r, 0, tag(6, BT_MSG_ACTIVATION, 0, 0), &q), 0);
+  wait_ok(tx[1], q);
+  cr_assert_eq(bt_tx_irecv(tx[1], r, sizeof r, 0, tag(5, BT_MSG_ACTIVATION, 0, 0), &q), 0);
+  cr_assert_eq(bt_tx_isend(tx[0], m, sizeof m, 1, tag(7, BT_MSG_ACTIVATION, 0, 0), NULL), 0);
+  int rc = bt_tx_wait(tx[1], q, bt_deadline_ms(10000));
+  cr_assert_eq(rc, BT_ETAG, "got %s", bt_strerror(rc));
+  bt_tx_destroy(tx[0]);
+  bt_tx_destroy(tx[1]);
+}
+
 Test(transport, size_mismatch_with_a_posted_receive_is_a_tag_error) {
   int p0[] = {1}, p1[] = {0};
   bt_tx_t *tx[2] = {mk(0, 2, p0, 1), mk(1, 2, p1, 1)};
