@@ -745,11 +745,15 @@ static void on_signal(uv_signal_t *h, int signum) {
   clear_progress(s);
   if (s->signals_seen == 1) {
     s->stop_signal = signum;
-    /* Stop after the step the furthest stage is training, so every stage
-     * ends on the same step. */
+    /* Every stage must end on the same step S, so S must not be behind any
+     * stage. What we know lags: the last stage finishes a step (and starts
+     * the next) before the first stage's final backward ends, and messages
+     * are in flight. So S is one past the furthest step any stage is known
+     * to be training (DESIGN §5: the highest step reported + 1). */
     int64_t at = 0;
     for (uint32_t i = 0; i < s->n; i++)
       if (s->w[i].step > at) at = s->w[i].step;
+    if (s->state == JOB_RUNNING) at++;
     /* Before START nothing has been trained: nothing to finish, abort. */
     int starting = s->state == JOB_STARTING;
     bt_warn("%s: stopping (after step %lld; grace %.1f s; again to kill now)", strsignal(signum),

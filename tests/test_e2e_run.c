@@ -73,9 +73,14 @@ static pid_t start_run(const char *const *args) {
 static int finish(pid_t pid, int timeout_ms) {
   int st = 0;
   int rc = bt_proc_wait(pid, timeout_ms, &st);
-  char *err = bt_proc_slurp(err_path);
-  cr_assert_eq(rc, 0, "baton run did not end within %d ms; stderr:\n%s", timeout_ms, err ? err : "");
-  free(err);
+  if (rc != 0) {
+    /* copied out first: a failed assertion leaves the function for good */
+    static char msg[8192];
+    char *err = bt_proc_slurp(err_path);
+    snprintf(msg, sizeof msg, "%s", err ? err : "");
+    free(err);
+    cr_assert_fail("baton run did not end within %d ms; stderr:\n%s", timeout_ms, msg);
+  }
   cr_assert(WIFEXITED(st), "baton run died of signal %d", WTERMSIG(st));
   return WEXITSTATUS(st);
 }
@@ -542,6 +547,38 @@ Test(pipeline, peer_death_mid_step_fails_the_job_naming_the_stage) {
   cr_assert_eq(finish(pid, 30000), 1);
   assert_contains(err_path, "baton: stage 1 failed: killed by signal 9");
   assert_workers_gone(3, 2000);
+}
+
+Test(pipeline, sigint_stops_the_real_pipeline_cleanly) {
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--no-progress", "--stages", "3", "--chunks", "2", "--layers", "6", "--dim",
+                  "16", "--mb-tokens", "16", "--microbatches", "6", "--steps", "1000000", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert(bt_proc_wait_for_text(err_path, "training", 30000));
+  bt_sleep_ms(300);
+  kill(pid, SIGINT);
+  cr_assert_eq(finish(pid, 30000), 130);
+  /* every stage finished the same step and exited on its own, within grace */
+  assert_contains(err_path, "[stage 0] baton: info: stopping after step");
+  assert_contains(err_path, "[stage 2] baton: info: stopping after step");
+  char *e = bt_proc_slurp(err_path);
+  cr_assert_null(strstr(e, "grace period over"), "%s", e);
+  free(e);
+  assert_workers_gone(3, 2000);
+}
+
+Test(pipeline, help_describes_the_flags) {
+  const char *bin = env_or_skip("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--help", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_eq(finish(pid, 10000), 0);
+  assert_contains(out_path, "--stages P");
+  assert_contains(out_path, "--layers");
+  assert_contains(out_path, "--heartbeat-timeout");
+  char *wargv[] = {(char *)bin, "worker", "--help", NULL};
+  pid = bt_proc_spawn(wargv, NULL, out_path, err_path);
+  cr_assert_eq(finish(pid, 10000), 0);
+  assert_contains(out_path, "3 retryable");
 }
 
 Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) {

@@ -399,7 +399,18 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   const double tokens = (double)cfg->model.microbatches * (double)cfg->model.mb_tokens;
   for (int64_t step = start->first_step; step <= start->last_step; step++) {
     double t0 = bt_clock_s(), busy = 0;
-    if ((rc = run_step(&w, step, &busy)) < 0) goto out;
+    if ((rc = run_step(&w, step, &busy)) < 0) {
+      /* A neighbour that stopped a step earlier (its STOP named a step we
+       * had already started) is the end of a stop, not a failure. */
+      int64_t stop = bt_control_stop_step(ctl);
+      if (rc == BT_EPEER && stop >= 0 && step > stop) {
+        bt_info("stopping in step %lld: a peer already stopped after step %lld", (long long)step, (long long)stop);
+        code = BT_WEXIT_STOPPED;
+        rc = 0;
+        goto done;
+      }
+      goto out;
+    }
     double dt = bt_clock_s() - t0;
     bt_msg_metrics_t m = {.stage = (uint32_t)w.me, .step = step, .loss = NAN, .busy_s = busy,
                           .idle_s = dt > busy ? dt - busy : 0, .step_s = dt, .tokens = (int64_t)tokens};
