@@ -28,7 +28,7 @@ static void fix_crc(uint8_t *buf) {
   uint32_t plen = (uint32_t)buf[8] | (uint32_t)buf[9] << 8 | (uint32_t)buf[10] << 16 |
                   (uint32_t)buf[11] << 24;
   uint32_t c = bt_crc32(0, buf, BT_FRAME_HEADER + plen);
-  for (int i = 0; i < 4; i++) buf[BT_FRAME_HEADER + plen + i] = (uint8_t)(c >> (8 * i));
+  for (uint32_t i = 0; i < 4; i++) buf[BT_FRAME_HEADER + plen + i] = (uint8_t)(c >> (8 * i));
 }
 
 static void set_len(uint8_t *buf, uint32_t plen) {

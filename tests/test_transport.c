@@ -187,7 +187,7 @@ static int read_ack(int fd, int ms) {
     if (n <= 0) return 0;
     got += (size_t)n;
   }
-  return (ack[0] | ack[1] << 8 | ack[2] << 16 | (uint32_t)ack[3] << 24) == 0x4b415442u ? 1 : 2;
+  return ((uint32_t)ack[0] | (uint32_t)ack[1] << 8 | (uint32_t)ack[2] << 16 | (uint32_t)ack[3] << 24) == 0x4b415442u ? 1 : 2;
 }
 
 static void msg_header(uint8_t *h, bt_tag_t t, uint64_t bytes) {
