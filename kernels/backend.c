@@ -5,7 +5,9 @@
  * on machines with no CUDA at all (DESIGN.md §1). The library is dlopen'ed
  * once and never dlclose'd: unloading CUDA's runtime trips LeakSanitizer and
  * nothing is gained by it. A failed load is not remembered, so a caller may
- * try again after fixing BATON_CUDA_LIB.
+ * try again after fixing BATON_CUDA_LIB. The same handle serves the NCCL
+ * transport's device side: bt_cuda_lib_symbol() (kernels/cuda/nccl_dev.h)
+ * looks any of the library's exported names up in it.
  *
  * Where the library is looked for: BATON_CUDA_LIB if set (a file, or a
  * directory holding libbaton_cuda.so), else the directory of the running
@@ -23,13 +25,16 @@
 
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/nccl_dev.h"
 
 #define CUDA_LIB_NAME "libbaton_cuda.so"
 
 typedef int (*cuda_create_fn)(int device, bt_backend_t **out, char *why, size_t why_len);
 
+/* The library's handle, once loaded: the CUDA backend and the NCCL
+ * transport's device side (kernels/cuda/nccl_dev.h) share it. */
 static pthread_mutex_t cuda_lock = PTHREAD_MUTEX_INITIALIZER;
-static cuda_create_fn cuda_create; /* set once the library loaded */
+static void *cuda_handle;
 
 static void say(char *why, size_t why_len, const char *fmt, const char *arg) {
   if (why && why_len) snprintf(why, why_len, fmt, arg);
@@ -58,50 +63,59 @@ static int cuda_lib_path(char *path, size_t len) {
   return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* Loads libbaton_cuda.so and finds its entry point, once per process. */
-static int cuda_load(cuda_create_fn *out, char *why, size_t why_len) {
-  int rc = 0;
+/* Loads libbaton_cuda.so once per process; returns its handle or NULL with
+ * one line in why. */
+static void *cuda_lib(char *why, size_t why_len) {
   pthread_mutex_lock(&cuda_lock);
-  if (cuda_create) goto done;
+  void *h = cuda_handle;
+  if (h) goto done;
   char path[PATH_MAX + 32];
-  rc = cuda_lib_path(path, sizeof path);
+  int rc = cuda_lib_path(path, sizeof path);
   if (rc < 0) {
     say(why, why_len, "cannot locate the CUDA library: %s", bt_strerror(rc));
-    rc = BT_EBACKEND;
     goto done;
   }
   if (access(path, F_OK) != 0) {
     say(why, why_len, "CUDA library %s not found next to baton (built without CUDA?)",
         CUDA_LIB_NAME);
-    rc = BT_EBACKEND;
     goto done;
   }
   /* RTLD_LOCAL: CUDA's and cuBLAS's symbols stay out of the global scope. */
-  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     /* dlerror() names the missing dependency (libcudart.so.13, ...). */
     say(why, why_len, "cannot load the CUDA library: %s", dlerror());
-    rc = BT_EBACKEND;
     goto done;
   }
-  void *sym = dlsym(h, "bt_backend_cuda_create");
-  if (!sym) {
-    say(why, why_len, "%s has no bt_backend_cuda_create (a stale build?)", CUDA_LIB_NAME);
-    rc = BT_EBACKEND;
-    goto done;
-  }
-  /* POSIX guarantees dlsym's object pointer converts to a function pointer. */
-  memcpy(&cuda_create, &sym, sizeof cuda_create);
+  cuda_handle = h;
 done:
-  if (rc == 0) *out = cuda_create;
   pthread_mutex_unlock(&cuda_lock);
-  return rc;
+  return h;
+}
+
+void *bt_cuda_lib_symbol(const char *name, char *why, size_t why_len) {
+  if (why && why_len) why[0] = '\0';
+  void *h = cuda_lib(why, why_len);
+  if (!h) return NULL;
+  void *sym = dlsym(h, name);
+  if (!sym && why && why_len)
+    snprintf(why, why_len, "%s has no %s (a stale build?)", CUDA_LIB_NAME, name);
+  return sym;
+}
+
+/* The backend's entry point in the library. */
+static int cuda_load(cuda_create_fn *out, char *why, size_t why_len) {
+  void *sym = bt_cuda_lib_symbol("bt_backend_cuda_create", why, why_len);
+  if (!sym) return BT_EBACKEND;
+  /* POSIX guarantees dlsym's object pointer converts to a function pointer. */
+  memcpy(out, &sym, sizeof *out);
+  return 0;
 }
 
 /* device -1: the node-local rank the launcher gave us, else device 0. A
  * scheduler that hands each task one GPU (CUDA_VISIBLE_DEVICES naming one
  * device) leaves that GPU as device 0 whatever the local rank. */
-static int resolve_device(int device) {
+int bt_cuda_resolve_device(int device) {
   if (device >= 0) return device;
   const char *vis = getenv("CUDA_VISIBLE_DEVICES");
   if (vis && *vis && !strchr(vis, ',')) return 0;
@@ -125,7 +139,7 @@ int bt_backend_create(const char *name, int device, bt_backend_t **out, char *wh
     cuda_create_fn create;
     int rc = cuda_load(&create, why, why_len);
     if (rc < 0) return rc;
-    rc = create(resolve_device(device), out, why, why_len);
+    rc = create(bt_cuda_resolve_device(device), out, why, why_len);
     if (rc < 0 && why && why_len && !why[0])
       say(why, why_len, "cannot create the CUDA backend: %s", bt_strerror(rc));
     return rc;
