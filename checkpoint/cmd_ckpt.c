@@ -564,7 +564,7 @@ static void shape_str(const bt_ckpt_tensor_t *t, char *out, size_t len) {
 
 static int cmd_show(const char *path) {
   source_t s;
-  int ex = source_open(path, BT_CKPT_CHECK_CHEAP, &s);
+  int ex = source_open(path, BT_CKPT_CHECK_CRC, &s);
   if (ex) {
     source_free(&s);
     return ex;
@@ -711,12 +711,12 @@ static int cmp_item_key(const void *a, const void *b) {
 static int cmd_diff(const char *a, const char *b) {
   source_t sa, sb;
   items_t ia = {0}, ib = {0};
-  int ex = source_open(a, BT_CKPT_CHECK_CHEAP, &sa);
+  int ex = source_open(a, BT_CKPT_CHECK_CRC, &sa);
   if (ex) {
     source_free(&sa);
     return ex;
   }
-  if ((ex = source_open(b, BT_CKPT_CHECK_CHEAP, &sb))) {
+  if ((ex = source_open(b, BT_CKPT_CHECK_CRC, &sb))) {
     source_free(&sa);
     source_free(&sb);
     return ex;
@@ -784,7 +784,7 @@ static int cmd_hash(const char *path) {
   source_t s;
   items_t it = {0};
   bt_hash_rec_t *recs = NULL;
-  int ex = source_open(path, BT_CKPT_CHECK_CHEAP, &s);
+  int ex = source_open(path, BT_CKPT_CHECK_CRC, &s);
   if (ex) goto out;
   if (list_all(&s, 1, &it) < 0 || !(recs = calloc(it.n ? it.n : 1, sizeof *recs))) {
     ex = EXIT_PROBLEM;

@@ -612,6 +612,21 @@ static int parse_layer(const char *s, uint32_t *out) {
   return 0;
 }
 
+/* A shape whose bytes overflow, or exceed what the file could hold even
+ * deflated (about 1032:1 at best), is a damaged dataspace: trusting it
+ * would allocate or copy without end. */
+static int size_ok(hid_t file, const bt_ckpt_tensor_t *t) {
+  hsize_t fsize = 0;
+  if (H5Fget_filesize(file, &fsize) < 0) return BT_ECORRUPT;
+  uint64_t bytes = sizeof(float);
+  for (int d = 0; d < t->ndim; d++) {
+    if (t->dims[d] == 0 || bytes > UINT64_MAX / t->dims[d]) return BT_ECORRUPT;
+    bytes *= t->dims[d];
+  }
+  if (bytes > (uint64_t)SIZE_MAX / 2 || bytes / 1100 > (uint64_t)fsize) return BT_ECORRUPT;
+  return 0;
+}
+
 /* Shape and index of one dataset into t (layer, kind, name already set). */
 static int describe(hid_t file, bt_ckpt_tensor_t *t) {
   int rc = 0;
@@ -631,6 +646,7 @@ static int describe(hid_t file, bt_ckpt_tensor_t *t) {
   H5_TRY(H5Sget_simple_extent_dims(sp, dims, NULL));
   t->ndim = nd;
   for (int d = 0; d < nd; d++) t->dims[d] = dims[d];
+  if ((rc = size_ok(file, t)) < 0) goto out;
   if ((rc = attr_read_num(ds, "index", H5T_NATIVE_UINT32, &t->index)) < 0) goto out;
 out:
   if (ty >= 0) H5Tclose(ty);
@@ -717,6 +733,34 @@ out:
   return rc;
 }
 
+/* HDF5 trusts a dataset's layout message: a flipped bit there can make
+ * H5Dread copy far past the file or loop for minutes. A contiguous dataset
+ * must hold exactly its elements inside the file; a chunked one may not
+ * claim more storage than the file has. BT_ECORRUPT otherwise. */
+static int plausible(hid_t file, hid_t ds, const bt_ckpt_tensor_t *t) {
+  int rc = size_ok(file, t);
+  hid_t dcpl = -1;
+  hsize_t fsize = 0;
+  if (rc < 0) return rc;
+  uint64_t raw = (uint64_t)bt_ckpt_numel(t) * sizeof(float);
+  H5_TRY(H5Fget_filesize(file, &fsize));
+  H5_TRY_ID(dcpl, H5Dget_create_plist(ds));
+  H5D_layout_t lay = H5Pget_layout(dcpl);
+  hsize_t storage = H5Dget_storage_size(ds);
+  if (lay == H5D_CONTIGUOUS) {
+    haddr_t off = H5Dget_offset(ds);
+    if (off == HADDR_UNDEF || storage != raw || off > fsize || storage > fsize - off) rc = BT_ECORRUPT;
+  } else if (lay == H5D_CHUNKED) {
+    /* deflate cannot shrink data more than about 1032:1 */
+    if (storage > fsize || raw / 1100 > fsize) rc = BT_ECORRUPT;
+  } else {
+    rc = BT_ECORRUPT; /* baton writes no compact or virtual datasets */
+  }
+out:
+  if (dcpl >= 0) H5Pclose(dcpl);
+  return rc;
+}
+
 int bt_ckpt_shard_read(bt_ckpt_shard_t *s, bt_ckpt_tensor_t *t, uint64_t *stored) {
   int rc = 0;
   hid_t ds = -1, sp = -1;
@@ -757,6 +801,7 @@ int bt_ckpt_shard_read(bt_ckpt_shard_t *s, bt_ckpt_tensor_t *t, uint64_t *stored
     goto out;
   }
   if ((rc = attr_read_num(ds, "crc", H5T_NATIVE_UINT32, &want_crc)) < 0) goto out;
+  if ((rc = plausible(s->file, ds, t)) < 0) goto out;
   H5_TRY(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t->data));
   if (bt_crc32(0, t->data, bt_ckpt_numel(t) * sizeof(float)) != want_crc) {
     rc = BT_ECRC;
