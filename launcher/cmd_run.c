@@ -21,6 +21,15 @@
 #include "launcher/supervisor.h"
 #include "schedules/csv.h"
 
+/* The default of a flag of the shared table, as its text. */
+static const char *flag_default(const char *name) {
+  size_t n;
+  const bt_config_flag_t *t = bt_config_flags(&n);
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(t[i].name, name)) return t[i].def;
+  return "?";
+}
+
 static void usage(FILE *f) {
   char flags[8192];
   fprintf(f,
@@ -39,8 +48,8 @@ static void usage(FILE *f) {
           "  --schedule S            gpipe, 1f1b, interleaved, zb-h1 or a CSV file\n"
           "                          (default: interleaved when --chunks > 1, else 1f1b)\n"
           "  --layout N,N,...        layers per virtual stage (default: balanced by cost)\n"
-          "  --steps N               optimizer steps (default 600)\n"
-          "  --backend S             cpu (default)\n"
+          "  --steps N               optimizer steps (default %s)\n"
+          "  --backend S             cpu (default; the socket transport moves host memory)\n"
           "\nsupervisor options:\n"
           "  --hash                  print `hash <32 hex>` of the final parameters last\n"
           "  --metrics FILE          JSON lines per step (step, loss, tokens_per_s, ...)\n"
@@ -57,7 +66,7 @@ static void usage(FILE *f) {
           "Exit codes: 0 done, 1 a worker failed (the message names the stage),\n"
           "2 bad usage (nothing started), 128+N stopped by signal N (130 SIGINT,\n"
           "143 SIGTERM, 138 SIGUSR1).\n",
-          BT_MAX_STAGES);
+          BT_MAX_STAGES, flag_default("steps"));
 }
 
 static int parse_seconds(const char *flag, const char *v, double lo, double *out) {
