@@ -108,6 +108,7 @@ typedef struct sup {
   size_t ntrace, trace_cap;
   int tty;                     /* progress as one updating line */
   int progress_shown;          /* a progress line without newline is on screen */
+  uint64_t progress_drawn_ns;  /* uv_hrtime() of the last progress output */
 } sup_t;
 
 static uint64_t now_ms(sup_t *s) { return uv_now(&s->loop); }
@@ -302,6 +303,14 @@ static void emit_step(sup_t *s, pending_step_t *p) {
     bt_json_free(&j);
   }
   if (!s->o->progress) return;
+  /* A terminal line is redrawn at most ten times a second; a log gets about
+   * twenty lines per run (as `baton train` prints), and always the last. */
+  int last = p->step == s->o->last_step;
+  int64_t total = s->o->last_step - s->o->first_step + 1, every = total >= 20 ? total / 20 : 1;
+  uint64_t now = uv_hrtime();
+  if (s->tty && !last && now - s->progress_drawn_ns < 100000000ull) return;
+  if (!s->tty && !last && (p->step - s->o->first_step + 1) % every != 0) return;
+  s->progress_drawn_ns = now;
   char line[256];
   int n = snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  %.0f tokens/s  bubble %.1f%%",
                    (long long)p->step, (long long)s->o->last_step, head->loss, tps, 100.0 * bubble);
