@@ -226,6 +226,11 @@ static char **worker_flags(const bt_config_t *cfg, int *n) {
   return out;
 }
 
+static int out_of_memory(void) {
+  fprintf(stderr, "baton run: out of memory\n");
+  return BT_SUP_EXIT_FAILED;
+}
+
 int bt_cmd_run(int argc, char **argv) {
   run_args_t *a = calloc(1, sizeof *a);
   if (!a) {
@@ -271,7 +276,10 @@ int bt_cmd_run(int argc, char **argv) {
   first = calloc((size_t)nv, sizeof *first);
   last = calloc((size_t)nv, sizeof *last);
   layers = calloc((size_t)p, sizeof *layers);
-  if (!first || !last || !layers) goto oom;
+  if (!first || !last || !layers) {
+    rc = out_of_memory();
+    goto out;
+  }
   if (bt_plan_layout(cfg, first, last, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
@@ -286,16 +294,30 @@ int bt_cmd_run(int argc, char **argv) {
   for (int k = 0; k < nv && at < sizeof cfg->run.layout; k++)
     at += (size_t)snprintf(cfg->run.layout + at, sizeof cfg->run.layout - at, "%s%d", k ? "," : "",
                            last[k] - first[k] + 1);
+  if (at >= sizeof cfg->run.layout) {
+    fprintf(stderr, "baton run: %d virtual stages: the layout does not fit the configuration's %zu bytes\n", nv,
+            sizeof cfg->run.layout);
+    goto out;
+  }
   for (int s = 0; s < p; s++) {
     char buf[1024];
     size_t n = 0;
     for (int c = 0; c < v && n < sizeof buf; c++)
       n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%d-%d", c ? "," : "", first[c * p + s], last[c * p + s]);
-    if (!(layers[s] = strdup(buf))) goto oom;
+    if (!(layers[s] = strdup(buf))) {
+      rc = out_of_memory();
+      goto out;
+    }
   }
-  if (!(flags = worker_flags(cfg, &nflags))) goto oom;
+  if (!(flags = worker_flags(cfg, &nflags))) {
+    rc = out_of_memory();
+    goto out;
+  }
   wargv = calloc((size_t)(nflags + a->nfwd) + 3, sizeof *wargv);
-  if (!wargv) goto oom;
+  if (!wargv) {
+    rc = out_of_memory();
+    goto out;
+  }
   int k = 0;
   if (a->worker_cmd) {
     wargv[k++] = (char *)a->worker_cmd;
@@ -344,10 +366,6 @@ int bt_cmd_run(int argc, char **argv) {
     printf("hash %s\n", hex);
     fflush(stdout);
   }
-  goto out;
-oom:
-  fprintf(stderr, "baton run: out of memory\n");
-  rc = BT_SUP_EXIT_FAILED;
 out:
   for (int i = 0; flags && i < nflags; i++) free(flags[i]);
   free(flags);

@@ -380,21 +380,21 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   if (!first || !last || !start) {
     rc = -ENOMEM;
     errf(w.err, sizeof w.err, "out of memory");
-    goto out;
+    goto done;
   }
-  if ((rc = setup(&w, first, last)) < 0) goto out;
-  if ((rc = bt_control_send_ready(ctl, bt_tx_socket_address(w.tx))) < 0) goto out;
+  if ((rc = setup(&w, first, last)) < 0) goto done;
+  if ((rc = bt_control_send_ready(ctl, bt_tx_socket_address(w.tx))) < 0) goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the
    * deadline only keeps a wait from being endless by construction. */
   if ((rc = bt_control_wait_start(ctl, start, bt_deadline_ms(24 * 3600 * 1000))) < 0) {
     errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
-    goto out;
+    goto done;
   }
   const char *addrs[BT_MAX_STAGES];
   for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
   if ((rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
     errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
-    goto out;
+    goto done;
   }
   const double tokens = (double)cfg->model.microbatches * (double)cfg->model.mb_tokens;
   for (int64_t step = start->first_step; step <= start->last_step; step++) {
@@ -409,20 +409,20 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
         rc = 0;
         goto done;
       }
-      goto out;
+      goto done;
     }
     double dt = bt_clock_s() - t0;
     bt_msg_metrics_t m = {.stage = (uint32_t)w.me, .step = step, .loss = NAN, .busy_s = busy,
                           .idle_s = dt > busy ? dt - busy : 0, .step_s = dt, .tokens = (int64_t)tokens};
     if (w.holds_head && (rc = bt_stage_loss(w.st, &m.loss)) < 0) {
       errf(w.err, sizeof w.err, "step %lld: loss: %s", (long long)step, bt_strerror(rc));
-      goto out;
+      goto done;
     }
-    if ((rc = bt_control_send_metrics(ctl, &m)) < 0) goto out;
+    if ((rc = bt_control_send_metrics(ctl, &m)) < 0) goto done;
     for (size_t off = 0; off < w.nact; off += TRACE_EVS_PER_FRAME) {
       size_t k = w.nact - off < TRACE_EVS_PER_FRAME ? w.nact - off : TRACE_EVS_PER_FRAME;
       bt_msg_trace_t tr = {.stage = (uint32_t)w.me, .step = step, .n = (uint32_t)k, .ev = w.ev + off};
-      if ((rc = bt_control_send_trace(ctl, &tr)) < 0) goto out;
+      if ((rc = bt_control_send_trace(ctl, &tr)) < 0) goto done;
     }
     int64_t stop = bt_control_stop_step(ctl);
     if (stop >= 0 && step >= stop && step < start->last_step) {
@@ -433,15 +433,15 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     }
   }
   if ((rc = send_hashes(&w, start->last_step)) < 0 || (rc = bt_control_send_done(ctl, start->last_step)) < 0)
-    goto out;
+    goto done;
   code = BT_WEXIT_DONE;
-  goto done;
-out:
-  code = exit_code_of(rc);
-  if (!w.err[0]) errf(w.err, sizeof w.err, "%s", bt_strerror(rc));
-  bt_error("%s", w.err);
-  bt_control_send_error(ctl, rc, code, w.err);
 done:
+  if (rc < 0) {
+    code = exit_code_of(rc);
+    if (!w.err[0]) errf(w.err, sizeof w.err, "%s", bt_strerror(rc));
+    bt_error("%s", w.err);
+    bt_control_send_error(ctl, rc, code, w.err);
+  }
   /* Receives still posted point into the stage's buffers: the transport
    * goes first. */
   bt_tx_destroy(w.tx);
