@@ -17,10 +17,13 @@
  * way to move bytes through NCCL on a one-GPU machine.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -275,4 +278,598 @@ Test(nccl, staging_round_trip_with_the_cpu_backend) {
   be->ops->free(be, dev);
   be->ops->free(be, dev2);
   bt_backend_destroy(be);
+}
+
+/* ---- the transport's logic over a CPU imitation of NCCL ----
+ *
+ * fake_dev imitates the device table of kernels/cuda/nccl_dev.h in host
+ * memory, with ranks as threads of this process: communicators are shared
+ * objects; ncclCommSplit is a rendezvous of every rank of the parent (the
+ * k-th split call of each rank is the same split, as in NCCL); a send and
+ * a receive between the same two ranks of one communicator match in the
+ * order they were posted and copy header and payload at once; aborting a
+ * communicator fails every member's pending operations (NCCL's peers see
+ * an error or, worse, nothing: the deadline tests cover the silent case).
+ * It lets these tests check what the transport itself decides — channels,
+ * creation order, tag checks, deadlines, aborts — on a machine without a
+ * GPU. NCCL's own behaviour is what the GPU tests above check. */
+
+#define FK_MAX_RANKS 8
+#define FK_MAX_SPLITS 512
+
+typedef struct fk_shared fk_shared_t;
+typedef struct fk_msg fk_msg_t;
+
+struct bt_nccl_op {
+  int pending; /* halves not yet matched */
+  uint8_t hdr[BT_NCCL_HDR_BYTES];
+};
+
+struct fk_msg {
+  int src, dst, is_send;
+  uint8_t hdr[BT_NCCL_HDR_BYTES];
+  const void *sbuf;
+  void *rbuf;
+  size_t bytes;
+  struct bt_nccl_op *op;
+  fk_msg_t *next;
+};
+
+typedef struct {
+  int color[FK_MAX_RANKS], key[FK_MAX_RANKS], arrived;
+  fk_shared_t *child[FK_MAX_RANKS]; /* per rank of the parent */
+  int child_rank[FK_MAX_RANKS];
+  int built;
+} fk_split_t;
+
+struct fk_shared {
+  int n;
+  int aborted;
+  fk_msg_t *q;
+  fk_split_t *splits[FK_MAX_SPLITS];
+  fk_shared_t *next_all;
+};
+
+struct bt_nccl_comm {
+  fk_shared_t *sh;
+  int rank;
+  int nsplit; /* splits this rank made on this communicator */
+  int broken;
+};
+
+static pthread_mutex_t fk_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fk_cv = PTHREAD_COND_INITIALIZER;
+static fk_shared_t *fk_all;      /* every shared object, freed by fk_reset */
+static fk_shared_t *fk_world;    /* the world being joined */
+static int fk_world_joined;
+static int fk_splits_made[FK_MAX_RANKS]; /* per world rank */
+
+static fk_shared_t *fk_shared_new(int n) {
+  fk_shared_t *s = calloc(1, sizeof *s);
+  cr_assert(s);
+  s->n = n;
+  s->next_all = fk_all;
+  fk_all = s;
+  return s;
+}
+
+static void fk_reset(void) {
+  pthread_mutex_lock(&fk_mu);
+  while (fk_all) {
+    fk_shared_t *s = fk_all;
+    fk_all = s->next_all;
+    for (int i = 0; i < FK_MAX_SPLITS; i++) free(s->splits[i]);
+    while (s->q) {
+      fk_msg_t *m = s->q;
+      s->q = m->next;
+      free(m);
+    }
+    free(s);
+  }
+  fk_world = NULL;
+  fk_world_joined = 0;
+  memset(fk_splits_made, 0, sizeof fk_splits_made);
+  pthread_mutex_unlock(&fk_mu);
+}
+
+/* Waits on the condition variable until the deadline; 0 or BT_ETIMEOUT. */
+static int fk_wait(uint64_t deadline) {
+  if (bt_clock_ns() > deadline) return BT_ETIMEOUT;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += 2000000;
+  if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+  pthread_cond_timedwait(&fk_cv, &fk_mu, &ts);
+  return 0;
+}
+
+static void fk_versions(char *out, size_t cap) { snprintf(out, cap, "fake NCCL"); }
+static int fk_probe(int device, char *why, size_t why_len) { return 0; }
+static int fk_unique_id(uint8_t out[BT_NCCL_ID_BYTES]) {
+  memset(out, 0x5a, BT_NCCL_ID_BYTES);
+  return 0;
+}
+
+static int fk_comm_init(int device, int nranks, const uint8_t id[BT_NCCL_ID_BYTES], int rank,
+                        uint64_t deadline, bt_nccl_comm_t **out) {
+  pthread_mutex_lock(&fk_mu);
+  if (!fk_world) fk_world = fk_shared_new(nranks);
+  fk_shared_t *w = fk_world;
+  fk_world_joined++;
+  pthread_cond_broadcast(&fk_cv);
+  int rc = 0;
+  while (fk_world_joined < nranks && !(rc = fk_wait(deadline))) continue;
+  pthread_mutex_unlock(&fk_mu);
+  if (rc) return rc;
+  bt_nccl_comm_t *c = calloc(1, sizeof *c);
+  c->sh = w;
+  c->rank = rank;
+  *out = c;
+  return 0;
+}
+
+static int fk_comm_split(bt_nccl_comm_t *parent, int color, int key, uint64_t deadline,
+                         bt_nccl_comm_t **out) {
+  *out = NULL;
+  pthread_mutex_lock(&fk_mu);
+  fk_shared_t *p = parent->sh;
+  int k = parent->nsplit++, me = parent->rank, rc = 0;
+  cr_assert(k < FK_MAX_SPLITS);
+  if (p == fk_world) fk_splits_made[me]++;
+  if (!p->splits[k]) p->splits[k] = calloc(1, sizeof *p->splits[k]);
+  fk_split_t *s = p->splits[k];
+  s->color[me] = color;
+  s->key[me] = key;
+  s->arrived++;
+  pthread_cond_broadcast(&fk_cv);
+  while (s->arrived < p->n && !(rc = fk_wait(deadline))) continue;
+  if (!rc && !s->built) {
+    /* Members of one colour, ordered by (key, rank). */
+    for (int r = 0; r < p->n; r++) {
+      if (s->color[r] < 0 || s->child[r]) continue;
+      int members[FK_MAX_RANKS], n = 0;
+      for (int q = 0; q < p->n; q++)
+        if (s->color[q] == s->color[r]) members[n++] = q;
+      for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && s->key[members[j]] < s->key[members[j - 1]]; j--) {
+          int t = members[j];
+          members[j] = members[j - 1];
+          members[j - 1] = t;
+        }
+      fk_shared_t *child = fk_shared_new(n);
+      for (int i = 0; i < n; i++) {
+        s->child[members[i]] = child;
+        s->child_rank[members[i]] = i;
+      }
+    }
+    s->built = 1;
+  }
+  if (!rc && color >= 0) {
+    bt_nccl_comm_t *c = calloc(1, sizeof *c);
+    c->sh = s->child[me];
+    c->rank = s->child_rank[me];
+    *out = c;
+  }
+  pthread_mutex_unlock(&fk_mu);
+  return rc;
+}
+
+static int fk_comm_size(bt_nccl_comm_t *c, int *n, int *rank) {
+  *n = c->sh->n;
+  *rank = c->rank;
+  return 0;
+}
+
+/* Matches the oldest send and the oldest receive of each (src, dst): the
+ * sends are scanned in post order, so the first one with a receive of its
+ * pair waiting is the oldest send of that pair (an older one would have
+ * matched that receive already). */
+static void fk_unlink(fk_shared_t *sh, fk_msg_t *m) {
+  fk_msg_t **pp = &sh->q;
+  while (*pp != m) pp = &(*pp)->next;
+  *pp = m->next;
+}
+
+static void fk_match(fk_shared_t *sh) {
+  for (;;) {
+    fk_msg_t *s = NULL, *r = NULL;
+    for (fk_msg_t *m = sh->q; m && !r; m = m->next) {
+      if (!m->is_send || !m->op) continue;
+      for (fk_msg_t *q = sh->q; q; q = q->next)
+        if (!q->is_send && q->op && q->src == m->src && q->dst == m->dst) {
+          s = m, r = q;
+          break;
+        }
+    }
+    if (!r) return;
+    memcpy(r->op->hdr, s->hdr, BT_NCCL_HDR_BYTES);
+    if (s->bytes && r->bytes) memcpy(r->rbuf, s->sbuf, s->bytes < r->bytes ? s->bytes : r->bytes);
+    s->op->pending--;
+    r->op->pending--;
+    fk_unlink(sh, s);
+    fk_unlink(sh, r);
+    free(s);
+    free(r);
+  }
+}
+
+static int fk_post(bt_nccl_comm_t *c, const void *send_hdr, const void *send_buf, void *recv_buf,
+                   size_t bytes, int peer, uint64_t deadline, bt_nccl_op_t **out) {
+  *out = NULL;
+  pthread_mutex_lock(&fk_mu);
+  if (c->broken || c->sh->aborted) {
+    pthread_mutex_unlock(&fk_mu);
+    return BT_ENCCL;
+  }
+  bt_nccl_op_t *op = calloc(1, sizeof *op);
+  fk_msg_t **tail = &c->sh->q;
+  while (*tail) tail = &(*tail)->next;
+  if (send_hdr) {
+    fk_msg_t *m = calloc(1, sizeof *m);
+    *m = (fk_msg_t){.src = c->rank, .dst = peer, .is_send = 1, .sbuf = send_buf, .bytes = bytes,
+                    .op = op};
+    memcpy(m->hdr, send_hdr, BT_NCCL_HDR_BYTES);
+    *tail = m;
+    tail = &m->next;
+    op->pending++;
+  }
+  if (recv_buf) {
+    fk_msg_t *m = calloc(1, sizeof *m);
+    *m = (fk_msg_t){.src = peer, .dst = c->rank, .rbuf = recv_buf, .bytes = bytes, .op = op};
+    *tail = m;
+    op->pending++;
+  }
+  fk_match(c->sh);
+  pthread_mutex_unlock(&fk_mu);
+  *out = op;
+  return 0;
+}
+
+static int fk_op_test(bt_nccl_comm_t *c, bt_nccl_op_t *op) {
+  pthread_mutex_lock(&fk_mu);
+  int rc = c->broken || c->sh->aborted ? BT_ENCCL : op->pending == 0;
+  pthread_mutex_unlock(&fk_mu);
+  return rc;
+}
+
+static const void *fk_op_header(bt_nccl_op_t *op) { return op->hdr; }
+
+/* An aborted communicator's queued halves stay in its queue (freed by
+ * fk_reset): they point at ops their owners free. */
+static void fk_op_free(bt_nccl_op_t *op) {
+  pthread_mutex_lock(&fk_mu);
+  for (fk_shared_t *s = fk_all; s; s = s->next_all)
+    for (fk_msg_t *m = s->q; m; m = m->next)
+      if (m->op == op) m->op = NULL, m->sbuf = NULL, m->rbuf = NULL;
+  pthread_mutex_unlock(&fk_mu);
+  free(op);
+}
+
+static void fk_comm_abort(bt_nccl_comm_t *c) {
+  if (!c) return;
+  pthread_mutex_lock(&fk_mu);
+  c->broken = 1;
+  c->sh->aborted = 1;
+  pthread_mutex_unlock(&fk_mu);
+}
+
+static void fk_comm_destroy(bt_nccl_comm_t *c, uint64_t deadline) { free(c); }
+static int fk_host_alloc(void **p, size_t bytes) { return (*p = malloc(bytes ? bytes : 1)) ? 0 : -ENOMEM; }
+static void fk_host_free(void *p) { free(p); }
+static int fk_bus_id(int device, char *out, size_t cap) {
+  snprintf(out, cap, "fake:%d", device);
+  return 0;
+}
+
+static const bt_nccl_dev_t fake_dev = {
+    BT_NCCL_DEV_VERSION, fk_versions,   fk_probe,      fk_unique_id,
+    fk_comm_init,        fk_comm_split, fk_comm_size,  fk_post,
+    fk_op_test,          fk_op_header,  fk_op_free,    fk_comm_abort,
+    fk_comm_destroy,     fk_host_alloc, fk_host_free,  fk_bus_id,
+};
+
+/* ---- ranks in threads over the fake ---- */
+
+typedef struct rank_ctx rank_ctx_t;
+struct rank_ctx {
+  int rank, nranks;
+  int peers[FK_MAX_RANKS], npeers;
+  int64_t init_ms;
+  void (*body)(rank_ctx_t *c);
+  int create_rc;
+  char why[256];
+  bt_tx_t *tx;
+  int rc;          /* what the body saw (its own meaning per test) */
+  double seconds;  /* how long the body's wait took */
+  char msg[256];   /* a failure the body found, for the main thread to report */
+};
+
+static void *rank_main(void *arg) {
+  rank_ctx_t *c = arg;
+  uint8_t id[BT_NCCL_ID_BYTES];
+  fake_dev.unique_id(id);
+  bt_tx_nccl_opts_t o = {.rank = c->rank, .nranks = c->nranks, .device = 0, .id = id,
+                         .peers = c->peers, .npeers = c->npeers,
+                         .init_ms = c->init_ms ? c->init_ms : 10000, .enqueue_ms = 5000};
+  c->create_rc = bt_tx_nccl_create_with(&fake_dev, &o, &c->tx, c->why, sizeof c->why);
+  if (c->create_rc == 0 && c->body) c->body(c);
+  bt_tx_destroy(c->tx);
+  return NULL;
+}
+
+/* Runs n ranks, each with its peers (ring neighbours unless given). */
+static void run_ranks(rank_ctx_t *ctx, int n, void (*body)(rank_ctx_t *)) {
+  fk_reset();
+  pthread_t th[FK_MAX_RANKS];
+  for (int r = 0; r < n; r++) {
+    ctx[r].rank = r;
+    ctx[r].nranks = n;
+    if (!ctx[r].body) ctx[r].body = body;
+    if (ctx[r].npeers == 0 && ctx[r].peers[0] == 0 && n > 1) {
+      /* -1 in peers[0] says "no peers at all" (see the asymmetric test). */
+      ctx[r].peers[ctx[r].npeers++] = (r + 1) % n;
+      if (n > 2) ctx[r].peers[ctx[r].npeers++] = (r + n - 1) % n;
+    }
+    cr_assert_eq(pthread_create(&th[r], NULL, rank_main, &ctx[r]), 0);
+  }
+  for (int r = 0; r < n; r++) pthread_join(th[r], NULL);
+}
+
+static uint8_t pattern(int rank, int64_t step, int kind, int mb, size_t i) {
+  return (uint8_t)(rank * 31 + step * 7 + kind * 3 + mb + (int64_t)i);
+}
+
+/* A ring's traffic: activations to the next rank, gradients to the
+ * previous one, M micro-batches, receives posted before any send. */
+static void ring_body(rank_ctx_t *c) {
+  enum { M = 4, BYTES = 333 };
+  int n = c->nranks, next = (c->rank + 1) % n, prev = (c->rank + n - 1) % n;
+  for (int64_t step = 0; step < 3; step++) {
+    uint8_t in[2][M][BYTES], out[2][M][BYTES];
+    bt_tx_req_t *req[2][M];
+    for (int mb = 0; mb < M; mb++) {
+      bt_tag_t ta = {step, BT_MSG_ACTIVATION, c->rank == 0 ? n - 1 : c->rank - 1, mb};
+      bt_tag_t tg = {step, BT_MSG_GRADIENT, c->rank == n - 1 ? 0 : c->rank + 1, mb};
+      if ((c->rc = bt_tx_irecv(c->tx, in[0][mb], BYTES, prev, ta, &req[0][mb])) ||
+          (c->rc = bt_tx_irecv(c->tx, in[1][mb], BYTES, next, tg, &req[1][mb]))) {
+        snprintf(c->msg, sizeof c->msg, "rank %d: irecv: %s", c->rank, bt_strerror(c->rc));
+        return;
+      }
+    }
+    for (int mb = 0; mb < M; mb++)
+      for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < BYTES; i++) out[k][mb][i] = pattern(c->rank, step, k, mb, i);
+        bt_tag_t t = {step, k, c->rank, mb};
+        if ((c->rc = bt_tx_isend(c->tx, out[k][mb], BYTES, k ? prev : next, t, NULL))) {
+          snprintf(c->msg, sizeof c->msg, "rank %d: isend: %s", c->rank, bt_strerror(c->rc));
+          return;
+        }
+      }
+    for (int mb = 0; mb < M; mb++)
+      for (int k = 0; k < 2; k++) {
+        if ((c->rc = bt_tx_wait(c->tx, req[k][mb], bt_deadline_ms(5000)))) {
+          snprintf(c->msg, sizeof c->msg, "rank %d: wait: %s", c->rank, bt_strerror(c->rc));
+          return;
+        }
+        int from = k ? next : prev;
+        for (size_t i = 0; i < BYTES; i++)
+          if (in[k][mb][i] != pattern(from, step, k, mb, i)) {
+            snprintf(c->msg, sizeof c->msg, "rank %d step %lld kind %d mb %d byte %zu: %u, "
+                     "sent %u", c->rank, (long long)step, k, mb, i, in[k][mb][i],
+                     pattern(from, step, k, mb, i));
+            c->rc = -1;
+            return;
+          }
+      }
+    if ((c->rc = bt_tx_end_step(c->tx, step, bt_deadline_ms(5000)))) {
+      snprintf(c->msg, sizeof c->msg, "rank %d: end_step: %s", c->rank, bt_strerror(c->rc));
+      return;
+    }
+  }
+  bt_tx_stats_t st;
+  bt_tx_stats(c->tx, &st);
+  if (st.msgs_sent != 3 * 2 * M || st.msgs_recv != 3 * 2 * M || st.bytes_recv != 3 * 2 * M * BYTES) {
+    snprintf(c->msg, sizeof c->msg, "rank %d: stats sent %llu recv %llu", c->rank,
+             (unsigned long long)st.msgs_sent, (unsigned long long)st.msgs_recv);
+    c->rc = -1;
+  }
+}
+
+Test(nccl_logic, two_ranks_exchange_both_ways_in_both_kinds) {
+  rank_ctx_t ctx[2] = {0};
+  run_ranks(ctx, 2, ring_body);
+  for (int r = 0; r < 2; r++) {
+    cr_assert_eq(ctx[r].create_rc, 0, "rank %d: %s", r, ctx[r].why);
+    cr_assert_eq(ctx[r].rc, 0, "%s", ctx[r].msg);
+  }
+  fk_reset();
+}
+
+Test(nccl_logic, three_rank_ring_and_the_fixed_creation_order) {
+  rank_ctx_t ctx[3] = {0};
+  run_ranks(ctx, 3, ring_body);
+  for (int r = 0; r < 3; r++) {
+    cr_assert_eq(ctx[r].create_rc, 0, "rank %d: %s", r, ctx[r].why);
+    cr_assert_eq(ctx[r].rc, 0, "%s", ctx[r].msg);
+    /* Every rank made every split: p(p-1)/2 pairs x 2 kinds x 2
+     * directions, plus one loopback split per kind. */
+    cr_assert_eq(fk_splits_made[r], 2 * 3 * 2 + 2, "rank %d made %d splits", r, fk_splits_made[r]);
+  }
+  fk_reset();
+}
+
+/* Rank 0 sends micro-batches 1 then 0; rank 1 expects 0 then 1. */
+static void swap_body(rank_ctx_t *c) {
+  enum { BYTES = 64 };
+  uint8_t a[BYTES] = {1}, b[BYTES] = {2}, in0[BYTES], in1[BYTES];
+  bt_tag_t t0 = {0, BT_MSG_ACTIVATION, 0, 0}, t1 = {0, BT_MSG_ACTIVATION, 0, 1};
+  if (c->rank == 0) {
+    bt_tx_isend(c->tx, b, BYTES, 1, t1, NULL);
+    bt_tx_isend(c->tx, a, BYTES, 1, t0, NULL);
+    c->rc = bt_tx_wait_sends(c->tx, bt_deadline_ms(5000));
+    return;
+  }
+  bt_tx_req_t *r0 = NULL, *r1 = NULL;
+  bt_tx_irecv(c->tx, in0, BYTES, 0, t0, &r0);
+  bt_tx_irecv(c->tx, in1, BYTES, 0, t1, &r1);
+  c->rc = bt_tx_wait(c->tx, r0, bt_deadline_ms(5000));
+}
+
+Test(nccl_logic, swapped_micro_batches_are_a_tag_error) {
+  rank_ctx_t ctx[2] = {0};
+  run_ranks(ctx, 2, swap_body);
+  cr_assert_eq(ctx[0].create_rc, 0, "%s", ctx[0].why);
+  cr_assert_eq(ctx[1].create_rc, 0, "%s", ctx[1].why);
+  cr_assert_eq(ctx[1].rc, BT_ETAG, "rank 1 got %s", bt_strerror(ctx[1].rc));
+  fk_reset();
+}
+
+/* Rank 0 waits for an activation rank 1 never sends; rank 1 waits for a
+ * gradient, with a longer deadline, that rank 0 never sends. */
+static void silent_body(rank_ctx_t *c) {
+  uint8_t buf[128];
+  bt_tx_req_t *r = NULL;
+  bt_tag_t t = {0, c->rank == 0 ? BT_MSG_ACTIVATION : BT_MSG_GRADIENT, 1 - c->rank, 0};
+  if ((c->rc = bt_tx_irecv(c->tx, buf, sizeof buf, 1 - c->rank, t, &r))) return;
+  uint64_t t0 = bt_clock_ns();
+  c->rc = bt_tx_wait(c->tx, r, bt_deadline_ms(c->rank == 0 ? 200 : 10000));
+  c->seconds = (double)(bt_clock_ns() - t0) * 1e-9;
+}
+
+Test(nccl_logic, silent_peer_ends_at_the_deadline_and_the_abort_reaches_the_other) {
+  rank_ctx_t ctx[2] = {0};
+  run_ranks(ctx, 2, silent_body);
+  cr_assert_eq(ctx[0].create_rc, 0, "%s", ctx[0].why);
+  cr_assert_eq(ctx[0].rc, BT_ETIMEOUT, "rank 0 got %s", bt_strerror(ctx[0].rc));
+  cr_assert(ctx[0].seconds >= 0.19 && ctx[0].seconds < 5, "rank 0 waited %.3f s", ctx[0].seconds);
+  /* Rank 1's own deadline is 10 s: the abort ended its wait long before. */
+  cr_assert_eq(ctx[1].rc, BT_ENCCL, "rank 1 got %s", bt_strerror(ctx[1].rc));
+  cr_assert(ctx[1].seconds < 5, "rank 1 waited %.3f s", ctx[1].seconds);
+  fk_reset();
+}
+
+Test(nccl_logic, peers_that_do_not_list_each_other_are_refused_in_bounded_time) {
+  rank_ctx_t ctx[2] = {0};
+  ctx[0].peers[0] = 1, ctx[0].npeers = 1, ctx[0].init_ms = 1000;
+  ctx[1].peers[0] = -1, ctx[1].npeers = 0, ctx[1].init_ms = 1000; /* lists nobody */
+  uint64_t t0 = bt_clock_ns();
+  run_ranks(ctx, 2, NULL);
+  double s = (double)(bt_clock_ns() - t0) * 1e-9;
+  cr_assert_eq(ctx[0].create_rc, BT_EARG, "rank 0 got %s", bt_strerror(ctx[0].create_rc));
+  cr_assert(strstr(ctx[0].why, "do not both list each other"), "why: '%s'", ctx[0].why);
+  /* Rank 1 waits for rank 0 in the next split: its deadline ends that. */
+  cr_assert_eq(ctx[1].create_rc, BT_ETIMEOUT, "rank 1 got %s (%s)",
+               bt_strerror(ctx[1].create_rc), ctx[1].why);
+  cr_assert(s < 10, "took %.2f s", s);
+  fk_reset();
+}
+
+static void window_body(rank_ctx_t *c) {
+  if (c->rank != 0) return;
+  uint8_t buf[16];
+  bt_tx_req_t *r = NULL;
+  char *m = c->msg;
+  size_t cap = sizeof c->msg;
+  int rc;
+  if ((rc = bt_tx_end_step(c->tx, 0, bt_deadline_ms(1000))) != 0) {
+    snprintf(m, cap, "empty end_step(0): %s", bt_strerror(rc));
+  } else if ((rc = bt_tx_irecv(c->tx, buf, 16, 1, (bt_tag_t){0, BT_MSG_ACTIVATION, 1, 0}, &r)) !=
+             BT_ETAG) {
+    snprintf(m, cap, "a receive of closed step 0: %s", bt_strerror(rc));
+  } else if ((rc = bt_tx_irecv(c->tx, buf, 16, 1, (bt_tag_t){3, BT_MSG_ACTIVATION, 1, 0}, &r)) !=
+             BT_ETAG) {
+    snprintf(m, cap, "a receive of step 3 with step 0 closed: %s", bt_strerror(rc));
+  } else if ((rc = bt_tx_irecv(c->tx, buf, 16, 1, (bt_tag_t){1, BT_MSG_ACTIVATION, 1, 0}, &r))) {
+    snprintf(m, cap, "a receive of step 1: %s", bt_strerror(rc));
+  } else if ((rc = bt_tx_irecv(c->tx, buf, 16, 1, (bt_tag_t){1, BT_MSG_ACTIVATION, 1, 0}, &r)) !=
+             BT_ETAG) {
+    snprintf(m, cap, "the same receive posted twice: %s", bt_strerror(rc));
+  } else if ((rc = bt_tx_end_step(c->tx, 1, bt_deadline_ms(1000))) != BT_ETAG) {
+    snprintf(m, cap, "end_step(1) with its receive still posted: %s", bt_strerror(rc));
+  } else {
+    return;
+  }
+  c->rc = -1;
+}
+
+Test(nccl_logic, step_window_and_receives_left_at_the_end_of_a_step) {
+  rank_ctx_t ctx[2] = {0};
+  run_ranks(ctx, 2, window_body);
+  cr_assert_eq(ctx[0].create_rc, 0, "%s", ctx[0].why);
+  cr_assert_eq(ctx[0].rc, 0, "%s", ctx[0].msg);
+  fk_reset();
+}
+
+/* The loopback channel's pairing, over the fake: what the GPU loopback
+ * tests above check on NCCL, here on any machine. */
+static void loopback_body(rank_ctx_t *c) {
+  enum { N = 3 };
+  const size_t sizes[N] = {1, 4097, 70000};
+  uint8_t *src[N], *dst[N];
+  bt_tx_req_t *rr[N], *sr[N];
+  for (int i = 0; i < N; i++) {
+    src[i] = malloc(sizes[i]);
+    dst[i] = calloc(1, sizes[i]);
+    fill(src[i], sizes[i], (unsigned)i + 5);
+  }
+  c->rc = 0;
+  for (int i = 0; i < N && !c->rc; i++) {
+    bt_tag_t t = {2, i % 2, 0, i};
+    c->rc = c->tx->ops->irecv(c->tx, dst[i], sizes[i], 0, t, &rr[i]);
+  }
+  for (int i = 0; i < N && !c->rc; i++) {
+    bt_tag_t t = {2, i % 2, 0, i};
+    c->rc = c->tx->ops->isend(c->tx, src[i], sizes[i], 0, t, &sr[i]);
+  }
+  for (int i = 0; i < N && !c->rc; i++) {
+    if ((c->rc = bt_tx_wait(c->tx, sr[i], bt_deadline_ms(5000))) ||
+        (c->rc = bt_tx_wait(c->tx, rr[i], bt_deadline_ms(5000))))
+      break;
+    if (memcmp(src[i], dst[i], sizes[i])) {
+      snprintf(c->msg, sizeof c->msg, "message %d arrived different", i);
+      c->rc = -1;
+    }
+  }
+  if (!c->rc) c->rc = bt_tx_end_step(c->tx, 2, bt_deadline_ms(5000));
+  /* A send with another tag than the receive waiting: refused at pairing. */
+  bt_tx_req_t *r = NULL;
+  if (!c->rc && !(c->rc = c->tx->ops->irecv(c->tx, dst[0], 1, 0, (bt_tag_t){3, 0, 0, 1}, &r))) {
+    int rc = c->tx->ops->isend(c->tx, src[0], 1, 0, (bt_tag_t){3, 0, 0, 2}, NULL);
+    int rc2 = bt_tx_wait(c->tx, r, bt_deadline_ms(5000));
+    if (rc != BT_ETAG || rc2 != BT_ETAG) {
+      snprintf(c->msg, sizeof c->msg, "swapped loopback tag: send %s, receive %s",
+               bt_strerror(rc), bt_strerror(rc2));
+      c->rc = -1;
+    }
+  }
+  if (c->rc && !c->msg[0]) snprintf(c->msg, sizeof c->msg, "%s", bt_strerror(c->rc));
+  for (int i = 0; i < N; i++) free(src[i]), free(dst[i]);
+}
+
+Test(nccl_logic, loopback_pairs_sends_with_receives) {
+  rank_ctx_t ctx[1] = {0};
+  ctx[0].npeers = 1; /* peers[0] = 0: itself */
+  run_ranks(ctx, 1, loopback_body);
+  cr_assert_eq(ctx[0].create_rc, 0, "%s", ctx[0].why);
+  cr_assert_eq(ctx[0].rc, 0, "%s", ctx[0].msg);
+  fk_reset();
+}
+
+static void loopback_silent_body(rank_ctx_t *c) {
+  uint8_t buf[8];
+  bt_tx_req_t *r = NULL;
+  if ((c->rc = c->tx->ops->irecv(c->tx, buf, 8, 0, (bt_tag_t){0, 0, 0, 0}, &r))) return;
+  uint64_t t0 = bt_clock_ns();
+  c->rc = bt_tx_wait(c->tx, r, bt_deadline_ms(200));
+  c->seconds = (double)(bt_clock_ns() - t0) * 1e-9;
+}
+
+Test(nccl_logic, loopback_receive_without_a_send_ends_at_its_deadline) {
+  rank_ctx_t ctx[1] = {0};
+  ctx[0].npeers = 1;
+  run_ranks(ctx, 1, loopback_silent_body);
+  cr_assert_eq(ctx[0].create_rc, 0, "%s", ctx[0].why);
+  cr_assert_eq(ctx[0].rc, BT_ETIMEOUT, "got %s", bt_strerror(ctx[0].rc));
+  cr_assert(ctx[0].seconds >= 0.19 && ctx[0].seconds < 5, "waited %.3f s", ctx[0].seconds);
+  fk_reset();
 }

@@ -584,6 +584,11 @@ static int add_chan(nccl_tx_t *t, const bt_tx_nccl_opts_t *o, int a, int b, int 
 }
 
 int bt_tx_nccl_create(const bt_tx_nccl_opts_t *o, bt_tx_t **out, char *why, size_t why_len) {
+  return bt_tx_nccl_create_with(NULL, o, out, why, why_len);
+}
+
+int bt_tx_nccl_create_with(const bt_nccl_dev_t *d, const bt_tx_nccl_opts_t *o, bt_tx_t **out,
+                           char *why, size_t why_len) {
   char sink[8];
   if (!why || !why_len) why = sink, why_len = sizeof sink;
   why[0] = '\0';
@@ -599,8 +604,7 @@ int bt_tx_nccl_create(const bt_tx_nccl_opts_t *o, bt_tx_t **out, char *why, size
       return BT_EARG;
     }
   *out = NULL;
-  const bt_nccl_dev_t *d = dev_table(why, why_len);
-  if (!d) return BT_EBACKEND;
+  if (!d && !(d = dev_table(why, why_len))) return BT_EBACKEND;
   int device = bt_cuda_resolve_device(o->device);
   char inner[400] = "";
   if (d->probe(device, inner, sizeof inner) < 0) {

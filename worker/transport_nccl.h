@@ -67,6 +67,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/nccl_dev.h"
 #include "worker/transport.h"
 
 #define BT_TX_NCCL_ID_BYTES 128
@@ -97,6 +98,12 @@ int bt_tx_nccl_unique_id(uint8_t out[BT_TX_NCCL_ID_BYTES]);
  * lists that are not symmetric, BT_EBACKEND without NCCL, BT_ETIMEOUT,
  * BT_ENCCL; why gets one line. */
 int bt_tx_nccl_create(const bt_tx_nccl_opts_t *opts, bt_tx_t **out, char *why, size_t why_len);
+
+/* The same over a device table of the caller's (dev NULL: the one in
+ * libbaton_cuda.so): tests run the transport's logic — channels, creation
+ * order, tag checks, deadlines, aborts — over a CPU imitation of NCCL. */
+int bt_tx_nccl_create_with(const bt_nccl_dev_t *dev, const bt_tx_nccl_opts_t *opts, bt_tx_t **out,
+                           char *why, size_t why_len);
 
 /* "NCCL 2.28.9, CUDA runtime 13.0", or why not. */
 void bt_tx_nccl_versions(char *out, size_t cap);
