@@ -17,8 +17,10 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/frame.h"
+#include "launcher/plan.h"
 #include "launcher/supervisor.h"
 #include "worker/control.h"
+#include "worker/pipeline.h"
 
 Test(control, exit_codes_match_the_supervisors_mirror) {
   cr_assert_eq(BT_WEXIT_DONE, BT_SUP_WEXIT_DONE);
@@ -309,4 +311,70 @@ Test(supervisor, slow_start_past_the_start_timeout_fails) {
   cr_assert_eq(r.failed_stage, 0);
   cr_assert_not_null(strstr(r.reason, "start-up timeout"), "%s", r.reason);
   cr_assert_lt(bt_clock_ns() - t0, 10ull * 1000000000ull, "took over 10 s");
+}
+
+/* ---------- planning: launcher/plan.c and its copy in worker/pipeline.c ---------- */
+
+static void small_config(bt_config_t *c, int stages, int chunks, int mb, const char *schedule) {
+  bt_config_defaults(c);
+  c->model.layers = 6;
+  c->model.microbatches = mb;
+  c->run.stages = stages;
+  c->run.chunks = chunks;
+  snprintf(c->run.schedule, sizeof c->run.schedule, "%s", schedule);
+}
+
+Test(plan, supervisor_and_worker_build_the_same_plan) {
+  const struct {
+    int p, v, m;
+    const char *sched, *layout;
+  } cases[] = {{1, 1, 4, "1f1b", ""},   {2, 1, 5, "gpipe", ""},       {3, 1, 4, "zb-h1", "1,5,2"},
+               {2, 2, 5, "interleaved", ""}, {4, 2, 4, "interleaved", ""}, {2, 2, 3, "interleaved", "1,2,4,1"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    bt_config_t c;
+    small_config(&c, cases[i].p, cases[i].v, cases[i].m, cases[i].sched);
+    snprintf(c.run.layout, sizeof c.run.layout, "%s", cases[i].layout);
+    char err[512];
+    int nv = cases[i].p * cases[i].v, f1[16], l1[16], f2[16], l2[16];
+    cr_assert_eq(bt_plan_layout(&c, f1, l1, err, sizeof err), 0, "case %zu: %s", i, err);
+    cr_assert_eq(bt_pipeline_layout(&c, f2, l2, err, sizeof err), 0, "case %zu: %s", i, err);
+    cr_assert_eq(f1[0], 0);
+    cr_assert_eq(l1[nv - 1], 7, "case %zu: the layers end at L+1", i);
+    for (int k = 0; k < nv; k++) {
+      cr_assert_eq(f1[k], f2[k], "case %zu stage %d", i, k);
+      cr_assert_eq(l1[k], l2[k], "case %zu stage %d", i, k);
+      cr_assert_leq(f1[k], l1[k], "case %zu: virtual stage %d is empty", i, k);
+      if (k) cr_assert_eq(f1[k], l1[k - 1] + 1, "case %zu: not contiguous at %d", i, k);
+    }
+    bt_schedule_t a, b;
+    cr_assert_eq(bt_plan_schedule(&c, NULL, &a, err, sizeof err), 0, "case %zu: %s", i, err);
+    cr_assert_eq(bt_pipeline_schedule(&c, NULL, &b, err, sizeof err), 0, "case %zu: %s", i, err);
+    cr_assert_eq(a.p, b.p);
+    cr_assert_eq(a.off[a.p], b.off[b.p]);
+    cr_assert_eq(memcmp(a.acts, b.acts, a.off[a.p] * sizeof *a.acts), 0, "case %zu: schedules differ", i);
+    bt_sched_free(&a);
+    bt_sched_free(&b);
+  }
+}
+
+Test(plan, refuses_what_cannot_run) {
+  bt_config_t c;
+  char err[512];
+  int f[32], l[32];
+  small_config(&c, 5, 2, 4, "interleaved");
+  cr_assert_eq(bt_plan_layout(&c, f, l, err, sizeof err), BT_EARG);
+  cr_assert_not_null(strstr(err, "10 virtual stages, but the model has only 8 layers"), "%s", err);
+  small_config(&c, 2, 1, 4, "1f1b");
+  snprintf(c.run.layout, sizeof c.run.layout, "4,3");
+  cr_assert_eq(bt_plan_layout(&c, f, l, err, sizeof err), BT_EARG, "7 of 8 layers");
+  bt_schedule_t s;
+  small_config(&c, 4, 1, 2, "1f1b");
+  cr_assert_lt(bt_plan_schedule(&c, NULL, &s, err, sizeof err), 0, "m < p");
+  small_config(&c, 2, 1, 4, "csv");
+  cr_assert_eq(bt_plan_schedule(&c, "/nonexistent/x.csv", &s, err, sizeof err), BT_EARG);
+  cr_assert_not_null(strstr(err, "/nonexistent/x.csv"), "%s", err);
+  small_config(&c, 2, 1, 4, "round-robin");
+  cr_assert_eq(bt_plan_schedule(&c, NULL, &s, err, sizeof err), BT_EARG);
+  cr_assert(bt_plan_is_builder("zb-h1"));
+  cr_assert(!bt_plan_is_builder("zb-h2"));
 }
