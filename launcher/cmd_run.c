@@ -266,6 +266,17 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
   }
+  /* Output files are checked now: a typo must not cost a whole run. */
+  const char *outputs[][2] = {{"--metrics", a->o.metrics_path}, {"--trace", a->o.trace_path}};
+  for (size_t i = 0; i < 2; i++) {
+    if (!outputs[i][1]) continue;
+    FILE *f = fopen(outputs[i][1], "w");
+    if (!f) {
+      fprintf(stderr, "baton run: %s %s: %s\n", outputs[i][0], outputs[i][1], strerror(errno));
+      goto out;
+    }
+    fclose(f);
+  }
   if (strcmp(cfg->run.backend, "cpu")) {
     /* The only transport is the socket one, which carries host memory. */
     fprintf(stderr, "baton run: --backend %s: pipelines run on the cpu backend only (socket transport)\n",

@@ -531,6 +531,8 @@ Test(pipeline, bad_combinations_exit_2_before_spawning) {
   assert_refused(no_such, "--schedule /nonexistent/s.csv");
   const char *chunks[] = {"--stages", "2", "--chunks", "2", "--schedule", "gpipe", NULL};
   assert_refused(chunks, "--schedule gpipe");
+  const char *trace[] = {"--stages", "2", "--trace", "/nonexistent/dir/t.json", NULL};
+  assert_refused(trace, "--trace /nonexistent/dir/t.json");
 }
 
 Test(pipeline, peer_death_mid_step_fails_the_job_naming_the_stage) {
