@@ -490,7 +490,18 @@ int bt_ckpt_shard_open(const char *path, bt_ckpt_shard_t **out) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  if (attr_read_str(s->file, "format", &fmt) < 0 || strcmp(fmt, FORMAT_NAME) != 0) {
+  /* No "format" attribute: some other HDF5 file (2 for the tool). One
+   * that exists but cannot be read: a damaged shard (1). */
+  htri_t has_fmt = H5Aexists(s->file, "format");
+  if (has_fmt <= 0) {
+    rc = has_fmt == 0 ? BT_ENOTCKPT : BT_ECORRUPT;
+    goto out;
+  }
+  if (attr_read_str(s->file, "format", &fmt) < 0) {
+    rc = BT_ECORRUPT;
+    goto out;
+  }
+  if (strcmp(fmt, FORMAT_NAME) != 0) {
     rc = BT_ENOTCKPT;
     goto out;
   }
