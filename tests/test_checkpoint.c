@@ -18,6 +18,7 @@
 
 #include "checkpoint/ckpt.h"
 #include "common/clock.h"
+#include "common/crc.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "tests/support/checkpoint_synth.h"
@@ -658,6 +659,44 @@ Test(nonfinite, nan_refused_and_never_committed, .init = setup, .fini = teardown
   cr_assert_eq(bt_ckpt_restore(root, NULL, 0, &st), 0);
   cr_assert_eq(st.step, 1);
   bt_ckpt_step_close(&st);
+  ckpt_synth_free(&sy);
+}
+
+/* A shard that holds NaN although bt_ckpt_save would have refused it
+ * (another writer, a bit flip between save and commit) is still refused:
+ * commit reads every parameter back. */
+Test(nonfinite, commit_reads_parameters_back, .init = setup, .fini = teardown) {
+  ckpt_synth_t sy;
+  cr_assert_eq(ckpt_synth_make(&sy, 0, L, L, 4, 2, 1), 0);
+  bt_ckpt_meta_t m = ckpt_synth_meta(2, 0, 1, L, 4);
+  bt_msg_shard_t rep;
+  cr_assert_eq(bt_ckpt_save(root, &m, sy.t, sy.n, NULL, &rep), 0);
+  char p[600];
+  snprintf(p, sizeof p, "%s/step-00000002.tmp/%s", root, rep.file);
+  hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+  cr_assert_geq(f, 0);
+  hid_t d = H5Dopen2(f, "/layers/000007/b2", H5P_DEFAULT);
+  cr_assert_geq(d, 0);
+  float vals[8];
+  cr_assert_geq(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, vals), 0);
+  vals[6] = INFINITY;
+  cr_assert_geq(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, vals), 0);
+  /* Keep the dataset CRC consistent: only the value is wrong. */
+  hid_t a = H5Aopen(d, "crc", H5P_DEFAULT);
+  uint32_t c = bt_crc32(0, vals, sizeof vals);
+  cr_assert_geq(H5Awrite(a, H5T_NATIVE_UINT32, &c), 0);
+  H5Aclose(a);
+  H5Dclose(d);
+  H5Fclose(f);
+  struct stat sb;
+  cr_assert_eq(stat(p, &sb), 0);
+  rep.size = (uint64_t)sb.st_size;
+  cr_assert_eq(bt_ckpt_commit(root, 2, &rep, 1), BT_ENONFINITE);
+  int64_t *steps;
+  size_t n;
+  cr_assert_eq(bt_ckpt_list_steps(root, &steps, &n), 0);
+  cr_assert_eq(n, 0, "a step with Inf was committed");
+  free(steps);
   ckpt_synth_free(&sy);
 }
 
