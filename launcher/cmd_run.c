@@ -54,6 +54,7 @@ static void usage(FILE *f) {
           "  --hash                  print `hash <32 hex>` of the final parameters last\n"
           "  --metrics FILE          JSON lines per step (step, loss, tokens_per_s, ...)\n"
           "  --trace FILE            Chrome trace JSON of every action on every stage\n"
+          "  --events FILE           JSON lines: spawns, readiness, failures, stops, the end\n"
           "  --ckpt-dir DIR          checkpoint directory, passed to the workers\n"
           "  --grace S               seconds between STOP and SIGKILL (default 5)\n"
           "  --heartbeat-timeout S   kill a worker silent this long (default 10)\n"
@@ -123,7 +124,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     memcpy(name, arg, nl);
     name[nl] = 0;
     int known = bt_config_has_flag(BT_CONFIG_ALL, name) || !strcmp(name, "--metrics") ||
-                !strcmp(name, "--trace") || !strcmp(name, "--ckpt-dir") || !strcmp(name, "--worker-cmd") ||
+                !strcmp(name, "--trace") || !strcmp(name, "--events") || !strcmp(name, "--ckpt-dir") || !strcmp(name, "--worker-cmd") ||
                 !strcmp(name, "--grace") || !strcmp(name, "--heartbeat-timeout") ||
                 !strcmp(name, "--progress-timeout") || !strcmp(name, "--start-timeout");
     if (!known) {
@@ -137,6 +138,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       return 2;
     }
     if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
+    else if (!strcmp(name, "--events")) a->o.events_path = v;
     else if (!strcmp(name, "--trace")) a->o.trace_path = v;
     else if (!strcmp(name, "--ckpt-dir")) a->o.ckpt_dir = v;
     else if (!strcmp(name, "--worker-cmd")) a->worker_cmd = v;
@@ -267,8 +269,9 @@ int bt_cmd_run(int argc, char **argv) {
     goto out;
   }
   /* Output files are checked now: a typo must not cost a whole run. */
-  const char *outputs[][2] = {{"--metrics", a->o.metrics_path}, {"--trace", a->o.trace_path}};
-  for (size_t i = 0; i < 2; i++) {
+  const char *outputs[][2] = {
+      {"--metrics", a->o.metrics_path}, {"--trace", a->o.trace_path}, {"--events", a->o.events_path}};
+  for (size_t i = 0; i < 3; i++) {
     if (!outputs[i][1]) continue;
     FILE *f = fopen(outputs[i][1], "w");
     if (!f) {

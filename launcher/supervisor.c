@@ -101,6 +101,7 @@ typedef struct sup {
   uint32_t exited;
   int internal_error;          /* a negative code of the supervisor itself */
   FILE *metrics;
+  FILE *events;
   pending_step_t *pend;
   size_t npend;
   int64_t steps_done;
@@ -129,6 +130,28 @@ static void clear_progress(sup_t *s) {
     write_all(STDOUT_FILENO, "\r\033[K", 4);
     s->progress_shown = 0;
   }
+}
+
+/* ---------- the event log ---------- */
+
+/* Starts an event line: {"event":NAME,"time_s":seconds since start, … */
+static int event_begin(sup_t *s, bt_json_t *j, const char *name) {
+  if (!s->events) return 0;
+  bt_json_init(j);
+  bt_json_obj_begin(j);
+  bt_json_kstr(j, "event", name);
+  bt_json_knum(j, "time_s", bt_clock_s() - s->epoch_s);
+  return 1;
+}
+
+/* Ends and writes it; flushed at once, so the log survives our death. */
+static void event_end(sup_t *s, bt_json_t *j) {
+  bt_json_obj_end(j);
+  if (!bt_json_error(j)) {
+    fprintf(s->events, "%s\n", bt_json_cstr(j));
+    fflush(s->events);
+  }
+  bt_json_free(j);
 }
 
 /* ---------- handle bookkeeping ---------- */
@@ -196,9 +219,22 @@ static void send_empty(worker_t *w, uint16_t type) {
 
 static void maybe_finish(sup_t *s);
 
+static void log_kill_event(sup_t *s, const char *why) {
+  bt_json_t j;
+  if (!event_begin(s, &j, "kill")) return;
+  bt_json_kstr(&j, "why", why);
+  bt_json_key(&j, "stages");
+  bt_json_arr_begin(&j);
+  for (uint32_t i = 0; i < s->n; i++)
+    if (s->w[i].state != W_EXITED) bt_json_int(&j, i);
+  bt_json_arr_end(&j);
+  event_end(s, &j);
+}
+
 static void on_grace(uv_timer_t *t) {
   sup_t *s = t->data;
   bt_warn("grace period over: killing the remaining workers");
+  log_kill_event(s, "grace period over");
   kill_all(s);
 }
 
@@ -230,6 +266,15 @@ static void worker_failed(worker_t *w, fail_rank_t rank, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(w->fail_reason, sizeof w->fail_reason, fmt, ap);
     va_end(ap);
+    static const char *const kinds[] = {"none", "retryable", "exit", "crash"};
+    bt_json_t j;
+    if (event_begin(s, &j, "failure")) {
+      bt_json_kint(&j, "stage", w->stage);
+      bt_json_kstr(&j, "kind", kinds[rank]);
+      bt_json_kstr(&j, "reason", w->fail_reason);
+      bt_json_kint(&j, "step", w->step);
+      event_end(s, &j);
+    }
   }
   clear_progress(s);
   bt_error("stage %u: %s", w->stage, w->fail_reason);
@@ -261,6 +306,13 @@ static void send_start(sup_t *s) {
   free(m);
   s->state = JOB_RUNNING;
   s->started_ms = now;
+  bt_json_t j;
+  if (event_begin(s, &j, "ready")) {
+    bt_json_kint(&j, "stages", s->n);
+    bt_json_kint(&j, "first_step", s->o->first_step);
+    bt_json_kint(&j, "last_step", s->o->last_step);
+    event_end(s, &j);
+  }
   bt_info("all %u stages ready after %.2f s: training", s->n, (double)(now - s->start_ms) / 1000.0);
 }
 
@@ -767,9 +819,18 @@ static void on_signal(uv_signal_t *h, int signum) {
     int starting = s->state == JOB_STARTING;
     bt_warn("%s: stopping (after step %lld; grace %.1f s; again to kill now)", strsignal(signum),
             (long long)at, s->o->grace_s);
+    bt_json_t j;
+    if (event_begin(s, &j, "stop")) {
+      char name[32];
+      snprintf(name, sizeof name, "SIG%s", sigabbrev_np(signum) ? sigabbrev_np(signum) : "?");
+      bt_json_kstr(&j, "signal", name);
+      bt_json_kint(&j, "step", starting ? 0 : at);
+      event_end(s, &j);
+    }
     begin_stop(s, starting, at);
   } else if (signum != SIGUSR1) {
     bt_warn("%s again: killing every worker now", strsignal(signum));
+    log_kill_event(s, "second signal");
     kill_all(s);
   }
 }
@@ -905,6 +966,12 @@ static int spawn_worker(sup_t *s, worker_t *w) {
   w->pid = w->proc.pid;
   w->state = W_SPAWNED;
   bt_info("started stage %u (pid %d)", w->stage, w->pid);
+  bt_json_t j;
+  if (event_begin(s, &j, "spawn")) {
+    bt_json_kint(&j, "stage", w->stage);
+    bt_json_kint(&j, "pid", w->pid);
+    event_end(s, &j);
+  }
   uv_read_start((uv_stream_t *)&w->out, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->err, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->ctl, on_ctl_alloc, on_ctl_read);
@@ -1061,6 +1128,11 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     rc = -ENOMEM;
     goto out;
   }
+  if (o->events_path && !(s->events = fopen(o->events_path, "w"))) {
+    rc = -errno;
+    bt_error("--events %s: %s", o->events_path, strerror(errno));
+    goto out;
+  }
   if (o->metrics_path && !(s->metrics = fopen(o->metrics_path, "w"))) {
     rc = -errno;
     bt_error("--metrics %s: %s", o->metrics_path, strerror(errno));
@@ -1130,7 +1202,16 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
       if (res->exit_code == BT_SUP_EXIT_OK) res->exit_code = BT_SUP_EXIT_FAILED;
     }
   }
+  bt_json_t j;
+  if (event_begin(s, &j, "end")) {
+    bt_json_kint(&j, "exit_code", res->exit_code);
+    bt_json_kint(&j, "steps_done", res->steps_done);
+    bt_json_kint(&j, "failed_stage", res->failed_stage);
+    bt_json_kstr(&j, "reason", res->reason);
+    event_end(s, &j);
+  }
 out:
+  if (s->events) fclose(s->events);
   if (s->metrics) fclose(s->metrics);
   if (s->w) {
     for (uint32_t i = 0; i < s->n; i++) {

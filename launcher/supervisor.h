@@ -66,6 +66,7 @@ typedef struct {
   double start_timeout_s;      /* spawn -> every stage READY */
   const char *metrics_path;    /* JSON lines per step, or NULL */
   const char *trace_path;      /* Chrome trace JSON, or NULL */
+  const char *events_path;     /* JSON lines: spawns, readiness, failures, stops, the end */
   int want_hash;               /* collect HASHES and combine them */
   int progress;                /* print progress on stdout */
 } bt_sup_opts_t;

@@ -200,9 +200,15 @@ Test(run, workers_get_their_environment) {
 }
 
 Test(run, crash_names_the_stage_and_its_stderr_tail) {
-  const char *args[] = {"--stages", "3", "--steps", "20", "--no-progress", "--", "--mode", "crash",
-                        "--fail-stage", "1", "--at-step", "2", NULL};
+  char events[320];
+  snprintf(events, sizeof events, "%s/events.jsonl", dir);
+  const char *args[] = {"--stages", "3", "--steps", "20", "--no-progress", "--events", events, "--", "--mode",
+                        "crash", "--fail-stage", "1", "--at-step", "2", NULL};
   cr_assert_eq(run_to_end(args, 30000), 1);
+  assert_contains(events, "{\"event\":\"spawn\",");
+  assert_contains(events, "\"stage\":1,\"kind\":\"crash\",\"reason\":\"killed by signal 6");
+  assert_contains(events, "\"exit_code\":1,");
+  assert_contains(events, "\"failed_stage\":1,");
   assert_contains(err_path, "baton: stage 1 failed: killed by signal 6");
   assert_contains(err_path, "  [stage 1] fake stage 1: crashing at step 2\n");
   assert_workers_gone(3, 2000);
@@ -246,7 +252,9 @@ Test(run, beating_worker_without_progress_is_detected) {
 }
 
 Test(run, sigint_stops_cleanly_and_leaves_no_process) {
-  const char *args[] = {"--stages", "3", "--steps", "100000", "--no-progress", NULL};
+  char events[320];
+  snprintf(events, sizeof events, "%s/events.jsonl", dir);
+  const char *args[] = {"--stages", "3", "--steps", "100000", "--no-progress", "--events", events, NULL};
   pid_t pid = start_run(args);
   cr_assert(bt_proc_wait_for_text(err_path, "training", 20000));
   bt_sleep_ms(200);
@@ -254,6 +262,9 @@ Test(run, sigint_stops_cleanly_and_leaves_no_process) {
   cr_assert_eq(finish(pid, 20000), 130);
   assert_contains(err_path, "stopping (after step");
   assert_contains(err_path, "fake stage 0: stopping after step");
+  assert_contains(events, "{\"event\":\"stop\",");
+  assert_contains(events, "\"signal\":\"SIGINT\"");
+  assert_contains(events, "\"exit_code\":130,");
   assert_workers_gone(3, 2000);
 }
 
