@@ -12,7 +12,7 @@
  *
  * Payload layouts (all fields in this order):
  *   hello      u32 stage, u32 incarnation, i64 pid
- *   ready      u32 stage, str addr
+ *   ready      u32 stage, str addr, str gpu, 128 bytes nccl_id
  *   heartbeat  u32 stage, u32 phase, i64 step, i64 action, i64 actions_done
  *   metrics    u32 stage, i64 step, f64 loss, f64 busy_s, f64 idle_s,
  *              f64 step_s, i64 tokens
@@ -23,8 +23,10 @@
  *   trace      u32 stage, i64 step, u32 n, n x (u32 worker, str action,
  *              f64 start_s, f64 end_s)
  *   start      u32 nstages, i64 first_step, i64 last_step,
- *              nstages x str addr, 128 bytes nccl_id
- *   step       i64 step            (DONE, CKPT_AT, STOP)
+ *              nstages x str addr, 128 bytes nccl_id,
+ *              i64 restore_step, i64 ckpt_every, u32 ckpt_last,
+ *              nstages x str gpu
+ *   step       i64 step            (DONE, CKPT_AT, STOP, CKPT_LATE)
  *   empty      nothing             (ABORT)
  */
 #include "common/frame.h"
@@ -60,7 +62,7 @@ static void st64(uint8_t *p, uint64_t v) {
 }
 
 static int type_known(uint16_t type) {
-  return (type >= BT_MSG_HELLO && type <= BT_MSG_TRACE) ||
+  return (type >= BT_MSG_HELLO && type <= BT_MSG_CKPT_LATE) ||
          (type >= BT_MSG_START && type <= BT_MSG_ABORT);
 }
 
@@ -75,6 +77,7 @@ const char *bt_msg_type_name(uint16_t type) {
   case BT_MSG_ERROR: return "error";
   case BT_MSG_DONE: return "done";
   case BT_MSG_TRACE: return "trace";
+  case BT_MSG_CKPT_LATE: return "checkpoint-late";
   case BT_MSG_START: return "start";
   case BT_MSG_CKPT_AT: return "checkpoint-at";
   case BT_MSG_STOP: return "stop";
@@ -225,6 +228,8 @@ void bt_msg_encode_ready(bt_buf_t *b, const bt_msg_ready_t *m) {
   size_t at = begin_frame(b, BT_MSG_READY);
   put_u32(b, m->stage);
   put_str(b, m->addr, sizeof m->addr);
+  put_str(b, m->gpu, sizeof m->gpu);
+  put_bytes(b, m->nccl_id, sizeof m->nccl_id);
   end_frame(b, at);
 }
 
@@ -308,11 +313,16 @@ void bt_msg_encode_start(bt_buf_t *b, const bt_msg_start_t *m) {
   put_i64(b, m->last_step);
   for (uint32_t i = 0; i < m->nstages && !b->err; i++) put_str(b, m->addrs[i], sizeof m->addrs[i]);
   put_bytes(b, m->nccl_id, sizeof m->nccl_id);
+  put_i64(b, m->restore_step);
+  put_i64(b, m->ckpt_every);
+  put_u32(b, m->ckpt_last);
+  for (uint32_t i = 0; i < m->nstages && !b->err; i++) put_str(b, m->gpus[i], sizeof m->gpus[i]);
   end_frame(b, at);
 }
 
 static int is_step_type(uint16_t type) {
-  return type == BT_MSG_DONE || type == BT_MSG_CKPT_AT || type == BT_MSG_STOP;
+  return type == BT_MSG_DONE || type == BT_MSG_CKPT_AT || type == BT_MSG_STOP ||
+         type == BT_MSG_CKPT_LATE;
 }
 
 void bt_msg_encode_step(bt_buf_t *b, uint16_t type, const bt_msg_step_t *m) {
@@ -419,6 +429,9 @@ int bt_msg_decode_ready(const bt_frame_t *f, bt_msg_ready_t *m) {
   rd_init(&r, f);
   m->stage = get_u32(&r);
   get_str(&r, m->addr, sizeof m->addr);
+  get_str(&r, m->gpu, sizeof m->gpu);
+  const uint8_t *id = rd_take(&r, sizeof m->nccl_id);
+  if (id) memcpy(m->nccl_id, id, sizeof m->nccl_id);
   return rd_done(&r);
 }
 
@@ -558,6 +571,12 @@ int bt_msg_decode_start(const bt_frame_t *f, bt_msg_start_t *m) {
   for (uint32_t i = m->nstages; i < BT_MAX_STAGES; i++) m->addrs[i][0] = '\0';
   const uint8_t *id = rd_take(&r, sizeof m->nccl_id);
   if (id) memcpy(m->nccl_id, id, sizeof m->nccl_id);
+  m->restore_step = get_i64(&r);
+  m->ckpt_every = get_i64(&r);
+  m->ckpt_last = get_u32(&r);
+  for (uint32_t i = 0; i < m->nstages && !r.err; i++) get_str(&r, m->gpus[i], sizeof m->gpus[i]);
+  for (uint32_t i = m->nstages; i < BT_MAX_STAGES; i++) m->gpus[i][0] = '\0';
+  if (!r.err && (m->restore_step < 0 || m->ckpt_every < 0 || m->ckpt_last > 1)) return BT_EFORMAT;
   return rd_done(&r);
 }
 

@@ -39,6 +39,8 @@ typedef enum {
   BT_MSG_ERROR = 7,         /* bt_msg_error_t */
   BT_MSG_DONE = 8,          /* bt_msg_step_t: trained through step */
   BT_MSG_TRACE = 9,         /* bt_msg_trace_t: timed actions of one step */
+  BT_MSG_CKPT_LATE = 10,    /* bt_msg_step_t: a CKPT_AT came after its step; the
+                               payload is the last step this worker completed */
   /* supervisor -> worker */
   BT_MSG_START = 64,        /* bt_msg_start_t */
   BT_MSG_CKPT_AT = 65,      /* bt_msg_step_t: save a shard after this step */
@@ -77,9 +79,13 @@ typedef struct {
 } bt_msg_hello_t;
 
 #define BT_ADDR_MAX 128
+#define BT_GPU_NAME_MAX 64
 typedef struct {
   uint32_t stage;
   char addr[BT_ADDR_MAX]; /* "tcp:HOST:PORT" or "unix:PATH" */
+  char gpu[BT_GPU_NAME_MAX]; /* host + GPU identity ("" on the CPU): two stages
+                                on one GPU make NCCL fall back to sockets */
+  uint8_t nccl_id[128];   /* stage 0 with NCCL: the unique id; else zero */
 } bt_msg_ready_t;
 
 typedef enum { BT_PHASE_INIT = 0, BT_PHASE_COMPUTE, BT_PHASE_WAIT, BT_PHASE_CKPT, BT_PHASE_IDLE } bt_phase_t;
@@ -145,6 +151,10 @@ typedef struct {
   int64_t last_step;    /* train through this step */
   char addrs[BT_MAX_STAGES][BT_ADDR_MAX]; /* data-plane address of each stage */
   uint8_t nccl_id[128]; /* the NCCL unique id (zero when unused) */
+  int64_t restore_step; /* load step-S of the checkpoint directory first (0: fresh) */
+  int64_t ckpt_every;   /* save a shard after every multiple of this step (0: never) */
+  uint32_t ckpt_last;   /* 1: also save after last_step */
+  char gpus[BT_MAX_STAGES][BT_GPU_NAME_MAX]; /* each stage's READY.gpu */
 } bt_msg_start_t;
 
 /* Each encode appends one whole frame (header, payload, CRC) to b. */
