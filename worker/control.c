@@ -12,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +20,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/parse.h"
+
+/* Longest a control frame may wait for room in the socket. */
+#define CONTROL_SEND_TIMEOUT_S 120
 
 struct bt_control {
   int fd;
@@ -114,6 +118,7 @@ static int send_frame_locked(bt_control_t *c) {
   while (left > 0) {
     ssize_t w = send(c->fd, p, left, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return BT_ETIMEOUT; /* SO_SNDTIMEO */
     if (w < 0) return (errno == EPIPE || errno == ECONNRESET) ? BT_EPEER : -errno;
     p += w;
     left -= (size_t)w;
@@ -256,6 +261,13 @@ int bt_control_open(bt_control_t **out, const bt_control_env_t *env) {
   bt_buf_init(&c->send_buf);
   c->wake_fd = eventfd(0, EFD_CLOEXEC);
   if (c->wake_fd < 0) {
+    rc = -errno;
+    goto fail;
+  }
+  /* A supervisor that stops reading (frozen, not dead: no death signal)
+   * must not block our sends forever; past this the channel is broken. */
+  struct timeval tv = {.tv_sec = CONTROL_SEND_TIMEOUT_S};
+  if (setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
     rc = -errno;
     goto fail;
   }
