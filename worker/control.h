@@ -80,6 +80,8 @@ int bt_control_send_ready(bt_control_t *c, const char *addr);
  * (BT_ETIMEOUT), or the channel breaks (BT_EPEER). */
 int bt_control_wait_start(bt_control_t *c, bt_msg_start_t *start, uint64_t deadline);
 int bt_control_send_metrics(bt_control_t *c, const bt_msg_metrics_t *m);
+/* Trace times are bt_clock_s() values (CLOCK_MONOTONIC, one clock for every
+ * process on the host): the supervisor makes them relative to its start. */
 int bt_control_send_trace(bt_control_t *c, const bt_msg_trace_t *m);
 int bt_control_send_hashes(bt_control_t *c, const bt_msg_hashes_t *m);
 int bt_control_send_error(bt_control_t *c, int code, int exit_code, const char *text);
