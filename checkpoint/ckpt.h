@@ -210,9 +210,11 @@ int bt_ckpt_list_steps(const char *root, int64_t **steps, size_t *n);
 int bt_ckpt_open_latest(const char *root, int level, bt_ckpt_step_t *st);
 
 /* open_latest + step_load, falling back to the previous committed step
- * when a step fails to load (but not on BT_ECONFIG: an older step of the
- * same job would not fit either). `want` may be NULL with n 0 to only find
- * the step. On success *st stays open (close it). */
+ * when a step fails its checks or its load (but not on BT_ECONFIG: an
+ * older step of the same job would not fit either). The whole-file CRCs
+ * are checked for the shards holding the wanted layers only (every shard
+ * must still be present with its size). `want` may be NULL with n 0 to
+ * only find the step (all shards checked). On success *st stays open. */
 int bt_ckpt_restore(const char *root, bt_ckpt_tensor_t *want, size_t n, bt_ckpt_step_t *st);
 
 /* ---- shards (for the inspection tool) ---- */

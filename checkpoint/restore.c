@@ -136,7 +136,22 @@ out:
   bt_ckpt_shard_close(sh);
 }
 
-static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_t *pr) {
+/* 1 when shard si holds a layer of one of the wanted tensors (every shard
+ * when want is NULL). */
+static int shard_wanted(const bt_ckpt_manifest_t *m, uint32_t si, const bt_ckpt_tensor_t *want,
+                        size_t n) {
+  if (!want) return 1;
+  for (size_t i = 0; i < n; i++)
+    if (want[i].layer < m->meta.layer_count && m->layer_shard[want[i].layer] == si) return 1;
+  return 0;
+}
+
+/* Opens and checks a step. With `want`, the CRC and attribute checks cover
+ * only the shards holding those tensors' layers: p workers restoring their
+ * own layers then read the checkpoint about once in all, not p times.
+ * Every shard's presence and size is checked regardless. */
+static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_t *pr,
+                     const bt_ckpt_tensor_t *want, size_t nwant) {
   char path[PATH_MAX], err[256];
   memset(st, 0, sizeof *st);
   bt_h5_thread_init();
@@ -173,7 +188,7 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
               (long long)sb.st_size, (unsigned long long)info->size);
       continue;
     }
-    if (level >= BT_CKPT_CHECK_CRC) {
+    if (level >= BT_CKPT_CHECK_CRC && shard_wanted(&st->man, i, want, nwant)) {
       uint32_t crc;
       uint64_t size;
       if ((rc = bt_crc32_file(path, &crc, &size)) < 0) {
@@ -188,7 +203,8 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
         continue;
       }
     }
-    if (level >= BT_CKPT_CHECK_CRC) shard_check(st, i, path, level >= BT_CKPT_CHECK_DEEP, pr);
+    if (level >= BT_CKPT_CHECK_CRC && shard_wanted(&st->man, i, want, nwant))
+      shard_check(st, i, path, level >= BT_CKPT_CHECK_DEEP, pr);
   }
   if (pr->rc) {
     bt_ckpt_manifest_free(&st->man);
@@ -200,7 +216,7 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
 int bt_ckpt_step_open(const char *step_dir, int level, bt_ckpt_step_t *st,
                       bt_ckpt_problem_fn fn, void *arg) {
   probs_t pr = {.fn = fn, .arg = arg, .where = base_name(step_dir)};
-  return step_open(step_dir, level, st, &pr);
+  return step_open(step_dir, level, st, &pr, NULL, 0);
 }
 
 void bt_ckpt_step_close(bt_ckpt_step_t *st) { bt_ckpt_manifest_free(&st->man); }
@@ -314,7 +330,7 @@ int bt_ckpt_restore(const char *root, bt_ckpt_tensor_t *want, size_t n, bt_ckpt_
   for (size_t i = 0; i < ns; i++) {
     if ((rc = bt_ckpt_step_path(root, steps[i], 0, dir, sizeof dir)) < 0) break;
     probs_t pr = {.where = base_name(dir)};
-    rc = step_open(dir, BT_CKPT_CHECK_CRC, st, &pr);
+    rc = step_open(dir, BT_CKPT_CHECK_CRC, st, &pr, n ? want : NULL, n);
     if (rc < 0) {
       bt_warn("restore: skipping %s (%s)%s", dir, pr.first,
               i + 1 < ns ? "; trying the previous step" : "");
@@ -346,7 +362,7 @@ int bt_ckpt_open_latest(const char *root, int level, bt_ckpt_step_t *st) {
   for (size_t i = 0; i < ns; i++) {
     if ((rc = bt_ckpt_step_path(root, steps[i], 0, dir, sizeof dir)) < 0) break;
     probs_t pr = {.where = base_name(dir)};
-    if ((rc = step_open(dir, level, st, &pr)) == 0) break;
+    if ((rc = step_open(dir, level, st, &pr, NULL, 0)) == 0) break;
     bt_warn("checkpoint: skipping %s (%s)%s", dir, pr.first,
             i + 1 < ns ? "; trying the previous step" : "");
     rc = -ENOENT;

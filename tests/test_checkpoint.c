@@ -499,6 +499,41 @@ Test(corrupt, edited_manifest, .init = setup, .fini = teardown) {
   expect_caught("an edited manifest");
 }
 
+/* A stage restoring its own layers checks the CRCs of the shards holding
+ * them, not the whole checkpoint; damage elsewhere sends only the stages
+ * that need the damaged shard back to the previous step. */
+Test(corrupt, restore_checks_only_the_shards_it_loads, .init = setup, .fini = teardown) {
+  two_steps();
+  char p[600];
+  path_of(p, sizeof p, 2, "stage-003-of-004.h5"); /* layer 12 only */
+  haddr_t off;
+  hsize_t size;
+  raw_extent(p, "/layers/000012/Wout", &off, &size);
+  flip_bit(p, (off_t)(off + 3));
+  ckpt_synth_t got, exp;
+  bt_ckpt_step_t st;
+  cr_assert_eq(ckpt_synth_empty(&got, 0, 5, L, 1), 0);
+  cr_assert_eq(ckpt_synth_make(&exp, 0, 5, L, 5, 2, 1), 0);
+  cr_assert_eq(bt_ckpt_restore(root, got.t, got.n, &st), 0);
+  cr_assert_eq(st.step, 2, "layers 0-4 do not need the damaged shard");
+  assert_same(&got, &exp);
+  bt_ckpt_step_close(&st);
+  ckpt_synth_free(&got);
+  ckpt_synth_free(&exp);
+  cr_assert_eq(ckpt_synth_empty(&got, 12, 13, L, 1), 0);
+  cr_assert_eq(ckpt_synth_make(&exp, 12, 13, L, 5, 1, 1), 0);
+  cr_assert_eq(bt_ckpt_restore(root, got.t, got.n, &st), 0);
+  cr_assert_eq(st.step, 1, "layer 12 was loaded from the damaged shard");
+  assert_same(&got, &exp);
+  bt_ckpt_step_close(&st);
+  ckpt_synth_free(&got);
+  ckpt_synth_free(&exp);
+  /* Finding the step alone checks every shard. */
+  cr_assert_eq(bt_ckpt_restore(root, NULL, 0, &st), 0);
+  cr_assert_eq(st.step, 1);
+  bt_ckpt_step_close(&st);
+}
+
 /* ---- disk full ---- */
 
 typedef struct {
