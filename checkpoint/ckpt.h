@@ -200,7 +200,7 @@ void bt_ckpt_step_close(bt_ckpt_step_t *st);
  * BT_EHDF5. Any set of layers: this is resharding. */
 int bt_ckpt_step_load(const bt_ckpt_step_t *st, bt_ckpt_tensor_t *want, size_t n);
 
-/* Committed steps of ROOT (a directory named step-XXXXXXXX holding a
+/* Committed steps of ROOT (a directory named step-NNNNNNNN holding a
  * manifest), newest first; *steps is malloc'ed. */
 int bt_ckpt_list_steps(const char *root, int64_t **steps, size_t *n);
 

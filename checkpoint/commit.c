@@ -10,7 +10,7 @@
  *   -> rename step-S.tmp to step-S, fsync of ROOT
  *   -> `latest` (temp, fsync, rename, fsync of ROOT)
  *
- * Restore only considers directories named exactly step-XXXXXXXX that hold
+ * Restore only considers directories named exactly step-NNNNNNNN that hold
  * a manifest, so a crash before the directory rename leaves nothing that
  * restore would load, and a crash after it leaves a complete step even if
  * `latest` still names the previous one. Not here: saving shards, choosing

@@ -63,7 +63,7 @@ int bt_write_file_durable(const char *path, const void *data, size_t len);
 int bt_read_file(const char *path, size_t max, char **out, size_t *len);
 /* rm -r; ENOENT is success. */
 int bt_rm_rf(const char *path);
-/* Parses "step-XXXXXXXX" (exactly 8+ digits) with an optional ".tmp";
+/* Parses "step-NNNNNNNN" (exactly 8+ digits) with an optional ".tmp";
  * returns 1 and fills *step and *tmp on a match, 0 otherwise. */
 int bt_parse_step_name(const char *name, int64_t *step, int *tmp);
 
