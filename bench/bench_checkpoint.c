@@ -333,7 +333,8 @@ int main(int argc, char **argv) {
     size_t nt = 0;
     for (int s = 0; s < STAGES; s++)
       for (size_t i = 0; i < sets[s].n; i++) ts[nt++] = sets[s].t[i];
-    bt_ckpt_meta_t m = {.step = ++step, .stage = 0, .stages = 1, .chunks = 1,
+    step++;
+    bt_ckpt_meta_t m = {.step = step, .stage = 0, .stages = 1, .chunks = 1,
                         .layer_count = layers_total, .seed = 1, .adam_t = step,
                         .model_config = "bench", .run_settings = "bench"};
     t0 = bt_clock_s();
@@ -354,7 +355,8 @@ int main(int argc, char **argv) {
   const int levels[3] = {0, 1, 6};
   for (int k = 0; k < 3; k++) {
     bt_ckpt_opts_t o = {.deflate = levels[k], .shuffle = levels[k] > 0};
-    bt_ckpt_meta_t m = {.step = ++step, .stage = 0, .stages = 1, .chunks = 1,
+    step++;
+    bt_ckpt_meta_t m = {.step = step, .stage = 0, .stages = 1, .chunks = 1,
                         .layer_count = layers_total, .seed = 1, .adam_t = step,
                         .model_config = "bench", .run_settings = "bench"};
     bt_msg_shard_t rep;
