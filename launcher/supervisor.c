@@ -712,6 +712,10 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int term_signal) {
       worker_failed(w, F_EXIT, "exited with code 0 before finishing its steps");
   } else if (status == BT_SUP_WEXIT_STOPPED && s->state == JOB_STOPPING) {
     /* it obeyed our STOP or ABORT */
+  } else if (status == BT_SUP_WEXIT_RETRY && s->stop_signal) {
+    /* Stopping on a signal: a stage that had run ahead of the stop step
+     * loses its neighbours as they stop; that is the stop, not a failure. */
+    bt_info("stage %u: lost a peer while the job stops", w->stage);
   } else {
     worker_failed(w, status == BT_SUP_WEXIT_RETRY ? F_RETRY : F_EXIT, "exited with code %lld (%s)",
                   (long long)status, wexit_meaning(status));

@@ -571,9 +571,11 @@ Test(pipeline, sigint_stops_the_real_pipeline_cleanly) {
   bt_sleep_ms(300);
   kill(pid, SIGINT);
   cr_assert_eq(finish(pid, 30000), 130);
-  /* every stage finished the same step and exited on its own, within grace */
-  assert_contains(err_path, "[stage 0] baton: info: stopping after step");
-  assert_contains(err_path, "[stage 2] baton: info: stopping after step");
+  /* every stage exited on its own, within grace (on a loaded machine a
+   * stage may have started the step after the stop step before its STOP
+   * arrived, and stops when its neighbour does) */
+  assert_contains(err_path, "[stage 0] baton: info: stopping");
+  assert_contains(err_path, "[stage 2] baton: info: stopping");
   char *e = bt_proc_slurp(err_path);
   cr_assert_null(strstr(e, "grace period over"), "%s", e);
   free(e);

@@ -21,6 +21,8 @@
 /* HASHES frames stay far below BT_FRAME_MAX_PAYLOAD with this many records
  * each (a record is under 80 bytes on the wire). */
 #define HASH_RECS_PER_FRAME 4096
+/* How long a worker that lost a peer waits for a STOP that explains it. */
+#define STOP_SETTLE_MS 1000
 /* The same for TRACE frames (an event is under 50 bytes on the wire). */
 #define TRACE_EVS_PER_FRAME 8192
 
@@ -401,8 +403,13 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     double t0 = bt_clock_s(), busy = 0;
     if ((rc = run_step(&w, step, &busy)) < 0) {
       /* A neighbour that stopped a step earlier (its STOP named a step we
-       * had already started) is the end of a stop, not a failure. */
+       * had already started) is the end of a stop, not a failure. Our own
+       * STOP, sent at the same moment, may still be on its way: give it a
+       * moment before calling the peer lost. */
       int64_t stop = bt_control_stop_step(ctl);
+      for (uint64_t until = bt_deadline_ms(STOP_SETTLE_MS); rc == BT_EPEER && stop < 0 && bt_ms_left(until) > 0;
+           stop = bt_control_stop_step(ctl))
+        bt_sleep_ms(10);
       if (rc == BT_EPEER && stop >= 0 && step > stop) {
         bt_info("stopping in step %lld: a peer already stopped after step %lld", (long long)step, (long long)stop);
         code = BT_WEXIT_STOPPED;
