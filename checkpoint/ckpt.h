@@ -119,6 +119,11 @@ int bt_ckpt_writer_create(bt_ckpt_writer_t **out, const char *root, const bt_ckp
  * is all the caller waits for. The writer thread writes the shard. */
 int bt_ckpt_save_async(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
                        const bt_ckpt_tensor_t *t, size_t n, int64_t timeout_ms);
+/* Allocates the snapshot buffer for tensors described like t (data
+ * ignored) and touches its pages, so that the first save costs the caller
+ * a memcpy too rather than page faults on a fresh buffer. Optional. */
+int bt_ckpt_writer_reserve(bt_ckpt_writer_t *w, const bt_ckpt_tensor_t *t, size_t n,
+                           int64_t timeout_ms);
 /* Copies tensor i (numel floats) into dst; 0 or a negative code. */
 typedef int (*bt_ckpt_fill_fn)(void *arg, size_t i, float *dst);
 /* The same, but each tensor is copied into the snapshot by fill() (e.g.

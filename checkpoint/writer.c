@@ -127,12 +127,9 @@ out:
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
-/* Copies meta and tensors (with fill() when given) into the snapshot;
- * called while idle. */
-static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
-                    size_t n, bt_ckpt_fill_fn fill, void *arg) {
-  size_t total = 0;
-  for (size_t i = 0; i < n; i++) total += bt_ckpt_numel(&t[i]);
+/* Grows the snapshot to n descriptors and `total` floats; called while
+ * idle. New pages are touched so that page faults happen now. */
+static int reserve(bt_ckpt_writer_t *w, size_t n, size_t total) {
   if (n > w->tcap) {
     bt_ckpt_tensor_t *nt = realloc(w->t, n * sizeof *nt);
     if (!nt) return -ENOMEM;
@@ -142,17 +139,43 @@ static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ck
   if (total > w->bufcap) {
     float *nb = realloc(w->buf, total * sizeof *nb);
     if (!nb) return -ENOMEM;
+    memset(nb + w->bufcap, 0, (total - w->bufcap) * sizeof *nb);
     w->buf = nb;
     w->bufcap = total;
   }
+  return 0;
+}
+
+int bt_ckpt_writer_reserve(bt_ckpt_writer_t *w, const bt_ckpt_tensor_t *t, size_t n,
+                           int64_t timeout_ms) {
+  if (!w || (!t && n)) return BT_EARG;
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (t[i].ndim < 1 || t[i].ndim > BT_CKPT_MAX_DIMS) return BT_EARG;
+    total += bt_ckpt_numel(&t[i]);
+  }
+  pthread_mutex_lock(&w->mu);
+  int rc = wait_until(w, idle, bt_deadline_ms(timeout_ms));
+  if (rc == 0) rc = reserve(w, n, total);
+  pthread_mutex_unlock(&w->mu);
+  return rc;
+}
+
+/* Copies meta and tensors (with fill() when given) into the snapshot;
+ * called while idle. */
+static int snapshot(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
+                    size_t n, bt_ckpt_fill_fn fill, void *arg) {
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += bt_ckpt_numel(&t[i]);
+  int rc = reserve(w, n, total);
+  if (rc < 0) return rc;
   size_t off = 0;
   for (size_t i = 0; i < n; i++) {
     size_t k = bt_ckpt_numel(&t[i]);
     w->t[i] = t[i];
     w->t[i].data = w->buf + off;
     if (fill) {
-      int rc = fill(arg, i, w->t[i].data);
-      if (rc < 0) return rc;
+      if ((rc = fill(arg, i, w->t[i].data)) < 0) return rc;
     } else if (t[i].data) {
       memcpy(w->t[i].data, t[i].data, k * sizeof(float));
     } else {

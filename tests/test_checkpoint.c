@@ -870,6 +870,7 @@ Test(async, fill_callback_snapshot, .init = setup, .fini = teardown) {
   }
   bt_ckpt_writer_t *w;
   cr_assert_eq(bt_ckpt_writer_create(&w, root, NULL, NULL, NULL), 0);
+  cr_assert_eq(bt_ckpt_writer_reserve(w, desc, sy.n, 10000), 0);
   bt_ckpt_meta_t m = ckpt_synth_meta(4, 0, 1, L, 8);
   fill_t f = {.src = &sy, .fail_at = 5};
   cr_assert_eq(bt_ckpt_save_async_fill(w, &m, desc, sy.n, fill_from, &f, 10000), BT_EBACKEND);
