@@ -106,6 +106,18 @@ int bt_control_env(bt_control_env_t *e) {
   if (s) snprintf(e->token, sizeof e->token, "%s", s);
   s = getenv("BATON_LAYERS");
   if (s) snprintf(e->layers, sizeof e->layers, "%s", s);
+  s = getenv("BATON_CKPT_DIR");
+  if (s && strlen(s) >= sizeof e->ckpt_dir) {
+    bt_error("BATON_CKPT_DIR: path too long");
+    return BT_EARG;
+  }
+  if (s) snprintf(e->ckpt_dir, sizeof e->ckpt_dir, "%s", s);
+  s = getenv("BATON_INJECT_FAULTS");
+  if (s && strlen(s) >= sizeof e->faults) {
+    bt_error("BATON_INJECT_FAULTS: too long");
+    return BT_EARG;
+  }
+  if (s) snprintf(e->faults, sizeof e->faults, "%s", s);
   return 0;
 }
 
@@ -368,6 +380,19 @@ int bt_control_send_done(bt_control_t *c, int64_t step) {
   bt_msg_step_t m = {.step = step};
   int rc;
   SEND_WITH(c, bt_msg_encode_step(&c->send_buf, BT_MSG_DONE, &m));
+  return rc;
+}
+
+int bt_control_send_shard(bt_control_t *c, const bt_msg_shard_t *m) {
+  int rc;
+  SEND_WITH(c, bt_msg_encode_shard(&c->send_buf, m));
+  return rc;
+}
+
+int bt_control_send_ckpt_late(bt_control_t *c, int64_t step) {
+  bt_msg_step_t m = {.step = step};
+  int rc;
+  SEND_WITH(c, bt_msg_encode_step(&c->send_buf, BT_MSG_CKPT_LATE, &m));
   return rc;
 }
 

@@ -20,20 +20,11 @@
 #define BT_WORKER_CONTROL_H
 #include <stdint.h>
 
+#include "common/exitcodes.h"
 #include "common/frame.h"
 
-/* Worker exit codes: a contract with the supervisor (launcher/supervisor.h
- * mirrors them as BT_SUP_WEXIT_*; tests/test_supervisor.c checks both lists
- * agree) and with anyone who reads a worker's status. */
-enum {
-  BT_WEXIT_DONE = 0,    /* trained through the last step */
-  BT_WEXIT_ERROR = 1,   /* internal error (out of memory, a bug) */
-  BT_WEXIT_USAGE = 2,   /* bad command line */
-  BT_WEXIT_RETRY = 3,   /* retryable: peer lost, deadline passed, transport error */
-  BT_WEXIT_FATAL = 4,   /* fatal: bad configuration, no usable checkpoint */
-  BT_WEXIT_STOPPED = 5, /* stopped early on the supervisor's STOP or ABORT */
-  BT_WEXIT_ORPHAN = 6,  /* the supervisor was gone (start-up check, control EOF) */
-};
+/* Worker exit codes (BT_WEXIT_*): the contract with the supervisor lives in
+ * common/exitcodes.h, which both sides include. */
 
 /* What the supervisor tells a worker through its environment. */
 typedef struct {
@@ -47,6 +38,8 @@ typedef struct {
   int64_t peer_timeout_ms;/* BATON_PEER_TIMEOUT_MS (default 120000): transport deadline */
   char token[65];         /* BATON_JOB_TOKEN (hex, may be empty) */
   char layers[256];       /* BATON_LAYERS: "lo-hi,lo-hi" global layer range per chunk */
+  char ckpt_dir[4096];    /* BATON_CKPT_DIR: the checkpoint root ("" when none) */
+  char faults[1024];      /* BATON_INJECT_FAULTS: ';'-separated specs (incarnation 0 only) */
 } bt_control_env_t;
 
 /* First thing a worker does, before anything that can take time:
@@ -86,6 +79,12 @@ int bt_control_send_trace(bt_control_t *c, const bt_msg_trace_t *m);
 int bt_control_send_hashes(bt_control_t *c, const bt_msg_hashes_t *m);
 int bt_control_send_error(bt_control_t *c, int code, int exit_code, const char *text);
 int bt_control_send_done(bt_control_t *c, int64_t step);
+/* SHARD_DURABLE: this stage's shard of m->step is on disk (called from the
+ * checkpoint writer's thread: every send takes the frame lock). */
+int bt_control_send_shard(bt_control_t *c, const bt_msg_shard_t *m);
+/* CKPT_LATE: a CKPT_AT named a step this worker had already completed;
+ * `step` is its last completed step. */
+int bt_control_send_ckpt_late(bt_control_t *c, int64_t step);
 
 /* The step after which to stop (from STOP), or -1 when no STOP came. A STOP
  * of step 0 means "at once". */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint/ckpt.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -15,6 +16,7 @@
 #include "kernels/backend.h"
 #include "schedules/comm.h"
 #include "schedules/csv.h"
+#include "worker/faults.h"
 #include "worker/stage.h"
 #include "worker/transport.h"
 
@@ -25,6 +27,9 @@
 #define STOP_SETTLE_MS 1000
 /* The same for TRACE frames (an event is under 50 bytes on the wire). */
 #define TRACE_EVS_PER_FRAME 8192
+/* How long a snapshot may wait for the previous save, and the worker for
+ * its last save before exiting: a save that takes longer is a broken disk. */
+#define CKPT_TIMEOUT_MS (10 * 60 * 1000)
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...) {
@@ -137,6 +142,13 @@ typedef struct {
   size_t nact;
   bt_tx_req_t **reqs;      /* nact * BT_COMM_MAX receive requests of the step */
   bt_trace_ev_t *ev;       /* nact */
+  bt_faults_t faults;      /* injected faults of this stage (incarnation 0) */
+  /* checkpoints: NULL writer when the job has no checkpoint directory */
+  bt_ckpt_writer_t *writer;
+  bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
+  size_t ndesc;
+  char *model_text, *run_text;
+  int64_t ckpt_handled;    /* the last CKPT_AT step acted on (saved or late) */
   char err[512];
 } pipe_t;
 
@@ -153,7 +165,16 @@ static int exit_code_of(int rc) {
   case BT_EDEADLOCK:
   case BT_EBACKEND:
   case BT_EUNSUPPORTED:
+  case BT_ENOTCKPT:
+  case BT_ECORRUPT:
+  case BT_ECRC:
+  case BT_EVERSION:
+  case BT_EHDF5:
+  case -ENOENT:
+    /* only restore meets these on this path: no usable checkpoint */
     return BT_WEXIT_FATAL;
+  case BT_ENONFINITE:
+    return BT_WEXIT_NONFINITE;
   default:
     return BT_WEXIT_ERROR;
   }
@@ -221,6 +242,7 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     bt_comm_t cm;
     bt_comm_of(&w->sched, w->me, j, step, &cm);
     bt_control_progress(w->ctl, step, (int64_t)j, BT_PHASE_WAIT);
+    bt_faults_action(&w->faults, step, (int64_t)j);
     for (int r = 0; r < cm.nrecv; r++) {
       bt_tx_req_t **req = &w->reqs[j * BT_COMM_MAX + r];
       if (bt_log_get_level() >= BT_LOG_DEBUG) {
@@ -252,6 +274,11 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     }
     busy += t1 - t0;
     for (int s = 0; s < cm.nsend; s++) {
+      if ((rc = bt_faults_before_send(&w->faults)) < 0) {
+        errf(w->err, sizeof w->err, "step %lld: injected hang before sending to stage %d ended", (long long)step,
+             cm.send[s].peer);
+        return rc;
+      }
       rc = bt_tx_isend(w->tx, send_buf(w, &cm.send[s].tag), bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
@@ -267,6 +294,13 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     bt_control_action_done(w->ctl);
   }
   bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_COMPUTE);
+  bt_faults_action(&w->faults, step, (int64_t)w->nact);
+  /* A hang armed after this stage's last send of the step still stops it
+   * here, before the step's sends are finished. */
+  if ((rc = bt_faults_before_send(&w->faults)) < 0) {
+    errf(w->err, sizeof w->err, "step %lld: injected hang at the end of the step ended", (long long)step);
+    return rc;
+  }
   double t0 = bt_clock_s();
   rc = bt_stage_optimizer_step(w->st);
   busy += bt_clock_s() - t0;
@@ -364,6 +398,215 @@ static int setup(pipe_t *w, int *first, int *last) {
   return rc;
 }
 
+/* ---------- checkpoints ---------- */
+
+static char *config_text(const bt_config_t *c, int part) {
+  size_t n = bt_config_to_text(c, part, NULL, 0);
+  char *s = malloc(n + 1);
+  if (s) bt_config_to_text(c, part, s, n + 1);
+  return s;
+}
+
+/* Runs on the writer's thread when a save ends: SHARD_DURABLE, or ERROR
+ * for a failed save (not fatal: that step just never commits). The control
+ * sends take the frame lock, so this may race the main thread's sends. */
+static void ckpt_done(void *arg, const bt_ckpt_result_t *r) {
+  pipe_t *w = arg;
+  if (r->rc == 0) {
+    bt_msg_shard_t m = r->shard;
+    m.stage = (uint32_t)w->me;
+    bt_debug("shard of step %lld durable (%.3f s)", (long long)r->step, r->write_s);
+    if (bt_control_send_shard(w->ctl, &m) < 0) bt_warn("could not report the shard of step %lld", (long long)r->step);
+    return;
+  }
+  char text[256];
+  snprintf(text, sizeof text, "checkpoint of step %lld failed: %s", (long long)r->step, bt_strerror(r->rc));
+  bt_warn("%s", text);
+  /* exit_code -1: the worker is not exiting over it */
+  bt_control_send_error(w->ctl, r->rc, -1, text);
+}
+
+static int fill_tensor(void *arg, size_t i, float *dst) {
+  pipe_t *w = arg;
+  bt_faults_fill(&w->faults, i, w->ndesc);
+  return bt_stage_tensor_get(w->st, i, dst);
+}
+
+/* Describes the stage's tensors for the checkpoint module and makes the
+ * writer. Nothing to do without a checkpoint directory. */
+static int ckpt_setup(pipe_t *w) {
+  if (!w->env->ckpt_dir[0]) return 0;
+  w->ndesc = bt_stage_tensor_count(w->st);
+  w->desc = calloc(w->ndesc ? w->ndesc : 1, sizeof *w->desc);
+  w->model_text = config_text(w->cfg, BT_CONFIG_MODEL);
+  w->run_text = config_text(w->cfg, BT_CONFIG_RUN);
+  if (!w->desc || !w->model_text || !w->run_text) return -ENOMEM;
+  for (size_t i = 0; i < w->ndesc; i++) {
+    bt_stage_tensor_t t;
+    bt_ckpt_tensor_t *d = &w->desc[i];
+    int rc = bt_stage_tensor(w->st, i, &t);
+    if (rc) return rc;
+    d->layer = (uint32_t)t.layer;
+    d->index = (uint32_t)t.index;
+    snprintf(d->name, sizeof d->name, "%s", t.name);
+    /* bt_tensor_kind_t and bt_ckpt_kind_t number param, m, v alike. */
+    d->kind = t.kind;
+    d->ndim = t.ndim;
+    for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
+  }
+  int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, NULL, ckpt_done, w);
+  if (rc < 0) {
+    errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
+    return rc;
+  }
+  /* Fault in the snapshot now, so the first save costs training a memcpy. */
+  if ((rc = bt_ckpt_writer_reserve(w->writer, w->desc, w->ndesc, CKPT_TIMEOUT_MS)) < 0)
+    errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
+  return rc;
+}
+
+/* Loads this stage's layers (any split: the checkpoint module reads them
+ * from whichever shards hold them), the AdamW state and the step counter
+ * from ROOT/step-S. The supervisor chose S after verifying it. */
+static int ckpt_restore(pipe_t *w, int64_t step) {
+  char dir[4096];
+  bt_ckpt_step_t cs;
+  memset(&cs, 0, sizeof cs);
+  float *host = NULL;
+  bt_ckpt_tensor_t *want = NULL;
+  bt_config_t *theirs = calloc(1, sizeof *theirs);
+  int rc, opened = 0;
+  if (!theirs) return -ENOMEM;
+  if (!w->writer) {
+    errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
+    rc = BT_EARG;
+    goto out;
+  }
+  if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) goto out;
+  if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
+    errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
+    goto out;
+  }
+  opened = 1;
+  /* The model first: another model must be named by the setting that
+   * differs, not fail later on a tensor shape. */
+  char why[1024] = "";
+  if (bt_config_from_text(theirs, cs.man.meta.model_config ? cs.man.meta.model_config : "", why, sizeof why)) {
+    errf(w->err, sizeof w->err, "%s: unreadable model configuration: %s", dir, why);
+    rc = BT_ECORRUPT;
+    goto out;
+  }
+  if (bt_config_model_diff(&theirs->model, &w->cfg->model, why, sizeof why)) {
+    errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
+    rc = BT_ECONFIG;
+    goto out;
+  }
+  if (cs.man.meta.step != step || cs.man.meta.adam_t != step) {
+    errf(w->err, sizeof w->err, "%s: step %lld, optimizer step %lld, expected %lld", dir,
+         (long long)cs.man.meta.step, (long long)cs.man.meta.adam_t, (long long)step);
+    rc = BT_ECORRUPT;
+    goto out;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < w->ndesc; i++) total += bt_ckpt_numel(&w->desc[i]);
+  host = malloc((total ? total : 1) * sizeof *host);
+  want = malloc((w->ndesc ? w->ndesc : 1) * sizeof *want);
+  if (!host || !want) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  size_t off = 0;
+  for (size_t i = 0; i < w->ndesc; i++) {
+    want[i] = w->desc[i];
+    want[i].data = host + off;
+    off += bt_ckpt_numel(&w->desc[i]);
+  }
+  if ((rc = bt_ckpt_step_load(&cs, want, w->ndesc)) < 0) {
+    errf(w->err, sizeof w->err, "loading %s: %s", dir, bt_strerror(rc));
+    goto out;
+  }
+  for (size_t i = 0; i < w->ndesc && rc == 0; i++) rc = bt_stage_tensor_set(w->st, i, want[i].data);
+  if (rc < 0) goto out;
+  bt_stage_set_opt_step(w->st, step);
+  bt_info("restored step %lld from %s", (long long)step, dir);
+out:
+  if (opened) bt_ckpt_step_close(&cs);
+  free(want);
+  free(host);
+  free(theirs);
+  return rc;
+}
+
+/* Queues the shard of `step`; training waits for the snapshot copy only.
+ * Non-finite parameters are fatal (a restart would replay the same bits);
+ * any other failure is reported with ERROR and training goes on. */
+static int ckpt_save(pipe_t *w, int64_t step) {
+  size_t bad = 0;
+  int rc = bt_stage_count_nonfinite(w->st, &bad);
+  if (rc < 0) return rc;
+  if (bad) {
+    errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
+    return BT_ENONFINITE;
+  }
+  bt_ckpt_meta_t meta = {
+      .step = step,
+      .stage = (uint32_t)w->me,
+      .stages = (uint32_t)w->p,
+      .chunks = (uint32_t)w->v,
+      .layer_count = (uint32_t)bt_model_layer_count(&w->cfg->model),
+      .seed = (uint64_t)w->cfg->model.seed,
+      .adam_t = bt_stage_opt_step(w->st),
+      .model_config = w->model_text,
+      .run_settings = w->run_text,
+  };
+  /* Phase CKPT: the supervisor counts a worker copying its snapshot (or
+   * waiting for the previous save) as alive though no action moves. */
+  bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_CKPT);
+  rc = bt_ckpt_save_async_fill(w->writer, &meta, w->desc, w->ndesc, fill_tensor, w, CKPT_TIMEOUT_MS);
+  if (rc < 0) {
+    char text[256];
+    snprintf(text, sizeof text, "checkpoint of step %lld not started: %s", (long long)step, bt_strerror(rc));
+    bt_warn("%s", text);
+    bt_control_send_error(w->ctl, rc, -1, text);
+  }
+  return 0;
+}
+
+/* After step `step`: the regular cadence, the last step, and CKPT_AT. A
+ * CKPT_AT for a step already behind us is answered with CKPT_LATE so the
+ * supervisor can name a later one. */
+static int ckpt_after_step(pipe_t *w, const bt_msg_start_t *start, int64_t step) {
+  if (!w->writer) return 0;
+  int save = (start->ckpt_every > 0 && step % start->ckpt_every == 0) ||
+             (start->ckpt_last && step == start->last_step);
+  int64_t at = bt_control_ckpt_step(w->ctl);
+  if (at > 0 && at != w->ckpt_handled) {
+    if (at == step) {
+      save = 1;
+      w->ckpt_handled = at;
+    } else if (at < step) {
+      bt_info("CKPT_AT %lld came after that step; last completed %lld", (long long)at, (long long)step);
+      w->ckpt_handled = at;
+      int rc = bt_control_send_ckpt_late(w->ctl, step);
+      if (rc < 0) return rc;
+    }
+  }
+  return save ? ckpt_save(w, step) : 0;
+}
+
+/* A worker never exits before its last save is durable (and reported). */
+static int ckpt_drain(pipe_t *w) {
+  if (!w->writer) return 0;
+  bt_control_progress(w->ctl, bt_stage_opt_step(w->st), (int64_t)w->nact, BT_PHASE_CKPT);
+  bt_ckpt_result_t last;
+  int rc = bt_ckpt_writer_wait(w->writer, CKPT_TIMEOUT_MS, &last);
+  if (rc == BT_ETIMEOUT) {
+    errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %d s", CKPT_TIMEOUT_MS / 1000);
+    return rc;
+  }
+  return 0;
+}
+
 int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_control_env_t *env,
                     bt_control_t *ctl) {
   pipe_t w;
@@ -384,12 +627,34 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     errf(w.err, sizeof w.err, "out of memory");
     goto done;
   }
+  char why[256] = "";
+  /* A hang outlasts the supervisor's progress timeout by far (the peer
+   * timeout is twice it) but still ends. */
+  if ((rc = bt_faults_init(&w.faults, env->faults, w.me, 4 * env->peer_timeout_ms, why, sizeof why)) < 0) {
+    errf(w.err, sizeof w.err, "BATON_INJECT_FAULTS: %s", why);
+    goto done;
+  }
   if ((rc = setup(&w, first, last)) < 0) goto done;
+  if ((rc = ckpt_setup(&w)) < 0) goto done;
   if ((rc = bt_control_send_ready(ctl, bt_tx_socket_address(w.tx))) < 0) goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the
    * deadline only keeps a wait from being endless by construction. */
   if ((rc = bt_control_wait_start(ctl, start, bt_deadline_ms(24 * 3600 * 1000))) < 0) {
     errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
+    goto done;
+  }
+  if (start->restore_step > 0) {
+    if (start->first_step != start->restore_step + 1) {
+      errf(w.err, sizeof w.err, "START: first step %lld after restoring step %lld", (long long)start->first_step,
+           (long long)start->restore_step);
+      rc = BT_EARG;
+      goto done;
+    }
+    bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_INIT);
+    if ((rc = ckpt_restore(&w, start->restore_step)) < 0) goto done;
+  } else if (start->first_step != 1) {
+    errf(w.err, sizeof w.err, "START: first step %lld without a step to restore", (long long)start->first_step);
+    rc = BT_EARG;
     goto done;
   }
   const char *addrs[BT_MAX_STAGES];
@@ -431,14 +696,17 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
       bt_msg_trace_t tr = {.stage = (uint32_t)w.me, .step = step, .n = (uint32_t)k, .ev = w.ev + off};
       if ((rc = bt_control_send_trace(ctl, &tr)) < 0) goto done;
     }
+    if ((rc = ckpt_after_step(&w, start, step)) < 0) goto done;
     int64_t stop = bt_control_stop_step(ctl);
     if (stop >= 0 && step >= stop && step < start->last_step) {
       bt_info("stopping after step %lld on the supervisor's request", (long long)step);
+      if ((rc = ckpt_drain(&w)) < 0) goto done;
       code = BT_WEXIT_STOPPED;
-      rc = 0;
       goto done;
     }
   }
+  /* SHARD_DURABLE of the last step goes before DONE. */
+  if ((rc = ckpt_drain(&w)) < 0) goto done;
   if ((rc = send_hashes(&w, start->last_step)) < 0 || (rc = bt_control_send_done(ctl, start->last_step)) < 0)
     goto done;
   code = BT_WEXIT_DONE;
@@ -452,6 +720,12 @@ done:
   /* Receives still posted point into the stage's buffers: the transport
    * goes first. */
   bt_tx_destroy(w.tx);
+  /* The writer's in-flight save reads the snapshot, not the stage; its done
+   * callback still uses the control channel, which outlives this call. */
+  bt_ckpt_writer_destroy(w.writer);
+  free(w.desc);
+  free(w.model_text);
+  free(w.run_text);
   bt_stage_destroy(w.st);
   if (w.be) bt_backend_destroy(w.be);
   bt_sched_free(&w.sched);

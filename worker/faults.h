@@ -1,0 +1,52 @@
+/* faults.h - firing injected faults inside a pipeline worker (`baton run
+ * --inject-fault`).
+ *
+ * The supervisor hands the specs (common/fault.h) to the first incarnation
+ * only, in BATON_INJECT_FAULTS; this module keeps the ones of this stage and
+ * fires each once at its (step, action): the training loop calls
+ * bt_faults_action() before every action (and once more, with the action
+ * count, before the optimizer), bt_faults_before_send() before posting a
+ * send, and bt_faults_fill() from the checkpoint snapshot's fill callback.
+ * Nothing here is compiled out: with no specs every hook is one branch.
+ *
+ * What each kind does is in common/fault.h. Not here: parsing (common/),
+ * detecting the fault (the supervisor).
+ */
+#ifndef BT_WORKER_FAULTS_H
+#define BT_WORKER_FAULTS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/fault.h"
+
+typedef struct {
+  bt_fault_t f[BT_FAULT_MAX];
+  int fired[BT_FAULT_MAX];
+  size_t n;
+  int slow_ms;          /* > 0 once a slow fault fired */
+  int hang_armed;       /* a hang fired: block before the next send */
+  int ckpt_die_armed;   /* a ckpt-die fired: die in the next snapshot */
+  int64_t hang_ms;      /* how long a hang lasts before it gives up */
+} bt_faults_t;
+
+/* Keeps the specs of `list` (may be NULL or empty) that name `stage`.
+ * BT_EARG with a one-line reason in why on a bad spec. hang_ms bounds an
+ * injected hang (every wait has a deadline): make it longer than the
+ * supervisor's progress timeout. */
+int bt_faults_init(bt_faults_t *fs, const char *list, int stage, int64_t hang_ms, char *why,
+                   size_t why_len);
+
+/* Before action `action` of `step` (action = the action count: before the
+ * optimizer). Crash, exit and freeze act here; hang, slow and ckpt-die arm.
+ * Sleeps when slow. */
+void bt_faults_action(bt_faults_t *fs, int64_t step, int64_t action);
+
+/* Before posting a send: an armed hang blocks here for hang_ms and then
+ * returns BT_ETIMEOUT; 0 otherwise. */
+int bt_faults_before_send(bt_faults_t *fs);
+
+/* From the snapshot's fill callback, tensor i of n: an armed ckpt-die kills
+ * the process halfway through the snapshot. */
+void bt_faults_fill(bt_faults_t *fs, size_t i, size_t n);
+
+#endif
