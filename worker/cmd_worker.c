@@ -8,8 +8,9 @@
  * worker ties its life to the supervisor's (bt_control_guard); then it
  * parses, opens the control channel and runs worker/pipeline.c.
  *
- * Exit codes are the BT_WEXIT_* contract of worker/control.h: 0 done,
- * 2 bad usage, 3 retryable, 4 fatal, 5 stopped, 6 supervisor gone.
+ * Exit codes are the BT_WEXIT_* contract of common/exitcodes.h: 0 done,
+ * 2 bad usage, 3 retryable, 4 fatal, 5 stopped, 6 supervisor gone,
+ * 7 non-finite parameters.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,10 +28,13 @@ static void usage(FILE *f) {
           "usage: baton worker [model and run options of `baton run`]\n\n"
           "One pipeline stage. Started by `baton run`, which sets BATON_STAGE,\n"
           "BATON_STAGES, BATON_CONTROL_FD, BATON_SUPERVISOR_PID and BATON_JOB_TOKEN;\n"
-          "not meant to be run by hand.\n\n"
+          "not meant to be run by hand. Also read: BATON_CKPT_DIR (checkpoint root),\n"
+          "BATON_PEER_TIMEOUT_MS (transport deadline), BATON_HEARTBEAT_MS,\n"
+          "BATON_RESTART_COUNT, BATON_INJECT_FAULTS (';'-separated fault specs).\n\n"
           "exit codes: 0 done, 1 internal error, 2 bad usage, 3 retryable (peer lost,\n"
-          "deadline, transport), 4 fatal (bad configuration), 5 stopped by the\n"
-          "supervisor, 6 the supervisor is gone\n");
+          "deadline, transport), 4 fatal (bad configuration, no usable checkpoint),\n"
+          "5 stopped by the supervisor, 6 the supervisor is gone, 7 non-finite\n"
+          "parameters at a checkpoint\n");
 }
 
 /* Parses --key=value / --key value flags of the shared table into cfg. */
