@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/sysinfo.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/error.h"
@@ -50,37 +51,6 @@ typedef struct {
   const char *baton, *python;
   int no_torch, no_pipeline;
 } opts_t;
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *colon = strchr(line, ':');
-    if (!colon) continue;
-    colon += 2;
-    colon[strcspn(colon, "\n")] = 0;
-    snprintf(out, len, "%s", colon);
-    break;
-  }
-  fclose(f);
-}
-
-static const char *fs_name(const char *path) {
-  struct statfs s;
-  if (statfs(path, &s) != 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x58465342: return "xfs";
-  case 0x01021994: return "tmpfs";
-  case 0x794c7630: return "overlayfs";
-  case 0x9123683E: return "btrfs";
-  case 0x6969: return "nfs";
-  default: return "other";
-  }
-}
 
 /* The first line a command prints (popen), or "" . */
 static void first_line(const char *cmd, char *out, size_t cap) {
@@ -374,7 +344,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   char cpu[256], gpu[256], tmp[] = "/tmp/bench_gpu.XXXXXX";
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
   first_line("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader -i 0 2>/dev/null",
              gpu, sizeof gpu);
   if (!gpu[0]) snprintf(gpu, sizeof gpu, "unknown (no nvidia-smi)");
@@ -383,7 +353,7 @@ int main(int argc, char **argv) {
     bt_backend_destroy(be);
     return 1;
   }
-  printf("bench_gpu: GPU %s; CPU %s; filesystem %s (%s)\n", gpu, cpu, fs_name(tmp), tmp);
+  printf("bench_gpu: GPU %s; CPU %s; filesystem %s (%s)\n", gpu, cpu, bt_sys_fs_name(tmp), tmp);
   printf("model D=%d L=%d T=%d M=%d, fp32; %d timed steps after %d untimed\n\n", o.dim, o.layers,
          o.mb_tokens, o.microbatches, o.steps, SKIP_STEPS);
   fflush(stdout);
@@ -438,7 +408,7 @@ int main(int argc, char **argv) {
   bt_json_kstr(&j, "bench", "gpu");
   bt_json_kstr(&j, "gpu", gpu);
   bt_json_kstr(&j, "cpu", cpu);
-  bt_json_kstr(&j, "filesystem", fs_name(tmp));
+  bt_json_kstr(&j, "filesystem", bt_sys_fs_name(tmp));
   bt_json_kint(&j, "dim", o.dim);
   bt_json_kint(&j, "layers", o.layers);
   bt_json_kint(&j, "mb_tokens", o.mb_tokens);

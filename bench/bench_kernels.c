@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/sysinfo.h"
 #include "common/error.h"
 #include "common/json.h"
 #include "common/parse.h"
@@ -42,41 +43,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *c = strchr(line, ':');
-    if (!c) break;
-    c++;
-    while (*c == ' ') c++;
-    c[strcspn(c, "\n")] = '\0';
-    snprintf(out, len, "%s", c);
-    break;
-  }
-  fclose(f);
-}
-
-/* The filesystem of the working directory, by statfs magic. */
-static const char *fs_name(void) {
-  struct statfs s;
-  if (statfs(".", &s) != 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x58465342: return "xfs";
-  case 0x9123683E: return "btrfs";
-  case 0x794C7630: return "overlayfs";
-  case 0x01021994: return "tmpfs";
-  case 0x6969: return "nfs";
-  case 0x0BD00BD0: return "lustre";
-  case 0x65735546: return "fuse";
-  default: return "other";
-  }
 }
 
 typedef struct {
@@ -355,8 +321,8 @@ int main(int argc, char **argv) {
   }
 
   char cpu_name[256], why[512] = "";
-  cpu_model(cpu_name, sizeof cpu_name);
-  printf("bench_kernels: CPU %s, filesystem %s, OpenBLAS one thread\n", cpu_name, fs_name());
+  bt_sys_cpu_model(cpu_name, sizeof cpu_name);
+  printf("bench_kernels: CPU %s, filesystem %s, OpenBLAS one thread\n", cpu_name, bt_sys_fs_name("."));
 
   /* The library sits in the build root, one level above BUILD/bench. */
   char exe[4096];
@@ -403,7 +369,7 @@ int main(int argc, char **argv) {
   bt_json_obj_begin(&j);
   bt_json_kstr(&j, "bench", "kernels");
   bt_json_kstr(&j, "cpu", cpu_name);
-  bt_json_kstr(&j, "filesystem", fs_name());
+  bt_json_kstr(&j, "filesystem", bt_sys_fs_name("."));
   bt_json_kint(&j, "tokens", N);
   json_results(&j, "cpu_vs_cblas", N, &rcpu);
   if (have_gpu)

@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/sysinfo.h"
 #include "common/json.h"
 #include "common/parse.h"
 #include "schedules/schedule.h"
@@ -45,38 +46,6 @@ typedef struct {
   int64_t steps;
   int layers, dim, mb_tokens, microbatches;
 } opts_t;
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *c = strchr(line, ':');
-    if (!c) break;
-    c++;
-    while (*c == ' ') c++;
-    c[strcspn(c, "\n")] = 0;
-    snprintf(out, len, "%s", c);
-    break;
-  }
-  fclose(f);
-}
-
-static const char *fs_name(const char *path) {
-  struct statfs s;
-  if (statfs(path, &s) < 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x01021994: return "tmpfs";
-  case 0x794c7630: return "overlayfs";
-  case 0x58465342: return "xfs";
-  case 0x9123683E: return "btrfs";
-  case 0x6969: return "nfs";
-  default: return "other";
-  }
-}
 
 /* Runs argv with stdout and stderr into log; returns the exit status. */
 static int run(char *const argv[], const char *log) {
@@ -233,7 +202,7 @@ int main(int argc, char **argv) {
   }
   char cpu[256], steps[32], layers[16], dim[16], tokens[16], mbs[16], log[PATH_MAX], metrics[PATH_MAX],
       trace[PATH_MAX];
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
   snprintf(steps, sizeof steps, "%lld", (long long)o.steps);
   snprintf(layers, sizeof layers, "%d", o.layers);
   snprintf(dim, sizeof dim, "%d", o.dim);
@@ -277,7 +246,7 @@ int main(int argc, char **argv) {
 
   printf("bench_run: baton run --stages 2 vs baton train; L=%d D=%d T=%d M=%d, %lld steps (medians of steps 2..)\n",
          o.layers, o.dim, o.mb_tokens, o.microbatches, (long long)o.steps);
-  printf("cpu: %s; %ld cores online; scratch filesystem: %s\n", cpu, sysconf(_SC_NPROCESSORS_ONLN), fs_name(dir));
+  printf("cpu: %s; %ld cores online; scratch filesystem: %s\n", cpu, sysconf(_SC_NPROCESSORS_ONLN), bt_sys_fs_name(dir));
   printf("baton train: %.0f tokens/s\n\n", train_tps);
   printf("%-12s %3s %12s %8s %10s %10s %9s %8s %8s\n", "schedule", "V", "tokens/s", "speedup", "step s",
          "sim s", "step/sim", "bubble", "sim");
@@ -297,7 +266,7 @@ int main(int argc, char **argv) {
   bt_json_kstr(&j, "bench", "run");
   bt_json_kstr(&j, "cpu", cpu);
   bt_json_kint(&j, "cores", sysconf(_SC_NPROCESSORS_ONLN));
-  bt_json_kstr(&j, "fs", fs_name(dir));
+  bt_json_kstr(&j, "fs", bt_sys_fs_name(dir));
   bt_json_knum(&j, "train_tokens_per_s", train_tps);
   bt_json_key(&j, "runs");
   bt_json_arr_begin(&j);

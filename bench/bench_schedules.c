@@ -14,26 +14,10 @@
 #include <sys/vfs.h>
 #include <time.h>
 
+#include "common/sysinfo.h"
 #include "common/json.h"
 #include "schedules/schedule.h"
 #include "schedules/sim.h"
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *v = strchr(line, ':');
-    if (!v) break;
-    v += 1 + (v[1] == ' ');
-    v[strcspn(v, "\n")] = 0;
-    snprintf(out, len, "%s", v);
-    break;
-  }
-  fclose(f);
-}
 
 static void fs_type(char *out, size_t len) {
   struct statfs st;
@@ -124,7 +108,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   char cpu[256], fs[64];
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
   fs_type(fs, sizeof fs);
   printf("bench_schedules: cpu %s, filesystem %s (cwd)\n\n", cpu, fs);
 

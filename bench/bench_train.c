@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/vfs.h>
 
+#include "common/sysinfo.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/json.h"
@@ -27,37 +28,6 @@
 #include "worker/stage.h"
 
 #define REPS 3
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *colon = strchr(line, ':');
-    if (!colon) continue;
-    colon += 2;
-    colon[strcspn(colon, "\n")] = 0;
-    snprintf(out, len, "%s", colon);
-    break;
-  }
-  fclose(f);
-}
-
-static const char *fs_name(const char *path) {
-  struct statfs s;
-  if (statfs(path, &s) != 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x58465342: return "xfs";
-  case 0x01021994: return "tmpfs";
-  case 0x794c7630: return "overlayfs";
-  case 0x9123683E: return "btrfs";
-  case 0x6969: return "nfs";
-  default: return "other";
-  }
-}
 
 /* Flops of the matrix products alone, per micro-batch (2*m*n*k each). */
 static double matmul_flops(const bt_model_config_t *m) {
@@ -191,8 +161,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   char cpu[256];
-  cpu_model(cpu, sizeof cpu);
-  const char *fs = fs_name(".");
+  bt_sys_cpu_model(cpu, sizeof cpu);
+  const char *fs = bt_sys_fs_name(".");
   bt_config_t def;
   bt_config_defaults(&def);
   int dims[2] = {def.model.dim, 256};

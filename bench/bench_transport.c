@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/sysinfo.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/json.h"
@@ -50,40 +51,6 @@ typedef struct {
   int64_t mb;
   int rounds;
 } opts_t;
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    if (strncmp(line, "model name", 10)) continue;
-    char *c = strchr(line, ':');
-    if (!c) break;
-    c++;
-    while (*c == ' ') c++;
-    c[strcspn(c, "\n")] = '\0';
-    snprintf(out, len, "%s", c);
-    break;
-  }
-  fclose(f);
-}
-
-/* The filesystem of the working directory, by statfs magic. Loopback TCP
- * never touches it; it is printed because every benchmark says where it ran. */
-static const char *fs_name(void) {
-  struct statfs s;
-  if (statfs(".", &s) != 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x58465342: return "xfs";
-  case 0x9123683E: return "btrfs";
-  case 0x794C7630: return "overlayfs";
-  case 0x01021994: return "tmpfs";
-  case 0x6969: return "nfs";
-  default: return "other";
-  }
-}
 
 static void die(const char *what, int rc) {
   fprintf(stderr, "bench_transport: %s: %s\n", what, bt_strerror(rc));
@@ -373,10 +340,10 @@ int main(int argc, char **argv) {
   }
 
   char cpu[256];
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
   printf("transport: socket transport vs raw blocking sockets, two processes on one host; best of %d rounds\n",
          o.rounds);
-  printf("cpu: %s; filesystem: %s (not used)\n", cpu, fs_name());
+  printf("cpu: %s; filesystem: %s (not used)\n", cpu, bt_sys_fs_name("."));
   printf("latency, microseconds (half a round trip)\n");
   printf("%10s %9s %9s %7s %9s %9s %7s %11s\n", "bytes", "raw_tcp", "baton_tcp", "x", "raw_unix",
          "baton_unx", "x", "unix/tcp");
@@ -400,7 +367,7 @@ int main(int argc, char **argv) {
   bt_json_obj_begin(&j);
   bt_json_kstr(&j, "bench", "transport");
   bt_json_kstr(&j, "cpu", cpu);
-  bt_json_kstr(&j, "filesystem", fs_name());
+  bt_json_kstr(&j, "filesystem", bt_sys_fs_name("."));
   bt_json_kstr(&j, "baseline", "raw blocking sockets of the same kind: TCP loopback with TCP_NODELAY, Unix socketpair");
   bt_json_kint(&j, "rounds", o.rounds);
   bt_json_kint(&j, "stream_mb", o.mb);
