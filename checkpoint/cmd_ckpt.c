@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +22,10 @@
 #include <unistd.h>
 
 #include "checkpoint/internal.h"
+#include "common/clock.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/parse.h"
 #include "launcher/commands.h"
 
 enum { EXIT_SOUND = 0, EXIT_PROBLEM = 1, EXIT_USAGE = 2 };
@@ -832,17 +835,47 @@ static int run_sub(size_t s, const char **pos) {
   }
 }
 
+/* Bytes of the regular files at path, one or two directory levels down
+ * (a shard, a step, or a root's steps): what the command may have to read. */
+static uint64_t input_bytes(const char *path, int depth) {
+  struct stat st;
+  if (stat(path, &st) < 0) return 0;
+  if (S_ISREG(st.st_mode)) return (uint64_t)st.st_size;
+  if (!S_ISDIR(st.st_mode) || depth == 0) return 0;
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  uint64_t total = 0;
+  struct dirent *e;
+  char p[PATH_MAX];
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    if (snprintf(p, sizeof p, "%s/%s", path, e->d_name) >= (int)sizeof p) continue;
+    total += input_bytes(p, depth - 1);
+  }
+  closedir(d);
+  return total;
+}
+
 /* HDF5 is not hardened against damaged files: a flipped bit in an object
  * header of a lone shard (which has no manifest CRC to check first) can
- * make it copy past a buffer and crash. The command therefore runs in a
- * child process, and a child killed by a signal is reported as what it
- * is, a file too damaged to read (exit 1), never as a crash of ours. */
+ * make it copy past a buffer and crash, or loop. The command therefore
+ * runs in a child process: a child killed by a signal is reported as what
+ * it is, a file too damaged to read (exit 1), never as a crash of ours;
+ * one still running past a generous deadline (2 minutes plus 20 MB/s of
+ * input, far below any disk; BATON_CKPT_TIMEOUT_S overrides it) is killed
+ * and reported the same way. */
 static int run_isolated(size_t s, const char **pos) {
+  uint64_t bytes = input_bytes(pos[0], 2) + (pos[1] ? input_bytes(pos[1], 2) : 0);
+  int64_t limit_ms = 120000 + (int64_t)(bytes / 20000);
+  const char *env = getenv("BATON_CKPT_TIMEOUT_S");
+  int64_t secs;
+  if (env && bt_parse_i64(env, 1, INT64_MAX / 1000, &secs) == 0) limit_ms = secs * 1000;
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
   if (pid < 0) return run_sub(s, pos); /* no process to spare: run here */
   if (pid == 0) {
+    bt_ckpt_test_stop("tool", -1); /* stands in for a read that never ends */
     int code = run_sub(s, pos);
     fflush(stdout);
     fflush(stderr);
@@ -850,13 +883,24 @@ static int run_isolated(size_t s, const char **pos) {
      * has nothing left to do in a child about to vanish. */
     _exit(code);
   }
-  int status = 0;
+  uint64_t deadline = bt_deadline_ms(limit_ms);
+  int status = 0, waited_ms = 1;
   pid_t r;
-  /* No deadline: the child's work is bounded by the size of the files
-   * (the plausibility checks cut off what HDF5 would loop on), and a
-   * signal to the parent reaches the child through the same terminal. */
-  do r = waitpid(pid, &status, 0);
-  while (r < 0 && errno == EINTR);
+  for (;;) {
+    do r = waitpid(pid, &status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r != 0) break;
+    if (bt_ms_left(deadline) == 0) {
+      kill(pid, SIGKILL);
+      do r = waitpid(pid, &status, 0);
+      while (r < 0 && errno == EINTR);
+      printf("%s%s%s: gave up after %lld s: the HDF5 library made no end of reading it\n",
+             pos[0], pos[1] ? " or " : "", pos[1] ? pos[1] : "", (long long)(limit_ms / 1000));
+      return EXIT_PROBLEM;
+    }
+    bt_sleep_ms(waited_ms);
+    if (waited_ms < 50) waited_ms *= 2; /* quick commands answer quickly */
+  }
   if (r < 0) return EXIT_PROBLEM;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   printf("%s%s%s: too damaged to read: the HDF5 library crashed on it (signal %d)\n", pos[0],

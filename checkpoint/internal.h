@@ -74,7 +74,8 @@ int bt_parse_step_name(const char *name, int64_t *step, int *tmp);
  * shard-tmp (shard written, before its rename), shard-renamed (after it,
  * before the report), manifest-partial (half the manifest temp written),
  * manifest-renamed (before the directory rename), dir-renamed (before
- * `latest` moves). `stage` filters shard phases by stage. */
+ * `latest` moves), tool (`baton ckpt`'s worker process, before it reads
+ * anything). `stage` filters shard phases by stage. */
 void bt_ckpt_test_stop(const char *phase, int stage);
 
 /* ---- shard internals ---- */

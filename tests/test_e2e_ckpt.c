@@ -465,3 +465,17 @@ Test(ckpt_cli, random_damage_never_crashes_or_hangs, .init = setup, .fini = tear
     }
   }
 }
+
+/* A read that never ends (the test hook stops the tool's worker process)
+ * is cut off at the deadline: exit 1 with one line, never a hang. */
+Test(ckpt_cli, a_stuck_read_is_cut_off_at_the_deadline, .init = setup, .fini = teardown) {
+  make_three();
+  setenv("BATON_CKPT_TEST_STOP", "tool", 1);
+  setenv("BATON_CKPT_TIMEOUT_S", "1", 1);
+  int code = ckpt(fmt("verify '%s/a'", dir));
+  unsetenv("BATON_CKPT_TEST_STOP");
+  unsetenv("BATON_CKPT_TIMEOUT_S");
+  cr_assert_eq(code, 1, "%s%s", out, err);
+  cr_assert(strstr(out, "gave up after 1 s"), "%s", out);
+  cr_assert_eq(count_lines(out), 1, "%s", out);
+}
