@@ -320,7 +320,10 @@ static const char *usage_text =
     "a damaged shard is reported, not parsed.\n"
     "\n"
     "exit codes: 0 sound, 1 a problem inside a checkpoint, 2 bad arguments or a\n"
-    "path that is not a checkpoint\n";
+    "path that is not a checkpoint\n"
+    "\n"
+    "environment: BATON_CKPT_TIMEOUT_S gives up on a read after this many seconds\n"
+    "(default 120 plus 1 per 20 MB of input): HDF5 can loop on a damaged file.\n";
 
 static const struct {
   const char *name, *args, *help;
