@@ -1,0 +1,234 @@
+/* test_e2e_faults.c - every injected fault kind on an interleaved pipeline
+ * (`baton run --inject-fault`) is survived bit-identically: the faulty run
+ * ends with exactly the parameter hash of `baton train` with the same model
+ * flags, computed in the same test (never a stored hash). Then a seeded
+ * random campaign: BATON_FAULT_ROUNDS rounds (default 3) of one random
+ * fault (kind, stage, step, action) each; BATON_FAULT_SEED picks the seed
+ * (default 1; the failing round prints its spec and seed).
+ *
+ * Every run uses short timeouts (--heartbeat-timeout 1 --progress-timeout 2)
+ * and a small model, so a fault costs a couple of seconds.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/fault.h"
+#include "common/parse.h"
+#include "tests/support/proc.h"
+
+#define STEPS 24
+#define STEPS_S "24"
+/* Per run: a fault costs detection (<= 2 s, 6 s before the first step),
+ * a stop and a restart; a clean run of this model takes well under 1 s. */
+#define RUN_TIMEOUT_MS 90000
+
+static char dir[256];
+static char out_path[300], err_path[300], events_path[300], ckpt_path[300];
+
+static void setup(void) {
+  bt_proc_init();
+  snprintf(dir, sizeof dir, "/tmp/bt_e2e_faults_XXXXXX");
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(out_path, sizeof out_path, "%s/out", dir);
+  snprintf(err_path, sizeof err_path, "%s/err", dir);
+  snprintf(events_path, sizeof events_path, "%s/events.jsonl", dir);
+  snprintf(ckpt_path, sizeof ckpt_path, "%s/ck", dir);
+}
+
+static void teardown(void) {
+  bt_proc_cleanup();
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+}
+
+TestSuite(faults, .init = setup, .fini = teardown, .timeout = 300);
+
+static const char *env_or_skip(const char *name) {
+  const char *v = getenv(name);
+  if (!v) cr_skip_test("%s is not set (run through ctest)", name);
+  return v;
+}
+
+/* The model of every run here: small, 2 chunks per stage possible. */
+static const char *const model[] = {"--layers", "4", "--dim", "32", "--mb-tokens", "32", "--steps", STEPS_S, NULL};
+
+/* Runs argv (NULL-terminated) to the end with fresh out/err files; returns
+ * the exit code. Dying of a signal or running past the limit fails. */
+static int run_argv(char **argv, int timeout_ms) {
+  unlink(out_path);
+  unlink(err_path);
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_gt(pid, 0, "spawn failed: %s", strerror(-pid));
+  int st = 0;
+  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
+    /* copied out first: a failed assertion leaves the function for good */
+    static char msg[16384];
+    char *err = bt_proc_slurp(err_path);
+    snprintf(msg, sizeof msg, "%s", err ? err : "");
+    free(err);
+    cr_assert_fail("%s %s did not end within %d ms; stderr:\n%s", argv[0], argv[1], timeout_ms, msg);
+  }
+  cr_assert(WIFEXITED(st), "%s %s died of signal %d", argv[0], argv[1], WTERMSIG(st));
+  return WEXITSTATUS(st);
+}
+
+/* The `hash <32 hex>` line of out_path into hex; fails the test without. */
+static void read_hash(char hex[33]) {
+  char *out = bt_proc_slurp(out_path);
+  cr_assert_not_null(out);
+  char *p = NULL;
+  for (char *q = strstr(out, "hash "); q; q = strstr(q + 1, "hash "))
+    if (q == out || q[-1] == '\n') p = q;
+  static char msg[8192];
+  snprintf(msg, sizeof msg, "%s", out);
+  cr_assert_not_null(p, "no hash line in the output:\n%s", msg);
+  memcpy(hex, p + 5, 32);
+  hex[32] = 0;
+  free(out);
+  cr_assert_eq(strspn(hex, "0123456789abcdef"), 32, "bad hash '%s'", hex);
+}
+
+/* `baton train` of the same model: the reference every faulty run must hit. */
+static void clean_hash(char hex[33]) {
+  char *argv[32] = {(char *)env_or_skip("BATON_BIN"), "train", "--hash"};
+  int k = 3;
+  for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
+  argv[k] = NULL;
+  cr_assert_eq(run_argv(argv, 60000), 0, "baton train failed");
+  read_hash(hex);
+}
+
+/* `baton run` of the model on `stages` x `chunks` with checkpoints every 5
+ * steps and the given fault specs (NULL-terminated, may be empty). */
+static int run_faulty(int stages, int chunks, const char *const *specs) {
+  static char sstages[16], schunks[16];
+  snprintf(sstages, sizeof sstages, "%d", stages);
+  snprintf(schunks, sizeof schunks, "%d", chunks);
+  char *argv[64] = {(char *)env_or_skip("BATON_BIN"), "run", "--stages", sstages, "--chunks", schunks};
+  int k = 6;
+  for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
+  const char *sup[] = {"--ckpt-dir", ckpt_path, "--ckpt-every", "5", "--heartbeat-timeout", "1",
+                       "--progress-timeout", "2", "--grace", "1", "--events", events_path,
+                       "--hash", "--no-progress", NULL};
+  for (int i = 0; sup[i]; i++) argv[k++] = (char *)sup[i];
+  for (int i = 0; specs && specs[i] && k < 60; i++) {
+    argv[k++] = "--inject-fault";
+    argv[k++] = (char *)specs[i];
+  }
+  argv[k] = NULL;
+  return run_argv(argv, RUN_TIMEOUT_MS);
+}
+
+static int file_has(const char *path, const char *needle) {
+  char *s = bt_proc_slurp(path);
+  int yes = s && strstr(s, needle) != NULL;
+  free(s);
+  return yes;
+}
+
+/* One fault on `stages` x 2 chunks: exit 0, the clean hash, and proof that
+ * the fault fired (the worker's announcement on stderr) and, for a kind
+ * that kills or stops a stage, that the supervisor saw a failure. */
+static void survives(int stages, const char *spec) {
+  char want[33], got[33];
+  clean_hash(want);
+  const char *specs[] = {spec, NULL};
+  int code = run_faulty(stages, 2, specs);
+  static char msg[16384];
+  char *err = bt_proc_slurp(err_path);
+  snprintf(msg, sizeof msg, "%s", err ? err : "");
+  free(err);
+  cr_assert_eq(code, 0, "%s: baton run exited %d; stderr:\n%s", spec, code, msg);
+  cr_assert(strstr(msg, "injected fault"), "%s never fired; stderr:\n%s", spec, msg);
+  bt_fault_t f;
+  cr_assert_eq(bt_fault_parse(spec, &f, NULL, 0), 0);
+  if (f.kind != BT_FAULT_SLOW)
+    cr_assert(file_has(events_path, "\"event\":\"failure\""), "%s: no failure event in %s", spec, events_path);
+  read_hash(got);
+  cr_assert_str_eq(got, want, "%s: hash %s after the fault, %s without", spec, got, want);
+}
+
+Test(faults, clean_run_matches_train) {
+  char want[33], got[33];
+  clean_hash(want);
+  cr_assert_eq(run_faulty(2, 2, NULL), 0);
+  read_hash(got);
+  cr_assert_str_eq(got, want);
+}
+
+Test(faults, crash_keeps_the_hash) { survives(2, "crash@stage=1,step=8,action=3"); }
+
+Test(faults, exit_keeps_the_hash) { survives(2, "exit@stage=0,step=12,action=5,code=1"); }
+
+Test(faults, freeze_keeps_the_hash) { survives(2, "freeze@stage=1,step=7,action=2"); }
+
+Test(faults, hang_keeps_the_hash) { survives(3, "hang@stage=0,step=9,action=1"); }
+
+Test(faults, slow_keeps_the_hash) { survives(2, "slow@stage=1,step=3,ms=5"); }
+
+Test(faults, ckpt_die_keeps_the_hash) { survives(2, "ckpt-die@stage=1,step=10"); }
+
+/* A small deterministic generator (splitmix64): the same seed gives the
+ * same faults on every machine. */
+static uint64_t next_rand(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static int64_t env_num(const char *name, int64_t dflt, int64_t lo, int64_t hi) {
+  const char *v = getenv(name);
+  int64_t x;
+  if (!v) return dflt;
+  cr_assert_eq(bt_parse_i64(v, lo, hi, &x), 0, "%s: expected a number in [%lld, %lld], got '%s'", name,
+               (long long)lo, (long long)hi, v);
+  return x;
+}
+
+Test(faults, random_campaign) {
+  int64_t rounds = env_num("BATON_FAULT_ROUNDS", 3, 0, 1000000);
+  uint64_t seed = (uint64_t)env_num("BATON_FAULT_SEED", 1, 0, INT64_MAX);
+  char want[33];
+  clean_hash(want);
+  uint64_t rs = seed;
+  /* 2 chunks x 4 micro-batches, F and B each: 16 actions per stage and step */
+  const int nact = 16;
+  for (int64_t r = 0; r < rounds; r++) {
+    int stages = 2 + (int)(next_rand(&rs) % 2);
+    bt_fault_t f = {.kind = (bt_fault_kind_t)(next_rand(&rs) % BT_FAULT_NKINDS_),
+                    .stage = (int)(next_rand(&rs) % (uint64_t)stages),
+                    .step = 1 + (int64_t)(next_rand(&rs) % STEPS),
+                    .action = (int)(next_rand(&rs) % (nact + 1)),
+                    .code = next_rand(&rs) % 2 ? 1 : 3, /* retryable codes: 2 and 4 end the job */
+                    .ms = 1 + (int)(next_rand(&rs) % 10)};
+    char spec[BT_FAULT_SPEC_MAX];
+    bt_fault_format(&f, spec, sizeof spec);
+    fprintf(stderr, "round %lld of %lld (seed %llu): %s on %d stages\n", (long long)r + 1, (long long)rounds,
+            (unsigned long long)seed, spec, stages);
+    /* every round starts from an empty checkpoint directory */
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", ckpt_path);
+    cr_assert_eq(system(cmd), 0);
+    const char *specs[] = {spec, NULL};
+    int code = run_faulty(stages, 2, specs);
+    static char msg[16384];
+    char *err = bt_proc_slurp(err_path);
+    snprintf(msg, sizeof msg, "%s", err ? err : "");
+    free(err);
+    cr_assert_eq(code, 0, "round %lld (seed %llu) %s: exit %d; stderr:\n%s", (long long)r + 1,
+                 (unsigned long long)seed, spec, code, msg);
+    char got[33];
+    read_hash(got);
+    cr_assert_str_eq(got, want, "round %lld (seed %llu) %s: hash %s, clean %s", (long long)r + 1,
+                     (unsigned long long)seed, spec, got, want);
+  }
+}
