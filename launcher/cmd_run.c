@@ -1,6 +1,9 @@
-/* cmd_run.c - `baton run`: parses the command line, spawns the pipeline
- * through the supervisor (launcher/supervisor.h) and turns its result into
- * the exit code.
+/* cmd_run.c - `baton run`: parses the command line, takes the checkpoint
+ * directory's lock, picks the step to resume from, and runs the job as a
+ * series of incarnations through the supervisor (launcher/supervisor.h):
+ * after a failure the restart policy (launcher/recovery.h) says whether to
+ * respawn, on how many stages, or to give up; the last incarnation's result
+ * becomes the exit code (common/exitcodes.h).
  *
  * Not here: the process handling (supervisor.c) and the worker itself.
  */
@@ -12,12 +15,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "checkpoint/ckpt.h"
+#include "common/clock.h"
 #include "common/config.h"
 #include "common/error.h"
+#include "common/exitcodes.h"
+#include "common/fault.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/parse.h"
 #include "launcher/commands.h"
 #include "launcher/plan.h"
+#include "launcher/recovery.h"
 #include "launcher/supervisor.h"
 #include "schedules/csv.h"
 
@@ -55,18 +64,39 @@ static void usage(FILE *f) {
           "  --metrics FILE          JSON lines per step (step, loss, tokens_per_s, ...)\n"
           "  --trace FILE            Chrome trace JSON of every action on every stage\n"
           "  --events FILE           JSON lines: spawns, readiness, failures, stops, the end\n"
-          "  --ckpt-dir DIR          checkpoint directory, passed to the workers\n"
           "  --grace S               seconds between STOP and SIGKILL (default 5)\n"
-          "  --heartbeat-timeout S   kill a worker silent this long (default 10)\n"
+          "  --heartbeat-timeout S   kill a worker silent this long (default 2)\n"
           "  --progress-timeout S    kill a worker that beats but finishes no action\n"
-          "                          this long (default 60; 3x until its first step)\n"
+          "                          this long (default 5; 2x until its first step)\n"
           "  --start-timeout S       every stage ready within S (default 120)\n"
           "  --worker-cmd PROG       run PROG (no shell) instead of `baton worker`\n"
           "  --no-progress           no progress lines\n"
+          "\ncheckpoints and recovery:\n"
+          "  --ckpt-dir DIR          checkpoint here (locked); resume from its newest\n"
+          "                          committed step that verifies\n"
+          "  --ckpt-every N          also save every N steps (default: the last step only)\n"
+          "  --keep N                committed steps kept (default 2)\n"
+          "  --keep-every K          also keep every step divisible by K\n"
+          "  --ckpt-compress N       deflate level 0..9 of the shards (default 0)\n"
+          "  --resume auto|never     auto (default): resume when DIR holds a checkpoint;\n"
+          "                          never: refuse a DIR that holds one\n"
+          "  --max-restarts N        restarts for the whole job (default 10; 0: none)\n"
+          "  --max-stalled-restarts N  restarts in a row without a new checkpoint\n"
+          "                          before giving up (default 3)\n"
+          "  --min-stages N          re-form on fewer stages, down to N, when a stage\n"
+          "                          fails repeatedly (default: --stages, no shrinking)\n"
+          "  --max-slot-failures N   failures that retire a stage (default 2)\n"
+          "  --backoff S             first back-off between restarts (default 0.2,\n"
+          "                          doubled each restart, at most 5)\n"
+          "  --inject-fault SPEC     KIND@stage=S,step=N[,action=J][,code=X][,ms=M]\n"
+          "                          (crash, exit, freeze, hang, slow, ckpt-die);\n"
+          "                          repeatable; first incarnation only\n"
           "\n"
-          "Exit codes: 0 done, 1 a worker failed (the message names the stage),\n"
-          "2 bad usage (nothing started), 128+N stopped by signal N (130 SIGINT,\n"
-          "143 SIGTERM, 138 SIGUSR1).\n",
+          "Exit codes: 0 done (or already done), 1 a worker failed and no restart was\n"
+          "allowed (the message names the stage), 2 bad usage (nothing started),\n"
+          "75 preempted (checkpoint committed: run again to resume), 76 restart\n"
+          "budget spent, 77 restarts made no progress, 78 non-finite parameters,\n"
+          "79 fewer stages left than --min-stages, 128+N killed by a second signal N.\n",
           BT_MAX_STAGES, flag_default("steps"));
 }
 
@@ -80,9 +110,22 @@ static int parse_seconds(const char *flag, const char *v, double lo, double *out
 
 /* Everything `baton run` decided: the configuration, the worker command
  * line and the environment of each stage. */
+#define MAX_MODEL_FLAGS 64
+
 typedef struct {
   bt_config_t cfg;
   bt_sup_opts_t o;
+  bt_recovery_opts_t ro;
+  int64_t ckpt_every;
+  int keep;
+  int64_t keep_every;
+  int compress;
+  int resume_never;
+  const char *faults[BT_FAULT_MAX];
+  int nfaults;
+  char model_flag[MAX_MODEL_FLAGS][64];       /* model flags given, to check against a checkpoint */
+  const char *model_value[MAX_MODEL_FLAGS];
+  int nmodel_flags;
   const char *worker_cmd;
   char **fwd;
   int nfwd;
@@ -96,6 +139,8 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
   char err[512];
   bt_config_defaults(&a->cfg);
   bt_sup_opts_default(&a->o);
+  bt_recovery_opts_default(&a->ro);
+  a->keep = 2;
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i], *v = NULL;
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return 1;
@@ -126,7 +171,12 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     int known = bt_config_has_flag(BT_CONFIG_ALL, name) || !strcmp(name, "--metrics") ||
                 !strcmp(name, "--trace") || !strcmp(name, "--events") || !strcmp(name, "--ckpt-dir") || !strcmp(name, "--worker-cmd") ||
                 !strcmp(name, "--grace") || !strcmp(name, "--heartbeat-timeout") ||
-                !strcmp(name, "--progress-timeout") || !strcmp(name, "--start-timeout");
+                !strcmp(name, "--progress-timeout") || !strcmp(name, "--start-timeout") ||
+                !strcmp(name, "--ckpt-every") || !strcmp(name, "--keep") || !strcmp(name, "--keep-every") ||
+                !strcmp(name, "--ckpt-compress") || !strcmp(name, "--resume") ||
+                !strcmp(name, "--max-restarts") || !strcmp(name, "--max-stalled-restarts") ||
+                !strcmp(name, "--min-stages") || !strcmp(name, "--max-slot-failures") ||
+                !strcmp(name, "--backoff") || !strcmp(name, "--inject-fault");
     if (!known) {
       fprintf(stderr, "baton run: unknown option '%s' (try `baton run --help`)\n", name);
       return 2;
@@ -150,6 +200,46 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       if (parse_seconds(name, v, 0.05, &a->o.progress_timeout_s) < 0) return 2;
     } else if (!strcmp(name, "--start-timeout")) {
       if (parse_seconds(name, v, 0.05, &a->o.start_timeout_s) < 0) return 2;
+    } else if (!strcmp(name, "--backoff")) {
+      if (parse_seconds(name, v, 0, &a->ro.backoff_s) < 0) return 2;
+    } else if (!strcmp(name, "--ckpt-every") || !strcmp(name, "--keep-every")) {
+      if (bt_parse_i64(v, 1, INT64_MAX, !strcmp(name, "--keep-every") ? &a->keep_every : &a->ckpt_every)) {
+        fprintf(stderr, "baton run: %s: expected a whole number >= 1, got '%s'\n", name, v);
+        return 2;
+      }
+    } else if (!strcmp(name, "--keep") || !strcmp(name, "--ckpt-compress") || !strcmp(name, "--max-restarts") ||
+               !strcmp(name, "--max-stalled-restarts") || !strcmp(name, "--min-stages") ||
+               !strcmp(name, "--max-slot-failures")) {
+      int lo = !strcmp(name, "--ckpt-compress") || !strcmp(name, "--max-restarts") ? 0 : 1;
+      int hi = !strcmp(name, "--ckpt-compress") ? 9 : !strcmp(name, "--min-stages") ? BT_MAX_STAGES : 1000000;
+      int *dst = !strcmp(name, "--keep")                   ? &a->keep
+                 : !strcmp(name, "--ckpt-compress")        ? &a->compress
+                 : !strcmp(name, "--max-restarts")         ? &a->ro.max_restarts
+                 : !strcmp(name, "--max-stalled-restarts") ? &a->ro.max_stalled
+                 : !strcmp(name, "--min-stages")           ? &a->ro.min_stages
+                                                           : &a->ro.max_slot_failures;
+      if (bt_parse_int(v, lo, hi, dst)) {
+        fprintf(stderr, "baton run: %s: expected a whole number in [%d, %d], got '%s'\n", name, lo, hi, v);
+        return 2;
+      }
+    } else if (!strcmp(name, "--resume")) {
+      if (strcmp(v, "auto") && strcmp(v, "never")) {
+        fprintf(stderr, "baton run: --resume: expected auto or never, got '%s'\n", v);
+        return 2;
+      }
+      a->resume_never = !strcmp(v, "never");
+    } else if (!strcmp(name, "--inject-fault")) {
+      bt_fault_t f;
+      char why[256] = "";
+      if (bt_fault_parse(v, &f, why, sizeof why) < 0) {
+        fprintf(stderr, "baton run: --inject-fault %s: %s\n", v, why);
+        return 2;
+      }
+      if (a->nfaults == BT_FAULT_MAX) {
+        fprintf(stderr, "baton run: --inject-fault: at most %d faults\n", BT_FAULT_MAX);
+        return 2;
+      }
+      a->faults[a->nfaults++] = v;
     } else if (!strcmp(name, "--schedule") && !bt_plan_is_builder(v)) {
       /* A CSV path does not fit the configuration's schedule name: the
        * configuration says "csv", the path travels on its own. */
@@ -160,6 +250,11 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       if (bt_config_flag(&a->cfg, BT_CONFIG_ALL, name, v, err, sizeof err) < 0) {
         fprintf(stderr, "baton run: %s\n", err);
         return 2;
+      }
+      if (bt_config_has_flag(BT_CONFIG_MODEL, name) && a->nmodel_flags < MAX_MODEL_FLAGS) {
+        snprintf(a->model_flag[a->nmodel_flags], sizeof a->model_flag[0], "%s", name);
+        a->model_value[a->nmodel_flags] = v;
+        a->nmodel_flags++;
       }
       a->given_schedule |= !strcmp(name, "--schedule");
       a->given_stages |= !strcmp(name, "--stages");
@@ -233,17 +328,216 @@ static int out_of_memory(void) {
   return BT_SUP_EXIT_FAILED;
 }
 
+/* One formation of the job: the plan for cfg->run.stages workers. */
+typedef struct {
+  int p, v;
+  int *first, *last;
+  char **layers;
+  char **flags;
+  int nflags;
+  char **wargv;
+  bt_schedule_t sched;
+  char exe[PATH_MAX];
+} formation_t;
+
+static void formation_free(formation_t *f) {
+  for (int i = 0; f->flags && i < f->nflags; i++) free(f->flags[i]);
+  free(f->flags);
+  for (int i = 0; f->layers && i < f->p; i++) free(f->layers[i]);
+  free(f->layers);
+  free(f->wargv);
+  free(f->first);
+  free(f->last);
+  bt_sched_free(&f->sched);
+  memset(f, 0, sizeof *f);
+}
+
+/* Plans cfg->run.stages workers: layout, schedule, each stage's layers and
+ * the worker command line. Returns 0 or an exit code (2: refused, with one
+ * line on stderr). */
+static int formation_plan(run_args_t *a, formation_t *f) {
+  bt_config_t *cfg = &a->cfg;
+  char err[1024];
+  memset(f, 0, sizeof *f);
+  int p = cfg->run.stages, v = cfg->run.chunks, nv = p * v;
+  f->p = p;
+  f->v = v;
+  f->first = calloc((size_t)nv, sizeof *f->first);
+  f->last = calloc((size_t)nv, sizeof *f->last);
+  f->layers = calloc((size_t)p, sizeof *f->layers);
+  if (!f->first || !f->last || !f->layers) return out_of_memory();
+  if (bt_plan_layout(cfg, f->first, f->last, err, sizeof err) < 0) {
+    fprintf(stderr, "baton run: %s\n", err);
+    return BT_SUP_EXIT_USAGE;
+  }
+  if (bt_plan_schedule(cfg, a->csv_arg ? a->csv_path : NULL, &f->sched, err, sizeof err) < 0) {
+    fprintf(stderr, "baton run: %s\n", err);
+    return BT_SUP_EXIT_USAGE;
+  }
+  /* The resolved layout travels as explicit counts: the worker then needs
+   * no cost model to agree with ours. */
+  size_t at = 0;
+  for (int k = 0; k < nv && at < sizeof cfg->run.layout; k++)
+    at += (size_t)snprintf(cfg->run.layout + at, sizeof cfg->run.layout - at, "%s%d", k ? "," : "",
+                           f->last[k] - f->first[k] + 1);
+  if (at >= sizeof cfg->run.layout) {
+    fprintf(stderr, "baton run: %d virtual stages: the layout does not fit the configuration's %zu bytes\n", nv,
+            sizeof cfg->run.layout);
+    return BT_SUP_EXIT_USAGE;
+  }
+  for (int s = 0; s < p; s++) {
+    char buf[1024];
+    size_t n = 0;
+    for (int c = 0; c < v && n < sizeof buf; c++)
+      n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%d-%d", c ? "," : "", f->first[c * p + s],
+                            f->last[c * p + s]);
+    if (!(f->layers[s] = strdup(buf))) return out_of_memory();
+  }
+  if (!(f->flags = worker_flags(cfg, &f->nflags))) return out_of_memory();
+  f->wargv = calloc((size_t)(f->nflags + a->nfwd) + 3, sizeof *f->wargv);
+  if (!f->wargv) return out_of_memory();
+  int k = 0;
+  if (a->worker_cmd) {
+    f->wargv[k++] = (char *)a->worker_cmd;
+  } else {
+    ssize_t n = readlink("/proc/self/exe", f->exe, sizeof f->exe - 1);
+    if (n < 0) {
+      fprintf(stderr, "baton run: cannot find the baton executable: %s\n", strerror(errno));
+      return BT_SUP_EXIT_FAILED;
+    }
+    f->exe[n] = 0;
+    f->wargv[k++] = f->exe;
+    f->wargv[k++] = "worker";
+  }
+  for (int i = 0; i < f->nflags; i++) f->wargv[k++] = f->flags[i];
+  for (int i = 0; i < a->nfwd; i++) f->wargv[k++] = a->fwd[i];
+  f->wargv[k] = NULL;
+  return 0;
+}
+
+/* The checkpoint's model against the command line: the checkpoint's
+ * configuration is adopted, and a model flag given with another value is
+ * refused naming both values. Returns 0 or an exit code. */
+static int adopt_model(run_args_t *a, const char *text, const char *root) {
+  bt_config_t theirs, mine;
+  char err[1024] = "";
+  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
+    fprintf(stderr, "baton run: --ckpt-dir %s: unreadable model configuration: %s\n", root, err);
+    return BT_SUP_EXIT_FAILED;
+  }
+  mine = theirs;
+  for (int i = 0; i < a->nmodel_flags; i++)
+    if (bt_config_model_flag(&mine, a->model_flag[i], a->model_value[i], err, sizeof err) < 0) {
+      fprintf(stderr, "baton run: %s\n", err);
+      return BT_SUP_EXIT_USAGE;
+    }
+  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
+    fprintf(stderr, "baton run: --ckpt-dir %s holds another model (checkpoint vs now: %s)\n", root, err);
+    return BT_SUP_EXIT_USAGE;
+  }
+  a->cfg.model = theirs.model;
+  return 0;
+}
+
+/* What one failure cost, for the event log and the summary. */
+typedef struct {
+  int stage, pid, restart;
+  char reason[256];
+  char tail[4096];
+  double detect_s, detect_latency_s, stopped_s, ready_s, resumed_s;
+  int64_t lost;
+} failure_t;
+
+static void job_event_failure(run_args_t *a, const char *name, const failure_t *f, int64_t restore,
+                              const bt_recovery_decision_t *d, uint32_t stages) {
+  if (!a->o.events_path) return;
+  FILE *ev = fopen(a->o.events_path, "a");
+  if (!ev) return;
+  bt_json_t j;
+  bt_json_init(&j);
+  bt_json_obj_begin(&j);
+  bt_json_kstr(&j, "event", name);
+  bt_json_knum(&j, "time_s", f->stopped_s);
+  bt_json_kint(&j, "restart", f->restart);
+  bt_json_kint(&j, "stage", f->stage);
+  bt_json_kint(&j, "pid", f->pid);
+  bt_json_kstr(&j, "cause", f->reason);
+  bt_json_knum(&j, "detect_s", f->detect_latency_s);
+  bt_json_knum(&j, "stop_s", f->stopped_s - f->detect_s);
+  bt_json_kint(&j, "restore_step", restore);
+  bt_json_kint(&j, "steps_lost", f->lost);
+  bt_json_kint(&j, "stages", stages);
+  if (d && d->action == BT_RECOVERY_REFORM) bt_json_kint(&j, "retired_stage", d->retire);
+  if (d && d->action != BT_RECOVERY_GIVE_UP) bt_json_knum(&j, "backoff_s", d->backoff_s);
+  if (d && d->action == BT_RECOVERY_GIVE_UP) {
+    bt_json_kint(&j, "exit_code", d->exit_code);
+    bt_json_kstr(&j, "why", d->why);
+  }
+  bt_json_obj_end(&j);
+  if (!bt_json_error(&j)) fprintf(ev, "%s\n", bt_json_cstr(&j));
+  bt_json_free(&j);
+  fclose(ev);
+}
+
+static void job_event_recovered(run_args_t *a, const failure_t *f) {
+  if (!a->o.events_path) return;
+  FILE *ev = fopen(a->o.events_path, "a");
+  if (!ev) return;
+  bt_json_t j;
+  bt_json_init(&j);
+  bt_json_obj_begin(&j);
+  bt_json_kstr(&j, "event", "recovered");
+  bt_json_knum(&j, "time_s", f->resumed_s);
+  bt_json_kint(&j, "restart", f->restart);
+  bt_json_knum(&j, "detect_s", f->detect_latency_s);
+  bt_json_knum(&j, "stop_s", f->stopped_s - f->detect_s);
+  bt_json_knum(&j, "restore_s", f->ready_s > 0 ? f->ready_s - f->stopped_s : -1);
+  bt_json_knum(&j, "first_step_s", f->resumed_s > 0 ? f->resumed_s - f->stopped_s : -1);
+  bt_json_kint(&j, "steps_lost", f->lost);
+  bt_json_obj_end(&j);
+  if (!bt_json_error(&j)) fprintf(ev, "%s\n", bt_json_cstr(&j));
+  bt_json_free(&j);
+  fclose(ev);
+}
+
+/* The account at the end of a job that had failures. */
+static void print_summary(const failure_t *f, int n, double end_s) {
+  if (n == 0) return;
+  double lost_s = 0;
+  int64_t steps = 0;
+  for (int i = 0; i < n; i++) {
+    lost_s += (f[i].resumed_s > 0 ? f[i].resumed_s : end_s) - f[i].detect_s + f[i].detect_latency_s;
+    steps += f[i].lost;
+  }
+  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed, %.1f s lost\n", n,
+          n == 1 ? "" : "s", f[n - 1].resumed_s > 0 ? n : n - 1, (f[n - 1].resumed_s > 0 ? n : n - 1) == 1 ? "" : "s",
+          (long long)steps, steps == 1 ? "" : "s", lost_s);
+  for (int i = 0; i < n; i++)
+    fprintf(stderr, "baton:   %d. stage %d (pid %d): %s; detected in %.2f s, stopped in %.2f s%s\n", i + 1,
+            f[i].stage, f[i].pid, f[i].reason, f[i].detect_latency_s, f[i].stopped_s - f[i].detect_s,
+            f[i].resumed_s > 0 ? "" : "; not resumed");
+  fprintf(stderr, "baton: first failure (root cause): stage %d, pid %d: %s\n", f[0].stage, f[0].pid, f[0].reason);
+  if (f[0].tail[0]) {
+    fprintf(stderr, "baton: its last stderr lines:\n");
+    for (const char *l = f[0].tail, *nl; *l; l = nl + 1) {
+      if (!(nl = strchr(l, '\n'))) nl = l + strlen(l) - 1;
+      fprintf(stderr, "  [stage %d] %.*s\n", f[0].stage, (int)(nl - l + (*nl != '\n')), l);
+    }
+  }
+}
+
 int bt_cmd_run(int argc, char **argv) {
   run_args_t *a = calloc(1, sizeof *a);
   if (!a) {
     fprintf(stderr, "baton run: out of memory\n");
     return BT_SUP_EXIT_FAILED;
   }
-  int rc = BT_SUP_EXIT_USAGE, nflags = 0, *first = NULL, *last = NULL;
-  char **flags = NULL, **wargv = NULL, **layers = NULL;
-  char err[1024], exe[PATH_MAX];
-  bt_schedule_t sched;
-  memset(&sched, 0, sizeof sched);
+  int rc = BT_SUP_EXIT_USAGE, locked = 0, nfail = 0;
+  char err[1024], holder[512] = "", *model_text = NULL, *fault_env = NULL, compress_env[64] = "";
+  formation_t form;
+  memset(&form, 0, sizeof form);
+  bt_ckpt_lock_t lock;
+  failure_t *fails = NULL;
   int prc = parse_args(argc, argv, a);
   if (prc == 1) {
     usage(stdout);
@@ -264,9 +558,55 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: --stages %d: at most %d\n", cfg->run.stages, BT_MAX_STAGES);
     goto out;
   }
+  if (!a->o.ckpt_dir && (a->ckpt_every || a->keep != 2 || a->keep_every || a->compress || a->resume_never)) {
+    fprintf(stderr, "baton run: --ckpt-every, --keep, --keep-every, --ckpt-compress and --resume need --ckpt-dir\n");
+    goto out;
+  }
+  if (a->ro.min_stages > cfg->run.stages) {
+    fprintf(stderr, "baton run: --min-stages %d: more than --stages %d\n", a->ro.min_stages, cfg->run.stages);
+    goto out;
+  }
+  if (a->ro.min_stages && a->ro.min_stages < cfg->run.stages && a->csv_arg) {
+    fprintf(stderr, "baton run: --min-stages: a CSV schedule is for %d stages only\n", cfg->run.stages);
+    goto out;
+  }
+  int64_t restore = 0;
+  if (a->o.ckpt_dir) {
+    /* One job per directory, for the whole job: every incarnation writes
+     * into it. A lock left by a killed supervisor is taken over. */
+    int lrc = bt_ckpt_lock_acquire(a->o.ckpt_dir, &lock, holder, sizeof holder);
+    if (lrc) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc), holder[0] ? ": " : "",
+              holder);
+      goto out;
+    }
+    locked = 1;
+    int prc2 = bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
+    if (prc2) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));
+      rc = BT_SUP_EXIT_FAILED;
+      goto out;
+    }
+    if (restore > 0 && a->resume_never) {
+      fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
+              (long long)restore);
+      goto out;
+    }
+    if (restore > 0 && (rc = adopt_model(a, model_text ? model_text : "", a->o.ckpt_dir))) goto out;
+    rc = BT_SUP_EXIT_USAGE;
+  }
   if (bt_config_finish(cfg, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
+  }
+  for (int i = 0; i < a->nfaults; i++) {
+    bt_fault_t f;
+    char why[256] = "";
+    bt_fault_parse(a->faults[i], &f, NULL, 0);
+    if (bt_fault_check(&f, cfg->run.stages, cfg->run.steps, why, sizeof why) < 0) {
+      fprintf(stderr, "baton run: --inject-fault %s: %s\n", a->faults[i], why);
+      goto out;
+    }
   }
   /* Output files are checked now: a typo must not cost a whole run. */
   const char *outputs[][2] = {
@@ -286,109 +626,163 @@ int bt_cmd_run(int argc, char **argv) {
             cfg->run.backend);
     goto out;
   }
-  int p = cfg->run.stages, v = cfg->run.chunks, nv = p * v;
-  first = calloc((size_t)nv, sizeof *first);
-  last = calloc((size_t)nv, sizeof *last);
-  layers = calloc((size_t)p, sizeof *layers);
-  if (!first || !last || !layers) {
-    rc = out_of_memory();
-    goto out;
-  }
-  if (bt_plan_layout(cfg, first, last, err, sizeof err) < 0) {
-    fprintf(stderr, "baton run: %s\n", err);
-    goto out;
-  }
-  if (bt_plan_schedule(cfg, a->csv_arg ? a->csv_path : NULL, &sched, err, sizeof err) < 0) {
-    fprintf(stderr, "baton run: %s\n", err);
-    goto out;
-  }
-  /* The resolved layout travels as explicit counts: the worker then needs
-   * no cost model to agree with ours. */
-  size_t at = 0;
-  for (int k = 0; k < nv && at < sizeof cfg->run.layout; k++)
-    at += (size_t)snprintf(cfg->run.layout + at, sizeof cfg->run.layout - at, "%s%d", k ? "," : "",
-                           last[k] - first[k] + 1);
-  if (at >= sizeof cfg->run.layout) {
-    fprintf(stderr, "baton run: %d virtual stages: the layout does not fit the configuration's %zu bytes\n", nv,
-            sizeof cfg->run.layout);
-    goto out;
-  }
-  for (int s = 0; s < p; s++) {
-    char buf[1024];
-    size_t n = 0;
-    for (int c = 0; c < v && n < sizeof buf; c++)
-      n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%d-%d", c ? "," : "", first[c * p + s], last[c * p + s]);
-    if (!(layers[s] = strdup(buf))) {
-      rc = out_of_memory();
-      goto out;
-    }
-  }
-  if (!(flags = worker_flags(cfg, &nflags))) {
-    rc = out_of_memory();
-    goto out;
-  }
-  wargv = calloc((size_t)(nflags + a->nfwd) + 3, sizeof *wargv);
-  if (!wargv) {
-    rc = out_of_memory();
-    goto out;
-  }
-  int k = 0;
-  if (a->worker_cmd) {
-    wargv[k++] = (char *)a->worker_cmd;
-  } else {
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n < 0) {
-      fprintf(stderr, "baton run: cannot find the baton executable: %s\n", strerror(errno));
+  int given_layout = cfg->run.layout[0] != 0;
+  if ((rc = formation_plan(a, &form))) goto out;
+  if (restore >= cfg->run.steps) {
+    /* A finished job: its result is the checkpoint. */
+    bt_hash128_t h;
+    int hrc = bt_recovery_hash(a->o.ckpt_dir, restore, &h);
+    if (hrc) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: cannot hash step %lld: %s\n", a->o.ckpt_dir, (long long)restore,
+              bt_strerror(hrc));
       rc = BT_SUP_EXIT_FAILED;
       goto out;
     }
-    exe[n] = 0;
-    wargv[k++] = exe;
-    wargv[k++] = "worker";
+    char hex[33];
+    bt_hash_hex(h, hex);
+    fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n", a->o.ckpt_dir,
+            (long long)restore, restore > cfg->run.steps ? " (past --steps)" : "");
+    printf("hash %s\n", hex);
+    fflush(stdout);
+    rc = BT_SUP_EXIT_OK;
+    goto out;
   }
-  for (int i = 0; i < nflags; i++) wargv[k++] = flags[i];
-  for (int i = 0; i < a->nfwd; i++) wargv[k++] = a->fwd[i];
-  wargv[k] = NULL;
-
-  bt_sup_opts_t *o = &a->o;
-  o->nstages = (uint32_t)p;
-  o->chunks = (uint32_t)v;
-  o->worker_argv = wargv;
-  o->stage_layers = (const char *const *)layers;
-  const char *extra_env[] = {a->csv_env, NULL};
-  if (a->csv_arg) o->extra_env = extra_env;
-  o->first_step = 1;
-  o->last_step = cfg->run.steps;
+  if (restore > 0) fprintf(stderr, "baton run: resuming from %s step %lld\n", a->o.ckpt_dir, (long long)restore);
+  if (a->nfaults) {
+    size_t len = 1;
+    for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
+    if (!(fault_env = malloc(len + sizeof "BATON_INJECT_FAULTS="))) {
+      rc = out_of_memory();
+      goto out;
+    }
+    strcpy(fault_env, "BATON_INJECT_FAULTS=");
+    for (int i = 0; i < a->nfaults; i++) {
+      if (i) strcat(fault_env, ";");
+      strcat(fault_env, a->faults[i]);
+    }
+  }
+  if (a->compress) snprintf(compress_env, sizeof compress_env, "BATON_CKPT_COMPRESS=%d", a->compress);
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
-  bt_sup_result_t res;
-  int src = bt_supervisor_run(o, &res);
-  if (src < 0) {
-    fprintf(stderr, "baton run: %s\n", bt_strerror(src));
-    rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
-    goto out;
+  bt_recovery_t rec;
+  bt_recovery_init(&rec, &a->ro, (uint32_t)cfg->run.stages, restore);
+  double epoch = bt_clock_s(), backoff = 0;
+  uint32_t inc = 0;
+  for (;;) {
+    bt_sup_opts_t *o = &a->o;
+    o->nstages = (uint32_t)form.p;
+    o->chunks = (uint32_t)form.v;
+    o->worker_argv = form.wargv;
+    o->stage_layers = (const char *const *)form.layers;
+    o->sched = &form.sched;
+    const char *extra_env[4];
+    int ne = 0;
+    if (a->csv_arg) extra_env[ne++] = a->csv_env;
+    if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
+    if (compress_env[0]) extra_env[ne++] = compress_env;
+    extra_env[ne] = NULL;
+    o->extra_env = extra_env;
+    o->first_step = restore + 1;
+    o->last_step = cfg->run.steps;
+    o->restore_step = restore;
+    o->ckpt_every = a->ckpt_every;
+    o->keep_last = a->keep;
+    o->keep_every = a->keep_every;
+    o->restart_count = inc;
+    o->spawn_delay_s = backoff;
+    o->epoch_s = epoch;
+    o->events_append = inc > 0;
+    bt_sup_result_t res;
+    int src = bt_supervisor_run(o, &res);
+    if (src < 0) {
+      fprintf(stderr, "baton run: %s\n", bt_strerror(src));
+      rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
+      goto out;
+    }
+    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
+      fails[nfail - 1].ready_s = res.ready_s;
+      fails[nfail - 1].resumed_s = res.first_step_s;
+      if (res.first_step_s > 0) job_event_recovered(a, &fails[nfail - 1]);
+    }
+    if (res.end == BT_SUP_END_DONE) {
+      rc = res.exit_code;
+      if (rc == BT_SUP_EXIT_OK && res.have_hash) {
+        char hex[33];
+        bt_hash_hex(res.hash, hex);
+        printf("hash %s\n", hex);
+        fflush(stdout);
+      }
+      break;
+    }
+    if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
+      rc = res.exit_code;
+      if (res.failed_stage < 0 && res.reason[0]) fprintf(stderr, "baton run: %s\n", res.reason);
+      break;
+    }
+    /* A failure: account for it, then ask the policy. */
+    failure_t *nf = realloc(fails, (size_t)(nfail + 1) * sizeof *nf);
+    if (!nf) {
+      rc = out_of_memory();
+      break;
+    }
+    fails = nf;
+    failure_t *f = &fails[nfail++];
+    memset(f, 0, sizeof *f);
+    f->stage = res.failed_stage;
+    f->pid = res.root_pid;
+    f->restart = (int)inc + 1;
+    snprintf(f->reason, sizeof f->reason, "%s", res.reason[0] ? res.reason : "failed");
+    snprintf(f->tail, sizeof f->tail, "%s", res.root_tail);
+    f->detect_s = res.detect_s;
+    f->detect_latency_s = res.detect_latency_s;
+    f->stopped_s = bt_clock_s() - epoch;
+    int64_t progress = res.steps_done, next = 0;
+    if (a->o.ckpt_dir) {
+      int prc3 = bt_recovery_pick(a->o.ckpt_dir, &next, NULL);
+      if (prc3) {
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
+        rc = BT_SUP_EXIT_FAILED;
+        break;
+      }
+      progress = next;
+    }
+    f->lost = res.steps_done > next ? res.steps_done - next : 0;
+    bt_recovery_decision_t d;
+    bt_recovery_decide(&rec, &res, progress, &d);
+    if (d.action == BT_RECOVERY_GIVE_UP) {
+      job_event_failure(a, "give_up", f, next, &d, (uint32_t)form.p);
+      fprintf(stderr, "baton run: %s\n", d.why);
+      rc = d.exit_code;
+      break;
+    }
+    if (d.action == BT_RECOVERY_REFORM) {
+      fprintf(stderr, "baton run: stage %d failed %d times: re-forming on %u stages\n", d.retire,
+              a->ro.max_slot_failures, rec.stages);
+      if (given_layout) {
+        fprintf(stderr, "baton run: --layout does not fit %u stages: using the balanced split\n", rec.stages);
+        given_layout = 0;
+      }
+      formation_free(&form);
+      cfg->run.stages = (int)rec.stages;
+      cfg->run.layout[0] = 0;
+      if ((rc = formation_plan(a, &form))) break;
+    }
+    job_event_failure(a, d.action == BT_RECOVERY_REFORM ? "reform" : "restart", f, next, &d, rec.stages);
+    fprintf(stderr, "baton run: restart %d of at most %d from %s in %.1f s\n", rec.restarts, a->ro.max_restarts,
+            next > 0 ? "the checkpoint" : "step 0", d.backoff_s);
+    if (next > 0) fprintf(stderr, "baton run: restoring step %lld\n", (long long)next);
+    restore = next;
+    backoff = d.backoff_s;
+    inc++;
   }
-  rc = res.exit_code;
-  /* A failed stage was already reported with its stderr tail; a stop or a
-   * supervisor error gets its one line here. */
-  if (rc != BT_SUP_EXIT_OK && res.failed_stage < 0 && res.reason[0])
-    fprintf(stderr, "baton run: %s\n", res.reason);
-  if (rc == BT_SUP_EXIT_OK && res.have_hash) {
-    char hex[33];
-    bt_hash_hex(res.hash, hex);
-    printf("hash %s\n", hex);
-    fflush(stdout);
-  }
+  print_summary(fails, nfail, bt_clock_s() - epoch);
 out:
-  for (int i = 0; flags && i < nflags; i++) free(flags[i]);
-  free(flags);
-  for (int i = 0; layers && i < a->cfg.run.stages; i++) free(layers[i]);
-  free(layers);
-  free(wargv);
-  free(first);
-  free(last);
-  bt_sched_free(&sched);
+  formation_free(&form);
+  if (locked) bt_ckpt_lock_release(&lock);
+  free(fails);
+  free(model_text);
+  free(fault_env);
   free(a);
   return rc;
 }

@@ -21,10 +21,24 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "checkpoint/ckpt.h"
 #include "common/clock.h"
 #include "common/error.h"
+#include "common/exitcodes.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "schedules/comm.h"
+
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(BT_SUP_EXIT_OK, BT_EXIT_OK) && SAME(BT_SUP_EXIT_FAILED, BT_EXIT_FAILED) &&
+                   SAME(BT_SUP_EXIT_USAGE, BT_EXIT_USAGE),
+               "supervisor.h and common/exitcodes.h disagree");
+_Static_assert(SAME(BT_SUP_WEXIT_DONE, BT_WEXIT_DONE) && SAME(BT_SUP_WEXIT_ERROR, BT_WEXIT_ERROR) &&
+                   SAME(BT_SUP_WEXIT_USAGE, BT_WEXIT_USAGE) && SAME(BT_SUP_WEXIT_RETRY, BT_WEXIT_RETRY) &&
+                   SAME(BT_SUP_WEXIT_FATAL, BT_WEXIT_FATAL) && SAME(BT_SUP_WEXIT_STOPPED, BT_WEXIT_STOPPED) &&
+                   SAME(BT_SUP_WEXIT_ORPHAN, BT_WEXIT_ORPHAN) && SAME(BT_SUP_WEXIT_NONFINITE, BT_WEXIT_NONFINITE),
+               "supervisor.h and common/exitcodes.h disagree on worker codes");
+#undef SAME
 
 extern char **environ;
 
@@ -68,6 +82,7 @@ typedef struct {
   bt_hash_rec_t *hashes;
   size_t nhashes;
   char error_text[512];        /* from an ERROR message */
+  int error_code;              /* its bt error code */
   int killed_by_us;            /* our SIGKILL: not a failure of its own */
   int64_t exit_status;
   int term_signal;
@@ -83,6 +98,14 @@ typedef struct {
   uint8_t *have;
 } pending_step_t;
 
+/* Shard reports of one checkpoint step, until every stage's is durable. */
+typedef struct {
+  int64_t step;
+  uint32_t count;
+  bt_msg_shard_t *r;           /* nstages entries */
+  uint8_t *have;
+} pending_ckpt_t;
+
 typedef struct sup {
   const bt_sup_opts_t *o;
   bt_sup_result_t *res;
@@ -90,9 +113,14 @@ typedef struct sup {
   job_state_t state;
   worker_t *w;
   uint32_t n;
-  uv_timer_t tick, grace, drain;
+  uv_timer_t tick, grace, drain, delay;
   uv_signal_t sigint, sigterm, sigusr1;
-  int tick_open, grace_open, drain_open, sig_open;
+  int tick_open, grace_open, drain_open, delay_open, sig_open;
+  int delaying;                /* back-off before the spawn is running */
+  pending_ckpt_t *ckpt;
+  size_t nckpt;
+  int64_t preempt_at;          /* CKPT_AT step of a preemption (0: none) */
+  int nonfinite;               /* a commit found NaN/Inf */
   uint64_t start_ms, started_ms;
   double epoch_s;              /* bt_clock_s() at spawn: trace times are relative to it */
   char token[33];
@@ -262,6 +290,11 @@ static void worker_failed(worker_t *w, fail_rank_t rank, const char *fmt, ...) {
   if (rank > w->fail) {
     w->fail = rank;
     w->fail_ms = now_ms(s);
+    if (s->res->detect_s == 0) {
+      s->res->detect_s = bt_clock_s() - s->epoch_s;
+      uint64_t since = w->last_progress_ms ? w->last_progress_ms : s->start_ms;
+      s->res->detect_latency_s = (double)(w->fail_ms - since) / 1000.0;
+    }
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(w->fail_reason, sizeof w->fail_reason, fmt, ap);
@@ -292,6 +325,11 @@ static void send_start(sup_t *s) {
   m->nstages = s->n;
   m->first_step = s->o->first_step;
   m->last_step = s->o->last_step;
+  m->restore_step = s->o->restore_step;
+  /* Without a checkpoint directory nothing is saved; with one the last
+   * step always is (DESIGN §6). */
+  m->ckpt_every = s->o->ckpt_dir ? s->o->ckpt_every : 0;
+  m->ckpt_last = s->o->ckpt_dir ? 1 : 0;
   for (uint32_t i = 0; i < s->n; i++) snprintf(m->addrs[i], BT_ADDR_MAX, "%s", s->w[i].addr);
   bt_buf_t b;
   bt_buf_init(&b);
@@ -306,11 +344,13 @@ static void send_start(sup_t *s) {
   free(m);
   s->state = JOB_RUNNING;
   s->started_ms = now;
+  s->res->ready_s = bt_clock_s() - s->epoch_s;
   bt_json_t j;
   if (event_begin(s, &j, "ready")) {
     bt_json_kint(&j, "stages", s->n);
     bt_json_kint(&j, "first_step", s->o->first_step);
     bt_json_kint(&j, "last_step", s->o->last_step);
+    bt_json_kint(&j, "restore_step", s->o->restore_step);
     event_end(s, &j);
   }
   bt_info("all %u stages ready after %.2f s: training", s->n, (double)(now - s->start_ms) / 1000.0);
@@ -329,6 +369,7 @@ static void emit_step(sup_t *s, pending_step_t *p) {
   double bubble = step_s > 0 ? 1.0 - busy / ((double)s->n * step_s) : 0.0;
   if (bubble < 0) bubble = 0;
   s->steps_done = p->step;
+  if (s->res->first_step_s == 0) s->res->first_step_s = bt_clock_s() - s->epoch_s;
   if (s->metrics) {
     bt_json_t j;
     bt_json_init(&j);
@@ -479,6 +520,117 @@ out:
   return rc;
 }
 
+/* ---------- checkpoints ---------- */
+
+static void log_checkpoint_event(sup_t *s, int64_t step, double commit_s, int rc, int removed) {
+  bt_json_t j;
+  if (!event_begin(s, &j, "checkpoint")) return;
+  bt_json_kint(&j, "step", step);
+  bt_json_kstr(&j, "result", rc ? bt_strerror(rc) : "committed");
+  bt_json_knum(&j, "commit_s", commit_s);
+  bt_json_kint(&j, "removed", removed);
+  bt_json_kint(&j, "preemption", step == s->preempt_at);
+  event_end(s, &j);
+}
+
+/* Every stage's shard of `step` is durable: commit it (the same function
+ * `baton train` calls), apply retention, and, when it is the step a
+ * preemption asked for, stop. A commit blocks the loop while it reads the
+ * parameters back; that is the check that keeps NaN out of checkpoints, and
+ * heartbeats queue up meanwhile rather than being lost. */
+static void commit_step(sup_t *s, pending_ckpt_t *p) {
+  double t0 = bt_clock_s();
+  int rc = bt_ckpt_commit(s->o->ckpt_dir, p->step, p->r, s->n);
+  int removed = 0;
+  if (rc == 0) {
+    if (p->step > s->res->committed_step) s->res->committed_step = p->step;
+    bt_ckpt_retention_t pol = {.keep_last = s->o->keep_last > 0 ? s->o->keep_last : 2,
+                               .keep_every = s->o->keep_every};
+    int rrc = bt_ckpt_retain(s->o->ckpt_dir, &pol, p->step, &removed);
+    if (rrc) bt_warn("checkpoint retention in %s: %s", s->o->ckpt_dir, bt_strerror(rrc));
+    clear_progress(s);
+    bt_debug("checkpoint step %lld committed (%.2f s)", (long long)p->step, bt_clock_s() - t0);
+  } else {
+    clear_progress(s);
+    bt_error("checkpoint step %lld not committed: %s", (long long)p->step, bt_strerror(rc));
+  }
+  /* uv_now is cached: a long commit must not count as silence. */
+  uv_update_time(&s->loop);
+  uint64_t now = now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    s->w[i].last_beat_ms = now;
+    if (s->w[i].last_progress_ms < now) s->w[i].last_progress_ms = now;
+  }
+  log_checkpoint_event(s, p->step, bt_clock_s() - t0, rc, removed);
+  if (rc == BT_ENONFINITE) {
+    /* Restarting from the previous step would replay the same bits. */
+    s->nonfinite = 1;
+    begin_stop(s, 1, 0);
+    return;
+  }
+  if (s->preempt_at && p->step == s->preempt_at && s->state == JOB_RUNNING) {
+    int64_t at = 0;
+    for (uint32_t i = 0; i < s->n; i++)
+      if (s->w[i].step > at) at = s->w[i].step;
+    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld", (long long)p->step,
+            (long long)(at + 1));
+    begin_stop(s, 0, at + 1);
+  }
+}
+
+static void add_shard(sup_t *s, const bt_msg_shard_t *m) {
+  if (!s->o->ckpt_dir || m->stage >= s->n) return;
+  pending_ckpt_t *p = NULL;
+  for (size_t i = 0; i < s->nckpt; i++)
+    if (s->ckpt[i].step == m->step) p = &s->ckpt[i];
+  if (!p) {
+    pending_ckpt_t *np = realloc(s->ckpt, (s->nckpt + 1) * sizeof *np);
+    if (!np) return;
+    s->ckpt = np;
+    p = &s->ckpt[s->nckpt];
+    memset(p, 0, sizeof *p);
+    p->step = m->step;
+    p->r = calloc(s->n, sizeof *p->r);
+    p->have = calloc(s->n, 1);
+    if (!p->r || !p->have) {
+      free(p->r);
+      free(p->have);
+      return;
+    }
+    s->nckpt++;
+  }
+  if (p->have[m->stage]) return;
+  p->have[m->stage] = 1;
+  p->r[m->stage] = *m;
+  if (++p->count < s->n) return;
+  pending_ckpt_t done = *p;
+  *p = s->ckpt[--s->nckpt];
+  commit_step(s, &done);
+  free(done.r);
+  free(done.have);
+}
+
+/* Asks every stage to save after step `at` (a preemption). */
+static void send_ckpt_at(sup_t *s, int64_t at) {
+  s->preempt_at = at;
+  for (uint32_t i = 0; i < s->n; i++)
+    if (s->w[i].state != W_EXITED) send_step_msg(&s->w[i], BT_MSG_CKPT_AT, at);
+}
+
+/* A stage had already trained past the preemption step: name a step ahead
+ * of everyone again (DESIGN §5). */
+static void ckpt_late(sup_t *s, worker_t *w, int64_t done) {
+  if (!s->preempt_at || s->state != JOB_RUNNING) return;
+  int64_t at = done + 1;
+  for (uint32_t i = 0; i < s->n; i++)
+    if (s->w[i].step + 1 > at) at = s->w[i].step + 1;
+  if (at > s->o->last_step) at = s->o->last_step;
+  if (at <= s->preempt_at) return;
+  bt_info("stage %u was past step %lld: checkpoint at step %lld instead", w->stage,
+          (long long)s->preempt_at, (long long)at);
+  send_ckpt_at(s, at);
+}
+
 /* ---------- control messages in ---------- */
 
 static void handle_msg(worker_t *w, const bt_frame_t *f) {
@@ -555,6 +707,11 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
     bt_msg_error_t m;
     if ((rc = bt_msg_decode_error(f, &m)) < 0) break;
     snprintf(w->error_text, sizeof w->error_text, "%s", m.text);
+    w->error_code = m.code;
+    /* A failed save is not fatal to training (its step just never
+     * commits); whatever it is, say it now, not only in a summary. */
+    clear_progress(s);
+    bt_warn("stage %u reports: %s", w->stage, m.text);
     break;
   }
   case BT_MSG_DONE: {
@@ -563,10 +720,20 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
     w->done = 1;
     break;
   }
-  case BT_MSG_SHARD_DURABLE:
-    /* Checkpoint commits belong to the checkpoint policy, not yet wired. */
-    bt_debug("stage %u: shard durable (ignored: no commit policy)", w->stage);
+  case BT_MSG_SHARD_DURABLE: {
+    bt_msg_shard_t m;
+    if ((rc = bt_msg_decode_shard(f, &m)) < 0) break;
+    m.stage = w->stage;
+    add_shard(s, &m);
     break;
+  }
+  case BT_MSG_CKPT_LATE: {
+    bt_msg_step_t m;
+    if ((rc = bt_msg_decode_step(f, &m)) < 0) break;
+    if (m.step > w->step) w->step = m.step;
+    ckpt_late(s, w, m.step);
+    break;
+  }
   default:
     rc = BT_EFORMAT;
   }
@@ -688,6 +855,7 @@ static const char *wexit_meaning(int64_t code) {
   case BT_SUP_WEXIT_FATAL: return "fatal: bad configuration";
   case BT_SUP_WEXIT_STOPPED: return "stopped on request";
   case BT_SUP_WEXIT_ORPHAN: return "lost the supervisor";
+  case BT_SUP_WEXIT_NONFINITE: return "non-finite loss or parameters";
   default: return "unknown exit code";
   }
 }
@@ -756,6 +924,79 @@ static void maybe_finish(sup_t *s) {
 
 /* ---------- timers and signals ---------- */
 
+/* The stage stage w waits on: the sender of the receive its current action
+ * needs (schedules/comm.h), or NULL when it is not waiting on a peer. */
+static worker_t *waits_on(sup_t *s, worker_t *w) {
+  const bt_schedule_t *sc = s->o->sched;
+  if (!sc || w->phase != BT_PHASE_WAIT || w->action < 0 || (int)w->stage >= sc->p) return NULL;
+  bt_comm_t c;
+  if (bt_comm_of(sc, (int)w->stage, (size_t)w->action, w->step, &c) < 0 || c.nrecv == 0) return NULL;
+  int peer = c.recv[0].peer;
+  return peer >= 0 && (uint32_t)peer < s->n ? &s->w[peer] : NULL;
+}
+
+/* A hang, before anything is stopped: prints (and logs) where every stage
+ * is in the schedule grid, and returns the root cause — the stage the
+ * others wait on. Starting from the suspect, follow "waits on" through the
+ * schedule's communication: a stage waiting for a peer is not the cause
+ * while that peer is itself stuck elsewhere. The end of the chain (a stage
+ * not waiting on anyone, or the first one seen twice) is blamed. */
+static worker_t *hang_report(sup_t *s, worker_t *suspect) {
+  worker_t *root = suspect;
+  uint8_t *seen = calloc(s->n, 1);
+  if (seen) {
+    for (worker_t *w = suspect; w && !seen[w->stage]; w = waits_on(s, w)) {
+      seen[w->stage] = 1;
+      root = w;
+    }
+    free(seen);
+  }
+  uint64_t now = now_ms(s);
+  clear_progress(s);
+  bt_error("hang: no progress; where each stage is (the one the others wait on is the cause):");
+  bt_json_t j;
+  int ev = event_begin(s, &j, "hang");
+  if (ev) {
+    bt_json_kint(&j, "root_stage", root->stage);
+    bt_json_key(&j, "stages");
+    bt_json_arr_begin(&j);
+  }
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    char act[32] = "?", done[32] = "-";
+    const bt_schedule_t *sc = s->o->sched;
+    if (sc && (int)i < sc->p && w->action >= 0 && (size_t)w->action < bt_sched_len(sc, (int)i))
+      bt_action_format(bt_sched_at(sc, (int)i, (size_t)w->action), act, sizeof act);
+    if (sc && (int)i < sc->p && w->action > 0 && (size_t)w->action <= bt_sched_len(sc, (int)i))
+      bt_action_format(bt_sched_at(sc, (int)i, (size_t)w->action - 1), done, sizeof done);
+    worker_t *on = waits_on(s, w);
+    const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
+                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle" : "starting";
+    char on_text[48] = "";
+    if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
+    bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,
+             (long long)w->step, done, (long long)w->action, act, phase, on_text,
+             (double)(now - w->last_progress_ms) / 1000.0, w == root ? "   <- hung" : "");
+    if (ev) {
+      bt_json_obj_begin(&j);
+      bt_json_kint(&j, "stage", i);
+      bt_json_kint(&j, "step", w->step);
+      bt_json_kint(&j, "action", w->action);
+      bt_json_kstr(&j, "action_name", act);
+      bt_json_kstr(&j, "last_done", done);
+      bt_json_kstr(&j, "phase", phase);
+      bt_json_kint(&j, "waits_on", on ? (int64_t)on->stage : -1);
+      bt_json_knum(&j, "stalled_s", (double)(now - w->last_progress_ms) / 1000.0);
+      bt_json_obj_end(&j);
+    }
+  }
+  if (ev) {
+    bt_json_arr_end(&j);
+    event_end(s, &j);
+  }
+  return root;
+}
+
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = now_ms(s);
@@ -787,9 +1028,13 @@ static void on_tick(uv_timer_t *t) {
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state != W_RUNNING || w->done || w->killed_by_us) continue;
-    /* Start-up and the first step (allocation, first touches, connecting)
-     * get three times the allowance. */
-    uint64_t allow = w->steps_reported == 0 ? 3 * pt_ms : pt_ms;
+    /* Start-up and the first step (allocation, first touches, connecting,
+     * loading a checkpoint) get twice the allowance: still less than the
+     * transport deadline (build_env), so a hang there is named here too.
+     * A stage in a checkpoint phase (copying its snapshot, waiting for its
+     * previous save) moves no action index: ten times. */
+    uint64_t allow = w->steps_reported == 0 ? 2 * pt_ms : pt_ms;
+    if (w->phase == BT_PHASE_CKPT) allow = 10 * pt_ms;
     if (now - w->last_progress_ms <= allow) continue;
     if (!blame || (blame->phase == BT_PHASE_WAIT && w->phase != BT_PHASE_WAIT) ||
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
@@ -797,6 +1042,7 @@ static void on_tick(uv_timer_t *t) {
       blame = w;
   }
   if (blame) {
+    blame = hang_report(s, blame);
     kill_worker(blame);
     worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
                   (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
@@ -804,11 +1050,55 @@ static void on_tick(uv_timer_t *t) {
   }
 }
 
+static void on_preempt_deadline(uv_timer_t *t) {
+  sup_t *s = t->data;
+  bt_warn("preemption checkpoint step %lld not committed in time: stopping without it",
+          (long long)s->preempt_at);
+  int64_t at = 0;
+  for (uint32_t i = 0; i < s->n; i++)
+    if (s->w[i].step > at) at = s->w[i].step;
+  begin_stop(s, 0, at + 1);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   sup_t *s = h->data;
   s->signals_seen++;
   clear_progress(s);
-  if (s->signals_seen == 1) {
+  if (s->signals_seen == 1 && s->delaying) {
+    /* Preempted during the back-off: nothing runs, nothing to save. */
+    s->stop_signal = signum;
+    s->delaying = 0;
+    uv_timer_stop(&s->delay);
+    bt_warn("%s during the back-off: stopping", strsignal(signum));
+    s->state = JOB_STOPPING;
+    s->exited = s->n;
+    maybe_finish(s);
+  } else if (s->signals_seen == 1 && s->o->ckpt_dir && s->state == JOB_RUNNING) {
+    /* Preemption (DESIGN §5): checkpoint at S = the highest step any stage
+     * reported + 1, commit it, then stop. Stages keep training meanwhile;
+     * one that is already past S answers CKPT_LATE and S moves on. */
+    s->stop_signal = signum;
+    int64_t at = 0;
+    for (uint32_t i = 0; i < s->n; i++)
+      if (s->w[i].step > at) at = s->w[i].step;
+    at++;
+    if (at > s->o->last_step) at = s->o->last_step;
+    bt_warn("%s: preemption: checkpoint at step %lld, then stop (again to kill now)", strsignal(signum),
+            (long long)at);
+    bt_json_t j;
+    if (event_begin(s, &j, "preemption")) {
+      char name[32];
+      snprintf(name, sizeof name, "SIG%s", sigabbrev_np(signum) ? sigabbrev_np(signum) : "?");
+      bt_json_kstr(&j, "signal", name);
+      bt_json_kint(&j, "step", at);
+      event_end(s, &j);
+    }
+    send_ckpt_at(s, at);
+    /* A save that never becomes durable must not keep the job alive: after
+     * the grace period plus two progress timeouts, stop anyway. */
+    uv_timer_start(&s->grace, on_preempt_deadline,
+                   (uint64_t)((s->o->grace_s + 2.0 * s->o->progress_timeout_s) * 1000.0), 0);
+  } else if (s->signals_seen == 1) {
     s->stop_signal = signum;
     /* Every stage must end on the same step S, so S must not be behind any
      * stage. What we know lags: the last stage finishes a step (and starts
@@ -846,7 +1136,7 @@ static int is_ours(const char *kv, const char *const *extra) {
       "RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=",
       "BATON_RESTART_COUNT=", "BATON_STAGE=", "BATON_STAGES=", "BATON_CHUNKS=", "BATON_LAYERS=",
       "BATON_CKPT_DIR=", "BATON_CONTROL_FD=", "BATON_SUPERVISOR_PID=", "BATON_JOB_TOKEN=",
-      "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS="};
+      "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS=", "BATON_INJECT_FAULTS="};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (!strncmp(kv, names[i], strlen(names[i]))) return 1;
   for (size_t i = 0; extra && extra[i]; i++) {
@@ -874,7 +1164,8 @@ static char **build_env(sup_t *s, uint32_t stage) {
   /* The transport deadline is longer than the progress timeout (DESIGN §7):
    * a hang is then reported by the supervisor, naming the stage, before
    * the neighbours give up on it. */
-  int64_t peer_ms = (int64_t)(o->progress_timeout_s * 2000.0);
+  double margin_s = o->progress_timeout_s / 2 > 1.0 ? o->progress_timeout_s / 2 : 1.0;
+  int64_t peer_ms = (int64_t)((o->progress_timeout_s * 2.0 + margin_s) * 1000.0);
   const char *layers = o->stage_layers && o->stage_layers[stage] ? o->stage_layers[stage] : NULL;
   size_t k = 0;
   int fail = 0;
@@ -1001,8 +1292,8 @@ void bt_sup_opts_default(bt_sup_opts_t *o) {
   o->first_step = 1;
   o->last_step = 1;
   o->grace_s = 5.0;
-  o->heartbeat_timeout_s = 10.0;
-  o->progress_timeout_s = 60.0;
+  o->heartbeat_timeout_s = 2.0;
+  o->progress_timeout_s = 5.0;
   o->start_timeout_s = 120.0;
   o->progress = 1;
 }
@@ -1036,7 +1327,24 @@ static void report_failure(sup_t *s) {
   if (!root) return;
   bt_sup_result_t *r = s->res;
   r->failed_stage = (int)root->stage;
+  r->root_pid = root->pid;
+  r->root_exit = root->term_signal ? -1 : (int)root->exit_status;
   snprintf(r->reason, sizeof r->reason, "%s", root->fail_reason);
+  size_t tk = 0;
+  for (int i = 0; i < root->tail_n && tk < sizeof r->root_tail; i++) {
+    int idx = (root->tail_pos - root->tail_n + i + BT_SUP_TAIL_LINES) % BT_SUP_TAIL_LINES;
+    int w = snprintf(r->root_tail + tk, sizeof r->root_tail - tk, "%s\n", root->tail[idx]);
+    if (w < 0) break;
+    tk += (size_t)w;
+  }
+  /* What a restart can do about it: a bad configuration or NaN comes back
+   * on every restart; a crash, hang or lost peer may not. */
+  if (!root->term_signal && (root->exit_status == BT_SUP_WEXIT_FATAL || root->exit_status == BT_SUP_WEXIT_USAGE))
+    r->end = BT_SUP_END_FATAL;
+  else if ((!root->term_signal && root->exit_status == BT_SUP_WEXIT_NONFINITE) || root->error_code == BT_ENONFINITE)
+    r->end = BT_SUP_END_NONFINITE;
+  else
+    r->end = BT_SUP_END_RETRYABLE;
   char msg[16384];
   int k = snprintf(msg, sizeof msg, "baton: stage %u failed: %s%s%s\n", root->stage, root->fail_reason,
                    root->error_text[0] ? ": " : "", root->error_text);
@@ -1057,13 +1365,37 @@ static void finish_result(sup_t *s) {
   r->steps_done = s->steps_done;
   r->stop_signal = s->stop_signal;
   report_failure(s);
-  if (r->failed_stage >= 0) r->exit_code = BT_SUP_EXIT_FAILED;
-  else if (s->stop_signal) {
+  int all_done = 1;
+  for (uint32_t i = 0; i < s->n; i++) all_done &= s->w[i].done;
+  if (r->failed_stage < 0 && s->stop_signal && all_done && s->steps_done >= s->o->last_step &&
+      !s->nonfinite) {
+    /* The signal came as the last step ended: the job is simply done. */
+    r->exit_code = BT_SUP_EXIT_OK;
+    r->end = BT_SUP_END_DONE;
+  } else if (r->failed_stage >= 0) {
+    r->exit_code = BT_SUP_EXIT_FAILED;
+    if (s->stop_signal) r->end = BT_SUP_END_KILLED;
+  } else if (s->nonfinite) {
+    r->exit_code = BT_EXIT_NONFINITE;
+    r->end = BT_SUP_END_NONFINITE;
+    snprintf(r->reason, sizeof r->reason, "non-finite parameters at a checkpoint: nothing committed");
+  } else if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1) {
+    r->exit_code = BT_EXIT_PREEMPTED;
+    r->end = BT_SUP_END_PREEMPTED;
+    if (r->committed_step > 0 && r->committed_step >= s->preempt_at)
+      snprintf(r->reason, sizeof r->reason, "preempted by %s: checkpoint step %lld committed", strsignal(s->stop_signal),
+               (long long)r->committed_step);
+    else
+      snprintf(r->reason, sizeof r->reason, "preempted by %s before a checkpoint could be committed",
+               strsignal(s->stop_signal));
+  } else if (s->stop_signal) {
+    r->end = BT_SUP_END_KILLED;
     r->exit_code = 128 + s->stop_signal;
     snprintf(r->reason, sizeof r->reason, "stopped by %s after step %lld", strsignal(s->stop_signal),
              (long long)s->steps_done);
   } else if (s->internal_error) {
     r->exit_code = BT_SUP_EXIT_FAILED;
+    r->end = BT_SUP_END_INTERNAL;
     snprintf(r->reason, sizeof r->reason, "supervisor error: %s", bt_strerror(s->internal_error));
   } else
     r->exit_code = BT_SUP_EXIT_OK;
@@ -1072,6 +1404,7 @@ static void finish_result(sup_t *s) {
     for (uint32_t i = 0; i < s->n; i++) {
       if (!s->w[i].hashes_received) {
         r->exit_code = BT_SUP_EXIT_FAILED;
+        r->end = BT_SUP_END_INTERNAL;
         r->failed_stage = (int)i;
         snprintf(r->reason, sizeof r->reason, "sent no tensor hashes");
         bt_error("stage %u failed: %s", i, r->reason);
@@ -1082,6 +1415,7 @@ static void finish_result(sup_t *s) {
     bt_hash_rec_t *all = malloc((total ? total : 1) * sizeof *all);
     if (!all) {
       r->exit_code = BT_SUP_EXIT_FAILED;
+      r->end = BT_SUP_END_INTERNAL;
       snprintf(r->reason, sizeof r->reason, "out of memory combining hashes");
       bt_error("%s", r->reason);
       return;
@@ -1095,12 +1429,43 @@ static void finish_result(sup_t *s) {
     free(all);
     if (rc < 0) {
       r->exit_code = BT_SUP_EXIT_FAILED;
+      r->end = BT_SUP_END_INTERNAL;
       snprintf(r->reason, sizeof r->reason, "stages sent overlapping tensor hashes (%s)", bt_strerror(rc));
       bt_error("%s", r->reason);
       return;
     }
     r->have_hash = 1;
   }
+}
+
+static void spawn_all(sup_t *s) {
+  uv_update_time(&s->loop);
+  s->start_ms = now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    w->last_beat_ms = s->start_ms;
+    int src = spawn_worker(s, w);
+    if (src < 0) {
+      bt_error("cannot start stage %u (%s): %s", i, s->o->worker_argv[0], bt_strerror(src));
+      w->state = W_EXITED;
+      s->exited++;
+      w->fail = F_EXIT;
+      w->fail_ms = now_ms(s);
+      snprintf(w->fail_reason, sizeof w->fail_reason, "could not be started: %s", bt_strerror(src));
+      for (uint32_t k = i + 1; k < s->n; k++) s->exited++;
+      kill_all(s);
+      begin_stop(s, 1, 0);
+      break;
+    }
+  }
+  maybe_finish(s);
+}
+
+static void on_delay(uv_timer_t *t) {
+  sup_t *s = t->data;
+  if (!s->delaying) return;
+  s->delaying = 0;
+  spawn_all(s);
 }
 
 int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
@@ -1132,12 +1497,13 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     rc = -ENOMEM;
     goto out;
   }
-  if (o->events_path && !(s->events = fopen(o->events_path, "w"))) {
+  const char *mode = o->events_append ? "a" : "w";
+  if (o->events_path && !(s->events = fopen(o->events_path, mode))) {
     rc = -errno;
     bt_error("--events %s: %s", o->events_path, strerror(errno));
     goto out;
   }
-  if (o->metrics_path && !(s->metrics = fopen(o->metrics_path, "w"))) {
+  if (o->metrics_path && !(s->metrics = fopen(o->metrics_path, mode))) {
     rc = -errno;
     bt_error("--metrics %s: %s", o->metrics_path, strerror(errno));
     goto out;
@@ -1145,8 +1511,9 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_timer_init(&s->loop, &s->tick);
   uv_timer_init(&s->loop, &s->grace);
   uv_timer_init(&s->loop, &s->drain);
-  s->tick_open = s->grace_open = s->drain_open = 1;
-  s->tick.data = s->grace.data = s->drain.data = s;
+  uv_timer_init(&s->loop, &s->delay);
+  s->tick_open = s->grace_open = s->drain_open = s->delay_open = 1;
+  s->tick.data = s->grace.data = s->drain.data = s->delay.data = s;
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   uv_signal_init(&s->loop, &s->sigusr1);
@@ -1157,7 +1524,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
   uv_update_time(&s->loop);
   s->start_ms = now_ms(s);
-  s->epoch_s = bt_clock_s();
+  s->epoch_s = o->epoch_s > 0 ? o->epoch_s : bt_clock_s();
+  s->steps_done = o->first_step - 1;
   s->state = JOB_STARTING;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
@@ -1166,22 +1534,13 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     w->last_beat_ms = s->start_ms;
     w->state = W_EXITED; /* until spawned: nothing to wait for */
   }
-  for (uint32_t i = 0; i < s->n; i++) {
-    worker_t *w = &s->w[i];
-    int src = spawn_worker(s, w);
-    if (src < 0) {
-      bt_error("cannot start stage %u (%s): %s", i, o->worker_argv[0], bt_strerror(src));
-      w->state = W_EXITED;
-      s->exited++;
-      w->fail = F_EXIT;
-      w->fail_ms = now_ms(s);
-      snprintf(w->fail_reason, sizeof w->fail_reason, "could not be started: %s", bt_strerror(src));
-      for (uint32_t k = i + 1; k < s->n; k++) s->exited++;
-      kill_all(s);
-      begin_stop(s, 1, 0);
-      break;
-    }
-  }
+  if (o->spawn_delay_s > 0) {
+    /* The back-off runs inside the loop, so a signal meanwhile is handled
+     * (a preemption during the back-off stops at once). */
+    s->delaying = 1;
+    uv_timer_start(&s->delay, on_delay, (uint64_t)(o->spawn_delay_s * 1000.0), 0);
+  } else
+    spawn_all(s);
   /* The tick decides every timeout; a tenth of the shortest keeps
    * detection within 10% of its nominal time. */
   double shortest = o->heartbeat_timeout_s < o->progress_timeout_s ? o->heartbeat_timeout_s : o->progress_timeout_s;
@@ -1193,6 +1552,7 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_run(&s->loop, UV_RUN_DEFAULT);
   /* The drain timer was unref'd: close it now that everything else ended. */
   close_handle((uv_handle_t *)&s->drain, &s->drain_open);
+  close_handle((uv_handle_t *)&s->delay, &s->delay_open);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   if (s->progress_shown) { /* keep the last progress line on the terminal */
     write_all(STDOUT_FILENO, "\n", 1);
@@ -1227,6 +1587,14 @@ out:
     free(s->pend[i].m);
     free(s->pend[i].have);
   }
+  for (size_t i = 0; i < s->nckpt; i++) {
+    if (s->nckpt && s->o->ckpt_dir)
+      bt_info("checkpoint step %lld: %u of %u shards durable, not committed", (long long)s->ckpt[i].step,
+              s->ckpt[i].count, s->n);
+    free(s->ckpt[i].r);
+    free(s->ckpt[i].have);
+  }
+  free(s->ckpt);
   free(s->pend);
   free(s->trace);
   free(s->w);

@@ -26,16 +26,19 @@
 
 #include "common/frame.h"
 #include "common/hash.h"
+#include "schedules/schedule.h"
 
-/* Exit codes of `baton run`. A job stopped by a signal exits 128 + the
- * signal number (130 SIGINT, 143 SIGTERM, 138 SIGUSR1), like a shell. */
+/* Exit codes: common/exitcodes.h is the contract (BT_EXIT_* of `baton run`,
+ * BT_WEXIT_* of the workers). The names below are this module's older
+ * spellings of the same numbers; supervisor.c checks at compile time that
+ * they agree. They are not taken from exitcodes.h here because a file that
+ * also includes worker/control.h (which still defines BT_WEXIT_* itself)
+ * would then see every name twice. */
 enum {
-  BT_SUP_EXIT_OK = 0,     /* every stage trained through the last step */
-  BT_SUP_EXIT_FAILED = 1, /* a worker failed (exit code, signal, heartbeat or progress timeout) */
-  BT_SUP_EXIT_USAGE = 2,  /* bad command line or configuration, nothing spawned */
+  BT_SUP_EXIT_OK = 0,
+  BT_SUP_EXIT_FAILED = 1,
+  BT_SUP_EXIT_USAGE = 2,
 };
-
-/* Worker exit codes, the same numbers as BT_WEXIT_* of worker/control.h. */
 enum {
   BT_SUP_WEXIT_DONE = 0,
   BT_SUP_WEXIT_ERROR = 1,
@@ -44,7 +47,19 @@ enum {
   BT_SUP_WEXIT_FATAL = 4,
   BT_SUP_WEXIT_STOPPED = 5,
   BT_SUP_WEXIT_ORPHAN = 6,
+  BT_SUP_WEXIT_NONFINITE = 7,
 };
+
+/* What ended an incarnation, for the restart policy (launcher/recovery.c). */
+typedef enum {
+  BT_SUP_END_DONE = 0,     /* trained through last_step */
+  BT_SUP_END_RETRYABLE,    /* a crash, hang, timeout, lost peer: restart may help */
+  BT_SUP_END_FATAL,        /* bad configuration, unusable checkpoint: it will not */
+  BT_SUP_END_NONFINITE,    /* non-finite loss or parameters */
+  BT_SUP_END_PREEMPTED,    /* a signal: checkpoint committed (or none asked), stopped */
+  BT_SUP_END_KILLED,       /* a second signal, or a signal without a checkpoint dir */
+  BT_SUP_END_INTERNAL,     /* the supervisor itself failed */
+} bt_sup_end_t;
 
 #define BT_SUP_TAIL_LINES 20
 
@@ -55,7 +70,15 @@ typedef struct {
   /* BATON_LAYERS of each stage ("lo-hi,lo-hi": global layers per chunk);
    * NULL entries or a NULL array leave it unset. */
   const char *const *stage_layers;
-  const char *ckpt_dir;        /* BATON_CKPT_DIR, or NULL */
+  const char *ckpt_dir;        /* BATON_CKPT_DIR (the checkpoint root), or NULL */
+  int64_t restore_step;        /* START.restore_step: load ckpt_dir/step-S first (0: fresh) */
+  int64_t ckpt_every;          /* START.ckpt_every (0: only the last step) */
+  int keep_last;               /* retention after each commit (bt_ckpt_retain) */
+  int64_t keep_every;
+  const bt_schedule_t *sched;  /* to name actions in the hang report, or NULL */
+  double spawn_delay_s;        /* back-off: wait this long (signals handled) before spawning */
+  double epoch_s;              /* bt_clock_s() of the job's start, for event times (0: now) */
+  int events_append;           /* append to events_path/metrics_path (a later incarnation) */
   const char *const *extra_env;/* more "K=V" for every worker, NULL-terminated, or NULL */
   int64_t first_step;          /* START.first_step */
   int64_t last_step;           /* START.last_step */
@@ -82,6 +105,16 @@ typedef struct {
   int have_hash;
   bt_hash128_t hash;           /* bt_hash_combine of every stage's HASHES */
   int64_t steps_done;          /* steps every stage finished */
+  bt_sup_end_t end;            /* what ended it, for the restart policy */
+  int root_pid;                /* the root-cause worker's pid, or 0 */
+  int root_exit;               /* its exit code, or -1 when killed by a signal */
+  char root_tail[4096];        /* the last lines of its stderr */
+  int64_t committed_step;      /* the newest step committed by this incarnation, or 0 */
+  double detect_s;             /* event times (epoch_s based): first failure seen, */
+  double detect_latency_s;     /* its stage's last sign of progress -> detection */
+  double stopped_s;            /*   every worker gone, */
+  double first_step_s;         /*   the first step after the restore finished (0: none) */
+  double ready_s;              /*   every stage ready (0: never) */
 } bt_sup_result_t;
 
 /* Runs the job to its end; prints forwarded output, progress and, on

@@ -1,0 +1,181 @@
+/* recovery.c - the restart policy and the checkpoint queries of `baton run`
+ * (see recovery.h). */
+#include "launcher/recovery.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint/ckpt.h"
+#include "common/error.h"
+#include "common/exitcodes.h"
+#include "common/log.h"
+
+void bt_recovery_opts_default(bt_recovery_opts_t *o) {
+  memset(o, 0, sizeof *o);
+  o->max_restarts = 10;
+  o->max_stalled = 3;
+  o->min_stages = 0; /* 0: the starting count, i.e. no shrinking */
+  o->max_slot_failures = 2;
+  o->backoff_s = 0.2;
+  o->backoff_max_s = 5.0;
+}
+
+void bt_recovery_init(bt_recovery_t *r, const bt_recovery_opts_t *o, uint32_t stages, int64_t start_step) {
+  memset(r, 0, sizeof *r);
+  r->o = *o;
+  if (r->o.min_stages <= 0 || (uint32_t)r->o.min_stages > stages) r->o.min_stages = (int)stages;
+  r->stages = stages;
+  r->shrink = (uint32_t)r->o.min_stages < stages;
+  r->best_step = start_step;
+}
+
+static void give_up(bt_recovery_decision_t *d, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void give_up(bt_recovery_decision_t *d, int code, const char *fmt, ...) {
+  d->action = BT_RECOVERY_GIVE_UP;
+  d->exit_code = code;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(d->why, sizeof d->why, fmt, ap);
+  va_end(ap);
+}
+
+void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t progress_step,
+                        bt_recovery_decision_t *d) {
+  memset(d, 0, sizeof *d);
+  d->retire = -1;
+  /* Progress is measured against the furthest point of the whole job, so
+   * a loop of restarts that each die before the next commit trips the
+   * breaker however long each of them trains. */
+  if (progress_step > r->best_step) {
+    r->best_step = progress_step;
+    r->stalled = 0;
+  } else
+    r->stalled++;
+  switch (res->end) {
+  case BT_SUP_END_FATAL:
+    give_up(d, BT_EXIT_FAILED, "stage %d failed in a way a restart cannot fix (%s)", res->failed_stage,
+            res->reason);
+    return;
+  case BT_SUP_END_NONFINITE:
+    give_up(d, BT_EXIT_NONFINITE, "non-finite loss or parameters: a restart would replay the same bits");
+    return;
+  case BT_SUP_END_INTERNAL:
+    give_up(d, BT_EXIT_FAILED, "%s", res->reason);
+    return;
+  default: break;
+  }
+  if (r->restarts >= r->o.max_restarts) {
+    give_up(d, BT_EXIT_RESTARTS, "restart budget spent (%d restarts, --max-restarts %d)", r->restarts,
+            r->o.max_restarts);
+    return;
+  }
+  if (r->stalled >= r->o.max_stalled) {
+    give_up(d, BT_EXIT_NO_PROGRESS,
+            "%d restarts in a row made no progress past step %lld: giving up (the breaker)", r->stalled,
+            (long long)r->best_step);
+    return;
+  }
+  r->restarts++;
+  double b = r->o.backoff_s;
+  for (int i = 1; i < r->restarts && b < r->o.backoff_max_s; i++) b *= 2;
+  d->backoff_s = b < r->o.backoff_max_s ? b : r->o.backoff_max_s;
+  d->action = BT_RECOVERY_RESTART;
+  int slot = res->failed_stage;
+  /* Retiring slots is asked for with --min-stages below the start count;
+   * otherwise the restart budget alone governs. */
+  if (!r->shrink || slot < 0 || (uint32_t)slot >= r->stages) return;
+  if (++r->slot_failures[slot] < r->o.max_slot_failures) return;
+  if (r->stages <= (uint32_t)r->o.min_stages) {
+    give_up(d, BT_EXIT_TOO_FEW,
+            "stage %d failed %d times and retiring it would leave %u stages, below --min-stages %d", slot,
+            r->slot_failures[slot], r->stages - 1, r->o.min_stages);
+    return;
+  }
+  d->action = BT_RECOVERY_REFORM;
+  d->retire = slot;
+  /* Positions renumber after a re-form: the counts start over. */
+  memset(r->slot_failures, 0, sizeof r->slot_failures);
+  r->stages--;
+}
+
+int bt_recovery_pick(const char *root, int64_t *step, char **model_text) {
+  *step = 0;
+  if (model_text) *model_text = NULL;
+  bt_ckpt_step_t st;
+  memset(&st, 0, sizeof st);
+  int rc = bt_ckpt_open_latest(root, BT_CKPT_CHECK_CRC, &st);
+  if (rc == -ENOENT) return 0;
+  if (rc) return rc;
+  *step = st.step;
+  if (model_text && st.man.meta.model_config && !(*model_text = strdup(st.man.meta.model_config)))
+    rc = -ENOMEM;
+  bt_ckpt_step_close(&st);
+  return rc;
+}
+
+/* Hashes the parameters of one shard into recs (grown as needed). */
+static int hash_shard(const char *path, bt_hash_rec_t **recs, size_t *n, size_t *cap) {
+  bt_ckpt_shard_t *sh = NULL;
+  bt_ckpt_tensor_t *t = NULL;
+  size_t nt = 0;
+  float *buf = NULL;
+  int rc = bt_ckpt_shard_open(path, &sh);
+  if (rc) goto out;
+  if ((rc = bt_ckpt_shard_list(sh, &t, &nt))) goto out;
+  for (size_t i = 0; i < nt; i++) {
+    if (t[i].kind != BT_CKPT_PARAM) continue;
+    size_t numel = bt_ckpt_numel(&t[i]);
+    float *p = realloc(buf, (numel ? numel : 1) * sizeof *p);
+    if (!p) {
+      rc = -ENOMEM;
+      goto out;
+    }
+    buf = p;
+    t[i].data = buf;
+    if ((rc = bt_ckpt_shard_read(sh, &t[i], NULL))) goto out;
+    if (*n == *cap) {
+      size_t nc = *cap ? *cap * 2 : 64;
+      bt_hash_rec_t *q = realloc(*recs, nc * sizeof *q);
+      if (!q) {
+        rc = -ENOMEM;
+        goto out;
+      }
+      *recs = q;
+      *cap = nc;
+    }
+    bt_hash_rec_t *r = &(*recs)[(*n)++];
+    memset(r, 0, sizeof *r);
+    r->layer = t[i].layer;
+    r->index = t[i].index;
+    snprintf(r->name, sizeof r->name, "%s", t[i].name);
+    r->h = bt_hash_tensor(buf, numel);
+  }
+out:
+  free(buf);
+  free(t);
+  bt_ckpt_shard_close(sh);
+  return rc;
+}
+
+int bt_recovery_hash(const char *root, int64_t step, bt_hash128_t *out) {
+  char dir[4096], path[8192];
+  bt_ckpt_step_t st;
+  memset(&st, 0, sizeof st);
+  bt_hash_rec_t *recs = NULL;
+  size_t n = 0, cap = 0;
+  int rc = bt_ckpt_step_path(root, step, 0, dir, sizeof dir);
+  if (rc) return rc;
+  if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CRC, &st, NULL, NULL))) return rc;
+  for (uint32_t i = 0; i < st.man.nshards && !rc; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, st.man.shards[i].file);
+    rc = hash_shard(path, &recs, &n, &cap);
+  }
+  if (!rc) rc = bt_hash_combine(recs, n, out);
+  free(recs);
+  bt_ckpt_step_close(&st);
+  return rc;
+}
