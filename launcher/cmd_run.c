@@ -80,7 +80,8 @@ static void usage(FILE *f) {
           "  --ckpt-compress N       deflate level 0..9 of the shards (default 0)\n"
           "  --resume auto|never     auto (default): resume when DIR holds a checkpoint;\n"
           "                          never: refuse a DIR that holds one\n"
-          "  --max-restarts N        restarts for the whole job (default 10; 0: none)\n"
+          "  --max-restarts N        restarts for the whole job (default 10 with\n"
+          "                          --ckpt-dir, else 0: a failure ends the job)\n"
           "  --max-stalled-restarts N  restarts in a row without a new checkpoint\n"
           "                          before giving up (default 3)\n"
           "  --min-stages N          re-form on fewer stages, down to N, when a stage\n"
@@ -140,6 +141,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
   bt_config_defaults(&a->cfg);
   bt_sup_opts_default(&a->o);
   bt_recovery_opts_default(&a->ro);
+  a->ro.max_restarts = -1; /* not given: decided once --ckpt-dir is known */
   a->keep = 2;
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i], *v = NULL;
@@ -570,6 +572,10 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: --min-stages: a CSV schedule is for %d stages only\n", cfg->run.stages);
     goto out;
   }
+  /* Without a checkpoint directory a restart starts over from step 0, which
+   * is rarely what anyone wants by default: then a failure ends the job
+   * unless --max-restarts asks otherwise. */
+  if (a->ro.max_restarts < 0) a->ro.max_restarts = a->o.ckpt_dir ? 10 : 0;
   int64_t restore = 0;
   if (a->o.ckpt_dir) {
     /* One job per directory, for the whole job: every incarnation writes
@@ -752,7 +758,8 @@ int bt_cmd_run(int argc, char **argv) {
     bt_recovery_decide(&rec, &res, progress, &d);
     if (d.action == BT_RECOVERY_GIVE_UP) {
       job_event_failure(a, "give_up", f, next, &d, (uint32_t)form.p);
-      fprintf(stderr, "baton run: %s\n", d.why);
+      /* With no restarts at all the supervisor's failure report says it all. */
+      if (rec.restarts > 0 || d.exit_code != BT_EXIT_FAILED) fprintf(stderr, "baton run: %s\n", d.why);
       rc = d.exit_code;
       break;
     }
@@ -776,7 +783,7 @@ int bt_cmd_run(int argc, char **argv) {
     backoff = d.backoff_s;
     inc++;
   }
-  print_summary(fails, nfail, bt_clock_s() - epoch);
+  if (rec.restarts > 0) print_summary(fails, nfail, bt_clock_s() - epoch);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);

@@ -68,6 +68,10 @@ void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t pr
     return;
   default: break;
   }
+  if (r->o.max_restarts == 0) {
+    give_up(d, BT_EXIT_FAILED, "no restarts allowed (--max-restarts 0)");
+    return;
+  }
   if (r->restarts >= r->o.max_restarts) {
     give_up(d, BT_EXIT_RESTARTS, "restart budget spent (%d restarts, --max-restarts %d)", r->restarts,
             r->o.max_restarts);

@@ -17,7 +17,9 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/frame.h"
+#include "common/exitcodes.h"
 #include "launcher/plan.h"
+#include "launcher/recovery.h"
 #include "launcher/supervisor.h"
 #include "worker/control.h"
 #include "worker/pipeline.h"
@@ -238,8 +240,8 @@ Test(supervisor, defaults_are_the_documented_ones) {
   bt_sup_opts_t o;
   bt_sup_opts_default(&o);
   cr_assert_eq(o.grace_s, 5.0);
-  cr_assert_eq(o.heartbeat_timeout_s, 10.0);
-  cr_assert_eq(o.progress_timeout_s, 60.0);
+  cr_assert_eq(o.heartbeat_timeout_s, 2.0);
+  cr_assert_eq(o.progress_timeout_s, 5.0);
   cr_assert_eq(o.start_timeout_s, 120.0);
 }
 
@@ -377,4 +379,139 @@ Test(plan, refuses_what_cannot_run) {
   cr_assert_eq(bt_plan_schedule(&c, NULL, &s, err, sizeof err), BT_EARG);
   cr_assert(bt_plan_is_builder("zb-h1"));
   cr_assert(!bt_plan_is_builder("zb-h2"));
+}
+
+/* ---- the restart policy (launcher/recovery.c) ---- */
+
+static bt_sup_result_t failed_at(int stage, bt_sup_end_t end) {
+  bt_sup_result_t r;
+  memset(&r, 0, sizeof r);
+  r.exit_code = BT_EXIT_FAILED;
+  r.failed_stage = stage;
+  r.end = end;
+  snprintf(r.reason, sizeof r.reason, "killed by signal 9");
+  return r;
+}
+
+Test(recovery, restarts_back_off_exponentially_up_to_the_cap) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  o.backoff_s = 0.25;
+  o.backoff_max_s = 1.0;
+  o.max_stalled = 100;
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 4, 0);
+  bt_sup_result_t res = failed_at(1, BT_SUP_END_RETRYABLE);
+  double want[] = {0.25, 0.5, 1.0, 1.0};
+  for (int i = 0; i < 4; i++) {
+    bt_recovery_decision_t d;
+    bt_recovery_decide(&r, &res, 10 * (i + 1), &d);
+    cr_assert_eq(d.action, BT_RECOVERY_RESTART, "restart %d: action %d", i, d.action);
+    cr_assert_float_eq(d.backoff_s, want[i], 1e-12, "restart %d: %g vs %g", i, d.backoff_s, want[i]);
+  }
+  cr_assert_eq(r.restarts, 4);
+}
+
+Test(recovery, the_budget_ends_the_job_with_its_code) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  o.max_restarts = 2;
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 2, 0);
+  bt_sup_result_t res = failed_at(0, BT_SUP_END_RETRYABLE);
+  bt_recovery_decision_t d;
+  bt_recovery_decide(&r, &res, 5, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 10, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 15, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_GIVE_UP);
+  cr_assert_eq(d.exit_code, BT_EXIT_RESTARTS);
+  cr_assert_not_null(strstr(d.why, "restart budget"), "%s", d.why);
+}
+
+Test(recovery, restarts_without_progress_trip_the_breaker) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  o.max_stalled = 3;
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 2, 20);
+  bt_sup_result_t res = failed_at(1, BT_SUP_END_RETRYABLE);
+  bt_recovery_decision_t d;
+  /* progress past 20 resets the count; then three without */
+  bt_recovery_decide(&r, &res, 25, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 25, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 25, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 25, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_GIVE_UP);
+  cr_assert_eq(d.exit_code, BT_EXIT_NO_PROGRESS);
+}
+
+Test(recovery, fatal_and_nonfinite_are_not_restarted) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 2, 0);
+  bt_sup_result_t res = failed_at(1, BT_SUP_END_FATAL);
+  bt_recovery_decision_t d;
+  bt_recovery_decide(&r, &res, 0, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_GIVE_UP);
+  cr_assert_eq(d.exit_code, BT_EXIT_FAILED);
+  res = failed_at(0, BT_SUP_END_NONFINITE);
+  bt_recovery_decide(&r, &res, 0, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_GIVE_UP);
+  cr_assert_eq(d.exit_code, BT_EXIT_NONFINITE);
+  cr_assert_eq(r.restarts, 0);
+}
+
+Test(recovery, a_slot_failing_twice_is_retired_down_to_min_stages) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  o.min_stages = 3;
+  o.max_slot_failures = 2;
+  o.max_stalled = 100;
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 4, 0);
+  bt_sup_result_t res = failed_at(2, BT_SUP_END_RETRYABLE);
+  bt_recovery_decision_t d;
+  bt_recovery_decide(&r, &res, 1, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 2, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_REFORM);
+  cr_assert_eq(d.retire, 2);
+  cr_assert_eq(r.stages, 3);
+  /* at --min-stages: a slot that must go ends the job */
+  bt_recovery_decide(&r, &res, 3, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_RESTART);
+  bt_recovery_decide(&r, &res, 4, &d);
+  cr_assert_eq(d.action, BT_RECOVERY_GIVE_UP);
+  cr_assert_eq(d.exit_code, BT_EXIT_TOO_FEW);
+}
+
+Test(recovery, without_min_stages_slots_are_never_retired) {
+  bt_recovery_opts_t o;
+  bt_recovery_opts_default(&o);
+  o.max_stalled = 100;
+  bt_recovery_t r;
+  bt_recovery_init(&r, &o, 4, 0);
+  bt_sup_result_t res = failed_at(2, BT_SUP_END_RETRYABLE);
+  bt_recovery_decision_t d;
+  for (int i = 0; i < 5; i++) {
+    bt_recovery_decide(&r, &res, i + 1, &d);
+    cr_assert_eq(d.action, BT_RECOVERY_RESTART, "failure %d", i);
+  }
+  cr_assert_eq(r.stages, 4);
+}
+
+Test(recovery, exit_codes_are_distinct) {
+  int codes[] = {BT_EXIT_OK, BT_EXIT_FAILED, BT_EXIT_USAGE, BT_EXIT_PREEMPTED, BT_EXIT_RESTARTS,
+                 BT_EXIT_NO_PROGRESS, BT_EXIT_NONFINITE, BT_EXIT_TOO_FEW};
+  size_t n = sizeof codes / sizeof codes[0];
+  for (size_t i = 0; i < n; i++) {
+    cr_assert(codes[i] >= 0 && codes[i] < 128, "code %d collides with 128+signal", codes[i]);
+    for (size_t k = i + 1; k < n; k++) cr_assert_neq(codes[i], codes[k], "codes %zu and %zu are both %d", i, k, codes[i]);
+  }
 }
