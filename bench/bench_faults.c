@@ -6,7 +6,7 @@
  *      recovery and is timed as a whole run against a clean one), --runs
  *      runs of `baton run --stages P --chunks 2 --ckpt-every 5
  *      --inject-fault KIND@stage=1,...` with --events, and the median over
- *      the runs of the figures the supervisor writes in its `restart` event:
+ *      the runs of the figures the supervisor writes in its `recovered` event:
  *      time to detect, to stop, to restore, to the first step after, and
  *      steps lost. A run that does not end with exit 0 and a restart event
  *      is reported as failed, not averaged.
@@ -90,7 +90,7 @@ static double field(const char *line, const char *key) {
   return p ? strtod(p + strlen(pat), NULL) : NAN;
 }
 
-/* The figures of a recovery, from the first `restart` event. */
+/* The figures of a recovery, from the first `recovered` event. */
 typedef struct {
   double detect_s, stop_s, restore_s, first_step_s, steps_lost;
 } recovery_t;
@@ -104,7 +104,7 @@ static int read_recovery(const char *events, recovery_t *r) {
   char line[16384];
   int found = 0;
   while (!found && fgets(line, sizeof line, f)) {
-    if (!strstr(line, "\"event\":\"restart\"")) continue;
+    if (!strstr(line, "\"event\":\"recovered\"")) continue;
     double *out = &r->detect_s;
     for (int k = 0; k < NFIG; k++) out[k] = field(line, figure_keys[k]);
     found = 1;
@@ -320,7 +320,7 @@ int main(int argc, char **argv) {
       }
       if (code != 0 || read_recovery(ev, &rec) < 0) {
         fprintf(stderr, "bench_faults: %s run %d: exit %d%s (log %s)\n", specs[k], run_i + 1, code,
-                code == 0 ? ", no restart event" : "", log);
+                code == 0 ? ", no recovered event" : "", log);
         r->failed++;
         continue;
       }
