@@ -40,6 +40,7 @@ typedef struct {
   char layers[256];       /* BATON_LAYERS: "lo-hi,lo-hi" global layer range per chunk */
   char ckpt_dir[4096];    /* BATON_CKPT_DIR: the checkpoint root ("" when none) */
   char faults[1024];      /* BATON_INJECT_FAULTS: ';'-separated specs (incarnation 0 only) */
+  int ckpt_compress;      /* BATON_CKPT_COMPRESS: deflate level 0..9 of the shards */
 } bt_control_env_t;
 
 /* First thing a worker does, before anything that can take time:

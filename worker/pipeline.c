@@ -454,7 +454,9 @@ static int ckpt_setup(pipe_t *w) {
     d->ndim = t.ndim;
     for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
   }
-  int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, NULL, ckpt_done, w);
+  /* byte shuffle helps deflate on float data; with no deflate it is moot */
+  bt_ckpt_opts_t opts = {.deflate = w->env->ckpt_compress, .shuffle = w->env->ckpt_compress > 0};
+  int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
   if (rc < 0) {
     errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
