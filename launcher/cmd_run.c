@@ -776,9 +776,12 @@ int bt_cmd_run(int argc, char **argv) {
       if ((rc = formation_plan(a, &form))) break;
     }
     job_event_failure(a, d.action == BT_RECOVERY_REFORM ? "reform" : "restart", f, next, &d, rec.stages);
-    fprintf(stderr, "baton run: restart %d of at most %d from %s in %.1f s\n", rec.restarts, a->ro.max_restarts,
-            next > 0 ? "the checkpoint" : "step 0", d.backoff_s);
-    if (next > 0) fprintf(stderr, "baton run: restoring step %lld\n", (long long)next);
+    if (next > 0)
+      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from checkpoint step %lld\n", rec.restarts,
+              a->ro.max_restarts, d.backoff_s, (long long)next);
+    else
+      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from step 0 (no checkpoint yet)\n",
+              rec.restarts, a->ro.max_restarts, d.backoff_s);
     restore = next;
     backoff = d.backoff_s;
     inc++;

@@ -285,7 +285,7 @@ Test(recovery, a_crash_before_the_first_checkpoint_restarts_from_step_0_and_logs
                          "crash@stage=1,step=4", NULL};
   cr_assert_eq(run_job(20, extra), 0);
   assert_hash_is(h);
-  assert_err_has("restart 1 of at most 10 from step 0");
+  assert_err_has("restart 1 of at most 10 in 0.05 s, from step 0 (no checkpoint yet)");
   assert_err_has("baton: summary: 1 failure, 1 restart");
   assert_err_has("first failure (root cause): stage 1");
   /* the account: failure, restart (detect, stop, steps lost), recovered
