@@ -539,6 +539,7 @@ static void log_checkpoint_event(sup_t *s, int64_t step, double commit_s, int rc
  * parameters back; that is the check that keeps NaN out of checkpoints, and
  * heartbeats queue up meanwhile rather than being lost. */
 static void commit_step(sup_t *s, pending_ckpt_t *p) {
+  clear_progress(s); /* the checkpoint module logs the commit */
   double t0 = bt_clock_s();
   int rc = bt_ckpt_commit(s->o->ckpt_dir, p->step, p->r, s->n);
   int removed = 0;
