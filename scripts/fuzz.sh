@@ -28,7 +28,7 @@ def frame(t, payload):
     return head + payload + struct.pack('<I', zlib.crc32(head + payload) & 0xffffffff)
 seeds = {
   'hello': frame(1, struct.pack('<IIq', 1, 0, 4242)),
-  'ready': frame(2, struct.pack('<I', 1) + s('tcp:127.0.0.1:40000')),
+  'ready': frame(2, struct.pack('<I', 1) + s('tcp:127.0.0.1:40000') + s('host0/GPU-0') + bytes(128)),
   'heartbeat': frame(3, struct.pack('<IIqqq', 1, 1, 3, 7, 100)),
   'metrics': frame(4, struct.pack('<Iqddddq', 1, 3, 2.5, 0.5, 0.25, 0.75, 4096)),
   'hashes': frame(5, struct.pack('<IqI', 1, 3, 2) +
@@ -38,7 +38,9 @@ seeds = {
   'error': frame(7, struct.pack('<Iii', 1, -10005, 75) + s('peer lost')),
   'done': frame(8, struct.pack('<q', 10)),
   'trace': frame(9, struct.pack('<IqI', 1, 3, 1) + struct.pack('<I', 1) + s('2F0') + struct.pack('<dd', 0.5, 0.75)),
-  'start': frame(64, struct.pack('<Iqq', 2, 1, 10) + s('tcp:127.0.0.1:1') + s('tcp:127.0.0.1:2') + bytes(128)),
+  'start': frame(64, struct.pack('<Iqq', 2, 1, 10) + s('tcp:127.0.0.1:1') + s('tcp:127.0.0.1:2') + bytes(128) +
+                  struct.pack('<qqI', 0, 5, 1) + s('') + s('')),
+  'ckpt_late': frame(10, struct.pack('<q', 6)),
   'ckpt_at': frame(65, struct.pack('<q', 5)),
   'stop': frame(66, struct.pack('<q', 0)),
   'abort': frame(67, b''),

@@ -21,4 +21,7 @@ if [ "${BATON_SANITIZE_SUITE:-1}" != 0 ]; then
   UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -j "$jobs" --output-on-failure --timeout 1800 ${BATON_SANITIZE_LABELS:+-L "$BATON_SANITIZE_LABELS"}
 fi
+echo "== fuzzing the control-frame parser (FUZZ_SECONDS=${FUZZ_SECONDS:-20})"
+bash scripts/fuzz.sh
+
 echo "== all tests passed"
