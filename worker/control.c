@@ -324,14 +324,18 @@ void bt_control_progress(bt_control_t *c, int64_t step, int64_t action, bt_phase
 
 void bt_control_action_done(bt_control_t *c) { atomic_fetch_add(&c->actions_done, 1); }
 
-int bt_control_send_ready(bt_control_t *c, const char *addr) {
+int bt_control_send_ready_gpu(bt_control_t *c, const char *addr, const char *gpu, const uint8_t *nccl_id) {
   bt_msg_ready_t m = {.stage = c->stage};
-  if (strlen(addr) >= sizeof m.addr) return BT_EARG;
+  if (strlen(addr) >= sizeof m.addr || (gpu && strlen(gpu) >= sizeof m.gpu)) return BT_EARG;
   snprintf(m.addr, sizeof m.addr, "%s", addr);
+  if (gpu) snprintf(m.gpu, sizeof m.gpu, "%s", gpu);
+  if (nccl_id) memcpy(m.nccl_id, nccl_id, sizeof m.nccl_id);
   int rc;
   SEND_WITH(c, bt_msg_encode_ready(&c->send_buf, &m));
   return rc;
 }
+
+int bt_control_send_ready(bt_control_t *c, const char *addr) { return bt_control_send_ready_gpu(c, addr, NULL, NULL); }
 
 int bt_control_wait_start(bt_control_t *c, bt_msg_start_t *start, uint64_t deadline) {
   struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),

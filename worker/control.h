@@ -70,6 +70,9 @@ void bt_control_progress(bt_control_t *c, int64_t step, int64_t action, bt_phase
 void bt_control_action_done(bt_control_t *c);
 
 int bt_control_send_ready(bt_control_t *c, const char *addr);
+/* READY with the GPU identity ("HOST/PCI-BUS-ID", "" on the CPU) and, from
+ * stage 0 when NCCL is available, NCCL's unique id (NULL: zeros). */
+int bt_control_send_ready_gpu(bt_control_t *c, const char *addr, const char *gpu, const uint8_t *nccl_id);
 /* Blocks until START arrives or `deadline` (bt_clock_ns) passes
  * (BT_ETIMEOUT), or the channel breaks (BT_EPEER). */
 int bt_control_wait_start(bt_control_t *c, bt_msg_start_t *start, uint64_t deadline);

@@ -10,6 +10,7 @@
 
 #include "checkpoint/ckpt.h"
 #include "common/clock.h"
+#include "common/crc.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/model.h"
@@ -19,6 +20,7 @@
 #include "worker/faults.h"
 #include "worker/stage.h"
 #include "worker/transport.h"
+#include "worker/transport_nccl.h"
 
 /* HASHES frames stay far below BT_FRAME_MAX_PAYLOAD with this many records
  * each (a record is under 80 bytes on the wire). */
@@ -143,6 +145,14 @@ typedef struct {
   bt_tx_req_t **reqs;      /* nact * BT_COMM_MAX receive requests of the step */
   bt_trace_ev_t *ev;       /* nact */
   bt_faults_t faults;      /* injected faults of this stage (incarnation 0) */
+  int *peers, npeers;      /* the stages this one exchanges messages with */
+  /* GPUs: cuda set with the CUDA backend; twins non-NULL when the socket
+   * transport carries device tensors through pinned host buffers */
+  int cuda, device;
+  char gpu[BT_GPU_NAME_MAX];
+  uint8_t nccl_id[BT_TX_NCCL_ID_BYTES];
+  struct twin { const float *dev; void *host; } *twins;
+  size_t ntwins;
   /* checkpoints: NULL writer when the job has no checkpoint directory */
   bt_ckpt_writer_t *writer;
   bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
@@ -220,6 +230,14 @@ static int compute(pipe_t *w, const bt_action_t *a) {
   }
 }
 
+/* What the transport moves for a stage buffer: the buffer itself, or its
+ * pinned host twin when sockets carry device tensors. */
+static void *wire_buf(pipe_t *w, float *dev) {
+  for (size_t i = 0; i < w->ntwins; i++)
+    if (w->twins[i].dev == dev) return w->twins[i].host;
+  return dev;
+}
+
 static uint64_t peer_deadline(pipe_t *w) { return bt_deadline_ms(w->env->peer_timeout_ms); }
 
 /* One step: post every receive, walk the actions, optimizer, close the step. */
@@ -231,7 +249,7 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     bt_comm_t cm;
     if ((rc = bt_comm_of(&w->sched, w->me, j, step, &cm)) < 0) return rc;
     for (int r = 0; r < cm.nrecv; r++) {
-      float *buf = recv_buf(w, &cm.recv[r].tag);
+      void *buf = wire_buf(w, recv_buf(w, &cm.recv[r].tag));
       rc = bt_tx_irecv(w->tx, buf, bytes, cm.recv[r].peer, cm.recv[r].tag, &w->reqs[j * BT_COMM_MAX + r]);
       if (rc < 0) return rc;
     }
@@ -252,7 +270,13 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
                  tag, cm.recv[r].peer);
       }
       rc = bt_tx_wait(w->tx, *req, peer_deadline(w));
-      if (rc == 0) *req = NULL;
+      if (rc == 0) {
+        *req = NULL;
+        if (w->twins) {
+          float *dev = recv_buf(w, &cm.recv[r].tag);
+          rc = bt_tx_stage_in(w->be, dev, wire_buf(w, dev), bytes);
+        }
+      }
       if (rc < 0) {
         char tag[96];
         bt_tag_str(&cm.recv[r].tag, tag, sizeof tag);
@@ -279,7 +303,11 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
              cm.send[s].peer);
         return rc;
       }
-      rc = bt_tx_isend(w->tx, send_buf(w, &cm.send[s].tag), bytes, cm.send[s].peer, cm.send[s].tag, NULL);
+      float *dev = send_buf(w, &cm.send[s].tag);
+      void *buf = wire_buf(w, dev);
+      /* the host twin of (chunk, mb) stays untouched until the step ends */
+      rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
+      if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
              bt_strerror(rc));
@@ -348,6 +376,45 @@ static int find_peers(pipe_t *w, int *peers, int *npeers) {
   return 0;
 }
 
+/* The CUDA device of this stage: the node-local rank modulo the devices
+ * present, so a node with fewer GPUs than stages shares them (and the job
+ * then falls back to sockets, NCCL refusing two ranks on one device). */
+static int pick_device(pipe_t *w) {
+  char why[512] = "";
+  int count = 0;
+  while (count < 1024 && bt_tx_nccl_available(count, count ? NULL : why, sizeof why) == 0) count++;
+  if (count == 0) {
+    errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
+    return BT_EBACKEND;
+  }
+  w->cuda = 1;
+  w->device = bt_cuda_resolve_device(-1) % count;
+  bt_debug("stage %d on CUDA device %d of %d", w->me, w->device, count);
+  return 0;
+}
+
+/* READY's GPU name ("HOST/PCI-BUS-ID", unique in the job) and, on stage 0,
+ * NCCL's unique id. A host name too long for the field is replaced by its
+ * CRC: the name only has to tell GPUs apart. */
+static int gpu_identity(pipe_t *w) {
+  char name[512];
+  int rc = bt_tx_nccl_gpu_name(w->device, name, sizeof name);
+  if (rc < 0) {
+    errf(w->err, sizeof w->err, "the GPU's PCI bus id: %s", bt_strerror(rc));
+    return rc;
+  }
+  if (strlen(name) >= sizeof w->gpu) {
+    const char *bus = strrchr(name, '/');
+    size_t hl = bus ? (size_t)(bus - name) : strlen(name);
+    snprintf(w->gpu, sizeof w->gpu, "%08x%s", (unsigned)bt_crc32(0, name, hl), bus ? bus : "");
+  } else {
+    snprintf(w->gpu, sizeof w->gpu, "%s", name);
+  }
+  if (w->me == 0 && (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0)
+    errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
+  return rc;
+}
+
 static int setup(pipe_t *w, int *first, int *last) {
   const bt_config_t *cfg = w->cfg;
   int rc;
@@ -358,15 +425,11 @@ static int setup(pipe_t *w, int *first, int *last) {
   w->ev = calloc(w->nact + 1, sizeof *w->ev);
   if (!w->reqs || !w->ev) return -ENOMEM;
   char why[512] = "";
-  if ((rc = bt_backend_create(cfg->run.backend, -1, &w->be, why, sizeof why)) < 0) {
+  w->device = -1;
+  if (!strcmp(cfg->run.backend, "cuda") && (rc = pick_device(w)) < 0) return rc;
+  if ((rc = bt_backend_create(cfg->run.backend, w->device, &w->be, why, sizeof why)) < 0) {
     errf(w->err, sizeof w->err, "--backend %s: %s", cfg->run.backend, why[0] ? why : bt_strerror(rc));
     return rc;
-  }
-  /* The socket transport moves host memory; device tensors would need
-   * staging through host buffers, which only the NCCL transport avoids. */
-  if (strcmp(w->be->ops->name, "cpu")) {
-    errf(w->err, sizeof w->err, "--backend %s: the socket transport carries host memory only", cfg->run.backend);
-    return BT_EUNSUPPORTED;
   }
   bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
   for (int c = 0; c < w->v; c++) {
@@ -385,17 +448,60 @@ static int setup(pipe_t *w, int *first, int *last) {
     errf(w->err, sizeof w->err, "BATON_JOB_TOKEN is missing or malformed");
     return rc;
   }
-  int *peers = calloc((size_t)w->p, sizeof *peers), npeers = 0;
-  if (!peers) return -ENOMEM;
-  rc = find_peers(w, peers, &npeers);
-  if (rc == 0) {
-    bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = peers, .npeers = npeers,
-                              .token = token, .token_len = token_len};
-    rc = bt_tx_socket_create(&to, &w->tx);
-    if (rc < 0) errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
-  }
-  free(peers);
+  w->peers = calloc((size_t)w->p, sizeof *w->peers);
+  if (!w->peers) return -ENOMEM;
+  if ((rc = find_peers(w, w->peers, &w->npeers)) < 0) return rc;
+  /* Sockets listen from the start, whatever START decides: READY carries
+   * their address, and they are the fallback when NCCL cannot be used. */
+  bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = w->peers, .npeers = w->npeers,
+                            .token = token, .token_len = token_len};
+  rc = bt_tx_socket_create(&to, &w->tx);
+  if (rc < 0) errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
+  if (rc == 0 && w->cuda) rc = gpu_identity(w);
   return rc;
+}
+
+/* After START, with the CUDA backend: NCCL when every stage has a GPU of
+ * its own (the table in START.gpus, the same on every worker, so all
+ * choose alike), else the socket transport through pinned host twins of
+ * every message buffer. */
+static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_sockets) {
+  *use_sockets = 1;
+  if (!w->cuda) return 0;
+  const char *names[BT_MAX_STAGES];
+  for (int i = 0; i < w->p; i++) names[i] = start->gpus[i];
+  char why[512] = "";
+  int rc;
+  if (bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+    bt_tx_destroy(w->tx);
+    w->tx = NULL;
+    bt_tx_nccl_opts_t no = {.rank = w->me, .nranks = w->p, .device = w->device, .id = start->nccl_id,
+                            .peers = w->peers, .npeers = w->npeers, .init_ms = w->env->peer_timeout_ms};
+    if ((rc = bt_tx_nccl_create(&no, &w->tx, why, sizeof why)) < 0)
+      errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
+    *use_sockets = 0;
+    return rc;
+  }
+  if (w->me == 0) bt_warn("%s: using the socket transport through pinned host buffers", why);
+  int m = w->cfg->model.microbatches;
+  size_t bytes = bt_stage_act_bytes(w->st);
+  w->twins = calloc((size_t)w->v * (size_t)m * 4 + 1, sizeof *w->twins);
+  if (!w->twins) return -ENOMEM;
+  for (int c = 0; c < w->v; c++)
+    for (int mb = 0; mb < m; mb++) {
+      float *bufs[4] = {bt_stage_act_in(w->st, c, mb), bt_stage_act_out(w->st, c, mb),
+                        bt_stage_grad_in(w->st, c, mb), bt_stage_grad_out(w->st, c, mb)};
+      for (int k = 0; k < 4; k++) {
+        if (!bufs[k]) continue;
+        void *host = NULL;
+        if ((rc = bt_tx_stage_alloc(w->be, bytes, &host)) < 0) {
+          errf(w->err, sizeof w->err, "pinned host buffers: %s", bt_strerror(rc));
+          return rc;
+        }
+        w->twins[w->ntwins++] = (struct twin){.dev = bufs[k], .host = host};
+      }
+    }
+  return 0;
 }
 
 /* ---------- checkpoints ---------- */
@@ -638,7 +744,8 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   }
   if ((rc = setup(&w, first, last)) < 0) goto done;
   if ((rc = ckpt_setup(&w)) < 0) goto done;
-  if ((rc = bt_control_send_ready(ctl, bt_tx_socket_address(w.tx))) < 0) goto done;
+  if ((rc = bt_control_send_ready_gpu(ctl, bt_tx_socket_address(w.tx), w.gpu, w.cuda && w.me == 0 ? w.nccl_id : NULL)) < 0)
+    goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the
    * deadline only keeps a wait from being endless by construction. */
   if ((rc = bt_control_wait_start(ctl, start, bt_deadline_ms(24 * 3600 * 1000))) < 0) {
@@ -659,9 +766,11 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     rc = BT_EARG;
     goto done;
   }
+  int use_sockets = 1;
+  if ((rc = choose_transport(&w, start, &use_sockets)) < 0) goto done;
   const char *addrs[BT_MAX_STAGES];
   for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
-  if ((rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
+  if (use_sockets && (rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
     errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
     goto done;
   }
@@ -725,6 +834,9 @@ done:
   /* The writer's in-flight save reads the snapshot, not the stage; its done
    * callback still uses the control channel, which outlives this call. */
   bt_ckpt_writer_destroy(w.writer);
+  for (size_t i = 0; i < w.ntwins; i++) bt_tx_stage_free(w.be, w.twins[i].host);
+  free(w.twins);
+  free(w.peers);
   free(w.desc);
   free(w.model_text);
   free(w.run_text);
