@@ -1,5 +1,6 @@
 /* test_faults.c - the fault-injection spec parser (common/fault.h). */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -106,4 +107,125 @@ Test(fault_spec, check_against_the_job_shape) {
   cr_assert(strstr(why, "3 stages"), "why '%s'", why);
   cr_assert_eq(bt_fault_check(&f, 4, 4, why, sizeof why), BT_EARG);
   cr_assert(strstr(why, "last step 4"), "why '%s'", why);
+}
+
+/* ---- worker/faults.c: firing ---- */
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "worker/faults.h"
+
+Test(fault_fire, keeps_only_its_stage) {
+  bt_faults_t fs;
+  char why[256] = "";
+  cr_assert_eq(bt_faults_init(&fs, "crash@stage=0,step=2;slow@stage=1,step=3;hang@stage=1,step=4", 1, 100,
+                              why, sizeof why), 0, "%s", why);
+  cr_assert_eq(fs.n, 2, "n %zu", fs.n);
+  cr_assert_eq(fs.f[0].kind, BT_FAULT_SLOW);
+  cr_assert_eq(fs.f[1].kind, BT_FAULT_HANG);
+  cr_assert_eq(bt_faults_init(&fs, "boom@stage=1,step=1", 1, 100, why, sizeof why), BT_EARG);
+  cr_assert(strstr(why, "boom"), "why '%s'", why);
+  cr_assert_eq(bt_faults_init(&fs, NULL, 0, 100, why, sizeof why), 0);
+  cr_assert_eq(fs.n, 0);
+}
+
+/* Runs one action boundary in a child; returns its wait status. */
+static int fire_in_child(const char *spec, int64_t step, int64_t action) {
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    bt_faults_t fs;
+    if (bt_faults_init(&fs, spec, 0, 100, NULL, 0) < 0) _exit(100);
+    bt_faults_action(&fs, step, action);
+    _exit(0);
+  }
+  int st = 0;
+  /* WUNTRACED: a frozen child reports as stopped */
+  while (waitpid(pid, &st, WUNTRACED) < 0) cr_assert_eq(errno, EINTR);
+  if (WIFSTOPPED(st)) {
+    kill(pid, SIGKILL);
+    int ignored;
+    while (waitpid(pid, &ignored, 0) < 0 && errno == EINTR) {
+    }
+  }
+  return st;
+}
+
+Test(fault_fire, crash_exit_freeze_act_at_their_action) {
+  int st = fire_in_child("crash@stage=0,step=3,action=2", 3, 2);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "crash: status %#x", st);
+  st = fire_in_child("exit@stage=0,step=3,action=2,code=42", 3, 2);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 42, "exit: status %#x", st);
+  st = fire_in_child("freeze@stage=0,step=3,action=2", 3, 2);
+  cr_assert(WIFSTOPPED(st) && WSTOPSIG(st) == SIGSTOP, "freeze: status %#x", st);
+  /* an earlier action, another step: nothing fires */
+  st = fire_in_child("crash@stage=0,step=3,action=2", 3, 1);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "early: status %#x", st);
+  st = fire_in_child("crash@stage=0,step=3,action=2", 4, 5);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "other step: status %#x", st);
+  /* an action index past the end fires at the optimizer boundary */
+  st = fire_in_child("crash@stage=0,step=3,action=99", 3, 16);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "past the end, at action 16: status %#x", st);
+  st = fire_in_child("crash@stage=0,step=3,action=99", 3, BT_FAULTS_END_OF_STEP);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "past the end, end of step: status %#x", st);
+}
+
+Test(fault_fire, hang_blocks_the_next_send_once_with_a_deadline) {
+  bt_faults_t fs;
+  cr_assert_eq(bt_faults_init(&fs, "hang@stage=0,step=2,action=1", 0, 150, NULL, 0), 0);
+  bt_faults_action(&fs, 2, 0);
+  cr_assert_eq(bt_faults_before_send(&fs), 0, "fired before its action");
+  bt_faults_action(&fs, 2, 1);
+  double t0 = bt_clock_s();
+  cr_assert_eq(bt_faults_before_send(&fs), BT_ETIMEOUT);
+  double dt = bt_clock_s() - t0;
+  cr_assert(dt >= 0.14, "hung only %.3f s", dt);
+  cr_assert_eq(bt_faults_before_send(&fs), 0, "hung twice");
+  bt_faults_action(&fs, 2, 1);
+  cr_assert_eq(bt_faults_before_send(&fs), 0, "fired twice");
+}
+
+Test(fault_fire, slow_sleeps_before_every_later_action) {
+  bt_faults_t fs;
+  cr_assert_eq(bt_faults_init(&fs, "slow@stage=0,step=2,action=3,ms=30", 0, 100, NULL, 0), 0);
+  double t0 = bt_clock_s();
+  bt_faults_action(&fs, 2, 2);
+  cr_assert(bt_clock_s() - t0 < 0.025, "slept before the fault");
+  bt_faults_action(&fs, 2, 3);
+  bt_faults_action(&fs, 3, 0);
+  double dt = bt_clock_s() - t0;
+  cr_assert(dt >= 0.058, "two slow actions took %.3f s", dt);
+}
+
+Test(fault_fire, ckpt_die_kills_halfway_through_the_snapshot) {
+  int fds[2];
+  cr_assert_eq(pipe(fds), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    bt_faults_t fs;
+    if (bt_faults_init(&fs, "ckpt-die@stage=0,step=5", 0, 100, NULL, 0) < 0) _exit(100);
+    bt_faults_fill(&fs, 9, 10); /* not armed yet: survives */
+    bt_faults_action(&fs, 5, 0);
+    for (unsigned char i = 0; i < 10; i++) {
+      /* tell the parent which tensor the snapshot is at */
+      if (write(fds[1], &i, 1) != 1) _exit(101);
+      bt_faults_fill(&fs, i, 10);
+    }
+    _exit(0);
+  }
+  close(fds[1]);
+  unsigned char last = 255, b;
+  ssize_t r;
+  while ((r = read(fds[0], &b, 1)) == 1 || (r < 0 && errno == EINTR))
+    if (r == 1) last = b;
+  close(fds[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0) cr_assert_eq(errno, EINTR);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
+  cr_assert_eq(last, 5, "died at tensor %d of 10, expected 5", last);
 }

@@ -36,9 +36,13 @@ typedef struct {
 int bt_faults_init(bt_faults_t *fs, const char *list, int stage, int64_t hang_ms, char *why,
                    size_t why_len);
 
-/* Before action `action` of `step` (action = the action count: before the
- * optimizer). Crash, exit and freeze act here; hang, slow and ckpt-die arm.
- * Sleeps when slow. */
+/* The action index of the boundary before the optimizer step: every fault
+ * of the step not fired yet (its action index at or past the action
+ * count) fires there. */
+#define BT_FAULTS_END_OF_STEP INT64_MAX
+
+/* Before action `action` of `step` (or BT_FAULTS_END_OF_STEP). Crash, exit
+ * and freeze act here; hang, slow and ckpt-die arm. Sleeps when slow. */
 void bt_faults_action(bt_faults_t *fs, int64_t step, int64_t action);
 
 /* Before posting a send: an armed hang blocks here for hang_ms and then

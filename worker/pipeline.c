@@ -322,7 +322,7 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     bt_control_action_done(w->ctl);
   }
   bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_COMPUTE);
-  bt_faults_action(&w->faults, step, (int64_t)w->nact);
+  bt_faults_action(&w->faults, step, BT_FAULTS_END_OF_STEP);
   /* A hang armed after this stage's last send of the step still stops it
    * here, before the step's sends are finished. */
   if ((rc = bt_faults_before_send(&w->faults)) < 0) {
