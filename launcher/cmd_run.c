@@ -481,27 +481,6 @@ static void job_event_failure(run_args_t *a, const char *name, const failure_t *
   fclose(ev);
 }
 
-static void job_event_recovered(run_args_t *a, const failure_t *f) {
-  if (!a->o.events_path) return;
-  FILE *ev = fopen(a->o.events_path, "a");
-  if (!ev) return;
-  bt_json_t j;
-  bt_json_init(&j);
-  bt_json_obj_begin(&j);
-  bt_json_kstr(&j, "event", "recovered");
-  bt_json_knum(&j, "time_s", f->resumed_s);
-  bt_json_kint(&j, "restart", f->restart);
-  bt_json_knum(&j, "detect_s", f->detect_latency_s);
-  bt_json_knum(&j, "stop_s", f->stopped_s - f->detect_s);
-  bt_json_knum(&j, "restore_s", f->ready_s > 0 ? f->ready_s - f->stopped_s : -1);
-  bt_json_knum(&j, "first_step_s", f->resumed_s > 0 ? f->resumed_s - f->stopped_s : -1);
-  bt_json_kint(&j, "steps_lost", f->lost);
-  bt_json_obj_end(&j);
-  if (!bt_json_error(&j)) fprintf(ev, "%s\n", bt_json_cstr(&j));
-  bt_json_free(&j);
-  fclose(ev);
-}
-
 /* The account at the end of a job that had failures. */
 static void print_summary(const failure_t *f, int n, double end_s) {
   if (n == 0) return;
@@ -699,6 +678,15 @@ int bt_cmd_run(int argc, char **argv) {
     o->spawn_delay_s = backoff;
     o->epoch_s = epoch;
     o->events_append = inc > 0;
+    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
+      const failure_t *pf = &fails[nfail - 1];
+      o->recovering = pf->restart;
+      o->rec_detect_s = pf->detect_latency_s;
+      o->rec_stop_s = pf->stopped_s - pf->detect_s;
+      o->rec_stopped_at_s = pf->stopped_s;
+      o->rec_steps_lost = pf->lost;
+    } else
+      o->recovering = 0;
     bt_sup_result_t res;
     int src = bt_supervisor_run(o, &res);
     if (src < 0) {
@@ -709,7 +697,6 @@ int bt_cmd_run(int argc, char **argv) {
     if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
       fails[nfail - 1].ready_s = res.ready_s;
       fails[nfail - 1].resumed_s = res.first_step_s;
-      if (res.first_step_s > 0) job_event_recovered(a, &fails[nfail - 1]);
     }
     if (res.end == BT_SUP_END_DONE) {
       rc = res.exit_code;

@@ -369,7 +369,21 @@ static void emit_step(sup_t *s, pending_step_t *p) {
   double bubble = step_s > 0 ? 1.0 - busy / ((double)s->n * step_s) : 0.0;
   if (bubble < 0) bubble = 0;
   s->steps_done = p->step;
-  if (s->res->first_step_s == 0) s->res->first_step_s = bt_clock_s() - s->epoch_s;
+  if (s->res->first_step_s == 0) {
+    s->res->first_step_s = bt_clock_s() - s->epoch_s;
+    bt_json_t j;
+    if (s->o->recovering && event_begin(s, &j, "recovered")) {
+      const bt_sup_opts_t *o = s->o;
+      bt_json_kint(&j, "restart", o->recovering);
+      bt_json_kint(&j, "step", p->step);
+      bt_json_knum(&j, "detect_s", o->rec_detect_s);
+      bt_json_knum(&j, "stop_s", o->rec_stop_s);
+      bt_json_knum(&j, "restore_s", s->res->ready_s - o->rec_stopped_at_s);
+      bt_json_knum(&j, "first_step_s", s->res->first_step_s - o->rec_stopped_at_s);
+      bt_json_kint(&j, "steps_lost", o->rec_steps_lost);
+      event_end(s, &j);
+    }
+  }
   if (s->metrics) {
     bt_json_t j;
     bt_json_init(&j);

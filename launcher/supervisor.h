@@ -79,6 +79,12 @@ typedef struct {
   double spawn_delay_s;        /* back-off: wait this long (signals handled) before spawning */
   double epoch_s;              /* bt_clock_s() of the job's start, for event times (0: now) */
   int events_append;           /* append to events_path/metrics_path (a later incarnation) */
+  /* After a restart: the failure being recovered from, for the `recovered`
+   * event this incarnation writes when its first step is done. */
+  int recovering;              /* restart number (0: not a restart) */
+  double rec_detect_s, rec_stop_s; /* the failure's detection and stop durations */
+  double rec_stopped_at_s;     /* when its last worker was gone (epoch_s based) */
+  int64_t rec_steps_lost;
   const char *const *extra_env;/* more "K=V" for every worker, NULL-terminated, or NULL */
   int64_t first_step;          /* START.first_step */
   int64_t last_step;           /* START.last_step */
