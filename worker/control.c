@@ -118,6 +118,12 @@ int bt_control_env(bt_control_env_t *e) {
     return BT_EARG;
   }
   if (s) snprintf(e->faults, sizeof e->faults, "%s", s);
+  s = getenv("BATON_RESTORE_DIR");
+  if (s && strlen(s) >= sizeof e->restore_dir) {
+    bt_error("BATON_RESTORE_DIR: path too long");
+    return BT_EARG;
+  }
+  if (s) snprintf(e->restore_dir, sizeof e->restore_dir, "%s", s);
   if ((rc = env_i64("BATON_CKPT_COMPRESS", 0, 9, 0, 0, &v)) < 0) return rc;
   e->ckpt_compress = (int)v;
   return 0;

@@ -41,6 +41,8 @@ typedef struct {
   char ckpt_dir[4096];    /* BATON_CKPT_DIR: the checkpoint root ("" when none) */
   char faults[1024];      /* BATON_INJECT_FAULTS: ';'-separated specs (incarnation 0 only) */
   int ckpt_compress;      /* BATON_CKPT_COMPRESS: deflate level 0..9 of the shards */
+  char restore_dir[4096]; /* BATON_RESTORE_DIR: a committed step directory to restore
+                             START.restore_step from instead of CKPT_DIR/step-S ("": none) */
 } bt_control_env_t;
 
 /* First thing a worker does, before anything that can take time:

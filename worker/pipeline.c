@@ -538,10 +538,10 @@ static int fill_tensor(void *arg, size_t i, float *dst) {
   return bt_stage_tensor_get(w->st, i, dst);
 }
 
-/* Describes the stage's tensors for the checkpoint module and makes the
- * writer. Nothing to do without a checkpoint directory. */
+/* Describes the stage's tensors for the checkpoint module (to save or to
+ * restore) and makes the writer when there is a checkpoint directory. */
 static int ckpt_setup(pipe_t *w) {
-  if (!w->env->ckpt_dir[0]) return 0;
+  if (!w->env->ckpt_dir[0] && !w->env->restore_dir[0]) return 0;
   w->ndesc = bt_stage_tensor_count(w->st);
   w->desc = calloc(w->ndesc ? w->ndesc : 1, sizeof *w->desc);
   w->model_text = config_text(w->cfg, BT_CONFIG_MODEL);
@@ -562,6 +562,7 @@ static int ckpt_setup(pipe_t *w) {
   }
   /* byte shuffle helps deflate on float data; with no deflate it is moot */
   bt_ckpt_opts_t opts = {.deflate = w->env->ckpt_compress, .shuffle = w->env->ckpt_compress > 0};
+  if (!w->env->ckpt_dir[0]) return 0;
   int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
   if (rc < 0) {
     errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
@@ -575,7 +576,8 @@ static int ckpt_setup(pipe_t *w) {
 
 /* Loads this stage's layers (any split: the checkpoint module reads them
  * from whichever shards hold them), the AdamW state and the step counter
- * from ROOT/step-S. The supervisor chose S after verifying it. */
+ * from ROOT/step-S, or from BATON_RESTORE_DIR (`baton run --resume PATH`)
+ * when set. The supervisor chose S after verifying it. */
 static int ckpt_restore(pipe_t *w, int64_t step) {
   char dir[4096];
   bt_ckpt_step_t cs;
@@ -585,12 +587,15 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
   bt_config_t *theirs = calloc(1, sizeof *theirs);
   int rc, opened = 0;
   if (!theirs) return -ENOMEM;
-  if (!w->writer) {
+  if (w->env->restore_dir[0]) {
+    snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
+  } else if (!w->env->ckpt_dir[0]) {
     errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
     rc = BT_EARG;
     goto out;
+  } else if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) {
+    goto out;
   }
-  if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) goto out;
   if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
     errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
     goto out;
