@@ -9,9 +9,17 @@
  * With --ckpt-dir it checkpoints as a one-stage job (DESIGN.md §6): the
  * shard is written by the checkpoint module's writer thread while training
  * goes on, and committed in-process with bt_ckpt_commit(), the function
- * the supervisor uses; a later run resumes from the newest committed step
- * that verifies (any stage count: loading reshards), after checking that
- * the model configuration matches.
+ * the supervisor uses. The checkpoint flags are parsed by
+ * checkpoint/flags.h, as `baton run` parses them. Resuming (--resume auto,
+ * the default; or PATH) reads the model configuration back from the
+ * checkpoint: model flags not given take the checkpoint's values, a model
+ * flag given with another value is refused naming both, and the run
+ * settings (--steps, checkpoint flags) come from the command line, so a
+ * larger --steps extends a finished job. Loading reshards, so a step saved
+ * by `baton run` on any number of stages resumes here too. A job already
+ * at --steps prints its hash and trains nothing. --resume never refuses a
+ * directory that already holds committed steps rather than mixing two runs
+ * in it (docs/train-checkpoints.md).
  *
  * Not here: pipelines (`baton run`). Output: progress lines on stdout; with
  * --hash the last stdout line is `hash <32 hex>`. Exit codes: 0 done, 1 a
@@ -25,8 +33,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoint/ckpt.h"
+#include "checkpoint/flags.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/data.h"
@@ -67,21 +78,32 @@ static void usage(FILE *f) {
           "  --hash                 print `hash <32 hex>` (all parameters) as the last line\n"
           "  --metrics FILE         write one JSON line per step (step, loss, lr, tokens_per_s)\n"
           "  --print-every N        a progress line every N steps (default: steps/20)\n"
-          "  --ckpt-dir DIR         checkpoint here, and resume from its newest committed step\n"
-          "  --ckpt-every N         also save every N steps (default: only the last step)\n"
-          "  --keep N               committed steps kept (default 2)\n"
           "  --help                 this text\n\n"
-          "exit codes: 0 done, 1 training failed, 2 bad input, 3 non-finite loss or parameters\n");
+          "checkpoint options (shared with `baton run`):\n");
+  fputs(bt_ckpt_flags_help(), f);
+  fprintf(f,
+          "\nResuming takes the model configuration from the checkpoint: leave the model\n"
+          "flags out, or give the values it holds. --steps may be larger than before to\n"
+          "extend a finished run; a run already at --steps prints its hash and exits 0.\n\n"
+          "exit codes: 0 done, 1 training or checkpoint I/O failed (or no checkpoint in\n"
+          "--ckpt-dir verifies), 2 bad input (also: another model in the checkpoint, a\n"
+          "locked --ckpt-dir, --resume never on a directory with steps), 3 non-finite\n"
+          "loss or parameters (nothing committed)\n");
 }
+
+/* Model flags remembered as given, to tell "left out" from "given with the
+ * default value" when a checkpoint supplies the model. */
+#define MAX_MODEL_FLAGS 64
 
 typedef struct {
   bt_config_t cfg;
   int hash;
   const char *metrics;
   int64_t print_every;
-  const char *ckpt_dir;
-  int64_t ckpt_every;
-  int keep;
+  bt_ckpt_flags_t ck;
+  int nmodel;
+  char model_name[MAX_MODEL_FLAGS][64];
+  const char *model_value[MAX_MODEL_FLAGS];
 } train_args_t;
 
 /* Parses argv into a; returns 0, 1 for --help, or 2 after printing one
@@ -89,6 +111,7 @@ typedef struct {
 static int parse_args(int argc, char **argv, train_args_t *a) {
   char err[512];
   bt_config_defaults(&a->cfg);
+  bt_ckpt_flags_init(&a->ck);
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return 1;
@@ -116,21 +139,9 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     }
     if (!strcmp(name, "--metrics")) {
       a->metrics = value;
-    } else if (!strcmp(name, "--ckpt-dir")) {
-      if (!*value) {
-        fprintf(stderr, "baton train: --ckpt-dir: empty path\n");
-        return 2;
-      }
-      a->ckpt_dir = value;
-    } else if (!strcmp(name, "--ckpt-every")) {
-      if (bt_parse_i64(value, 1, INT64_MAX, &a->ckpt_every)) {
-        fprintf(stderr, "baton train: --ckpt-every: expected a whole number >= 1, got '%s'\n",
-                value);
-        return 2;
-      }
-    } else if (!strcmp(name, "--keep")) {
-      if (bt_parse_int(value, 1, 1000000, &a->keep)) {
-        fprintf(stderr, "baton train: --keep: expected a whole number >= 1, got '%s'\n", value);
+    } else if (bt_ckpt_flags_known(name)) {
+      if (bt_ckpt_flags_parse(&a->ck, name, value, err, sizeof err)) {
+        fprintf(stderr, "baton train: %s\n", err);
         return 2;
       }
     } else if (!strcmp(name, "--print-every")) {
@@ -145,6 +156,14 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
         fprintf(stderr, "baton train: %s\n", err);
         return 2;
       }
+      if (bt_config_has_flag(BT_CONFIG_MODEL, name)) {
+        if (a->nmodel == MAX_MODEL_FLAGS) {
+          fprintf(stderr, "baton train: more than %d model flags\n", MAX_MODEL_FLAGS);
+          return 2;
+        }
+        snprintf(a->model_name[a->nmodel], sizeof a->model_name[0], "%s", name);
+        a->model_value[a->nmodel++] = value;
+      }
     } else {
       fprintf(stderr, "baton train: unknown option '%s' (try --help)\n", name);
       return 2;
@@ -155,9 +174,8 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     return 2;
   }
   if (!a->print_every) a->print_every = a->cfg.run.steps >= 20 ? a->cfg.run.steps / 20 : 1;
-  if (!a->keep) a->keep = 2;
-  if ((a->ckpt_every || a->keep != 2) && !a->ckpt_dir) {
-    fprintf(stderr, "baton train: --ckpt-every and --keep need --ckpt-dir\n");
+  if (bt_ckpt_flags_check(&a->ck, err, sizeof err)) {
+    fprintf(stderr, "baton train: %s\n", err);
     return 2;
   }
   return 0;
@@ -175,6 +193,10 @@ typedef struct {
   int64_t pending;         /* saved, not yet committed; -1 none */
   char *model_text, *run_text;
   bt_ckpt_retention_t keep;
+  bt_ckpt_step_t src;      /* the step resumed from, while src_open */
+  int src_open;
+  const char *src_root;    /* root to fall back in when loading src fails;
+                              NULL for a step directory named by --resume */
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
@@ -209,73 +231,235 @@ static char *config_text(const bt_config_t *c, int part) {
   return s;
 }
 
-/* Locks the directory and makes the writer. 2 (after one line on stderr)
- * for a directory another job holds. */
-static int ckpt_open(ckpt_t *ck, const train_args_t *a, bt_stage_t *st) {
+/* Locks the directory for the whole run. Returns an exit code: 2 (after
+ * one line naming the holder) for a directory another job holds. */
+static int ckpt_lock(ckpt_t *ck, const train_args_t *a) {
   char holder[512] = "";
-  ck->root = a->ckpt_dir;
+  ck->root = a->ck.dir;
   ck->pending = -1;
-  ck->keep = (bt_ckpt_retention_t){.keep_last = a->keep, .keep_every = 0};
+  ck->keep = bt_ckpt_flags_retention(&a->ck);
   int rc = bt_ckpt_lock_acquire(ck->root, &ck->lock, holder, sizeof holder);
   if (rc) {
     fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
             holder[0] ? ": " : "", holder);
-    return rc == BT_ELOCKED ? 2 : 1;
+    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST ? 2 : 1;
   }
   ck->locked = 1;
-  ck->model_text = config_text(&a->cfg, BT_CONFIG_MODEL);
-  ck->run_text = config_text(&a->cfg, BT_CONFIG_RUN);
-  if (!ck->model_text || !ck->run_text || (rc = ckpt_describe(ck, st)) ||
-      (rc = bt_ckpt_writer_create(&ck->writer, ck->root, NULL, NULL, NULL))) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root,
-            bt_strerror(rc ? rc : -ENOMEM));
+  return 0;
+}
+
+/* The newest committed step of the checkpoint root `root` that verifies,
+ * opened into ck->src. Returns an exit code; *none is set when the root
+ * holds no committed step at all. Committed steps of which none verifies
+ * are an error, not a fresh start: training would later try to commit over
+ * them and the user would lose the evidence. */
+static int open_root(ckpt_t *ck, const char *root, const char *flag, int *none) {
+  int64_t *steps = NULL;
+  size_t ns = 0;
+  *none = 0;
+  int rc = bt_ckpt_list_steps(root, &steps, &ns);
+  free(steps);
+  if (rc) {
+    fprintf(stderr, "baton train: %s %s: %s\n", flag, root, bt_strerror(rc));
+    return rc == -ENOENT || rc == -ENOTDIR ? 2 : 1;
+  }
+  if (ns == 0) {
+    *none = 1;
+    return 0;
+  }
+  rc = bt_ckpt_open_latest(root, BT_CKPT_CHECK_CRC, &ck->src);
+  if (rc) {
+    fprintf(stderr,
+            "baton train: %s %s: none of its %zu committed step%s verifies (%s); `baton ckpt "
+            "ls` shows them; move them away to start over\n",
+            flag, root, ns, ns == 1 ? "" : "s", bt_strerror(rc));
     return 1;
+  }
+  ck->src_open = 1;
+  ck->src_root = root;
+  return 0;
+}
+
+/* --resume PATH: a step directory (it holds the manifest) or a root. */
+static int open_path(ckpt_t *ck, const char *path) {
+  char man[4096];
+  struct stat sb;
+  if (stat(path, &sb)) {
+    fprintf(stderr, "baton train: --resume %s: %s\n", path, strerror(errno));
+    return 2;
+  }
+  if (!S_ISDIR(sb.st_mode)) {
+    fprintf(stderr, "baton train: --resume %s: not a directory (give a step directory or a "
+            "checkpoint root)\n", path);
+    return 2;
+  }
+  if (snprintf(man, sizeof man, "%s/%s", path, BT_CKPT_MANIFEST) >= (int)sizeof man) {
+    fprintf(stderr, "baton train: --resume: path too long\n");
+    return 2;
+  }
+  if (access(man, F_OK) == 0) {
+    int rc = bt_ckpt_step_open(path, BT_CKPT_CHECK_CRC, &ck->src, NULL, NULL);
+    if (rc) {
+      fprintf(stderr, "baton train: --resume %s: %s (`baton ckpt verify %s` says why)\n", path,
+              bt_strerror(rc), path);
+      return rc == BT_ENOTCKPT ? 2 : 1;
+    }
+    ck->src_open = 1;
+    return 0;
+  }
+  int none = 0, code = open_root(ck, path, "--resume", &none);
+  if (!code && none) {
+    fprintf(stderr, "baton train: --resume %s: neither a step directory (no %s) nor a "
+            "checkpoint root with committed steps\n", path, BT_CKPT_MANIFEST);
+    code = 2;
+  }
+  return code;
+}
+
+/* Finds the state the run starts from, as --resume says; leaves ck->src
+ * open when there is one. Returns an exit code. */
+static int ckpt_find(ckpt_t *ck, const train_args_t *a) {
+  int64_t *steps = NULL;
+  size_t ns = 0;
+  int none = 0, code = 0, rc;
+  switch (a->ck.resume) {
+  case BT_CKPT_RESUME_AUTO:
+    return open_root(ck, ck->root, "--ckpt-dir", &none);
+  case BT_CKPT_RESUME_NEVER:
+    /* Starting over in a directory that holds another run's steps would
+     * interleave the two: restore takes the newest step, whichever run
+     * wrote it. Refusing costs the user one `rm`; mixing costs a job. */
+    if ((rc = bt_ckpt_list_steps(ck->root, &steps, &ns))) {
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, bt_strerror(rc));
+      return 1;
+    }
+    if (ns)
+      fprintf(stderr, "baton train: --resume never: --ckpt-dir %s already holds committed step "
+              "%lld; give an empty directory, or --resume auto to continue from it\n",
+              ck->root, (long long)steps[0]);
+    code = ns ? 2 : 0;
+    free(steps);
+    return code;
+  default:
+    if ((code = open_path(ck, a->ck.resume_path))) return code;
+    /* Steps newer than the one resumed from belong to a future this run
+     * replaces: a later auto resume would pick them over ours, and saving
+     * the same step number again would collide. */
+    if ((rc = bt_ckpt_list_steps(ck->root, &steps, &ns))) {
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, bt_strerror(rc));
+      return 1;
+    }
+    if (ns && steps[0] > ck->src.step) {
+      fprintf(stderr, "baton train: --resume %s is at step %lld but --ckpt-dir %s already holds "
+              "step %lld; use another --ckpt-dir, or move the newer steps away\n",
+              a->ck.resume_path, (long long)ck->src.step, ck->root, (long long)steps[0]);
+      code = 2;
+    }
+    free(steps);
+    return code;
+  }
+}
+
+/* The value of `key` in canonical text, as "key=VALUE\n": *len its length,
+ * NULL when absent. */
+static const char *text_value(const char *text, const char *key, size_t *len) {
+  size_t kl = strlen(key);
+  for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+    if (!strncmp(p, key, kl) && p[kl] == '=') {
+      *len = strcspn(p + kl + 1, "\n");
+      return p + kl + 1;
+    }
+  }
+  return NULL;
+}
+
+static int given_flag(const train_args_t *a, const char *key) {
+  for (int i = 0; i < a->nmodel; i++) {
+    const char *n = a->model_name[i];
+    if (!strncmp(n, "--", 2)) n += 2;
+    if (!strcmp(n, key)) return 1;
   }
   return 0;
 }
 
-static void ckpt_close(ckpt_t *ck) {
-  bt_ckpt_writer_destroy(ck->writer);
-  if (ck->locked) bt_ckpt_lock_release(&ck->lock);
-  free(ck->desc);
-  free(ck->model_text);
-  free(ck->run_text);
+/* One clause per differing key, "--dim: the checkpoint has 32, the command
+ * line says 48" for flags the user gave, "data-crc: the checkpoint has X,
+ * now Y" for what was derived (a data file that changed). */
+static void explain_diff(const train_args_t *a, const char *theirs, const char *mine, char *out,
+                         size_t outlen) {
+  size_t used = 0;
+  out[0] = 0;
+  for (const char *p = theirs; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+    char key[64];
+    size_t kl = strcspn(p, "=\n"), tl, ml = 0;
+    if (p[kl] != '=' || kl >= sizeof key) continue;
+    memcpy(key, p, kl);
+    key[kl] = 0;
+    const char *tv = text_value(theirs, key, &tl), *mv = text_value(mine, key, &ml);
+    if (mv && tl == ml && !memcmp(tv, mv, tl)) continue;
+    int w = given_flag(a, key)
+                ? snprintf(out + used, outlen - used,
+                           "%s--%s: the checkpoint has %.*s, the command line says %.*s",
+                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "")
+                : snprintf(out + used, outlen - used, "%s%s: the checkpoint has %.*s, now %.*s",
+                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "");
+    if (w < 0 || (size_t)w >= outlen - used) break;
+    used += (size_t)w;
+  }
 }
 
-/* Resumes from the newest committed step that verifies. *start gets the
- * step to train next (0 when there is none). Returns an exit code: 0, 2 for
- * a checkpoint of another model, 1 for one that cannot be read. */
-static int ckpt_resume(ckpt_t *ck, const bt_config_t *cfg, bt_stage_t *st, int64_t *start) {
-  *start = 0;
-  bt_ckpt_step_t cs;
-  memset(&cs, 0, sizeof cs);
-  int rc = bt_ckpt_open_latest(ck->root, BT_CKPT_CHECK_CRC, &cs);
-  if (rc == -ENOENT) return 0;
-  if (rc) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, bt_strerror(rc));
+/* Takes the model configuration from the checkpoint text: the flags given
+ * on the command line are applied over it and must not change it. Returns
+ * an exit code (2 for another model, after one line naming each value). */
+static int adopt_model(train_args_t *a, const char *text, const char *where) {
+  bt_config_t theirs, mine;
+  char err[1024] = "", why[2048] = "";
+  char *t1 = NULL, *t2 = NULL;
+  int code = 2;
+  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
+    fprintf(stderr, "baton train: %s: unreadable model configuration: %s\n", where, err);
     return 1;
   }
-  /* The model configuration first: resuming another model must say which
-   * setting differs, not fail on a tensor shape. */
-  bt_config_t theirs;
-  char err[1024] = "";
-  int code = 0;
-  if (bt_config_from_text(&theirs, cs.man.meta.model_config ? cs.man.meta.model_config : "",
-                          err, sizeof err)) {
-    fprintf(stderr, "baton train: %s: unreadable configuration: %s\n", cs.dir, err);
-    code = 1;
-  } else if (bt_config_model_diff(&theirs.model, &cfg->model, err, sizeof err)) {
-    fprintf(stderr, "baton train: %s holds another model (checkpoint vs now: %s)\n", cs.dir,
-            err);
-    code = 2;
+  mine = theirs;
+  for (int i = 0; i < a->nmodel; i++)
+    if (bt_config_model_flag(&mine, a->model_name[i], a->model_value[i], err, sizeof err)) {
+      fprintf(stderr, "baton train: %s\n", err);
+      return 2;
+    }
+  /* Resolves the data file again: its size and CRC tell whether it is
+   * still the file the checkpoint was trained on. */
+  if (bt_config_finish(&mine, err, sizeof err)) {
+    fprintf(stderr, "baton train: the model of %s: %s\n", where, err);
+    return 2;
   }
-  bt_ckpt_step_close(&cs);
-  if (code) return code;
+  if (!(t1 = config_text(&theirs, BT_CONFIG_MODEL)) || !(t2 = config_text(&mine, BT_CONFIG_MODEL))) {
+    fprintf(stderr, "baton train: %s\n", bt_strerror(-ENOMEM));
+    code = 1;
+    goto out;
+  }
+  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
+    explain_diff(a, t1, t2, why, sizeof why);
+    fprintf(stderr, "baton train: %s (%s holds another model; checkpoint vs now: %s)\n", why, where,
+            err);
+    goto out;
+  }
+  a->cfg.model = mine.model;
+  code = 0;
+out:
+  free(t1);
+  free(t2);
+  return code;
+}
 
+/* The state of the stage from ck->src (or, when that fails for a reason
+ * other than the model, from the previous committed step of its root).
+ * *start gets the step to train next. Returns an exit code. */
+static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
   size_t total = 0;
+  int rc;
   for (size_t i = 0; i < ck->n; i++) total += bt_ckpt_numel(&ck->desc[i]);
   float *host = malloc((total ? total : 1) * sizeof(float));
-  bt_ckpt_tensor_t *want = malloc(ck->n * sizeof *want);
+  bt_ckpt_tensor_t *want = malloc((ck->n ? ck->n : 1) * sizeof *want);
   if (!host || !want) {
     rc = -ENOMEM;
     goto out;
@@ -286,25 +470,53 @@ static int ckpt_resume(ckpt_t *ck, const bt_config_t *cfg, bt_stage_t *st, int64
     want[i].data = host + off;
     off += bt_ckpt_numel(&ck->desc[i]);
   }
-  rc = bt_ckpt_restore(ck->root, want, ck->n, &cs);
+  rc = bt_ckpt_step_load(&ck->src, want, ck->n);
+  if (rc && rc != BT_ECONFIG && ck->src_root) {
+    bt_warn("checkpoint: loading %s failed (%s); trying the previous committed step", ck->src.dir,
+            bt_strerror(rc));
+    bt_ckpt_step_close(&ck->src);
+    ck->src_open = 0;
+    if ((rc = bt_ckpt_restore(ck->src_root, want, ck->n, &ck->src)) == 0) ck->src_open = 1;
+  }
   if (rc) goto out;
   for (size_t i = 0; i < ck->n && !rc; i++) rc = bt_stage_tensor_set(st, i, want[i].data);
-  if (!rc && cs.man.meta.adam_t != cs.man.meta.step) rc = BT_ECORRUPT;
+  /* `baton train` and every worker step AdamW once per step: another
+   * count means the shard was not written by this code. */
+  if (!rc && ck->src.man.meta.adam_t != ck->src.man.meta.step) rc = BT_ECORRUPT;
   if (!rc) {
-    bt_stage_set_opt_step(st, cs.man.meta.adam_t);
-    *start = cs.man.meta.step;
-    printf("resumed from %s (step %lld)\n", cs.dir, (long long)cs.man.meta.step);
+    bt_stage_set_opt_step(st, ck->src.man.meta.adam_t);
+    *start = ck->src.man.meta.step;
   }
-  bt_ckpt_step_close(&cs);
 out:
   free(want);
   free(host);
   if (rc) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: cannot restore: %s\n", ck->root,
-            bt_strerror(rc));
+    fprintf(stderr, "baton train: %s: cannot restore: %s\n",
+            ck->src_open ? ck->src.dir : ck->root, bt_strerror(rc));
     return rc == BT_ECONFIG ? 2 : 1;
   }
   return 0;
+}
+
+/* The texts stored in every shard, the tensor list, and the writer with its
+ * snapshot buffer touched now, so the first save costs training a memcpy
+ * rather than page faults. Returns a negative code on failure. */
+static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
+  int rc;
+  if (!(ck->model_text = config_text(&a->cfg, BT_CONFIG_MODEL)) ||
+      !(ck->run_text = config_text(&a->cfg, BT_CONFIG_RUN)))
+    return -ENOMEM;
+  if ((rc = bt_ckpt_writer_create(&ck->writer, ck->root, &a->ck.opts, NULL, NULL))) return rc;
+  return bt_ckpt_writer_reserve(ck->writer, ck->desc, ck->n, CKPT_TIMEOUT_MS);
+}
+
+static void ckpt_close(ckpt_t *ck) {
+  bt_ckpt_writer_destroy(ck->writer);
+  if (ck->src_open) bt_ckpt_step_close(&ck->src);
+  if (ck->locked) bt_ckpt_lock_release(&ck->lock);
+  free(ck->desc);
+  free(ck->model_text);
+  free(ck->run_text);
 }
 
 /* Commits the pending save once the writer is done with it (waits at most
@@ -349,6 +561,18 @@ static int ckpt_save(ckpt_t *ck, bt_stage_t *st, const bt_model_config_t *m, int
                                CKPT_TIMEOUT_MS);
   if (!rc) ck->pending = done;
   return rc;
+}
+
+/* One line for a failed save or commit; returns the exit code. Non-finite
+ * parameters have their own code: rerunning replays the same bits. */
+static int ckpt_failed(int rc, int64_t step) {
+  if (rc == BT_ENONFINITE) {
+    fprintf(stderr, "baton train: step %lld: the parameters hold NaN or Inf; checkpoint not "
+            "committed\n", (long long)step);
+    return 3;
+  }
+  fprintf(stderr, "baton train: checkpoint of step %lld: %s\n", (long long)step, bt_strerror(rc));
+  return 1;
 }
 
 static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, double lr,
@@ -436,8 +660,21 @@ int bt_cmd_train(int argc, char **argv) {
     code = 2;
     goto out;
   }
+  if (a.ck.dir) {
+    /* The model comes from the checkpoint when there is one, so the
+     * directory is read before anything is sized. */
+    if ((code = ckpt_lock(&ck, &a)) || (code = ckpt_find(&ck, &a))) goto out;
+    if (ck.src_open && (code = adopt_model(&a, ck.src.man.meta.model_config
+                                                   ? ck.src.man.meta.model_config
+                                                   : "",
+                                           ck.src.dir)))
+      goto out;
+    code = 1;
+  }
   if (a.metrics) {
-    metrics = fopen(a.metrics, "w");
+    /* A resumed run adds to the lines of the runs before it; a step
+     * replayed after a crash then appears twice, the later line last. */
+    metrics = fopen(a.metrics, ck.src_open ? "a" : "w");
     if (!metrics) {
       fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, strerror(errno));
       code = 2;
@@ -453,10 +690,27 @@ int bt_cmd_train(int argc, char **argv) {
     code = rc == -ENOMEM ? 1 : 2;
     goto out;
   }
+  const int64_t steps = a.cfg.run.steps;
   int64_t start = 0;
-  if (a.ckpt_dir) {
-    if ((code = ckpt_open(&ck, &a, st)) || (code = ckpt_resume(&ck, &a.cfg, st, &start))) goto out;
-    code = 1;
+  if (a.ck.dir) {
+    if ((rc = ckpt_describe(&ck, st))) {
+      fprintf(stderr, "baton train: %s\n", bt_strerror(rc));
+      goto out;
+    }
+    if (ck.src_open) {
+      if ((code = ckpt_load(&ck, st, &start))) goto out;
+      code = 1;
+      printf("resumed from %s (step %lld)\n", ck.src.dir, (long long)start);
+    }
+    if (start >= steps) {
+      /* A finished job: its result is the checkpoint already loaded. */
+      final_line(NULL, 0, 0, start, steps, 0, 0);
+      goto done;
+    }
+    if ((rc = ckpt_start_writer(&ck, &a))) {
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck.root, bt_strerror(rc));
+      goto out;
+    }
   }
 
   {
@@ -474,7 +728,6 @@ int bt_cmd_train(int argc, char **argv) {
   }
   fflush(stdout);
 
-  const int64_t steps = a.cfg.run.steps;
   const double tokens = (double)m->microbatches * (double)m->mb_tokens;
   double window[FINAL_WINDOW];
   int nwin = 0;
@@ -514,23 +767,22 @@ int bt_cmd_train(int argc, char **argv) {
       tlast = now;
       slast = s + 1;
     }
-    if (a.ckpt_dir) {
+    if (a.ck.dir) {
       /* The last step is always saved; others every --ckpt-every. */
-      int due = s + 1 == steps || (a.ckpt_every && (s + 1) % a.ckpt_every == 0);
+      int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
       rc = due ? ckpt_save(&ck, st, m, s + 1) : ckpt_commit_pending(&ck, 0);
       if (rc) {
-        fprintf(stderr, "baton train: checkpoint: %s\n", bt_strerror(rc));
-        code = rc == BT_ENONFINITE ? 3 : 1;
+        code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
       }
     }
   }
-  if (a.ckpt_dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
-    fprintf(stderr, "baton train: checkpoint: %s\n", bt_strerror(rc));
-    code = rc == BT_ENONFINITE ? 3 : 1;
+  if (a.ck.dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
+    code = ckpt_failed(rc, ck.pending);
     goto out;
   }
   final_line(window, nwin, loss, start, steps, bt_clock_s() - t0, tokens);
+done:
   if (a.hash) {
     char hex[33];
     rc = stage_hash(st, hex);
@@ -542,7 +794,7 @@ int bt_cmd_train(int argc, char **argv) {
   }
   code = 0;
 out:
-  if (a.ckpt_dir) ckpt_close(&ck);
+  if (a.ck.dir) ckpt_close(&ck);
   if (metrics && fclose(metrics) != 0 && code == 0) {
     fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, strerror(errno));
     code = 1;
