@@ -214,7 +214,8 @@ static int parse_args(int argc, char **argv, opts_t *o) {
   o->layers = 4;
   o->dim = 64;
   o->mb_tokens = 64;
-  for (int i = 1; i < argc; i++) {
+  /* every option takes a value: two arguments at a time */
+  for (int i = 1; i < argc; i += 2) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     int bad = 0;
     if (!strcmp(a, "--help")) {
@@ -236,7 +237,6 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       fprintf(stderr, "bench_faults: bad option '%s'%s%s (try --help)\n", a, v ? " " : "", v ? v : "");
       return 2;
     }
-    i++;
   }
   return 0;
 }
