@@ -746,7 +746,7 @@ int bt_cmd_run(int argc, char **argv) {
     if (d.action == BT_RECOVERY_GIVE_UP) {
       job_event_failure(a, "give_up", f, next, &d, (uint32_t)form.p);
       /* With no restarts at all the supervisor's failure report says it all. */
-      if (rec.restarts > 0 || d.exit_code != BT_EXIT_FAILED) fprintf(stderr, "baton run: %s\n", d.why);
+      if (a->ro.max_restarts > 0 || res.end != BT_SUP_END_RETRYABLE) fprintf(stderr, "baton run: %s\n", d.why);
       rc = d.exit_code;
       break;
     }

@@ -78,6 +78,7 @@ typedef struct {
   int64_t actions_done, step, action, steps_reported;
   uint32_t phase;
   int done;                    /* DONE received */
+  int done_at_eof;             /* exited 0 before DONE was read: decide at the control EOF */
   int hashes_received;
   bt_hash_rec_t *hashes;
   size_t nhashes;
@@ -774,12 +775,22 @@ static void on_ctl_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   *buf = uv_buf_init((char *)w->cbuf + w->clen, (unsigned)(w->ccap - w->clen));
 }
 
+/* A worker that exited 0 before its DONE was read: now that nothing more
+ * can arrive, did it finish? */
+static void done_verdict(worker_t *w) {
+  if (!w->done_at_eof) return;
+  w->done_at_eof = 0;
+  if (!w->done && w->sup->state != JOB_STOPPING)
+    worker_failed(w, F_EXIT, "exited with code 0 before finishing its steps");
+}
+
 static void on_ctl_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   worker_t *w = st->data;
   if (nread < 0) {
     /* EOF: the worker closed its end (it is exiting); its exit callback
-     * says how it went. */
+     * says how it went, unless it came first (done_at_eof). */
     close_handle((uv_handle_t *)&w->ctl, &w->ctl_open);
+    done_verdict(w);
     return;
   }
   w->clen += (size_t)nread;
@@ -891,7 +902,12 @@ static void on_exit_cb(uv_process_t *p, int64_t status, int term_signal) {
     if (!w->killed_by_us)
       worker_failed(w, F_CRASH, "killed by signal %d (%s)", term_signal, strsignal(term_signal));
   } else if (status == BT_SUP_WEXIT_DONE) {
-    if (!w->done && s->state != JOB_STOPPING)
+    /* libuv may report the exit before we read the last frames the worker
+     * wrote (DONE, HASHES): while its control channel is still open, the
+     * verdict waits for the channel's EOF. */
+    if (!w->done && s->state != JOB_STOPPING && w->ctl_open && !uv_is_closing((uv_handle_t *)&w->ctl))
+      w->done_at_eof = 1;
+    else if (!w->done && s->state != JOB_STOPPING)
       worker_failed(w, F_EXIT, "exited with code 0 before finishing its steps");
   } else if (status == BT_SUP_WEXIT_STOPPED && s->state == JOB_STOPPING) {
     /* it obeyed our STOP or ABORT */
@@ -915,6 +931,7 @@ static void on_drain(uv_timer_t *t) {
     close_handle((uv_handle_t *)&w->out, &w->out_open);
     close_handle((uv_handle_t *)&w->err, &w->err_open);
     close_handle((uv_handle_t *)&w->ctl, &w->ctl_open);
+    done_verdict(w);
   }
 }
 

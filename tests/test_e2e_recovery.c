@@ -98,6 +98,17 @@ static int run_argv(char **argv, int timeout_ms) {
   return WEXITSTATUS(st);
 }
 
+/* Fails with the run's stderr when its exit code is not `want`. */
+static void check_code(int got, int want) {
+  if (got == want) return;
+  static char msg[24576];
+  char *e = slurp_or_empty(err_path);
+  size_t n = strlen(e);
+  snprintf(msg, sizeof msg, "%s", n > 24000 ? e + n - 24000 : e);
+  free(e);
+  cr_assert_fail("exit code %d, expected %d; stderr:\n%s", got, want, msg);
+}
+
 static void read_hash(char hex[33]) {
   char *out = slurp_or_empty(out_path);
   char *p = NULL;
@@ -170,7 +181,7 @@ static int run_fake(const char *const *extra) {
 Test(recovery, restart_budget_ends_the_job_with_its_code) {
   const char *extra[] = {"--max-restarts", "2", "--max-stalled-restarts", "9", "--", "--mode", "crash",
                          "--fail-stage", "1", "--at-step", "2", NULL};
-  cr_assert_eq(run_fake(extra), BT_EXIT_RESTARTS);
+  check_code(run_fake(extra), BT_EXIT_RESTARTS);
   assert_err_has("restart budget spent (2 restarts, --max-restarts 2)");
   assert_err_has("baton: summary: 3 failures, 2 restarts");
   assert_err_has("first failure (root cause): stage 1");
@@ -181,14 +192,14 @@ Test(recovery, restart_budget_ends_the_job_with_its_code) {
 Test(recovery, restarts_without_progress_trip_the_breaker) {
   const char *extra[] = {"--max-restarts", "10", "--max-stalled-restarts", "2", "--", "--mode", "crash",
                          "--fail-stage", "0", "--at-step", "3", NULL};
-  cr_assert_eq(run_fake(extra), BT_EXIT_NO_PROGRESS);
+  check_code(run_fake(extra), BT_EXIT_NO_PROGRESS);
   assert_err_has("2 restarts in a row made no progress past step 2");
   assert_file_has(events_path, "\"exit_code\":77");
 }
 
 Test(recovery, without_a_checkpoint_dir_a_failure_ends_the_job) {
   const char *extra[] = {"--", "--mode", "crash", "--fail-stage", "1", "--at-step", "2", NULL};
-  cr_assert_eq(run_fake(extra), BT_EXIT_FAILED);
+  check_code(run_fake(extra), BT_EXIT_FAILED);
   assert_err_has("baton: stage 1 failed: killed by signal 6");
   char *e = slurp_or_empty(err_path);
   cr_assert_null(strstr(e, "restart 1"), "restarted without --ckpt-dir:\n%s", e);
@@ -199,10 +210,31 @@ Test(recovery, a_slot_that_must_retire_below_min_stages_ends_the_job_with_its_co
   const char *extra[] = {"--stages", "3", "--min-stages", "2", "--max-slot-failures", "1", "--max-restarts", "5",
                          "--", "--mode", "crash", "--fail-stage", "1", "--at-step", "2", NULL};
   /* stage 1 fails: re-form on 2 stages; stage 1 fails again: 1 < 2 */
-  cr_assert_eq(run_fake(extra), BT_EXIT_TOO_FEW);
+  check_code(run_fake(extra), BT_EXIT_TOO_FEW);
   assert_err_has("re-forming on 2 stages");
   assert_err_has("below --min-stages 2");
   assert_file_has(events_path, "\"exit_code\":79");
+}
+
+Test(recovery, a_fatal_worker_code_is_not_restarted) {
+  char ck[320];
+  snprintf(ck, sizeof ck, "%s/fk", dir);
+  const char *extra[] = {"--ckpt-dir", ck, "--", "--mode", "exit", "--code", "4", "--fail-stage", "0",
+                         "--at-step", "2", NULL};
+  check_code(run_fake(extra), BT_EXIT_FAILED);
+  assert_err_has("stage 0 failed in a way a restart cannot fix");
+  char *e = slurp_or_empty(err_path);
+  cr_assert_null(strstr(e, "restart 1"), "a fatal code was restarted:\n%s", e);
+  free(e);
+}
+
+Test(recovery, a_non_finite_worker_ends_the_job_with_its_code) {
+  char ck[320];
+  snprintf(ck, sizeof ck, "%s/nk", dir);
+  const char *extra[] = {"--ckpt-dir", ck, "--", "--mode", "exit", "--code", "7", "--fail-stage", "1",
+                         "--at-step", "2", NULL};
+  check_code(run_fake(extra), BT_EXIT_NONFINITE);
+  assert_err_has("non-finite loss or parameters");
 }
 
 /* ---- checkpoints and resuming, with the real worker ---- */
@@ -212,10 +244,10 @@ Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it)
   train_hash(10, h10);
   train_hash(16, h16);
   const char *pipe2[] = {"--stages", "2", "--chunks", "2", NULL};
-  cr_assert_eq(run_job(10, pipe2), 0);
+  check_code(run_job(10, pipe2), 0);
   assert_hash_is(h10);
   /* the same command again: nothing spawned, the checkpoint's hash */
-  cr_assert_eq(run_job(10, pipe2), 0);
+  check_code(run_job(10, pipe2), 0);
   assert_hash_is(h10);
   assert_err_has("already holds step 10: nothing to train");
   char *e = slurp_or_empty(err_path);
@@ -223,7 +255,7 @@ Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it)
   free(e);
   /* more steps, on another stage count: resumes at 11 */
   const char *pipe3[] = {"--stages", "3", "--chunks", "1", NULL};
-  cr_assert_eq(run_job(16, pipe3), 0);
+  check_code(run_job(16, pipe3), 0);
   assert_err_has("resuming from");
   assert_file_has(events_path, "\"first_step\":11,\"last_step\":16,\"restore_step\":10");
   assert_hash_is(h16);
@@ -231,7 +263,7 @@ Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it)
 
 Test(recovery, a_model_flag_that_differs_from_the_checkpoint_is_refused) {
   const char *pipe2[] = {"--stages", "2", NULL};
-  cr_assert_eq(run_job(4, pipe2), 0);
+  check_code(run_job(4, pipe2), 0);
   char *argv[96];
   const char *sup[] = {"--ckpt-dir", ckpt_path, "--stages", "2", "--dim", "48", "--steps", "8", NULL};
   build_argv(argv, "run", 8, sup, quick);
@@ -263,10 +295,10 @@ static void corrupt_newest_falls_back(int truncate_it) {
   char h20[33];
   train_hash(20, h20);
   const char *first[] = {"--stages", "2", "--chunks", "2", "--ckpt-every", "5", "--keep", "3", NULL};
-  cr_assert_eq(run_job(15, first), 0);
+  check_code(run_job(15, first), 0);
   damage_shard(15, truncate_it);
   const char *again[] = {"--stages", "2", "--chunks", "2", "--ckpt-every", "5", NULL};
-  cr_assert_eq(run_job(20, again), 0);
+  check_code(run_job(20, again), 0);
   assert_err_has("skipping");
   assert_err_has("step-00000015");
   assert_err_has("resuming from");
@@ -283,7 +315,7 @@ Test(recovery, a_crash_before_the_first_checkpoint_restarts_from_step_0_and_logs
   train_hash(20, h);
   const char *extra[] = {"--stages", "2", "--chunks", "2", "--ckpt-every", "10", "--inject-fault",
                          "crash@stage=1,step=4", NULL};
-  cr_assert_eq(run_job(20, extra), 0);
+  check_code(run_job(20, extra), 0);
   assert_hash_is(h);
   assert_err_has("restart 1 of at most 10 in 0.05 s, from step 0 (no checkpoint yet)");
   assert_err_has("baton: summary: 1 failure, 1 restart");
@@ -307,7 +339,7 @@ Test(recovery, a_reform_from_4_stages_to_3_keeps_the_hash) {
   train_hash(20, h);
   const char *extra[] = {"--stages", "4", "--min-stages", "3", "--max-slot-failures", "1", "--ckpt-every", "5",
                          "--inject-fault", "crash@stage=2,step=8", NULL};
-  cr_assert_eq(run_job(20, extra), 0);
+  check_code(run_job(20, extra), 0);
   assert_hash_is(h);
   assert_err_has("re-forming on 3 stages");
   assert_file_has(events_path, "\"event\":\"reform\",");
@@ -320,7 +352,7 @@ Test(recovery, a_hang_names_the_hung_stage_not_its_neighbour) {
   train_hash(16, h);
   const char *extra[] = {"--stages", "3", "--chunks", "2", "--ckpt-every", "5", "--inject-fault",
                          "hang@stage=1,step=7,action=3", NULL};
-  cr_assert_eq(run_job(16, extra), 0);
+  check_code(run_job(16, extra), 0);
   assert_hash_is(h);
   assert_err_has("hang: no progress");
   assert_err_has("   <- hung");
@@ -375,7 +407,7 @@ Test(recovery, preemption_by_sigterm_to_every_process_then_a_rerun_keeps_the_has
   assert_file_has(events_path, "\"preemption\":1}");
   cr_assert(bt_proc_wait_gone(w[0], 2000) && bt_proc_wait_gone(w[1], 2000), "a worker outlived the job");
   const char *again[] = {"--stages", "2", "--chunks", "2", "--ckpt-every", "5", NULL};
-  cr_assert_eq(run_job(40, again), 0);
+  check_code(run_job(40, again), 0);
   assert_err_has("resuming from");
   assert_hash_is(h);
 }
@@ -392,7 +424,7 @@ Test(recovery, sigkill_of_the_supervisor_leaves_no_process_and_a_rerun_keeps_the
   cr_assert(bt_proc_wait_gone(w[0], 2000) && bt_proc_wait_gone(w[1], 2000),
             "a worker still runs %.2f s after the supervisor's SIGKILL", bt_clock_s() - t0);
   const char *again[] = {"--stages", "2", "--chunks", "2", "--ckpt-every", "5", NULL};
-  cr_assert_eq(run_job(40, again), 0);
+  check_code(run_job(40, again), 0);
   assert_err_has("resuming from");
   assert_hash_is(h);
 }
