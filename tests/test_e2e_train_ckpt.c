@@ -449,3 +449,49 @@ Test(train_ckpt, bad_checkpoint_flags_exit_2_with_one_line) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     expect_usage_error(cases[i], mention[i]);
 }
+
+/* Puts a NaN into AdamW's m of /layers/000001/w1 of a one-shard step and
+ * reseals it (dataset crc attribute, manifest size and CRC), so the step
+ * verifies and loads; the NaN reaches the parameters only through the
+ * next optimizer step, when the loss of that step is still finite. */
+static const char poison_py[] =
+    "import sys, os, re, zlib\n"
+    "import h5py, numpy as np\n"
+    "step = sys.argv[1]\n"
+    "shard = os.path.join(step, 'stage-000-of-001.h5')\n"
+    "with h5py.File(shard, 'r+') as f:\n"
+    "    d = f['/optim/000001/m/w1']\n"
+    "    a = d[...]\n"
+    "    a.flat[0] = np.nan\n"
+    "    d[...] = a\n"
+    "    d.attrs.modify('crc', zlib.crc32(a.astype('<f4').tobytes()))\n"
+    "data = open(shard, 'rb').read()\n"
+    "p = os.path.join(step, 'MANIFEST.json')\n"
+    "m = re.sub(r'\"size\":\\d+,\"crc\":\\d+', '\"size\":%d,\"crc\":%d' % (len(data), "
+    "zlib.crc32(data)), open(p).read())\n"
+    "open(p, 'w').write(m)\n";
+
+Test(train_ckpt, nonfinite_parameters_at_a_save_exit_3_naming_the_step) {
+  if (system("/usr/bin/python3 -c 'import h5py, numpy' 2>/dev/null") != 0)
+    cr_skip_test("/usr/bin/python3 cannot import h5py and numpy");
+  const char *src = path_in("src"), *out = path_in("out"), *py = path_in("poison.py");
+  const char *first[] = {MODEL, "--steps", "10", "--ckpt-dir", src, NULL};
+  result_t r = run_train(first);
+  cr_assert_eq(r.code, 0, "%s", r.err);
+  result_free(&r);
+  FILE *f = fopen(py, "w");
+  cr_assert(f != NULL);
+  fputs(poison_py, f);
+  fclose(f);
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s/step-00000010", py, src);
+  cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+  const char *resume[] = {"--steps", "15", "--ckpt-every", "1", "--ckpt-dir", out, "--resume",
+                          src, NULL};
+  r = run_train(resume);
+  cr_assert_eq(r.code, 3, "exit %d (want 3): %s", r.code, r.err);
+  cr_assert(strstr(r.err, "step 11: the parameters hold NaN or Inf") != NULL, "%s", r.err);
+  result_free(&r);
+  long steps[8];
+  cr_assert_eq(committed(out, steps, 8), 0, "a step with NaN was committed");
+}
