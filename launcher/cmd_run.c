@@ -78,8 +78,9 @@ static void usage(FILE *f) {
           "  --keep N                committed steps kept (default 2)\n"
           "  --keep-every K          also keep every step divisible by K\n"
           "  --ckpt-compress N       deflate level 0..9 of the shards (default 0)\n"
-          "  --resume auto|never     auto (default): resume when DIR holds a checkpoint;\n"
-          "                          never: refuse a DIR that holds one\n"
+          "  --resume auto|never|PATH  auto (default): resume when DIR holds a checkpoint;\n"
+          "                          never: refuse a DIR that holds one; PATH: start\n"
+          "                          from that committed step directory (any stage count)\n"
           "  --max-restarts N        restarts for the whole job (default 10 with\n"
           "                          --ckpt-dir, else 0: a failure ends the job)\n"
           "  --max-stalled-restarts N  restarts in a row without a new checkpoint\n"
@@ -122,6 +123,7 @@ typedef struct {
   int64_t keep_every;
   int compress;
   int resume_never;
+  const char *resume_path;   /* --resume PATH: a committed step directory */
   const char *faults[BT_FAULT_MAX];
   int nfaults;
   char model_flag[MAX_MODEL_FLAGS][64];       /* model flags given, to check against a checkpoint */
@@ -225,11 +227,12 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
         return 2;
       }
     } else if (!strcmp(name, "--resume")) {
-      if (strcmp(v, "auto") && strcmp(v, "never")) {
-        fprintf(stderr, "baton run: --resume: expected auto or never, got '%s'\n", v);
+      if (!*v) {
+        fprintf(stderr, "baton run: --resume: expected auto, never or a step directory, got ''\n");
         return 2;
       }
       a->resume_never = !strcmp(v, "never");
+      a->resume_path = strcmp(v, "auto") && strcmp(v, "never") ? v : NULL;
     } else if (!strcmp(name, "--inject-fault")) {
       bt_fault_t f;
       char why[256] = "";
@@ -555,7 +558,20 @@ int bt_cmd_run(int argc, char **argv) {
    * is rarely what anyone wants by default: then a failure ends the job
    * unless --max-restarts asks otherwise. */
   if (a->ro.max_restarts < 0) a->ro.max_restarts = a->o.ckpt_dir ? 10 : 0;
-  int64_t restore = 0;
+  int64_t restore = 0, path_step = 0;
+  const char *restore_dir = NULL; /* BATON_RESTORE_DIR: restore from --resume PATH */
+  if (a->resume_path) {
+    int orc = bt_recovery_open_step(a->resume_path, &path_step, &model_text);
+    if (orc) {
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->resume_path,
+              bt_strerror(orc));
+      goto out;
+    }
+    if ((rc = adopt_model(a, model_text ? model_text : "", a->resume_path))) goto out;
+    rc = BT_SUP_EXIT_USAGE;
+    free(model_text);
+    model_text = NULL;
+  }
   if (a->o.ckpt_dir) {
     /* One job per directory, for the whole job: every incarnation writes
      * into it. A lock left by a killed supervisor is taken over. */
@@ -566,7 +582,7 @@ int bt_cmd_run(int argc, char **argv) {
       goto out;
     }
     locked = 1;
-    int prc2 = bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
+    int prc2 = a->resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
     if (prc2) {
       fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));
       rc = BT_SUP_EXIT_FAILED;
@@ -579,6 +595,10 @@ int bt_cmd_run(int argc, char **argv) {
     }
     if (restore > 0 && (rc = adopt_model(a, model_text ? model_text : "", a->o.ckpt_dir))) goto out;
     rc = BT_SUP_EXIT_USAGE;
+  }
+  if (a->resume_path) {
+    restore = path_step;
+    restore_dir = a->resume_path;
   }
   if (bt_config_finish(cfg, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
@@ -616,23 +636,29 @@ int bt_cmd_run(int argc, char **argv) {
   if (restore >= cfg->run.steps) {
     /* A finished job: its result is the checkpoint. */
     bt_hash128_t h;
-    int hrc = bt_recovery_hash(a->o.ckpt_dir, restore, &h);
+    char sdir[4096];
+    int hrc = restore_dir ? 0 : bt_ckpt_step_path(a->o.ckpt_dir, restore, 0, sdir, sizeof sdir);
+    if (!hrc) hrc = bt_recovery_hash(restore_dir ? restore_dir : sdir, &h);
     if (hrc) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: cannot hash step %lld: %s\n", a->o.ckpt_dir, (long long)restore,
-              bt_strerror(hrc));
+      fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", restore_dir ? restore_dir : a->o.ckpt_dir,
+              (long long)restore, bt_strerror(hrc));
       rc = BT_SUP_EXIT_FAILED;
       goto out;
     }
     char hex[33];
     bt_hash_hex(h, hex);
-    fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n", a->o.ckpt_dir,
+    fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n",
+            restore_dir ? restore_dir : a->o.ckpt_dir,
             (long long)restore, restore > cfg->run.steps ? " (past --steps)" : "");
     printf("hash %s\n", hex);
     fflush(stdout);
     rc = BT_SUP_EXIT_OK;
     goto out;
   }
-  if (restore > 0) fprintf(stderr, "baton run: resuming from %s step %lld\n", a->o.ckpt_dir, (long long)restore);
+  if (restore > 0)
+    fprintf(stderr, "baton run: resuming from %s step %lld\n", restore_dir ? restore_dir : a->o.ckpt_dir,
+            (long long)restore);
+  char restore_env[4096 + 32] = "";
   if (a->nfaults) {
     size_t len = 1;
     for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
@@ -661,8 +687,12 @@ int bt_cmd_run(int argc, char **argv) {
     o->worker_argv = form.wargv;
     o->stage_layers = (const char *const *)form.layers;
     o->sched = &form.sched;
-    const char *extra_env[4];
+    const char *extra_env[5];
     int ne = 0;
+    if (restore_dir) {
+      snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
+      extra_env[ne++] = restore_env;
+    }
     if (a->csv_arg) extra_env[ne++] = a->csv_env;
     if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
     if (compress_env[0]) extra_env[ne++] = compress_env;
@@ -739,6 +769,13 @@ int bt_cmd_run(int argc, char **argv) {
         break;
       }
       progress = next;
+    }
+    /* Nothing newer committed here yet: --resume PATH is still the start. */
+    restore_dir = NULL;
+    if (a->resume_path && next < path_step) {
+      next = path_step;
+      restore_dir = a->resume_path;
+      if (progress < next) progress = next;
     }
     f->lost = res.steps_done > next ? res.steps_done - next : 0;
     bt_recovery_decision_t d;

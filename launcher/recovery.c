@@ -165,15 +165,31 @@ out:
   return rc;
 }
 
-int bt_recovery_hash(const char *root, int64_t step, bt_hash128_t *out) {
-  char dir[4096], path[8192];
+static void log_problem(void *arg, const char *line) {
+  (void)arg; /* the line names the path itself */
+  bt_warn("%s", line);
+}
+
+int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text) {
+  bt_ckpt_step_t st;
+  memset(&st, 0, sizeof st);
+  *model_text = NULL;
+  int rc = bt_ckpt_step_open(step_dir, BT_CKPT_CHECK_CRC, &st, log_problem, (void *)step_dir);
+  if (rc) return rc;
+  *step = st.step;
+  if (st.man.meta.model_config && !(*model_text = strdup(st.man.meta.model_config))) rc = -ENOMEM;
+  bt_ckpt_step_close(&st);
+  return rc;
+}
+
+int bt_recovery_hash(const char *dir, bt_hash128_t *out) {
+  char path[8192];
   bt_ckpt_step_t st;
   memset(&st, 0, sizeof st);
   bt_hash_rec_t *recs = NULL;
   size_t n = 0, cap = 0;
-  int rc = bt_ckpt_step_path(root, step, 0, dir, sizeof dir);
+  int rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CRC, &st, NULL, NULL);
   if (rc) return rc;
-  if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CRC, &st, NULL, NULL))) return rc;
   for (uint32_t i = 0; i < st.man.nshards && !rc; i++) {
     snprintf(path, sizeof path, "%s/%s", dir, st.man.shards[i].file);
     rc = hash_shard(path, &recs, &n, &cap);

@@ -64,7 +64,12 @@ void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t pr
  * configuration, malloc'ed. 0 or a negative code. */
 int bt_recovery_pick(const char *root, int64_t *step, char **model_text);
 
-/* The parameter hash (DESIGN §8) of committed step `step` of `root`. */
-int bt_recovery_hash(const char *root, int64_t step, bt_hash128_t *out);
+/* The parameter hash (DESIGN §8) of a committed step directory. */
+int bt_recovery_hash(const char *step_dir, bt_hash128_t *out);
+
+/* Opens a committed step directory (`--resume PATH`) at CRC level: *step
+ * and *model_text (malloc'ed) from its manifest. BT_ENOTCKPT, BT_ECORRUPT,
+ * ... with one line per problem logged. */
+int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text);
 
 #endif

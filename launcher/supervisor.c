@@ -1168,7 +1168,8 @@ static int is_ours(const char *kv, const char *const *extra) {
       "RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=",
       "BATON_RESTART_COUNT=", "BATON_STAGE=", "BATON_STAGES=", "BATON_CHUNKS=", "BATON_LAYERS=",
       "BATON_CKPT_DIR=", "BATON_CONTROL_FD=", "BATON_SUPERVISOR_PID=", "BATON_JOB_TOKEN=",
-      "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS=", "BATON_INJECT_FAULTS="};
+      "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS=", "BATON_INJECT_FAULTS=", "BATON_RESTORE_DIR=",
+      "BATON_CKPT_COMPRESS="};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (!strncmp(kv, names[i], strlen(names[i]))) return 1;
   for (size_t i = 0; extra && extra[i]; i++) {

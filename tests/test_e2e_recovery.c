@@ -261,6 +261,27 @@ Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it)
   assert_hash_is(h16);
 }
 
+Test(recovery, resume_from_a_step_directory_elsewhere_on_another_stage_count) {
+  char h16[33];
+  train_hash(16, h16);
+  char other[320], step[400], pos[440];
+  snprintf(other, sizeof other, "%s/other", dir);
+  char *argv[96];
+  const char *first[] = {"--ckpt-dir", other, "--stages", "2", "--chunks", "2", NULL};
+  build_argv(argv, "run", 10, first, quick);
+  check_code(run_argv(argv, RUN_TIMEOUT_MS), 0);
+  snprintf(step, sizeof step, "%s/step-00000010", other);
+  const char *extra[] = {"--stages", "3", "--resume", step, NULL};
+  check_code(run_job(16, extra), 0);
+  snprintf(pos, sizeof pos, "resuming from %s step 10", step);
+  assert_err_has(pos);
+  assert_hash_is(h16);
+  /* not a step directory: one line, exit 2 */
+  const char *bad[] = {"--stages", "2", "--resume", other, NULL};
+  check_code(run_job(16, bad), BT_EXIT_USAGE);
+  assert_err_has("not a committed checkpoint step");
+}
+
 Test(recovery, a_model_flag_that_differs_from_the_checkpoint_is_refused) {
   const char *pipe2[] = {"--stages", "2", NULL};
   check_code(run_job(4, pipe2), 0);
