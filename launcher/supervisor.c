@@ -74,6 +74,8 @@ typedef struct {
   uint8_t *cbuf;
   size_t clen, ccap;
   char addr[BT_ADDR_MAX];
+  char gpu[BT_GPU_NAME_MAX];   /* READY.gpu: "" on the CPU */
+  uint8_t nccl_id[128];        /* READY.nccl_id (stage 0 with NCCL) */
   uint64_t last_beat_ms, last_progress_ms;
   int64_t actions_done, step, action, steps_reported;
   uint32_t phase;
@@ -331,7 +333,12 @@ static void send_start(sup_t *s) {
    * step always is (DESIGN §6). */
   m->ckpt_every = s->o->ckpt_dir ? s->o->ckpt_every : 0;
   m->ckpt_last = s->o->ckpt_dir ? 1 : 0;
-  for (uint32_t i = 0; i < s->n; i++) snprintf(m->addrs[i], BT_ADDR_MAX, "%s", s->w[i].addr);
+  for (uint32_t i = 0; i < s->n; i++) {
+    snprintf(m->addrs[i], BT_ADDR_MAX, "%s", s->w[i].addr);
+    snprintf(m->gpus[i], BT_GPU_NAME_MAX, "%s", s->w[i].gpu);
+  }
+  /* NCCL's unique id comes from stage 0; everyone joins with it. */
+  memcpy(m->nccl_id, s->w[0].nccl_id, sizeof m->nccl_id);
   bt_buf_t b;
   bt_buf_init(&b);
   bt_msg_encode_start(&b, m);
@@ -669,6 +676,8 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
     bt_msg_ready_t m;
     if ((rc = bt_msg_decode_ready(f, &m)) < 0) break;
     snprintf(w->addr, sizeof w->addr, "%s", m.addr);
+    snprintf(w->gpu, sizeof w->gpu, "%s", m.gpu);
+    memcpy(w->nccl_id, m.nccl_id, sizeof w->nccl_id);
     bt_debug("stage %u ready at %s", w->stage, w->addr);
     if (w->state == W_SPAWNED || w->state == W_HELLO) w->state = W_READY;
     if (s->state != JOB_STARTING) break;
