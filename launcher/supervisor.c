@@ -1416,7 +1416,13 @@ static void finish_result(sup_t *s) {
     r->end = BT_SUP_END_DONE;
   } else if (r->failed_stage >= 0) {
     r->exit_code = BT_SUP_EXIT_FAILED;
-    if (s->stop_signal) r->end = BT_SUP_END_KILLED;
+    if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1 && r->end != BT_SUP_END_NONFINITE) {
+      /* A stage failed while the job was being preempted: what is
+       * committed stands, and running again resumes from it. */
+      r->exit_code = BT_EXIT_PREEMPTED;
+      r->end = BT_SUP_END_PREEMPTED;
+    } else if (s->stop_signal)
+      r->end = BT_SUP_END_KILLED;
   } else if (s->nonfinite) {
     r->exit_code = BT_EXIT_NONFINITE;
     r->end = BT_SUP_END_NONFINITE;
