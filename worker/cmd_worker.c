@@ -78,6 +78,10 @@ int bt_cmd_worker(int argc, char **argv) {
       usage(stdout);
       return 0;
     }
+  /* The log level is read from BATON_LOG on first use; do it now, before
+   * the control, transport and writer threads exist, so that first use is
+   * not a write racing their reads (ThreadSanitizer saw it). */
+  (void)bt_log_get_level();
   int rc = bt_control_guard();
   if (rc == BT_EPEER) {
     fprintf(stderr, "baton worker: the supervisor is gone; exiting\n");
