@@ -237,6 +237,48 @@ Test(recovery, a_non_finite_worker_ends_the_job_with_its_code) {
   assert_err_has("non-finite loss or parameters");
 }
 
+static int count_of(const char *path, const char *needle) {
+  char *s = slurp_or_empty(path);
+  int n = 0;
+  for (char *p = strstr(s, needle); p; p = strstr(p + 1, needle)) n++;
+  free(s);
+  return n;
+}
+
+Test(recovery, faults_reach_the_first_incarnation_only_and_settings_every_one) {
+  char ck[320];
+  snprintf(ck, sizeof ck, "%s/ek", dir);
+  const char *extra[] = {"--ckpt-dir", ck, "--ckpt-compress", "6", "--inject-fault", "crash@stage=1,step=20",
+                         "--max-restarts", "1", "--progress-timeout", "2", "--", "--mode", "crash",
+                         "--fail-stage", "1", "--at-step", "2", NULL};
+  check_code(run_fake(extra), BT_EXIT_RESTARTS);
+  /* two incarnations of two stages; the fault spec in the first only */
+  cr_assert_eq(count_of(out_path, "env BATON_RESTART_COUNT=0\n"), 2);
+  cr_assert_eq(count_of(out_path, "env BATON_RESTART_COUNT=1\n"), 2);
+  cr_assert_eq(count_of(out_path, "env BATON_INJECT_FAULTS=crash@stage=1,step=20\n"), 2);
+  cr_assert_eq(count_of(out_path, "env BATON_CKPT_COMPRESS=6\n"), 4);
+  /* the transport deadline: 2 x progress timeout + max(1 s, half of it) */
+  cr_assert_eq(count_of(out_path, "env BATON_PEER_TIMEOUT_MS=5000\n"), 4);
+}
+
+Test(recovery, bad_fault_specs_and_flags_are_refused_before_spawning) {
+  const char *bad[][5] = {{"--inject-fault", "explode@stage=0,step=1", NULL},
+                          {"--inject-fault", "crash@stage=5,step=1", NULL},
+                          {"--inject-fault", "crash@stage=0,step=999", NULL},
+                          {"--ckpt-every", "5", NULL},
+                          {"--min-stages", "3", NULL},
+                          {"--resume", "sometimes", NULL}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    check_code(run_fake(bad[i]), BT_EXIT_USAGE);
+    char *e = slurp_or_empty(err_path);
+    static char msg[4096];
+    snprintf(msg, sizeof msg, "%s", e);
+    cr_assert_null(strstr(e, "started stage"), "case %zu spawned:\n%s", i, msg);
+    cr_assert_not_null(strstr(e, "baton run: "), "case %zu: %s", i, msg);
+    free(e);
+  }
+}
+
 /* ---- checkpoints and resuming, with the real worker ---- */
 
 Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it) {
@@ -280,6 +322,22 @@ Test(recovery, resume_from_a_step_directory_elsewhere_on_another_stage_count) {
   const char *bad[] = {"--stages", "2", "--resume", other, NULL};
   check_code(run_job(16, bad), BT_EXIT_USAGE);
   assert_err_has("not a committed checkpoint step");
+}
+
+Test(recovery, keep_and_keep_every_decide_what_stays) {
+  const char *extra[] = {"--stages", "2", "--ckpt-every", "2", "--keep", "2", "--keep-every", "5", NULL};
+  check_code(run_job(12, extra), 0);
+  const int kept[] = {10, 12}, gone[] = {2, 4, 6, 8};
+  char p[400];
+  struct stat sb;
+  for (int i = 0; i < 2; i++) {
+    snprintf(p, sizeof p, "%s/step-%08d", ckpt_path, kept[i]);
+    cr_assert_eq(stat(p, &sb), 0, "%s was removed", p);
+  }
+  for (int i = 0; i < 4; i++) {
+    snprintf(p, sizeof p, "%s/step-%08d", ckpt_path, gone[i]);
+    cr_assert_neq(stat(p, &sb), 0, "%s was kept", p);
+  }
 }
 
 Test(recovery, a_model_flag_that_differs_from_the_checkpoint_is_refused) {

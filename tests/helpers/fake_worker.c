@@ -73,7 +73,8 @@ static void print_env(void) {
       "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
       "BATON_RESTART_COUNT", "BATON_STAGE", "BATON_STAGES", "BATON_CHUNKS", "BATON_LAYERS",
       "BATON_CKPT_DIR", "BATON_CONTROL_FD", "BATON_SUPERVISOR_PID", "BATON_JOB_TOKEN",
-      "BATON_FAKE_MARKER"};
+      "BATON_FAKE_MARKER", "BATON_INJECT_FAULTS", "BATON_CKPT_COMPRESS", "BATON_RESTORE_DIR",
+      "BATON_PEER_TIMEOUT_MS", "BATON_HEARTBEAT_MS"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     const char *v = getenv(names[i]);
     if (v) printf("env %s=%s\n", names[i], v);
