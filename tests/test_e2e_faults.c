@@ -232,3 +232,27 @@ Test(faults, random_campaign) {
                      (unsigned long long)seed, spec, got, want);
   }
 }
+
+/* `baton worker --probe`: what `baton run` can ask before spawning. */
+static int lines_in(const char *path) {
+  char *s = bt_proc_slurp(path);
+  int n = 0;
+  for (char *p = s; p && *p; p++) n += *p == '\n';
+  free(s);
+  return n;
+}
+
+Test(faults, worker_probe_answers_in_one_line) {
+  char *argv[] = {(char *)env_or_skip("BATON_BIN"), "worker", "--probe", "cpu", NULL};
+  cr_assert_eq(run_argv(argv, 30000), 0);
+  cr_assert(file_has(out_path, "ok\n"));
+  argv[3] = "tpu";
+  cr_assert_eq(run_argv(argv, 30000), 2);
+  cr_assert_eq(lines_in(err_path), 1, "stderr is not one line");
+  cr_assert(file_has(err_path, "unknown backend 'tpu'"));
+  /* without a GPU (or a CUDA build) one line and 2; with one, ok and 0 */
+  argv[3] = "cuda";
+  int code = run_argv(argv, 60000);
+  cr_assert(code == 0 || code == 2, "exit %d", code);
+  if (code == 2) cr_assert_eq(lines_in(err_path), 1, "stderr is not one line");
+}

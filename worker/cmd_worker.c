@@ -19,13 +19,15 @@
 #include "common/config.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "kernels/backend.h"
 #include "launcher/commands.h"
 #include "worker/control.h"
 #include "worker/pipeline.h"
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: baton worker [model and run options of `baton run`]\n\n"
+          "usage: baton worker [model and run options of `baton run`]\n"
+          "       baton worker --probe BACKEND\n\n"
           "One pipeline stage. Started by `baton run`, which sets BATON_STAGE,\n"
           "BATON_STAGES, BATON_CONTROL_FD, BATON_SUPERVISOR_PID and BATON_JOB_TOKEN;\n"
           "not meant to be run by hand. Also read: BATON_CKPT_DIR (checkpoint root),\n"
@@ -35,7 +37,25 @@ static void usage(FILE *f) {
           "exit codes: 0 done, 1 internal error, 2 bad usage, 3 retryable (peer lost,\n"
           "deadline, transport), 4 fatal (bad configuration, no usable checkpoint),\n"
           "5 stopped by the supervisor, 6 the supervisor is gone, 7 non-finite\n"
-          "parameters at a checkpoint\n");
+          "parameters at a checkpoint\n\n"
+          "--probe BACKEND (cpu, cuda): whether this process can create the backend,\n"
+          "for `baton run` to ask before spawning (the launcher does not link the\n"
+          "backends): exit 0 and `ok`, or one line saying why not and exit 2\n");
+}
+
+/* `baton worker --probe BACKEND`: creates the backend on device 0 and
+ * destroys it. */
+static int probe(const char *name) {
+  bt_backend_t *be = NULL;
+  char why[512] = "";
+  int rc = bt_backend_create(name, 0, &be, why, sizeof why);
+  if (rc < 0) {
+    fprintf(stderr, "baton worker: --backend %s: %s\n", name, why[0] ? why : bt_strerror(rc));
+    return BT_WEXIT_USAGE;
+  }
+  bt_backend_destroy(be);
+  printf("ok\n");
+  return BT_WEXIT_DONE;
 }
 
 /* Parses --key=value / --key value flags of the shared table into cfg. */
@@ -78,6 +98,13 @@ int bt_cmd_worker(int argc, char **argv) {
       usage(stdout);
       return 0;
     }
+  if (argc >= 2 && !strcmp(argv[1], "--probe")) {
+    if (argc != 3) {
+      fprintf(stderr, "baton worker: --probe needs one backend name (cpu or cuda)\n");
+      return BT_WEXIT_USAGE;
+    }
+    return probe(argv[2]);
+  }
   /* The log level is read from BATON_LOG on first use; do it now, before
    * the control, transport and writer threads exist, so that first use is
    * not a write racing their reads (ThreadSanitizer saw it). */
