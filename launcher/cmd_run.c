@@ -510,18 +510,188 @@ static void print_summary(const failure_t *f, int n, double end_s) {
   }
 }
 
+/* Runs incarnations until the job is done, preempted or given up: after
+ * each failure the restart policy decides, and the next incarnation
+ * restores the newest committed step (or --resume PATH while nothing newer
+ * is committed). Prints the account of the failures at the end. Returns
+ * the exit code. */
+static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, const char *restore_dir,
+                            int64_t path_step, int given_layout, const char *fault_env, const char *compress_env) {
+  bt_config_t *cfg = &a->cfg;
+  char restore_env[4096 + 32] = "";
+  failure_t *fails = NULL;
+  int nfail = 0, rc = BT_SUP_EXIT_FAILED;
+  bt_recovery_t rec;
+  bt_recovery_init(&rec, &a->ro, (uint32_t)cfg->run.stages, restore);
+  double epoch = bt_clock_s(), backoff = 0;
+  uint32_t inc = 0;
+  for (;;) {
+    bt_sup_opts_t *o = &a->o;
+    o->nstages = (uint32_t)form->p;
+    o->chunks = (uint32_t)form->v;
+    o->worker_argv = form->wargv;
+    o->stage_layers = (const char *const *)form->layers;
+    o->sched = &form->sched;
+    const char *extra_env[5];
+    int ne = 0;
+    if (restore_dir) {
+      snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
+      extra_env[ne++] = restore_env;
+    }
+    if (a->csv_arg) extra_env[ne++] = a->csv_env;
+    if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
+    if (compress_env[0]) extra_env[ne++] = compress_env;
+    extra_env[ne] = NULL;
+    o->extra_env = extra_env;
+    o->first_step = restore + 1;
+    o->last_step = cfg->run.steps;
+    o->restore_step = restore;
+    o->ckpt_every = a->ckpt_every;
+    o->keep_last = a->keep;
+    o->keep_every = a->keep_every;
+    o->restart_count = inc;
+    o->spawn_delay_s = backoff;
+    o->epoch_s = epoch;
+    o->events_append = inc > 0;
+    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
+      const failure_t *pf = &fails[nfail - 1];
+      o->recovering = pf->restart;
+      o->rec_detect_s = pf->detect_latency_s;
+      o->rec_stop_s = pf->stopped_s - pf->detect_s;
+      o->rec_stopped_at_s = pf->stopped_s;
+      o->rec_steps_lost = pf->lost;
+    } else
+      o->recovering = 0;
+    bt_sup_result_t res;
+    int src = bt_supervisor_run(o, &res);
+    if (src < 0) {
+      fprintf(stderr, "baton run: %s\n", bt_strerror(src));
+      rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
+      break;
+    }
+    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
+      fails[nfail - 1].ready_s = res.ready_s;
+      fails[nfail - 1].resumed_s = res.first_step_s;
+    }
+    if (res.end == BT_SUP_END_DONE) {
+      rc = res.exit_code;
+      if (rc == BT_SUP_EXIT_OK && res.have_hash) {
+        char hex[33];
+        bt_hash_hex(res.hash, hex);
+        printf("hash %s\n", hex);
+        fflush(stdout);
+      }
+      break;
+    }
+    if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
+      rc = res.exit_code;
+      if (res.failed_stage < 0 && res.reason[0]) fprintf(stderr, "baton run: %s\n", res.reason);
+      break;
+    }
+    /* A failure: account for it, then ask the policy. */
+    failure_t *nf = realloc(fails, (size_t)(nfail + 1) * sizeof *nf);
+    if (!nf) {
+      rc = out_of_memory();
+      break;
+    }
+    fails = nf;
+    failure_t *f = &fails[nfail++];
+    memset(f, 0, sizeof *f);
+    f->stage = res.failed_stage;
+    f->pid = res.root_pid;
+    f->restart = (int)inc + 1;
+    snprintf(f->reason, sizeof f->reason, "%s", res.reason[0] ? res.reason : "failed");
+    snprintf(f->tail, sizeof f->tail, "%s", res.root_tail);
+    f->detect_s = res.detect_s;
+    f->detect_latency_s = res.detect_latency_s;
+    f->stopped_s = bt_clock_s() - epoch;
+    int64_t progress = res.steps_done, next = 0;
+    if (a->o.ckpt_dir) {
+      int prc3 = bt_recovery_pick(a->o.ckpt_dir, &next, NULL);
+      if (prc3) {
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
+        rc = BT_SUP_EXIT_FAILED;
+        break;
+      }
+      progress = next;
+    }
+    /* Nothing newer committed here yet: --resume PATH is still the start. */
+    restore_dir = NULL;
+    if (a->resume_path && next < path_step) {
+      next = path_step;
+      restore_dir = a->resume_path;
+      if (progress < next) progress = next;
+    }
+    f->lost = res.steps_done > next ? res.steps_done - next : 0;
+    bt_recovery_decision_t d;
+    bt_recovery_decide(&rec, &res, progress, &d);
+    if (d.action == BT_RECOVERY_GIVE_UP) {
+      job_event_failure(a, "give_up", f, next, &d, (uint32_t)form->p);
+      /* With no restarts at all the supervisor's failure report says it all. */
+      if (a->ro.max_restarts > 0 || res.end != BT_SUP_END_RETRYABLE) fprintf(stderr, "baton run: %s\n", d.why);
+      rc = d.exit_code;
+      break;
+    }
+    if (d.action == BT_RECOVERY_REFORM) {
+      fprintf(stderr, "baton run: stage %d failed %d times: re-forming on %u stages\n", d.retire,
+              a->ro.max_slot_failures, rec.stages);
+      if (given_layout) {
+        fprintf(stderr, "baton run: --layout does not fit %u stages: using the balanced split\n", rec.stages);
+        given_layout = 0;
+      }
+      formation_free(form);
+      cfg->run.stages = (int)rec.stages;
+      cfg->run.layout[0] = 0;
+      if ((rc = formation_plan(a, form))) break;
+    }
+    job_event_failure(a, d.action == BT_RECOVERY_REFORM ? "reform" : "restart", f, next, &d, rec.stages);
+    if (next > 0)
+      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from checkpoint step %lld\n", rec.restarts,
+              a->ro.max_restarts, d.backoff_s, (long long)next);
+    else
+      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from step 0 (no checkpoint yet)\n",
+              rec.restarts, a->ro.max_restarts, d.backoff_s);
+    restore = next;
+    backoff = d.backoff_s;
+    inc++;
+  }
+  if (rec.restarts > 0) print_summary(fails, nfail, bt_clock_s() - epoch);
+  free(fails);
+  return rc;
+}
+
+/* A job whose checkpoint already holds the last step: its hash. */
+static int print_finished(run_args_t *a, int64_t restore, const char *restore_dir) {
+  bt_hash128_t h;
+  char sdir[4096];
+  int hrc = restore_dir ? 0 : bt_ckpt_step_path(a->o.ckpt_dir, restore, 0, sdir, sizeof sdir);
+  if (!hrc) hrc = bt_recovery_hash(restore_dir ? restore_dir : sdir, &h);
+  if (hrc) {
+    fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", restore_dir ? restore_dir : a->o.ckpt_dir,
+            (long long)restore, bt_strerror(hrc));
+    return BT_SUP_EXIT_FAILED;
+  }
+  char hex[33];
+  bt_hash_hex(h, hex);
+  fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n",
+          restore_dir ? restore_dir : a->o.ckpt_dir,
+          (long long)restore, restore > a->cfg.run.steps ? " (past --steps)" : "");
+  printf("hash %s\n", hex);
+  fflush(stdout);
+  return BT_SUP_EXIT_OK;
+}
+
 int bt_cmd_run(int argc, char **argv) {
   run_args_t *a = calloc(1, sizeof *a);
   if (!a) {
     fprintf(stderr, "baton run: out of memory\n");
     return BT_SUP_EXIT_FAILED;
   }
-  int rc = BT_SUP_EXIT_USAGE, locked = 0, nfail = 0;
+  int rc = BT_SUP_EXIT_USAGE, locked = 0;
   char err[1024], holder[512] = "", *model_text = NULL, *fault_env = NULL, compress_env[64] = "";
   formation_t form;
   memset(&form, 0, sizeof form);
   bt_ckpt_lock_t lock;
-  failure_t *fails = NULL;
   int prc = parse_args(argc, argv, a);
   if (prc == 1) {
     usage(stdout);
@@ -634,31 +804,12 @@ int bt_cmd_run(int argc, char **argv) {
   int given_layout = cfg->run.layout[0] != 0;
   if ((rc = formation_plan(a, &form))) goto out;
   if (restore >= cfg->run.steps) {
-    /* A finished job: its result is the checkpoint. */
-    bt_hash128_t h;
-    char sdir[4096];
-    int hrc = restore_dir ? 0 : bt_ckpt_step_path(a->o.ckpt_dir, restore, 0, sdir, sizeof sdir);
-    if (!hrc) hrc = bt_recovery_hash(restore_dir ? restore_dir : sdir, &h);
-    if (hrc) {
-      fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", restore_dir ? restore_dir : a->o.ckpt_dir,
-              (long long)restore, bt_strerror(hrc));
-      rc = BT_SUP_EXIT_FAILED;
-      goto out;
-    }
-    char hex[33];
-    bt_hash_hex(h, hex);
-    fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n",
-            restore_dir ? restore_dir : a->o.ckpt_dir,
-            (long long)restore, restore > cfg->run.steps ? " (past --steps)" : "");
-    printf("hash %s\n", hex);
-    fflush(stdout);
-    rc = BT_SUP_EXIT_OK;
+    rc = print_finished(a, restore, restore_dir);
     goto out;
   }
   if (restore > 0)
     fprintf(stderr, "baton run: resuming from %s step %lld\n", restore_dir ? restore_dir : a->o.ckpt_dir,
             (long long)restore);
-  char restore_env[4096 + 32] = "";
   if (a->nfaults) {
     size_t len = 1;
     for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
@@ -676,145 +827,10 @@ int bt_cmd_run(int argc, char **argv) {
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
-  bt_recovery_t rec;
-  bt_recovery_init(&rec, &a->ro, (uint32_t)cfg->run.stages, restore);
-  double epoch = bt_clock_s(), backoff = 0;
-  uint32_t inc = 0;
-  for (;;) {
-    bt_sup_opts_t *o = &a->o;
-    o->nstages = (uint32_t)form.p;
-    o->chunks = (uint32_t)form.v;
-    o->worker_argv = form.wargv;
-    o->stage_layers = (const char *const *)form.layers;
-    o->sched = &form.sched;
-    const char *extra_env[5];
-    int ne = 0;
-    if (restore_dir) {
-      snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
-      extra_env[ne++] = restore_env;
-    }
-    if (a->csv_arg) extra_env[ne++] = a->csv_env;
-    if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
-    if (compress_env[0]) extra_env[ne++] = compress_env;
-    extra_env[ne] = NULL;
-    o->extra_env = extra_env;
-    o->first_step = restore + 1;
-    o->last_step = cfg->run.steps;
-    o->restore_step = restore;
-    o->ckpt_every = a->ckpt_every;
-    o->keep_last = a->keep;
-    o->keep_every = a->keep_every;
-    o->restart_count = inc;
-    o->spawn_delay_s = backoff;
-    o->epoch_s = epoch;
-    o->events_append = inc > 0;
-    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
-      const failure_t *pf = &fails[nfail - 1];
-      o->recovering = pf->restart;
-      o->rec_detect_s = pf->detect_latency_s;
-      o->rec_stop_s = pf->stopped_s - pf->detect_s;
-      o->rec_stopped_at_s = pf->stopped_s;
-      o->rec_steps_lost = pf->lost;
-    } else
-      o->recovering = 0;
-    bt_sup_result_t res;
-    int src = bt_supervisor_run(o, &res);
-    if (src < 0) {
-      fprintf(stderr, "baton run: %s\n", bt_strerror(src));
-      rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
-      goto out;
-    }
-    if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
-      fails[nfail - 1].ready_s = res.ready_s;
-      fails[nfail - 1].resumed_s = res.first_step_s;
-    }
-    if (res.end == BT_SUP_END_DONE) {
-      rc = res.exit_code;
-      if (rc == BT_SUP_EXIT_OK && res.have_hash) {
-        char hex[33];
-        bt_hash_hex(res.hash, hex);
-        printf("hash %s\n", hex);
-        fflush(stdout);
-      }
-      break;
-    }
-    if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
-      rc = res.exit_code;
-      if (res.failed_stage < 0 && res.reason[0]) fprintf(stderr, "baton run: %s\n", res.reason);
-      break;
-    }
-    /* A failure: account for it, then ask the policy. */
-    failure_t *nf = realloc(fails, (size_t)(nfail + 1) * sizeof *nf);
-    if (!nf) {
-      rc = out_of_memory();
-      break;
-    }
-    fails = nf;
-    failure_t *f = &fails[nfail++];
-    memset(f, 0, sizeof *f);
-    f->stage = res.failed_stage;
-    f->pid = res.root_pid;
-    f->restart = (int)inc + 1;
-    snprintf(f->reason, sizeof f->reason, "%s", res.reason[0] ? res.reason : "failed");
-    snprintf(f->tail, sizeof f->tail, "%s", res.root_tail);
-    f->detect_s = res.detect_s;
-    f->detect_latency_s = res.detect_latency_s;
-    f->stopped_s = bt_clock_s() - epoch;
-    int64_t progress = res.steps_done, next = 0;
-    if (a->o.ckpt_dir) {
-      int prc3 = bt_recovery_pick(a->o.ckpt_dir, &next, NULL);
-      if (prc3) {
-        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
-        rc = BT_SUP_EXIT_FAILED;
-        break;
-      }
-      progress = next;
-    }
-    /* Nothing newer committed here yet: --resume PATH is still the start. */
-    restore_dir = NULL;
-    if (a->resume_path && next < path_step) {
-      next = path_step;
-      restore_dir = a->resume_path;
-      if (progress < next) progress = next;
-    }
-    f->lost = res.steps_done > next ? res.steps_done - next : 0;
-    bt_recovery_decision_t d;
-    bt_recovery_decide(&rec, &res, progress, &d);
-    if (d.action == BT_RECOVERY_GIVE_UP) {
-      job_event_failure(a, "give_up", f, next, &d, (uint32_t)form.p);
-      /* With no restarts at all the supervisor's failure report says it all. */
-      if (a->ro.max_restarts > 0 || res.end != BT_SUP_END_RETRYABLE) fprintf(stderr, "baton run: %s\n", d.why);
-      rc = d.exit_code;
-      break;
-    }
-    if (d.action == BT_RECOVERY_REFORM) {
-      fprintf(stderr, "baton run: stage %d failed %d times: re-forming on %u stages\n", d.retire,
-              a->ro.max_slot_failures, rec.stages);
-      if (given_layout) {
-        fprintf(stderr, "baton run: --layout does not fit %u stages: using the balanced split\n", rec.stages);
-        given_layout = 0;
-      }
-      formation_free(&form);
-      cfg->run.stages = (int)rec.stages;
-      cfg->run.layout[0] = 0;
-      if ((rc = formation_plan(a, &form))) break;
-    }
-    job_event_failure(a, d.action == BT_RECOVERY_REFORM ? "reform" : "restart", f, next, &d, rec.stages);
-    if (next > 0)
-      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from checkpoint step %lld\n", rec.restarts,
-              a->ro.max_restarts, d.backoff_s, (long long)next);
-    else
-      fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from step 0 (no checkpoint yet)\n",
-              rec.restarts, a->ro.max_restarts, d.backoff_s);
-    restore = next;
-    backoff = d.backoff_s;
-    inc++;
-  }
-  if (rec.restarts > 0) print_summary(fails, nfail, bt_clock_s() - epoch);
+  rc = run_incarnations(a, &form, restore, restore_dir, path_step, given_layout, fault_env, compress_env);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);
-  free(fails);
   free(model_text);
   free(fault_env);
   free(a);
