@@ -8,11 +8,14 @@
  * Not here: the process handling (supervisor.c) and the worker itself.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
@@ -58,7 +61,8 @@ static void usage(FILE *f) {
           "                          (default: interleaved when --chunks > 1, else 1f1b)\n"
           "  --layout N,N,...        layers per virtual stage (default: balanced by cost)\n"
           "  --steps N               optimizer steps (default %s)\n"
-          "  --backend S             cpu (default; the socket transport moves host memory)\n"
+          "  --backend S             cpu (default, socket transport) or cuda (NCCL; probed\n"
+          "                          with `baton worker --probe cuda` before spawning)\n"
           "\nsupervisor options:\n"
           "  --hash                  print `hash <32 hex>` of the final parameters last\n"
           "  --metrics FILE          JSON lines per step (step, loss, tokens_per_s, ...)\n"
@@ -331,6 +335,74 @@ static char **worker_flags(const bt_config_t *cfg, int *n) {
 static int out_of_memory(void) {
   fprintf(stderr, "baton run: out of memory\n");
   return BT_SUP_EXIT_FAILED;
+}
+
+/* `baton worker --probe BACKEND` in a child, within 60 s: 0 when a worker
+ * could create the backend (CUDA: a device and the library), else exit
+ * code 2 with the child's one-line reason. The launcher may not link the
+ * backends itself (DESIGN.md §1), and a refusal must come before any
+ * worker starts. */
+static int probe_backend(const char *backend) {
+  char exe[PATH_MAX], line[512] = "";
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n < 0) {
+    fprintf(stderr, "baton run: cannot find the baton executable: %s\n", strerror(errno));
+    return BT_SUP_EXIT_FAILED;
+  }
+  exe[n] = 0;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) < 0) return BT_SUP_EXIT_FAILED;
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return BT_SUP_EXIT_FAILED;
+  }
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+    }
+    dup2(fds[1], 2);
+    execl(exe, exe, "worker", "--probe", backend, (char *)NULL);
+    _exit(127);
+  }
+  close(fds[1]);
+  size_t got = 0;
+  uint64_t deadline = bt_clock_ns() + 60ull * 1000000000ull;
+  int status = 0, timed_out = 0;
+  for (;;) {
+    uint64_t now = bt_clock_ns();
+    if (now >= deadline) {
+      timed_out = 1;
+      break;
+    }
+    struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+    int pr = poll(&pfd, 1, (int)((deadline - now) / 1000000 + 1));
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr <= 0) continue;
+    ssize_t r = read(fds[0], line + got, sizeof line - 1 - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break; /* EOF: the probe is exiting */
+    got += (size_t)r;
+    if (got == sizeof line - 1) break;
+  }
+  close(fds[0]);
+  if (timed_out) kill(pid, SIGKILL);
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  line[got] = 0;
+  char *nl = strchr(line, '\n');
+  if (nl) *nl = 0;
+  if (!timed_out && WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
+  if (timed_out)
+    fprintf(stderr, "baton run: --backend %s: the probe did not answer within 60 s\n", backend);
+  else if (line[0])
+    fprintf(stderr, "baton run: %s\n", line);
+  else
+    fprintf(stderr, "baton run: --backend %s: not available here\n", backend);
+  return BT_SUP_EXIT_USAGE;
 }
 
 /* One formation of the job: the plan for cfg->run.stages workers. */
@@ -795,12 +867,8 @@ int bt_cmd_run(int argc, char **argv) {
     }
     fclose(f);
   }
-  if (strcmp(cfg->run.backend, "cpu")) {
-    /* The only transport is the socket one, which carries host memory. */
-    fprintf(stderr, "baton run: --backend %s: pipelines run on the cpu backend only (socket transport)\n",
-            cfg->run.backend);
-    goto out;
-  }
+  if (strcmp(cfg->run.backend, "cpu") && (rc = probe_backend(cfg->run.backend))) goto out;
+  rc = BT_SUP_EXIT_USAGE;
   int given_layout = cfg->run.layout[0] != 0;
   if ((rc = formation_plan(a, &form))) goto out;
   if (restore >= cfg->run.steps) {

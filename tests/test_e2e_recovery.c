@@ -279,6 +279,24 @@ Test(recovery, bad_fault_specs_and_flags_are_refused_before_spawning) {
   }
 }
 
+Test(recovery, cuda_is_probed_before_spawning) {
+  const char *extra[] = {"--backend", "cuda", NULL};
+  int code = run_fake(extra);
+  /* without a GPU: one line naming cuda, exit 2, nothing started; with one
+   * the fake workers run and the job ends 0 */
+  cr_assert(code == 0 || code == BT_EXIT_USAGE, "exit %d", code);
+  if (code == BT_EXIT_USAGE) {
+    char *e = slurp_or_empty(err_path);
+    static char msg[4096];
+    snprintf(msg, sizeof msg, "%s", e);
+    cr_assert_null(strstr(e, "started stage"), "%s", msg);
+    cr_assert_not_null(strstr(e, "cuda"), "%s", msg);
+    char *nl = strchr(e, '\n');
+    cr_assert(nl && nl[1] == 0, "not one line:\n%s", msg);
+    free(e);
+  }
+}
+
 /* ---- checkpoints and resuming, with the real worker ---- */
 
 Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it) {
