@@ -21,11 +21,18 @@ static int level_from_env(void) {
   return BT_LOG_INFO;
 }
 
-void bt_log_set_level(int level) { g_level = level; }
+/* Atomic: the first bt_log() may come from a heartbeat or writer thread
+ * while the main thread logs too (a data race under ThreadSanitizer). Two
+ * threads computing the level from the environment at once agree. */
+void bt_log_set_level(int level) { __atomic_store_n(&g_level, level, __ATOMIC_RELAXED); }
 
 int bt_log_get_level(void) {
-  if (g_level < 0) g_level = level_from_env();
-  return g_level;
+  int level = __atomic_load_n(&g_level, __ATOMIC_RELAXED);
+  if (level < 0) {
+    level = level_from_env();
+    __atomic_store_n(&g_level, level, __ATOMIC_RELAXED);
+  }
+  return level;
 }
 
 void bt_log_set_prefix(const char *prefix) {
