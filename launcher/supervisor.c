@@ -1370,7 +1370,6 @@ static void report_failure(sup_t *s) {
   bt_sup_result_t *r = s->res;
   r->failed_stage = (int)root->stage;
   r->root_pid = root->pid;
-  r->root_exit = root->term_signal ? -1 : (int)root->exit_status;
   snprintf(r->reason, sizeof r->reason, "%s", root->fail_reason);
   size_t tk = 0;
   for (int i = 0; i < root->tail_n && tk < sizeof r->root_tail; i++) {

@@ -113,7 +113,6 @@ typedef struct {
   int64_t steps_done;          /* steps every stage finished */
   bt_sup_end_t end;            /* what ended it, for the restart policy */
   int root_pid;                /* the root-cause worker's pid, or 0 */
-  int root_exit;               /* its exit code, or -1 when killed by a signal */
   char root_tail[4096];        /* the last lines of its stderr */
   int64_t committed_step;      /* the newest step committed by this incarnation, or 0 */
   double detect_s;             /* event times (epoch_s based): first failure seen, */
