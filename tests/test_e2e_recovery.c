@@ -297,6 +297,43 @@ Test(recovery, cuda_is_probed_before_spawning) {
   }
 }
 
+Test(recovery, a_stage_past_the_preemption_step_moves_the_checkpoint_later) {
+  static char fake[512], ck[320];
+  snprintf(fake, sizeof fake, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
+  snprintf(ck, sizeof ck, "%s/pk", dir);
+  char *argv[] = {(char *)env_or_skip("BATON_BIN"), "run", "--worker-cmd", fake, "--stages", "2", "--steps",
+                  "100000", "--ckpt-dir", ck, "--events", events_path, "--no-progress", "--", "--mode",
+                  "ckpt-late", "--fail-stage", "1", "--step-ms", "20", NULL};
+  unlink(out_path);
+  unlink(err_path);
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_gt(pid, 0);
+  cr_assert(bt_proc_wait_for_text(err_path, "stages ready", 20000));
+  bt_sleep_ms(300);
+  kill(pid, SIGTERM);
+  int st = 0;
+  cr_assert_eq(bt_proc_wait(pid, 30000, &st), 0);
+  check_code(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), BT_EXIT_PREEMPTED);
+  /* stage 1 claimed to be past S: the step moves beyond it, and commits */
+  assert_err_has("was past step");
+  char *e = slurp_or_empty(err_path);
+  long first = -1, moved = -1;
+  char *p = strstr(e, "preemption: checkpoint at step ");
+  if (p) first = strtol(p + strlen("preemption: checkpoint at step "), NULL, 10);
+  p = strstr(e, "instead");
+  char *q = strstr(e, ": checkpoint at step ");
+  while (q && p && q < p) {
+    moved = strtol(q + strlen(": checkpoint at step "), NULL, 10);
+    q = strstr(q + 1, ": checkpoint at step ");
+  }
+  free(e);
+  cr_assert(first > 0 && moved > first, "checkpoint step %ld, moved to %ld", first, moved);
+  char want[128];
+  snprintf(want, sizeof want, "\"step\":%ld,\"result\":\"committed\"", moved);
+  assert_file_has(events_path, want);
+  assert_file_has(events_path, "\"preemption\":1}");
+}
+
 /* ---- checkpoints and resuming, with the real worker ---- */
 
 Test(recovery, rerun_of_a_finished_job_prints_its_hash_and_more_steps_extend_it) {

@@ -7,12 +7,19 @@
  * `baton run … --`:
  *
  *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
- *                   | slow-start | no-hash
+ *                   | slow-start | no-hash | ckpt-late
  *   --fail-stage S  the stage that misbehaves (default: every stage)
  *   --at-step N     the step at which it does (default 2)
  *   --code X        exit code for --mode exit (default 4)
  *   --step-ms MS    time one step takes (default 20)
  *   --start-ms MS   slow-start: sleep this long before HELLO (default 5000)
+ *
+ * With BATON_CKPT_DIR every stage writes a real (tiny) shard through the
+ * checkpoint module after the step a CKPT_AT names and after the last
+ * step, and reports it with SHARD_DURABLE; a CKPT_AT for a step it already
+ * finished gets CKPT_LATE. In mode ckpt-late the misbehaving stage answers
+ * the first CKPT_AT with CKPT_LATE claiming to be two steps ahead, so the
+ * supervisor must name a later step.
  *
  * Every stage prints "fake stage S pid P" to stderr and its BATON_* and
  * torchrun variables to stdout ("env NAME=value") first thing. At the end it
@@ -26,6 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "checkpoint/ckpt.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/hash.h"
@@ -82,6 +90,33 @@ static void print_env(void) {
   fflush(stdout);
 }
 
+/* Saves this stage's shard of `step` (layers 2s and 2s+1, one 4-float
+ * tensor each) and reports it. */
+static void fake_save(bt_control_t *c, const char *root, uint32_t stage, uint32_t nstages, int64_t step) {
+  float data[2][4];
+  bt_ckpt_tensor_t t[2];
+  memset(t, 0, sizeof t);
+  for (int i = 0; i < 2; i++) {
+    for (int k = 0; k < 4; k++) data[i][k] = (float)(stage + (uint32_t)i) + 0.25f * (float)k;
+    t[i].layer = 2 * stage + (uint32_t)i;
+    snprintf(t[i].name, sizeof t[i].name, "w");
+    t[i].kind = BT_CKPT_PARAM;
+    t[i].ndim = 1;
+    t[i].dims[0] = 4;
+    t[i].data = data[i];
+  }
+  bt_ckpt_meta_t meta = {.step = step, .stage = stage, .stages = nstages, .chunks = 1,
+                         .layer_count = 2 * nstages, .adam_t = step, .model_config = "fake\n",
+                         .run_settings = ""};
+  bt_msg_shard_t r;
+  int rc = bt_ckpt_save(root, &meta, t, 2, NULL, &r);
+  if (rc < 0) {
+    fprintf(stderr, "fake stage %u: save of step %lld: %s\n", stage, (long long)step, bt_strerror(rc));
+    return;
+  }
+  bt_control_send_shard(c, &r);
+}
+
 /* The records the test recomputes: layers 2s and 2s+1, one tensor each. */
 static void make_hashes(uint32_t stage, int64_t steps, bt_hash_rec_t recs[2]) {
   for (int i = 0; i < 2; i++) {
@@ -130,6 +165,9 @@ int main(int argc, char **argv) {
   int64_t first = start->first_step, last = start->last_step;
   free(start);
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
+  const char *root = getenv("BATON_CKPT_DIR");
+  int64_t seen_at = -1, save_at = -1;
+  int lied = 0;
   for (int64_t step = first; step <= last || ignore_stop; step++) {
     bt_control_progress(c, step, 0, BT_PHASE_COMPUTE);
     if (me && step == o.at_step) {
@@ -167,6 +205,20 @@ int main(int argc, char **argv) {
     bt_control_send_metrics(c, &m);
     bt_msg_trace_t tr = {.stage = env.stage, .step = step, .n = ACTIONS_PER_STEP, .ev = ev};
     bt_control_send_trace(c, &tr);
+    if (root) {
+      int64_t at = bt_control_ckpt_step(c);
+      if (at > 0 && at != seen_at) {
+        seen_at = at;
+        if (me && !strcmp(o.mode, "ckpt-late") && !lied) {
+          lied = 1;
+          bt_control_send_ckpt_late(c, step + 2);
+        } else if (at < step)
+          bt_control_send_ckpt_late(c, step);
+        else
+          save_at = at;
+      }
+      if (step == save_at || step == last) fake_save(c, root, env.stage, env.nstages, step);
+    }
     int64_t stop = bt_control_stop_step(c);
     if (!ignore_stop && stop >= 0 && step >= stop) {
       fprintf(stderr, "fake stage %u: stopping after step %lld\n", env.stage, (long long)step);
