@@ -162,7 +162,11 @@ Test(run, normal_run_reports_hash_metrics_and_trace) {
 }
 
 Test(run, workers_get_their_environment) {
-  const char *args[] = {"--stages", "2", "--steps", "1", "--ckpt-dir", "/nonexistent/ck", NULL};
+  /* The supervisor locks and owns the checkpoint directory, so it must exist
+   * (or be creatable); the workers get its path. */
+  char ck[300];
+  snprintf(ck, sizeof ck, "%s/ck", dir);
+  const char *args[] = {"--stages", "2", "--steps", "1", "--ckpt-dir", ck, NULL};
   char *extra[] = {"BATON_FAKE_MARKER=kept", "RANK=99", NULL};
   const char *bin = env_or_skip("BATON_BIN");
   snprintf(fake_path, sizeof fake_path, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
@@ -173,7 +177,7 @@ Test(run, workers_get_their_environment) {
   pid_t pid = bt_proc_spawn(argv, extra, out_path, err_path);
   cr_assert_gt(pid, 0);
   cr_assert_eq(finish(pid, 30000), 0);
-  char want[128];
+  char want[512];
   for (int s = 0; s < 2; s++) {
     const char *fmt[] = {"[stage %d] env RANK=%d\n", "[stage %d] env LOCAL_RANK=%d\n", "[stage %d] env BATON_STAGE=%d\n"};
     for (int f = 0; f < 3; f++) {
@@ -186,7 +190,7 @@ Test(run, workers_get_their_environment) {
     assert_contains(out_path, want);
     snprintf(want, sizeof want, "[stage %d] env BATON_FAKE_MARKER=kept\n", s);
     assert_contains(out_path, want);
-    snprintf(want, sizeof want, "[stage %d] env BATON_CKPT_DIR=/nonexistent/ck\n", s);
+    snprintf(want, sizeof want, "[stage %d] env BATON_CKPT_DIR=%s\n", s, ck);
     assert_contains(out_path, want);
     snprintf(want, sizeof want, "[stage %d] env BATON_CONTROL_FD=3\n", s);
     assert_contains(out_path, want);
