@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
+#include "checkpoint/flags.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/error.h"
@@ -75,16 +76,13 @@ static void usage(FILE *f) {
           "  --start-timeout S       every stage ready within S (default 120)\n"
           "  --worker-cmd PROG       run PROG (no shell) instead of `baton worker`\n"
           "  --no-progress           no progress lines\n"
-          "\ncheckpoints and recovery:\n"
-          "  --ckpt-dir DIR          checkpoint here (locked); resume from its newest\n"
-          "                          committed step that verifies\n"
-          "  --ckpt-every N          also save every N steps (default: the last step only)\n"
-          "  --keep N                committed steps kept (default 2)\n"
-          "  --keep-every K          also keep every step divisible by K\n"
-          "  --ckpt-compress N       deflate level 0..9 of the shards (default 0)\n"
-          "  --resume auto|never|PATH  auto (default): resume when DIR holds a checkpoint;\n"
-          "                          never: refuse a DIR that holds one; PATH: start\n"
-          "                          from that committed step directory (any stage count)\n"
+          "\ncheckpoints and recovery:\n",
+          BT_MAX_STAGES, flag_default("steps"));
+  fputs(bt_ckpt_flags_help(), f);
+  fprintf(f,
+          "                           (`baton run`: PATH is one committed step directory,\n"
+          "                           on any stage count; without --ckpt-dir nothing new\n"
+          "                           is saved)\n"
           "  --max-restarts N        restarts for the whole job (default 10 with\n"
           "                          --ckpt-dir, else 0: a failure ends the job)\n"
           "  --max-stalled-restarts N  restarts in a row without a new checkpoint\n"
@@ -102,8 +100,7 @@ static void usage(FILE *f) {
           "allowed (the message names the stage), 2 bad usage (nothing started),\n"
           "75 preempted (checkpoint committed: run again to resume), 76 restart\n"
           "budget spent, 77 restarts made no progress, 78 non-finite parameters,\n"
-          "79 fewer stages left than --min-stages, 128+N killed by a second signal N.\n",
-          BT_MAX_STAGES, flag_default("steps"));
+          "79 fewer stages left than --min-stages, 128+N killed by a second signal N.\n");
 }
 
 static int parse_seconds(const char *flag, const char *v, double lo, double *out) {
@@ -122,12 +119,7 @@ typedef struct {
   bt_config_t cfg;
   bt_sup_opts_t o;
   bt_recovery_opts_t ro;
-  int64_t ckpt_every;
-  int keep;
-  int64_t keep_every;
-  int compress;
-  int resume_never;
-  const char *resume_path;   /* --resume PATH: a committed step directory */
+  bt_ckpt_flags_t ck;        /* --ckpt-dir, --keep, --resume PATH (a committed step directory), ... */
   const char *faults[BT_FAULT_MAX];
   int nfaults;
   char model_flag[MAX_MODEL_FLAGS][64];       /* model flags given, to check against a checkpoint */
@@ -148,7 +140,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
   bt_sup_opts_default(&a->o);
   bt_recovery_opts_default(&a->ro);
   a->ro.max_restarts = -1; /* not given: decided once --ckpt-dir is known */
-  a->keep = 2;
+  bt_ckpt_flags_init(&a->ck);
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i], *v = NULL;
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return 1;
@@ -176,12 +168,11 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     if (nl >= sizeof name) nl = sizeof name - 1;
     memcpy(name, arg, nl);
     name[nl] = 0;
-    int known = bt_config_has_flag(BT_CONFIG_ALL, name) || !strcmp(name, "--metrics") ||
-                !strcmp(name, "--trace") || !strcmp(name, "--events") || !strcmp(name, "--ckpt-dir") || !strcmp(name, "--worker-cmd") ||
+    int known = bt_config_has_flag(BT_CONFIG_ALL, name) || bt_ckpt_flags_known(name) ||
+                !strcmp(name, "--metrics") || !strcmp(name, "--trace") || !strcmp(name, "--events") ||
+                !strcmp(name, "--worker-cmd") ||
                 !strcmp(name, "--grace") || !strcmp(name, "--heartbeat-timeout") ||
                 !strcmp(name, "--progress-timeout") || !strcmp(name, "--start-timeout") ||
-                !strcmp(name, "--ckpt-every") || !strcmp(name, "--keep") || !strcmp(name, "--keep-every") ||
-                !strcmp(name, "--ckpt-compress") || !strcmp(name, "--resume") ||
                 !strcmp(name, "--max-restarts") || !strcmp(name, "--max-stalled-restarts") ||
                 !strcmp(name, "--min-stages") || !strcmp(name, "--max-slot-failures") ||
                 !strcmp(name, "--backoff") || !strcmp(name, "--inject-fault");
@@ -198,7 +189,6 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
     else if (!strcmp(name, "--events")) a->o.events_path = v;
     else if (!strcmp(name, "--trace")) a->o.trace_path = v;
-    else if (!strcmp(name, "--ckpt-dir")) a->o.ckpt_dir = v;
     else if (!strcmp(name, "--worker-cmd")) a->worker_cmd = v;
     else if (!strcmp(name, "--grace")) {
       if (parse_seconds(name, v, 0, &a->o.grace_s) < 0) return 2;
@@ -210,19 +200,16 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       if (parse_seconds(name, v, 0.05, &a->o.start_timeout_s) < 0) return 2;
     } else if (!strcmp(name, "--backoff")) {
       if (parse_seconds(name, v, 0, &a->ro.backoff_s) < 0) return 2;
-    } else if (!strcmp(name, "--ckpt-every") || !strcmp(name, "--keep-every")) {
-      if (bt_parse_i64(v, 1, INT64_MAX, !strcmp(name, "--keep-every") ? &a->keep_every : &a->ckpt_every)) {
-        fprintf(stderr, "baton run: %s: expected a whole number >= 1, got '%s'\n", name, v);
+    } else if (bt_ckpt_flags_known(name)) {
+      if (bt_ckpt_flags_parse(&a->ck, name, v, err, sizeof err)) {
+        fprintf(stderr, "baton run: %s\n", err);
         return 2;
       }
-    } else if (!strcmp(name, "--keep") || !strcmp(name, "--ckpt-compress") || !strcmp(name, "--max-restarts") ||
-               !strcmp(name, "--max-stalled-restarts") || !strcmp(name, "--min-stages") ||
-               !strcmp(name, "--max-slot-failures")) {
-      int lo = !strcmp(name, "--ckpt-compress") || !strcmp(name, "--max-restarts") ? 0 : 1;
-      int hi = !strcmp(name, "--ckpt-compress") ? 9 : !strcmp(name, "--min-stages") ? BT_MAX_STAGES : 1000000;
-      int *dst = !strcmp(name, "--keep")                   ? &a->keep
-                 : !strcmp(name, "--ckpt-compress")        ? &a->compress
-                 : !strcmp(name, "--max-restarts")         ? &a->ro.max_restarts
+    } else if (!strcmp(name, "--max-restarts") || !strcmp(name, "--max-stalled-restarts") ||
+               !strcmp(name, "--min-stages") || !strcmp(name, "--max-slot-failures")) {
+      int lo = !strcmp(name, "--max-restarts") ? 0 : 1;
+      int hi = !strcmp(name, "--min-stages") ? BT_MAX_STAGES : 1000000;
+      int *dst = !strcmp(name, "--max-restarts")           ? &a->ro.max_restarts
                  : !strcmp(name, "--max-stalled-restarts") ? &a->ro.max_stalled
                  : !strcmp(name, "--min-stages")           ? &a->ro.min_stages
                                                            : &a->ro.max_slot_failures;
@@ -230,13 +217,6 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
         fprintf(stderr, "baton run: %s: expected a whole number in [%d, %d], got '%s'\n", name, lo, hi, v);
         return 2;
       }
-    } else if (!strcmp(name, "--resume")) {
-      if (!*v) {
-        fprintf(stderr, "baton run: --resume: expected auto, never or a step directory, got ''\n");
-        return 2;
-      }
-      a->resume_never = !strcmp(v, "never");
-      a->resume_path = strcmp(v, "auto") && strcmp(v, "never") ? v : NULL;
     } else if (!strcmp(name, "--inject-fault")) {
       bt_fault_t f;
       char why[256] = "";
@@ -271,6 +251,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       a->given_mb |= !strcmp(name, "--microbatches");
     }
   }
+  a->o.ckpt_dir = a->ck.dir;
   return 0;
 }
 
@@ -618,9 +599,9 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     o->first_step = restore + 1;
     o->last_step = cfg->run.steps;
     o->restore_step = restore;
-    o->ckpt_every = a->ckpt_every;
-    o->keep_last = a->keep;
-    o->keep_every = a->keep_every;
+    o->ckpt_every = a->ck.every;
+    o->keep_last = a->ck.keep;
+    o->keep_every = a->ck.keep_every;
     o->restart_count = inc;
     o->spawn_delay_s = backoff;
     o->epoch_s = epoch;
@@ -689,9 +670,9 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     }
     /* Nothing newer committed here yet: --resume PATH is still the start. */
     restore_dir = NULL;
-    if (a->resume_path && next < path_step) {
+    if (a->ck.resume_path && next < path_step) {
       next = path_step;
-      restore_dir = a->resume_path;
+      restore_dir = a->ck.resume_path;
       if (progress < next) progress = next;
     }
     f->lost = res.steps_done > next ? res.steps_done - next : 0;
@@ -784,8 +765,12 @@ int bt_cmd_run(int argc, char **argv) {
     fprintf(stderr, "baton run: --stages %d: at most %d\n", cfg->run.stages, BT_MAX_STAGES);
     goto out;
   }
-  if (!a->o.ckpt_dir && (a->ckpt_every || a->keep != 2 || a->keep_every || a->compress || a->resume_never)) {
-    fprintf(stderr, "baton run: --ckpt-every, --keep, --keep-every, --ckpt-compress and --resume need --ckpt-dir\n");
+  /* Unlike `baton train`, `baton run --resume PATH` needs no --ckpt-dir:
+   * the job starts from PATH and then saves nothing new. */
+  bt_ckpt_flags_t ck = a->ck;
+  if (ck.resume == BT_CKPT_RESUME_PATH) ck.given &= ~(unsigned)BT_CKPT_FLAG_RESUME;
+  if (bt_ckpt_flags_check(&ck, err, sizeof err)) {
+    fprintf(stderr, "baton run: %s\n", err);
     goto out;
   }
   if (a->ro.min_stages > cfg->run.stages) {
@@ -802,14 +787,14 @@ int bt_cmd_run(int argc, char **argv) {
   if (a->ro.max_restarts < 0) a->ro.max_restarts = a->o.ckpt_dir ? 10 : 0;
   int64_t restore = 0, path_step = 0;
   const char *restore_dir = NULL; /* BATON_RESTORE_DIR: restore from --resume PATH */
-  if (a->resume_path) {
-    int orc = bt_recovery_open_step(a->resume_path, &path_step, &model_text);
+  if (a->ck.resume_path) {
+    int orc = bt_recovery_open_step(a->ck.resume_path, &path_step, &model_text);
     if (orc) {
-      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->resume_path,
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->ck.resume_path,
               bt_strerror(orc));
       goto out;
     }
-    if ((rc = adopt_model(a, model_text ? model_text : "", a->resume_path))) goto out;
+    if ((rc = adopt_model(a, model_text ? model_text : "", a->ck.resume_path))) goto out;
     rc = BT_SUP_EXIT_USAGE;
     free(model_text);
     model_text = NULL;
@@ -824,13 +809,13 @@ int bt_cmd_run(int argc, char **argv) {
       goto out;
     }
     locked = 1;
-    int prc2 = a->resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
+    int prc2 = a->ck.resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
     if (prc2) {
       fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));
       rc = BT_SUP_EXIT_FAILED;
       goto out;
     }
-    if (restore > 0 && a->resume_never) {
+    if (restore > 0 && a->ck.resume == BT_CKPT_RESUME_NEVER) {
       fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
               (long long)restore);
       goto out;
@@ -838,9 +823,9 @@ int bt_cmd_run(int argc, char **argv) {
     if (restore > 0 && (rc = adopt_model(a, model_text ? model_text : "", a->o.ckpt_dir))) goto out;
     rc = BT_SUP_EXIT_USAGE;
   }
-  if (a->resume_path) {
+  if (a->ck.resume_path) {
     restore = path_step;
-    restore_dir = a->resume_path;
+    restore_dir = a->ck.resume_path;
   }
   if (bt_config_finish(cfg, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
@@ -891,7 +876,8 @@ int bt_cmd_run(int argc, char **argv) {
       strcat(fault_env, a->faults[i]);
     }
   }
-  if (a->compress) snprintf(compress_env, sizeof compress_env, "BATON_CKPT_COMPRESS=%d", a->compress);
+  if (a->ck.opts.deflate > 0)
+    snprintf(compress_env, sizeof compress_env, "BATON_CKPT_COMPRESS=%d", a->ck.opts.deflate);
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
