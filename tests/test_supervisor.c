@@ -18,11 +18,11 @@
 #include "common/error.h"
 #include "common/frame.h"
 #include "common/exitcodes.h"
-#include "launcher/plan.h"
 #include "launcher/recovery.h"
 #include "launcher/supervisor.h"
+#include "schedules/csv.h"
+#include "schedules/plan.h"
 #include "worker/control.h"
-#include "worker/pipeline.h"
 
 Test(control, exit_codes_match_the_supervisors_mirror) {
   cr_assert_eq(BT_WEXIT_DONE, BT_SUP_WEXIT_DONE);
@@ -326,7 +326,30 @@ static void small_config(bt_config_t *c, int stages, int chunks, int mb, const c
   snprintf(c->run.schedule, sizeof c->run.schedule, "%s", schedule);
 }
 
-Test(plan, supervisor_and_worker_build_the_same_plan) {
+static void same_schedule(const bt_schedule_t *a, const bt_schedule_t *b, size_t i) {
+  cr_assert_eq(a->p, b->p, "case %zu", i);
+  cr_assert_eq(a->v, b->v, "case %zu", i);
+  cr_assert_eq(a->m, b->m, "case %zu", i);
+  for (int w = 0; w <= a->p; w++) cr_assert_eq(a->off[w], b->off[w], "case %zu worker %d", i, w);
+  cr_assert_eq(memcmp(a->acts, b->acts, a->off[a->p] * sizeof *a->acts), 0, "case %zu: schedules differ", i);
+}
+
+/* A fresh CSV file to write, open; its path goes to path. */
+static FILE *new_csv(char *path, size_t len) {
+  const char *dir = getenv("TMPDIR");
+  snprintf(path, len, "%s/bt_plan_XXXXXX.csv", dir && dir[0] ? dir : "/tmp");
+  int fd = mkstemps(path, 4);
+  cr_assert_geq(fd, 0, "mkstemps %s: %s", path, strerror(errno));
+  FILE *f = fdopen(fd, "w");
+  cr_assert_not_null(f);
+  return f;
+}
+
+/* The one plan that the supervisor checks and every worker rebuilds
+ * (schedules/plan.c): the layers of the virtual stages are contiguous,
+ * non-empty, and end at the head (L+1); a builder name gives the builder's
+ * schedule, and the same schedule read back from CSV gives it again. */
+Test(plan, one_plan_from_a_builder_or_its_csv) {
   const struct {
     int p, v, m;
     const char *sched, *layout;
@@ -337,25 +360,39 @@ Test(plan, supervisor_and_worker_build_the_same_plan) {
     small_config(&c, cases[i].p, cases[i].v, cases[i].m, cases[i].sched);
     snprintf(c.run.layout, sizeof c.run.layout, "%s", cases[i].layout);
     char err[512];
-    int nv = cases[i].p * cases[i].v, f1[16], l1[16], f2[16], l2[16];
-    cr_assert_eq(bt_plan_layout(&c, f1, l1, err, sizeof err), 0, "case %zu: %s", i, err);
-    cr_assert_eq(bt_pipeline_layout(&c, f2, l2, err, sizeof err), 0, "case %zu: %s", i, err);
-    cr_assert_eq(f1[0], 0);
-    cr_assert_eq(l1[nv - 1], 7, "case %zu: the layers end at L+1", i);
+    int nv = cases[i].p * cases[i].v, first[16], last[16];
+    cr_assert_eq(bt_plan_layout(&c, first, last, err, sizeof err), 0, "case %zu: %s", i, err);
+    cr_assert_eq(first[0], 0);
+    cr_assert_eq(last[nv - 1], 7, "case %zu: the layers end at L+1", i);
     for (int k = 0; k < nv; k++) {
-      cr_assert_eq(f1[k], f2[k], "case %zu stage %d", i, k);
-      cr_assert_eq(l1[k], l2[k], "case %zu stage %d", i, k);
-      cr_assert_leq(f1[k], l1[k], "case %zu: virtual stage %d is empty", i, k);
-      if (k) cr_assert_eq(f1[k], l1[k - 1] + 1, "case %zu: not contiguous at %d", i, k);
+      cr_assert_leq(first[k], last[k], "case %zu: virtual stage %d is empty", i, k);
+      if (k) cr_assert_eq(first[k], last[k - 1] + 1, "case %zu: not contiguous at %d", i, k);
     }
-    bt_schedule_t a, b;
-    cr_assert_eq(bt_plan_schedule(&c, NULL, &a, err, sizeof err), 0, "case %zu: %s", i, err);
-    cr_assert_eq(bt_pipeline_schedule(&c, NULL, &b, err, sizeof err), 0, "case %zu: %s", i, err);
-    cr_assert_eq(a.p, b.p);
-    cr_assert_eq(a.off[a.p], b.off[b.p]);
-    cr_assert_eq(memcmp(a.acts, b.acts, a.off[a.p] * sizeof *a.acts), 0, "case %zu: schedules differ", i);
-    bt_sched_free(&a);
-    bt_sched_free(&b);
+    if (cases[i].layout[0]) cr_assert_eq(last[0] - first[0] + 1, cases[i].layout[0] - '0', "case %zu: --layout", i);
+
+    bt_schedule_t built, planned, read;
+    cr_assert_eq(bt_sched_build(cases[i].sched, cases[i].p, cases[i].v, cases[i].m, &built, err, sizeof err), 0,
+                 "case %zu: %s", i, err);
+    cr_assert_eq(bt_plan_schedule(&c, NULL, &planned, err, sizeof err), 0, "case %zu: %s", i, err);
+    same_schedule(&built, &planned, i);
+    char path[4096];
+    FILE *f = new_csv(path, sizeof path);
+    cr_assert_eq(bt_sched_csv_write(&built, f), 0);
+    cr_assert_eq(fclose(f), 0);
+    snprintf(c.run.schedule, sizeof c.run.schedule, "csv");
+    int rc = bt_plan_schedule(&c, path, &read, err, sizeof err);
+    cr_assert_eq(rc, 0, "case %zu: %s", i, err);
+    same_schedule(&built, &read, i);
+    /* the CSV's counts must be the run's */
+    c.model.microbatches++;
+    bt_schedule_t wrong;
+    rc = bt_plan_schedule(&c, path, &wrong, err, sizeof err);
+    unlink(path);
+    cr_assert_eq(rc, BT_EARG, "case %zu: a CSV for another micro-batch count", i);
+    cr_assert_not_null(strstr(err, "the CSV has"), "case %zu: %s", i, err);
+    bt_sched_free(&read);
+    bt_sched_free(&planned);
+    bt_sched_free(&built);
   }
 }
 
@@ -379,6 +416,16 @@ Test(plan, refuses_what_cannot_run) {
   cr_assert_eq(bt_plan_schedule(&c, NULL, &s, err, sizeof err), BT_EARG);
   cr_assert(bt_plan_is_builder("zb-h1"));
   cr_assert(!bt_plan_is_builder("zb-h2"));
+  /* valid, but micro-batch 1's weight gradient accumulates before 0's */
+  char path[4096];
+  FILE *csv = new_csv(path, sizeof path);
+  fputs("0F0,0F1,0B1,0B0\n", csv);
+  cr_assert_eq(fclose(csv), 0);
+  small_config(&c, 1, 1, 2, "csv");
+  int rc = bt_plan_schedule(&c, path, &s, err, sizeof err);
+  unlink(path);
+  cr_assert_eq(rc, BT_ESCHEDULE, "%s", err);
+  cr_assert_not_null(strstr(err, "micro-batch order"), "%s", err);
 }
 
 /* ---- the restart policy (launcher/recovery.c) ---- */

@@ -1,7 +1,5 @@
-/* plan.c - see plan.h. The worker keeps its own copy of these few lines
- * (worker/pipeline.c): the layering of DESIGN.md §1 lets neither include
- * the other, and both must build the same schedule from the same flags. */
-#include "launcher/plan.h"
+/* plan.c - see plan.h. */
+#include "schedules/plan.h"
 
 #include <errno.h>
 #include <stdarg.h>
