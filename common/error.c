@@ -2,6 +2,8 @@
 #include "common/error.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *bt_strerror(int code) {
@@ -29,4 +31,12 @@ const char *bt_errname(int code) {
     if (n) return n;
   }
   return "EUNKNOWN";
+}
+
+void bt_errf(char *err, size_t errlen, const char *fmt, ...) {
+  if (!err || !errlen) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
 }

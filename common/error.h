@@ -48,4 +48,9 @@ const char *bt_strerror(int code);
 /* The symbolic name ("BT_ETIMEOUT", "ENOENT") of a code, for logs and JSON. */
 const char *bt_errname(int code);
 
+/* Formats a one-line reason into err (errlen bytes) for a caller that prints
+ * it; nothing when err is NULL or errlen is 0. */
+#include <stddef.h>
+void bt_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

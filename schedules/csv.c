@@ -10,16 +10,6 @@
 #include "schedules/readall.h"
 #include "schedules/sim.h"
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 /* Rows of the text, trailing blank lines dropped ("\r\n" accepted). */
 static size_t count_rows(const char *t, size_t len) {
   size_t rows = 0, last_nonblank = 0;
@@ -45,23 +35,23 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
   size_t rows = count_rows(text, len);
   int rc = 0;
   if (rows == 0) {
-    errf(err, errlen, "CSV has no rows: expected one row of actions per worker");
+    bt_errf(err, errlen, "CSV has no rows: expected one row of actions per worker");
     return BT_EFORMAT;
   }
   if (rows > BT_SCHED_MAX_STAGES) {
-    errf(err, errlen, "CSV has %zu rows: at most %d workers", rows, BT_SCHED_MAX_STAGES);
+    bt_errf(err, errlen, "CSV has %zu rows: at most %d workers", rows, BT_SCHED_MAX_STAGES);
     return BT_EFORMAT;
   }
   /* Cells bound the action count; commas + rows is an upper bound. */
   size_t cap = rows;
   for (size_t i = 0; i < len; i++) cap += text[i] == ',';
   if (cap > BT_SCHED_MAX_ACTIONS) {
-    errf(err, errlen, "CSV has more than %zu cells", BT_SCHED_MAX_ACTIONS);
+    bt_errf(err, errlen, "CSV has more than %zu cells", BT_SCHED_MAX_ACTIONS);
     return BT_EFORMAT;
   }
   rc = bt_sched_alloc(out, "csv", (int)rows, 1, 1, cap);
   if (rc) {
-    errf(err, errlen, "out of memory reading CSV");
+    bt_errf(err, errlen, "out of memory reading CSV");
     return rc;
   }
   size_t n = 0, i = 0;
@@ -81,7 +71,7 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
         bt_action_t act;
         if (b - a >= sizeof cell ||
             (memcpy(cell, text + a, b - a), cell[b - a] = 0, bt_action_parse(cell, &act))) {
-          errf(err, errlen,
+          bt_errf(err, errlen,
                "CSV line %zu column %zu: '%.*s' is not an action like 2F0, 5I3 or "
                "5W3",
                row + 1, col, (int)(b - a > 40 ? 40 : b - a), text + a);
@@ -90,7 +80,7 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
         }
         if (act.stage >= BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS ||
             act.mb >= BT_SCHED_MAX_MICROBATCHES) {
-          errf(err, errlen,
+          bt_errf(err, errlen,
                "CSV line %zu column %zu: %s is beyond the limits (%d virtual "
                "stages, %d micro-batches)",
                row + 1, col, cell, BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS,
@@ -99,7 +89,7 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
           goto done;
         }
         if (act.stage % (int)rows != (int)row) {
-          errf(err, errlen,
+          bt_errf(err, errlen,
                "CSV line %zu column %zu: %s is on worker %zu, but with %zu workers "
                "virtual stage %d belongs to worker %d (stage k runs on worker k %% %zu)",
                row + 1, col, cell, row, rows, act.stage, act.stage % (int)rows, rows);
@@ -117,12 +107,12 @@ int bt_sched_csv_parse(const char *text, size_t len, bt_schedule_t *out, char *e
   }
   out->off[rows] = n;
   if (n == 0) {
-    errf(err, errlen, "CSV holds no actions");
+    bt_errf(err, errlen, "CSV holds no actions");
     rc = BT_EFORMAT;
     goto done;
   }
   if ((max_stage + 1) % (int)rows != 0) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "CSV names virtual stages 0..%d on %zu workers: the stage count must be "
          "a multiple of the worker count (each worker holds the same number of chunks)",
          max_stage, rows);
@@ -142,7 +132,7 @@ int bt_sched_csv_read(const char *path, bt_schedule_t *out, char *err, size_t er
   size_t len = 0;
   int rc = bt_sched_read_file(path, &buf, &len);
   if (rc) {
-    errf(err, errlen, "cannot read %s: %s", path, bt_strerror(rc));
+    bt_errf(err, errlen, "cannot read %s: %s", path, bt_strerror(rc));
     return rc;
   }
   rc = bt_sched_csv_parse(buf, len, out, err, errlen);

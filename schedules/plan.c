@@ -11,14 +11,6 @@
 #include "common/model.h"
 #include "schedules/csv.h"
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 int bt_plan_is_builder(const char *name) {
   for (int i = 0; bt_sched_names[i]; i++)
     if (!strcmp(bt_sched_names[i], name)) return 1;
@@ -35,34 +27,34 @@ int bt_plan_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t
   if (bt_plan_is_builder(r->schedule)) {
     rc = bt_sched_build(r->schedule, r->stages, r->chunks, m, out, why, sizeof why);
     if (rc < 0) {
-      errf(err, errlen, "--schedule %s: %s", r->schedule, why);
+      bt_errf(err, errlen, "--schedule %s: %s", r->schedule, why);
       return rc;
     }
   } else if (!strcmp(r->schedule, "csv") && csv_path) {
     rc = bt_sched_csv_read(csv_path, out, why, sizeof why);
     if (rc < 0) {
-      errf(err, errlen, "--schedule %s: %s", csv_path, why[0] ? why : bt_strerror(rc));
+      bt_errf(err, errlen, "--schedule %s: %s", csv_path, why[0] ? why : bt_strerror(rc));
       return BT_EARG;
     }
     if (out->p != r->stages || out->v != r->chunks || out->m != m) {
-      errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
+      bt_errf(err, errlen, "--schedule %s: the CSV has %d workers, %d chunks, %d micro-batches but the run has %d, %d, %d",
            csv_path, out->p, out->v, out->m, r->stages, r->chunks, m);
       bt_sched_free(out);
       return BT_EARG;
     }
   } else {
-    errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a CSV file",
+    bt_errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a CSV file",
          r->schedule);
     return BT_EARG;
   }
   const char *what = csv_path && !strcmp(r->schedule, "csv") ? csv_path : r->schedule;
   if ((rc = bt_sched_validate(out, why, sizeof why)) < 0) {
-    errf(err, errlen, "--schedule %s: %s", what, why);
+    bt_errf(err, errlen, "--schedule %s: %s", what, why);
     bt_sched_free(out);
     return rc;
   }
   if (!bt_sched_check_microbatch_order(out, why, sizeof why)) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "--schedule %s: refused: weight gradients must accumulate in micro-batch order on every "
          "virtual stage for bit-identical training (%s)",
          what, why);
@@ -77,7 +69,7 @@ int bt_plan_layout(const bt_config_t *cfg, int *first, int *last, char *err, siz
   int nv = cfg->run.stages * cfg->run.chunks;
   int nl = bt_model_layer_count(m);
   if (nv > nl) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "--stages %d x --chunks %d = %d virtual stages, but the model has only %d layers "
          "(--layers %d, plus embed and head)",
          cfg->run.stages, cfg->run.chunks, nv, nl, m->layers);
@@ -89,10 +81,10 @@ int bt_plan_layout(const bt_config_t *cfg, int *first, int *last, char *err, siz
   char why[512] = "";
   if (cfg->run.layout[0]) {
     rc = bt_model_layout_parse(m, cfg->run.layout, nv, counts, nv, &n, why, sizeof why);
-    if (rc < 0) errf(err, errlen, "--layout %s: %s", cfg->run.layout, why);
+    if (rc < 0) bt_errf(err, errlen, "--layout %s: %s", cfg->run.layout, why);
   } else {
     rc = bt_model_layout_balanced(m, nv, counts);
-    if (rc < 0) errf(err, errlen, "cannot split %d layers into %d virtual stages", nl, nv);
+    if (rc < 0) bt_errf(err, errlen, "cannot split %d layers into %d virtual stages", nl, nv);
   }
   if (rc == 0) {
     int at = 0;

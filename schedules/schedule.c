@@ -17,16 +17,6 @@
 
 const char *const bt_sched_names[] = {"gpipe", "1f1b", "interleaved", "zb-h1", NULL};
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 char bt_act_letter(int type) {
   static const char letters[BT_ACT_NTYPES] = {'F', 'B', 'I', 'W'};
   return type >= 0 && type < BT_ACT_NTYPES ? letters[type] : '?';
@@ -168,36 +158,36 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
   int known = 0;
   for (int i = 0; bt_sched_names[i]; i++) known |= !strcmp(name, bt_sched_names[i]);
   if (!known) {
-    errf(err, errlen, "unknown schedule '%s': use gpipe, 1f1b, interleaved or zb-h1", name);
+    bt_errf(err, errlen, "unknown schedule '%s': use gpipe, 1f1b, interleaved or zb-h1", name);
     return BT_EARG;
   }
   if (p < 1 || p > BT_SCHED_MAX_STAGES) {
-    errf(err, errlen, "stages must be between 1 and %d (got %d); try --stages 4",
+    bt_errf(err, errlen, "stages must be between 1 and %d (got %d); try --stages 4",
          BT_SCHED_MAX_STAGES, p);
     return BT_EARG;
   }
   if (m < 1 || m > BT_SCHED_MAX_MICROBATCHES) {
-    errf(err, errlen, "micro-batches must be between 1 and %d (got %d); try --microbatches %d",
+    bt_errf(err, errlen, "micro-batches must be between 1 and %d (got %d); try --microbatches %d",
          BT_SCHED_MAX_MICROBATCHES, m, 4 * p);
     return BT_EARG;
   }
   int interleaved = !strcmp(name, "interleaved");
   if (!interleaved && v != 1) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "%s places one chunk on each stage: chunks must be 1 (got %d); "
          "use --schedule interleaved for more",
          name, v);
     return BT_EARG;
   }
   if (interleaved && (v < 2 || v > BT_SCHED_MAX_CHUNKS)) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "interleaved needs between 2 and %d chunks per stage (got %d); "
          "try --chunks 2, or --schedule 1f1b for one chunk",
          BT_SCHED_MAX_CHUNKS, v);
     return BT_EARG;
   }
   if (m < p) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "%s needs at least as many micro-batches as stages, m >= p "
          "(got m=%d, p=%d); try --microbatches %d",
          name, m, p, p);
@@ -205,7 +195,7 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
   }
   size_t per = (size_t)v * (size_t)m * (strcmp(name, "zb-h1") ? 2 : 3);
   if (per * (size_t)p > BT_SCHED_MAX_ACTIONS) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "%s with p=%d, v=%d, m=%d has more than %zu actions; try fewer "
          "micro-batches",
          name, p, v, m, BT_SCHED_MAX_ACTIONS);
@@ -246,7 +236,7 @@ int bt_sched_build(const char *name, int p, int v, int m, bt_schedule_t *out, ch
 done:
   free(tab);
   if (rc) {
-    if (rc == -ENOMEM) errf(err, errlen, "out of memory building %s", name);
+    if (rc == -ENOMEM) bt_errf(err, errlen, "out of memory building %s", name);
     bt_sched_free(out);
   }
   return rc;
@@ -255,7 +245,7 @@ done:
 int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t errlen) {
   *out = NULL;
   if (s->p < 1 || s->v < 1 || s->m < 1) {
-    errf(err, errlen, "schedule has %d workers, %d chunks, %d micro-batches", s->p, s->v, s->m);
+    bt_errf(err, errlen, "schedule has %d workers, %d chunks, %d micro-batches", s->p, s->v, s->m);
     return BT_ESCHEDULE;
   }
   int V = bt_sched_nstages(s), rc = 0;
@@ -265,7 +255,7 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
    * micro-batch 10^6), so it is refused before allocating. */
   size_t pairs = (size_t)V * (size_t)s->m, total = s->off[s->p];
   if (pairs > 2 * total + 4096) {
-    errf(err, errlen,
+    bt_errf(err, errlen,
          "schedule names %d virtual stages and %d micro-batches but holds only %zu "
          "actions (a complete one has %zu)",
          V, s->m, total, 2 * pairs);
@@ -281,7 +271,7 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
       const bt_action_t *a = bt_sched_at(s, w, j);
       if (a->stage < 0 || a->stage >= V || a->mb < 0 || a->mb >= s->m || a->type < 0 ||
           a->type >= BT_ACT_NTYPES) {
-        errf(err, errlen,
+        bt_errf(err, errlen,
              "worker %d position %zu: %s is outside %d virtual stages x %d "
              "micro-batches",
              w, j, bt_action_format(a, a1, sizeof a1), V, s->m);
@@ -290,7 +280,7 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
       }
       int owner = bt_sched_worker_of(s, a->stage);
       if (owner != w) {
-        errf(err, errlen,
+        bt_errf(err, errlen,
              "worker %d position %zu: %s belongs on worker %d (virtual stage %d "
              "is chunk %d of worker %d)",
              w, j, bt_action_format(a, a1, sizeof a1), owner, a->stage,
@@ -300,7 +290,7 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
       }
       size_t key = bt_sched_key(s, a->stage, a->type, a->mb);
       if (idx[key] != UINT32_MAX) {
-        errf(err, errlen, "worker %d position %zu: %s appears twice (first at position %zu)", w, j,
+        bt_errf(err, errlen, "worker %d position %zu: %s appears twice (first at position %zu)", w, j,
              bt_action_format(a, a1, sizeof a1), (size_t)idx[key] - s->off[w]);
         rc = BT_ESCHEDULE;
         break;
@@ -327,19 +317,19 @@ static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err
       uint32_t wg = idx[bt_sched_key(s, k, BT_ACT_W, i)];
       bt_action_t fa = {.stage = k, .mb = i, .type = BT_ACT_F};
       if (f == UINT32_MAX) {
-        errf(err, errlen, "worker %d: virtual stage %d micro-batch %d has no forward (%s)", w, k, i,
+        bt_errf(err, errlen, "worker %d: virtual stage %d micro-batch %d has no forward (%s)", w, k, i,
              bt_action_format(&fa, a1, sizeof a1));
         return BT_ESCHEDULE;
       }
       if (b != UINT32_MAX && (in != UINT32_MAX || wg != UINT32_MAX)) {
         uint32_t other = in != UINT32_MAX ? in : wg;
-        errf(err, errlen, "worker %d position %zu: %s duplicates the backward %s at position %zu",
+        bt_errf(err, errlen, "worker %d position %zu: %s duplicates the backward %s at position %zu",
              w, (size_t)other - s->off[w], bt_action_format(&s->acts[other], a1, sizeof a1),
              bt_action_format(&s->acts[b], a2, sizeof a2), (size_t)b - s->off[w]);
         return BT_ESCHEDULE;
       }
       if (b == UINT32_MAX && in == UINT32_MAX && wg == UINT32_MAX) {
-        errf(err, errlen,
+        bt_errf(err, errlen,
              "worker %d position %zu: %s has no backward (%dB%d, or %dI%d then "
              "%dW%d)",
              w, (size_t)f - s->off[w], bt_action_format(&fa, a1, sizeof a1), k, i, k, i, k, i);
@@ -347,13 +337,13 @@ static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err
       }
       if (b == UINT32_MAX && (in == UINT32_MAX) != (wg == UINT32_MAX)) {
         uint32_t have = in != UINT32_MAX ? in : wg;
-        errf(err, errlen, "worker %d position %zu: %s has no matching %d%c%d", w,
+        bt_errf(err, errlen, "worker %d position %zu: %s has no matching %d%c%d", w,
              (size_t)have - s->off[w], bt_action_format(&s->acts[have], a1, sizeof a1), k,
              in != UINT32_MAX ? 'W' : 'I', i);
         return BT_ESCHEDULE;
       }
       if (b == UINT32_MAX && wg < in) {
-        errf(err, errlen, "worker %d position %zu: %s comes before its %s (position %zu)", w,
+        bt_errf(err, errlen, "worker %d position %zu: %s comes before its %s (position %zu)", w,
              (size_t)wg - s->off[w], bt_action_format(&s->acts[wg], a1, sizeof a1),
              bt_action_format(&s->acts[in], a2, sizeof a2), (size_t)in - s->off[w]);
         return BT_ESCHEDULE;
@@ -384,7 +374,7 @@ int bt_sched_check_microbatch_order(const bt_schedule_t *s, char *err, size_t er
   int V = bt_sched_nstages(s);
   int *next = calloc((size_t)V, sizeof *next);
   if (!next) {
-    errf(err, errlen, "out of memory");
+    bt_errf(err, errlen, "out of memory");
     return 0;
   }
   int ok = 1;
@@ -394,7 +384,7 @@ int bt_sched_check_microbatch_order(const bt_schedule_t *s, char *err, size_t er
       const bt_action_t *a = bt_sched_at(s, w, j);
       if (a->type != BT_ACT_B && a->type != BT_ACT_W) continue;
       if (a->mb != next[a->stage]) {
-        errf(err, errlen,
+        bt_errf(err, errlen,
              "worker %d position %zu: %s accumulates weight gradients of virtual "
              "stage %d before micro-batch %d",
              w, j, bt_action_format(a, a1, sizeof a1), a->stage, next[a->stage]);
@@ -417,7 +407,7 @@ int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errle
   uint32_t *seq = malloc(nkey * sizeof *seq);
   uint32_t *count = calloc(4 * (size_t)p, sizeof *count); /* sent, received per kind */
   if (!seq || !count) {
-    errf(err, errlen, "out of memory");
+    bt_errf(err, errlen, "out of memory");
     ok = 0;
     goto done;
   }
@@ -440,7 +430,7 @@ int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errle
         uint32_t got = seq[((size_t)t->mb * V + t->stage) * 2 + t->kind];
         if (got != want) {
           char a1[32];
-          errf(err, errlen,
+          bt_errf(err, errlen,
                "worker %d position %zu: %s receives the %s of virtual stage %d "
                "micro-batch %d from worker %d as message %u of that channel, but it was sent "
                "as message %u",

@@ -12,16 +12,6 @@
 
 #define NONE UINT32_MAX
 
-static void errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 void bt_sim_costs_default(bt_sim_costs_t *c) {
   memset(c, 0, sizeof *c);
   c->cost[BT_ACT_F] = 1;
@@ -186,7 +176,7 @@ int bt_sim_walk(const bt_schedule_t *s, const uint32_t *idx, const bt_sim_costs_
       for (int q = 0; q < nd; q++) {
         if (d[q].at == NONE) {
           char a1[32], a2[32];
-          errf(err, errlen, "worker %d position %zu: %s needs %s, which is not in the schedule", w,
+          bt_errf(err, errlen, "worker %d position %zu: %s needs %s, which is not in the schedule", w,
                pos[w], bt_action_format(a, a1, sizeof a1),
                bt_action_format(&d[q].of, a2, sizeof a2));
           rc = BT_ESCHEDULE;

@@ -33,14 +33,6 @@
  * its last save before exiting: a save that takes longer is a broken disk. */
 #define CKPT_TIMEOUT_MS (10 * 60 * 1000)
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void errf(char *err, size_t errlen, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 /* ---------- the run ---------- */
 
 typedef struct {
@@ -193,7 +185,7 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       if (rc < 0) {
         char tag[96];
         bt_tag_str(&cm.recv[r].tag, tag, sizeof tag);
-        errf(w->err, sizeof w->err, "step %lld: receiving %s from stage %d: %s", (long long)step, tag,
+        bt_errf(w->err, sizeof w->err, "step %lld: receiving %s from stage %d: %s", (long long)step, tag,
              cm.recv[r].peer, bt_strerror(rc));
         return rc;
       }
@@ -205,14 +197,14 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
     double t1 = bt_clock_s();
     if (rc < 0) {
       char an[32];
-      errf(w->err, sizeof w->err, "step %lld: action %s: %s", (long long)step,
+      bt_errf(w->err, sizeof w->err, "step %lld: action %s: %s", (long long)step,
            bt_action_format(a, an, sizeof an), bt_strerror(rc));
       return rc;
     }
     busy += t1 - t0;
     for (int s = 0; s < cm.nsend; s++) {
       if ((rc = bt_faults_before_send(&w->faults)) < 0) {
-        errf(w->err, sizeof w->err, "step %lld: injected hang before sending to stage %d ended", (long long)step,
+        bt_errf(w->err, sizeof w->err, "step %lld: injected hang before sending to stage %d ended", (long long)step,
              cm.send[s].peer);
         return rc;
       }
@@ -222,7 +214,7 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
       if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
-        errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
+        bt_errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
              bt_strerror(rc));
         return rc;
       }
@@ -239,19 +231,19 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
   /* A hang armed after this stage's last send of the step still stops it
    * here, before the step's sends are finished. */
   if ((rc = bt_faults_before_send(&w->faults)) < 0) {
-    errf(w->err, sizeof w->err, "step %lld: injected hang at the end of the step ended", (long long)step);
+    bt_errf(w->err, sizeof w->err, "step %lld: injected hang at the end of the step ended", (long long)step);
     return rc;
   }
   double t0 = bt_clock_s();
   rc = bt_stage_optimizer_step(w->st);
   busy += bt_clock_s() - t0;
   if (rc < 0) {
-    errf(w->err, sizeof w->err, "step %lld: optimizer: %s", (long long)step, bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "step %lld: optimizer: %s", (long long)step, bt_strerror(rc));
     return rc;
   }
   bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_WAIT);
   if ((rc = bt_tx_end_step(w->tx, step, peer_deadline(w))) < 0) {
-    errf(w->err, sizeof w->err, "step %lld: finishing the sends: %s", (long long)step, bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "step %lld: finishing the sends: %s", (long long)step, bt_strerror(rc));
     return rc;
   }
   *busy_s = busy;
@@ -297,7 +289,7 @@ static int pick_device(pipe_t *w) {
   int count = 0;
   while (count < 1024 && bt_tx_nccl_available(count, count ? NULL : why, sizeof why) == 0) count++;
   if (count == 0) {
-    errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
+    bt_errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
     return BT_EBACKEND;
   }
   w->cuda = 1;
@@ -313,7 +305,7 @@ static int gpu_identity(pipe_t *w) {
   char name[512];
   int rc = bt_tx_nccl_gpu_name(w->device, name, sizeof name);
   if (rc < 0) {
-    errf(w->err, sizeof w->err, "the GPU's PCI bus id: %s", bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "the GPU's PCI bus id: %s", bt_strerror(rc));
     return rc;
   }
   if (strlen(name) >= sizeof w->gpu) {
@@ -324,7 +316,7 @@ static int gpu_identity(pipe_t *w) {
     snprintf(w->gpu, sizeof w->gpu, "%s", name);
   }
   if (w->me == 0 && (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0)
-    errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
   return rc;
 }
 
@@ -341,7 +333,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   w->device = -1;
   if (!strcmp(cfg->run.backend, "cuda") && (rc = pick_device(w)) < 0) return rc;
   if ((rc = bt_backend_create(cfg->run.backend, w->device, &w->be, why, sizeof why)) < 0) {
-    errf(w->err, sizeof w->err, "--backend %s: %s", cfg->run.backend, why[0] ? why : bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "--backend %s: %s", cfg->run.backend, why[0] ? why : bt_strerror(rc));
     return rc;
   }
   bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
@@ -352,13 +344,13 @@ static int setup(pipe_t *w, int *first, int *last) {
     if (ranges[c].last >= bt_model_layer_count(&cfg->model) - 1) w->holds_head = 1;
   }
   if ((rc = bt_stage_create(w->be, &cfg->model, ranges, w->v, &w->st, why, sizeof why)) < 0) {
-    errf(w->err, sizeof w->err, "creating the stage: %s", why[0] ? why : bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "creating the stage: %s", why[0] ? why : bt_strerror(rc));
     return rc;
   }
   uint8_t token[BT_TX_TOKEN_MAX];
   size_t token_len = 0;
   if ((rc = bt_tx_token_parse(w->env->token, token, &token_len)) < 0) {
-    errf(w->err, sizeof w->err, "BATON_JOB_TOKEN is missing or malformed");
+    bt_errf(w->err, sizeof w->err, "BATON_JOB_TOKEN is missing or malformed");
     return rc;
   }
   w->peers = calloc((size_t)w->p, sizeof *w->peers);
@@ -369,7 +361,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = w->peers, .npeers = w->npeers,
                             .token = token, .token_len = token_len};
   rc = bt_tx_socket_create(&to, &w->tx);
-  if (rc < 0) errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
+  if (rc < 0) bt_errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
   if (rc == 0 && w->cuda) rc = gpu_identity(w);
   return rc;
 }
@@ -391,7 +383,7 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
     bt_tx_nccl_opts_t no = {.rank = w->me, .nranks = w->p, .device = w->device, .id = start->nccl_id,
                             .peers = w->peers, .npeers = w->npeers, .init_ms = w->env->peer_timeout_ms};
     if ((rc = bt_tx_nccl_create(&no, &w->tx, why, sizeof why)) < 0)
-      errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
+      bt_errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
     *use_sockets = 0;
     return rc;
   }
@@ -408,7 +400,7 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
         if (!bufs[k]) continue;
         void *host = NULL;
         if ((rc = bt_tx_stage_alloc(w->be, bytes, &host)) < 0) {
-          errf(w->err, sizeof w->err, "pinned host buffers: %s", bt_strerror(rc));
+          bt_errf(w->err, sizeof w->err, "pinned host buffers: %s", bt_strerror(rc));
           return rc;
         }
         w->twins[w->ntwins++] = (struct twin){.dev = bufs[k], .host = host};
@@ -478,12 +470,12 @@ static int ckpt_setup(pipe_t *w) {
   if (!w->env->ckpt_dir[0]) return 0;
   int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
   if (rc < 0) {
-    errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
   }
   /* Fault in the snapshot now, so the first save costs training a memcpy. */
   if ((rc = bt_ckpt_writer_reserve(w->writer, w->desc, w->ndesc, CKPT_TIMEOUT_MS)) < 0)
-    errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
   return rc;
 }
 
@@ -503,14 +495,14 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
   if (w->env->restore_dir[0]) {
     snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
   } else if (!w->env->ckpt_dir[0]) {
-    errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
+    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
     rc = BT_EARG;
     goto out;
   } else if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) {
     goto out;
   }
   if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
-    errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
     goto out;
   }
   opened = 1;
@@ -518,17 +510,17 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
    * differs, not fail later on a tensor shape. */
   char why[1024] = "";
   if (bt_config_from_text(theirs, cs.man.meta.model_config ? cs.man.meta.model_config : "", why, sizeof why)) {
-    errf(w->err, sizeof w->err, "%s: unreadable model configuration: %s", dir, why);
+    bt_errf(w->err, sizeof w->err, "%s: unreadable model configuration: %s", dir, why);
     rc = BT_ECORRUPT;
     goto out;
   }
   if (bt_config_model_diff(&theirs->model, &w->cfg->model, why, sizeof why)) {
-    errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
+    bt_errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
     rc = BT_ECONFIG;
     goto out;
   }
   if (cs.man.meta.step != step || cs.man.meta.adam_t != step) {
-    errf(w->err, sizeof w->err, "%s: step %lld, optimizer step %lld, expected %lld", dir,
+    bt_errf(w->err, sizeof w->err, "%s: step %lld, optimizer step %lld, expected %lld", dir,
          (long long)cs.man.meta.step, (long long)cs.man.meta.adam_t, (long long)step);
     rc = BT_ECORRUPT;
     goto out;
@@ -548,7 +540,7 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     off += bt_ckpt_numel(&w->desc[i]);
   }
   if ((rc = bt_ckpt_step_load(&cs, want, w->ndesc)) < 0) {
-    errf(w->err, sizeof w->err, "loading %s: %s", dir, bt_strerror(rc));
+    bt_errf(w->err, sizeof w->err, "loading %s: %s", dir, bt_strerror(rc));
     goto out;
   }
   for (size_t i = 0; i < w->ndesc && rc == 0; i++) rc = bt_stage_tensor_set(w->st, i, want[i].data);
@@ -571,7 +563,7 @@ static int ckpt_save(pipe_t *w, int64_t step) {
   int rc = bt_stage_count_nonfinite(w->st, &bad);
   if (rc < 0) return rc;
   if (bad) {
-    errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
+    bt_errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
     return BT_ENONFINITE;
   }
   bt_ckpt_meta_t meta = {
@@ -627,7 +619,7 @@ static int ckpt_drain(pipe_t *w) {
   bt_ckpt_result_t last;
   int rc = bt_ckpt_writer_wait(w->writer, CKPT_TIMEOUT_MS, &last);
   if (rc == BT_ETIMEOUT) {
-    errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %d s", CKPT_TIMEOUT_MS / 1000);
+    bt_errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %d s", CKPT_TIMEOUT_MS / 1000);
     return rc;
   }
   return 0;
@@ -650,14 +642,14 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   bt_msg_start_t *start = calloc(1, sizeof *start);
   if (!first || !last || !start) {
     rc = -ENOMEM;
-    errf(w.err, sizeof w.err, "out of memory");
+    bt_errf(w.err, sizeof w.err, "out of memory");
     goto done;
   }
   char why[256] = "";
   /* A hang outlasts the supervisor's progress timeout by far (the peer
    * timeout is twice it) but still ends. */
   if ((rc = bt_faults_init(&w.faults, env->faults, w.me, 4 * env->peer_timeout_ms, why, sizeof why)) < 0) {
-    errf(w.err, sizeof w.err, "BATON_INJECT_FAULTS: %s", why);
+    bt_errf(w.err, sizeof w.err, "BATON_INJECT_FAULTS: %s", why);
     goto done;
   }
   if ((rc = setup(&w, first, last)) < 0) goto done;
@@ -667,12 +659,12 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   /* The supervisor's start-up timeout and our death signal bound this; the
    * deadline only keeps a wait from being endless by construction. */
   if ((rc = bt_control_wait_start(ctl, start, bt_deadline_ms(24 * 3600 * 1000))) < 0) {
-    errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
+    bt_errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
     goto done;
   }
   if (start->restore_step > 0) {
     if (start->first_step != start->restore_step + 1) {
-      errf(w.err, sizeof w.err, "START: first step %lld after restoring step %lld", (long long)start->first_step,
+      bt_errf(w.err, sizeof w.err, "START: first step %lld after restoring step %lld", (long long)start->first_step,
            (long long)start->restore_step);
       rc = BT_EARG;
       goto done;
@@ -680,7 +672,7 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_INIT);
     if ((rc = ckpt_restore(&w, start->restore_step)) < 0) goto done;
   } else if (start->first_step != 1) {
-    errf(w.err, sizeof w.err, "START: first step %lld without a step to restore", (long long)start->first_step);
+    bt_errf(w.err, sizeof w.err, "START: first step %lld without a step to restore", (long long)start->first_step);
     rc = BT_EARG;
     goto done;
   }
@@ -689,7 +681,7 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   const char *addrs[BT_MAX_STAGES];
   for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
   if (use_sockets && (rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
-    errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
+    bt_errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
     goto done;
   }
   const double tokens = (double)cfg->model.microbatches * (double)cfg->model.mb_tokens;
@@ -716,7 +708,7 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     bt_msg_metrics_t m = {.stage = (uint32_t)w.me, .step = step, .loss = NAN, .busy_s = busy,
                           .idle_s = dt > busy ? dt - busy : 0, .step_s = dt, .tokens = (int64_t)tokens};
     if (w.holds_head && (rc = bt_stage_loss(w.st, &m.loss)) < 0) {
-      errf(w.err, sizeof w.err, "step %lld: loss: %s", (long long)step, bt_strerror(rc));
+      bt_errf(w.err, sizeof w.err, "step %lld: loss: %s", (long long)step, bt_strerror(rc));
       goto done;
     }
     if ((rc = bt_control_send_metrics(ctl, &m)) < 0) goto done;
@@ -742,7 +734,7 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
 done:
   if (rc < 0) {
     code = exit_code_of(rc);
-    if (!w.err[0]) errf(w.err, sizeof w.err, "%s", bt_strerror(rc));
+    if (!w.err[0]) bt_errf(w.err, sizeof w.err, "%s", bt_strerror(rc));
     bt_error("%s", w.err);
     bt_control_send_error(ctl, rc, code, w.err);
   }
