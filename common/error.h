@@ -8,6 +8,7 @@
  */
 #ifndef BT_COMMON_ERROR_H
 #define BT_COMMON_ERROR_H
+#include <stddef.h>
 
 /* X(name, message). The numbering is stable: append only. */
 #define BT_ERROR_TABLE(X)                                                   \
@@ -50,7 +51,6 @@ const char *bt_errname(int code);
 
 /* Formats a one-line reason into err (errlen bytes) for a caller that prints
  * it; nothing when err is NULL or errlen is 0. */
-#include <stddef.h>
 void bt_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif
