@@ -18,7 +18,9 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include "common/clock.h"
 #include "common/hash.h"
@@ -600,7 +602,32 @@ Test(pipeline, help_describes_the_flags) {
   assert_contains(out_path, "3 retryable");
 }
 
-Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) {
+/* Dials the stage's data-plane address ("tcp:HOST:PORT" or "unix:@NAME",
+ * an abstract Unix socket) like an intruder would. */
+static int dial(const char *addr) {
+  char host[64];
+  int port = 0;
+  if (sscanf(addr, "tcp:%63[^:]:%d", host, &port) == 2) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect %s: %s", addr, strerror(errno));
+    return fd;
+  }
+  char name[100];
+  cr_assert_eq(sscanf(addr, "unix:@%99[^ \n]", name), 1, "address %s", addr);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un su = {.sun_family = AF_UNIX};
+  size_t n = strlen(name);
+  memcpy(su.sun_path + 1, name, n); /* sun_path[0] = 0: the abstract namespace */
+  socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+  cr_assert_eq(connect(fd, (struct sockaddr *)&su, len), 0, "connect %s: %s", addr, strerror(errno));
+  return fd;
+}
+
+/* A connection to stage 1's data port without the job's token is refused
+ * and the job still ends with baton train's hash, over either data plane. */
+static void intruder_is_refused(const char *plane) {
   reference_t ref;
   const char *bin = env_or_skip("BATON_BIN");
   char *argv[] = {(char *)bin, "train", "--layers", "6", "--dim", "16", "--mb-tokens", "16", "--steps", "150",
@@ -614,20 +641,19 @@ Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) {
   truncate(err_path, 0);
   char *run_argv[] = {(char *)bin, "run", "--no-progress", "--stages", "2", "--layers", "6", "--dim", "16",
                       "--mb-tokens", "16", "--steps", "150", "--hash", NULL};
-  char *env[] = {"BATON_LOG=debug", NULL};
+  char plane_env[64];
+  snprintf(plane_env, sizeof plane_env, "BATON_DATA_PLANE=%s", plane);
+  char *env[] = {"BATON_LOG=debug", plane_env, NULL};
   pid = bt_proc_spawn(run_argv, env, out_path, err_path);
-  cr_assert(bt_proc_wait_for_text(err_path, "stage 1 ready at tcp:", 30000));
+  char want[64];
+  snprintf(want, sizeof want, "stage 1 ready at %s:", plane);
+  cr_assert(bt_proc_wait_for_text(err_path, want, 30000), "no '%s' in the log", want);
   char *e = bt_proc_slurp(err_path);
-  char *at = strstr(e, "stage 1 ready at tcp:");
-  char host[64];
-  int port = 0;
-  cr_assert_eq(sscanf(at, "stage 1 ready at tcp:%63[^:]:%d", host, &port), 2);
+  char addr[160];
+  cr_assert_eq(sscanf(strstr(e, want) + strlen("stage 1 ready at "), "%159s", addr), 1);
   free(e);
   /* an intruder with no token: the worker must close it, not trust it */
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  inet_pton(AF_INET, host, &sa.sin_addr);
-  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0, "connect: %s", strerror(errno));
+  int fd = dial(addr);
   const char junk[] = "GET / HTTP/1.0\r\n\r\nnot a baton handshake, no token at all";
   cr_assert_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
   cr_assert_eq(finish(pid, 60000), 0);
@@ -636,4 +662,10 @@ Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) {
   char *out = bt_proc_slurp(out_path);
   cr_assert_str_eq(last_line(out), ref.hash);
   free(out);
+}
+
+Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) { intruder_is_refused("tcp"); }
+
+Test(pipeline, unix_data_port_without_the_token_is_refused_and_the_job_goes_on) {
+  intruder_is_refused("unix");
 }

@@ -126,6 +126,12 @@ int bt_control_env(bt_control_env_t *e) {
   if (s) snprintf(e->restore_dir, sizeof e->restore_dir, "%s", s);
   if ((rc = env_i64("BATON_CKPT_COMPRESS", 0, 9, 0, 0, &v)) < 0) return rc;
   e->ckpt_compress = (int)v;
+  s = getenv("BATON_DATA_PLANE");
+  if (s && strcmp(s, "unix") && strcmp(s, "tcp")) {
+    bt_error("BATON_DATA_PLANE: expected unix or tcp, got '%s'", s);
+    return BT_EARG;
+  }
+  e->data_plane_tcp = s && !strcmp(s, "tcp");
   return 0;
 }
 

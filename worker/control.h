@@ -43,6 +43,9 @@ typedef struct {
   int ckpt_compress;      /* BATON_CKPT_COMPRESS: deflate level 0..9 of the shards */
   char restore_dir[4096]; /* BATON_RESTORE_DIR: a committed step directory to restore
                              START.restore_step from instead of CKPT_DIR/step-S ("": none) */
+  int data_plane_tcp;     /* BATON_DATA_PLANE: "unix" (default; every stage of a job
+                             runs on this host, and bench_transport measured abstract
+                             Unix sockets faster than loopback TCP) or "tcp" */
 } bt_control_env_t;
 
 /* First thing a worker does, before anything that can take time:

@@ -359,7 +359,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   /* Sockets listen from the start, whatever START decides: READY carries
    * their address, and they are the fallback when NCCL cannot be used. */
   bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = w->peers, .npeers = w->npeers,
-                            .token = token, .token_len = token_len};
+                            .token = token, .token_len = token_len, .local = !w->env->data_plane_tcp};
   rc = bt_tx_socket_create(&to, &w->tx);
   if (rc < 0) bt_errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
   if (rc == 0 && w->cuda) rc = gpu_identity(w);
