@@ -21,6 +21,7 @@
 
 #include "common/fault.h"
 #include "common/parse.h"
+#include "tests/support/e2e.h"
 #include "tests/support/proc.h"
 
 #define STEPS 24
@@ -29,33 +30,15 @@
  * a stop and a restart; a clean run of this model takes well under 1 s. */
 #define RUN_TIMEOUT_MS 90000
 
-static char dir[256];
-static char out_path[300], err_path[300], events_path[300], ckpt_path[300];
+static bt_e2e_dirs_t e2e;
+static char *const out_path = e2e.out, *const err_path = e2e.err, *const events_path = e2e.events,
+                  *const ckpt_path = e2e.ckpt;
 
-static void setup(void) {
-  bt_proc_init();
-  snprintf(dir, sizeof dir, "/tmp/bt_e2e_faults_XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-  snprintf(out_path, sizeof out_path, "%s/out", dir);
-  snprintf(err_path, sizeof err_path, "%s/err", dir);
-  snprintf(events_path, sizeof events_path, "%s/events.jsonl", dir);
-  snprintf(ckpt_path, sizeof ckpt_path, "%s/ck", dir);
-}
+static void setup(void) { bt_e2e_setup(&e2e, "faults"); }
 
-static void teardown(void) {
-  bt_proc_cleanup();
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
+static void teardown(void) { bt_e2e_teardown(&e2e); }
 
 TestSuite(faults, .init = setup, .fini = teardown, .timeout = 300);
-
-static const char *env_or_skip(const char *name) {
-  const char *v = getenv(name);
-  if (!v) cr_skip_test("%s is not set (run through ctest)", name);
-  return v;
-}
 
 /* The model of every run here: small, 2 chunks per stage possible. */
 static const char *const model[] = {"--layers", "4", "--dim", "32", "--mb-tokens", "32", "--steps", STEPS_S, NULL};
@@ -98,7 +81,7 @@ static void read_hash(char hex[33]) {
 
 /* `baton train` of the same model: the reference every faulty run must hit. */
 static void clean_hash(char hex[33]) {
-  char *argv[32] = {(char *)env_or_skip("BATON_BIN"), "train", "--hash"};
+  char *argv[32] = {(char *)bt_e2e_env("BATON_BIN"), "train", "--hash"};
   int k = 3;
   for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
   argv[k] = NULL;
@@ -112,7 +95,7 @@ static int run_faulty(int stages, int chunks, const char *const *specs) {
   static char sstages[16], schunks[16];
   snprintf(sstages, sizeof sstages, "%d", stages);
   snprintf(schunks, sizeof schunks, "%d", chunks);
-  char *argv[64] = {(char *)env_or_skip("BATON_BIN"), "run", "--stages", sstages, "--chunks", schunks};
+  char *argv[64] = {(char *)bt_e2e_env("BATON_BIN"), "run", "--stages", sstages, "--chunks", schunks};
   int k = 6;
   for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
   const char *sup[] = {"--ckpt-dir", ckpt_path, "--ckpt-every", "5", "--heartbeat-timeout", "1",
@@ -243,7 +226,7 @@ static int lines_in(const char *path) {
 }
 
 Test(faults, worker_probe_answers_in_one_line) {
-  char *argv[] = {(char *)env_or_skip("BATON_BIN"), "worker", "--probe", "cpu", NULL};
+  char *argv[] = {(char *)bt_e2e_env("BATON_BIN"), "worker", "--probe", "cpu", NULL};
   cr_assert_eq(run_argv(argv, 30000), 0);
   cr_assert(file_has(out_path, "ok\n"));
   argv[3] = "tpu";

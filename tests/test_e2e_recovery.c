@@ -21,37 +21,20 @@
 
 #include "common/clock.h"
 #include "common/exitcodes.h"
+#include "tests/support/e2e.h"
 #include "tests/support/proc.h"
 
 #define RUN_TIMEOUT_MS 90000
 
-static char dir[256];
-static char out_path[300], err_path[300], events_path[300], ckpt_path[300];
+static bt_e2e_dirs_t e2e;
+static char *const dir = e2e.dir, *const out_path = e2e.out, *const err_path = e2e.err,
+                  *const events_path = e2e.events, *const ckpt_path = e2e.ckpt;
 
-static void setup(void) {
-  bt_proc_init();
-  snprintf(dir, sizeof dir, "/tmp/bt_e2e_recovery_XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-  snprintf(out_path, sizeof out_path, "%s/out", dir);
-  snprintf(err_path, sizeof err_path, "%s/err", dir);
-  snprintf(events_path, sizeof events_path, "%s/events.jsonl", dir);
-  snprintf(ckpt_path, sizeof ckpt_path, "%s/ck", dir);
-}
+static void setup(void) { bt_e2e_setup(&e2e, "recovery"); }
 
-static void teardown(void) {
-  bt_proc_cleanup();
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
+static void teardown(void) { bt_e2e_teardown(&e2e); }
 
 TestSuite(recovery, .init = setup, .fini = teardown, .timeout = 240);
-
-static const char *env_or_skip(const char *name) {
-  const char *v = getenv(name);
-  if (!v) cr_skip_test("%s is not set (run through ctest)", name);
-  return v;
-}
 
 static const char *const model[] = {"--layers", "4", "--dim", "32", "--mb-tokens", "32", NULL};
 static const char *const quick[] = {"--heartbeat-timeout", "1", "--progress-timeout", "2", "--grace", "1",
@@ -64,7 +47,7 @@ static int build_argv(char **argv, const char *cmd, int steps, const char *const
   char *s = ssteps[slot++ % 8];
   snprintf(s, 16, "%d", steps);
   int k = 0;
-  argv[k++] = (char *)env_or_skip("BATON_BIN");
+  argv[k++] = (char *)bt_e2e_env("BATON_BIN");
   argv[k++] = (char *)cmd;
   for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
   argv[k++] = "--steps";
@@ -163,8 +146,8 @@ static void assert_hash_is(const char *want) {
 
 static int run_fake(const char *const *extra) {
   static char fake[512];
-  snprintf(fake, sizeof fake, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
-  char *argv[64] = {(char *)env_or_skip("BATON_BIN"), "run", "--worker-cmd", fake,
+  snprintf(fake, sizeof fake, "%s/fake_worker", bt_e2e_env("BATON_HELPERS_DIR"));
+  char *argv[64] = {(char *)bt_e2e_env("BATON_BIN"), "run", "--worker-cmd", fake,
                     "--steps", "20", "--events", events_path, "--no-progress", "--backoff", "0.05"};
   int k = 11;
   int has_stages = 0;
@@ -299,9 +282,9 @@ Test(recovery, cuda_is_probed_before_spawning) {
 
 Test(recovery, a_stage_past_the_preemption_step_moves_the_checkpoint_later) {
   static char fake[512], ck[320];
-  snprintf(fake, sizeof fake, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
+  snprintf(fake, sizeof fake, "%s/fake_worker", bt_e2e_env("BATON_HELPERS_DIR"));
   snprintf(ck, sizeof ck, "%s/pk", dir);
-  char *argv[] = {(char *)env_or_skip("BATON_BIN"), "run", "--worker-cmd", fake, "--stages", "2", "--steps",
+  char *argv[] = {(char *)bt_e2e_env("BATON_BIN"), "run", "--worker-cmd", fake, "--stages", "2", "--steps",
                   "100000", "--ckpt-dir", ck, "--events", events_path, "--no-progress", "--", "--mode",
                   "ckpt-late", "--fail-stage", "1", "--step-ms", "20", NULL};
   unlink(out_path);

@@ -24,40 +24,24 @@
 
 #include "common/clock.h"
 #include "common/hash.h"
+#include "tests/support/e2e.h"
 #include "tests/support/proc.h"
 
-static char dir[256];
-static char out_path[300], err_path[300];
+static bt_e2e_dirs_t e2e;
+static char *const dir = e2e.dir, *const out_path = e2e.out, *const err_path = e2e.err;
 
-static void setup(void) {
-  bt_proc_init();
-  snprintf(dir, sizeof dir, "/tmp/bt_e2e_run_XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-  snprintf(out_path, sizeof out_path, "%s/out", dir);
-  snprintf(err_path, sizeof err_path, "%s/err", dir);
-}
+static void setup(void) { bt_e2e_setup(&e2e, "run"); }
 
-static void teardown(void) {
-  bt_proc_cleanup();
-  char cmd[400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
+static void teardown(void) { bt_e2e_teardown(&e2e); }
 
 TestSuite(run, .init = setup, .fini = teardown, .timeout = 120);
-
-static const char *env_or_skip(const char *name) {
-  const char *v = getenv(name);
-  if (!v) cr_skip_test("%s is not set (run through ctest)", name);
-  return v;
-}
 
 static char fake_path[512];
 
 /* Starts `baton run --worker-cmd fake_worker ARGS…` (args NULL-terminated). */
 static pid_t start_run(const char *const *args) {
-  const char *bin = env_or_skip("BATON_BIN");
-  snprintf(fake_path, sizeof fake_path, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
+  const char *bin = bt_e2e_env("BATON_BIN");
+  snprintf(fake_path, sizeof fake_path, "%s/fake_worker", bt_e2e_env("BATON_HELPERS_DIR"));
   char *argv[64];
   int k = 0;
   argv[k++] = (char *)bin;
@@ -170,8 +154,8 @@ Test(run, workers_get_their_environment) {
   snprintf(ck, sizeof ck, "%s/ck", dir);
   const char *args[] = {"--stages", "2", "--steps", "1", "--ckpt-dir", ck, NULL};
   char *extra[] = {"BATON_FAKE_MARKER=kept", "RANK=99", NULL};
-  const char *bin = env_or_skip("BATON_BIN");
-  snprintf(fake_path, sizeof fake_path, "%s/fake_worker", env_or_skip("BATON_HELPERS_DIR"));
+  const char *bin = bt_e2e_env("BATON_BIN");
+  snprintf(fake_path, sizeof fake_path, "%s/fake_worker", bt_e2e_env("BATON_HELPERS_DIR"));
   char *argv[16] = {(char *)bin, "run", "--worker-cmd", fake_path};
   int k = 4;
   for (int i = 0; args[i]; i++) argv[k++] = (char *)args[i];
@@ -353,7 +337,7 @@ Test(run, bad_usage_exits_2_with_one_line) {
 }
 
 Test(run, unstartable_worker_command_fails_the_job) {
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "run", "--stages", "2", "--worker-cmd", "/nonexistent/worker", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
   cr_assert_eq(finish(pid, 10000), 1);
@@ -370,7 +354,7 @@ static const char *const MODEL[] = {"--layers", "6", "--dim", "16", "--mb-tokens
 /* Runs `baton ARGS… MODEL… --microbatches M --hash --metrics FILE`; returns
  * the exit code, the last stdout line in hash_line. */
 static int run_baton(const char *const *args, int mb, const char *metrics, char *hash_line, size_t cap) {
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[96];
   char mbs[16];
   snprintf(mbs, sizeof mbs, "%d", mb);
@@ -524,7 +508,7 @@ Test(pipeline, out_of_order_csv_is_refused) {
   /* valid, but virtual stages 0 and 1 accumulate micro-batch 1 before 0;
    * the CSV's 2 micro-batches are taken from it (no --microbatches) */
   write_file(csv, "0F0,0F1,0B1,0B0\n1F0,1F1,1B1,1B0\n");
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "run", "--schedule", csv, "--layers", "2", "--steps", "1", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
   cr_assert_eq(finish(pid, 20000), 2);
@@ -553,7 +537,7 @@ Test(pipeline, bad_combinations_exit_2_before_spawning) {
 }
 
 Test(pipeline, peer_death_mid_step_fails_the_job_naming_the_stage) {
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "run", "--no-progress", "--stages", "3", "--layers", "6", "--dim", "16",
                   "--mb-tokens", "16", "--steps", "1000000", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
@@ -569,7 +553,7 @@ Test(pipeline, peer_death_mid_step_fails_the_job_naming_the_stage) {
 }
 
 Test(pipeline, sigint_stops_the_real_pipeline_cleanly) {
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "run", "--no-progress", "--stages", "3", "--chunks", "2", "--layers", "6", "--dim",
                   "16", "--mb-tokens", "16", "--microbatches", "6", "--steps", "1000000", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
@@ -589,7 +573,7 @@ Test(pipeline, sigint_stops_the_real_pipeline_cleanly) {
 }
 
 Test(pipeline, help_describes_the_flags) {
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "run", "--help", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
   cr_assert_eq(finish(pid, 10000), 0);
@@ -629,7 +613,7 @@ static int dial(const char *addr) {
  * and the job still ends with baton train's hash, over either data plane. */
 static void intruder_is_refused(const char *plane) {
   reference_t ref;
-  const char *bin = env_or_skip("BATON_BIN");
+  const char *bin = bt_e2e_env("BATON_BIN");
   char *argv[] = {(char *)bin, "train", "--layers", "6", "--dim", "16", "--mb-tokens", "16", "--steps", "150",
                   "--hash", NULL};
   pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
