@@ -145,8 +145,9 @@ void bt_ckpt_writer_destroy(bt_ckpt_writer_t *w);
  * order): checks each shard's size and root attributes (same step, same
  * configuration, stages and chunks, one report per stage) and that every
  * global layer 0..layer_count-1 is held by exactly one shard
- * (BT_ECORRUPT naming the gap or duplicate); reads every parameter back
- * (BT_ENONFINITE on NaN or Inf, BT_ECRC on a damaged dataset); removes stray files from
+ * (BT_ECORRUPT naming the gap or duplicate); reads no tensor (each save
+ * refused NaN/Inf in its snapshot, and a shard changed since no longer
+ * matches the CRC that goes into the manifest); removes stray files from
  * step-S.tmp; writes MANIFEST.json (temp, fsync, rename); renames the
  * directory to step-S; fsyncs ROOT; moves `latest`. Called in-process by
  * `baton train` and by the supervisor with the workers' reports. */
