@@ -10,6 +10,11 @@
  *          (same shapes, same transposes, same order, one OpenBLAS thread):
  *          the ratio of the stage's matmul GFLOP/s to this one says what
  *          the layers cost beyond their products (1.0: nothing);
+ *   ops    the backend's three matrix-product ops alone (forward with its
+ *          bias, input gradient, weight gradient with its bias gradient)
+ *          at the model's shapes, against cblas_sgemm with the same
+ *          arguments: GFLOP/s op / GFLOP/s sgemm for each half, which says
+ *          what the wrapping (bias, accumulation) costs;
  *   torch  bench/torch_model.py --device cpu --threads 1, the same model and
  *          step in PyTorch eager, run by /usr/bin/python3 (Debian's
  *          python3-torch; BATON_TORCH_PYTHON picks another). The bench
@@ -91,7 +96,47 @@ typedef struct {
   gemm_bufs_t b;
   int64_t step;
   double baton[MAX_ROUNDS], sgemm[MAX_ROUNDS], torch[MAX_ROUNDS]; /* tokens/s */
+  double op[3][MAX_ROUNDS];  /* forward, input gradient, weight gradient: op / sgemm */
 } width_t;
+
+/* The model's three product shapes (N, C, OC, bias?) for one width. */
+static void product_shapes(const bt_model_config_t *m, int sh[3][4]) {
+  int T = m->mb_tokens, D = m->dim;
+  int v[3][4] = {{T, D, 4 * D, 1}, {T, 4 * D, D, 1}, {T, D, 256, 0}};
+  memcpy(sh, v, sizeof v);
+}
+
+/* Seconds of `reps` passes over the three shapes: kind 0 forward, 1 input
+ * gradient, 2 weight gradient; through the backend (bare = 0) or straight
+ * cblas_sgemm with the arguments the CPU backend passes (bare = 1). */
+static double time_products(bt_backend_t *be, width_t *w, int kind, int bare, int reps) {
+  int sh[3][4];
+  product_shapes(&w->cfg.model, sh);
+  gemm_bufs_t *b = &w->b;
+  const bt_backend_ops_t *o = be->ops;
+  float *bias = b->logits, *dbias = b->logits + 4096; /* T * 256 floats: room for both */
+  double t0 = bt_clock_s();
+  for (int r = 0; r < reps; r++)
+    for (int k = 0; k < 3; k++) {
+      int N = sh[k][0], C = sh[k][1], OC = sh[k][2], hb = sh[k][3];
+      float *in = b->h, *w_ = b->w1, *out = b->dw, *dout = b->x;
+      if (kind == 0 && bare)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1, in, C, w_, C, 0, out, OC);
+      else if (kind == 0)
+        o->matmul_forward(be, out, in, w_, hb ? bias : NULL, N, C, OC);
+      else if (kind == 1 && bare)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1, dout, OC, w_, C, 0, out,
+                    C);
+      else if (kind == 1)
+        o->matmul_backward_input(be, out, dout, w_, N, C, OC);
+      else if (bare)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1, dout, OC, in, C, 1, out,
+                    C);
+      else
+        o->matmul_backward_weight(be, out, hb ? dbias : NULL, dout, in, N, C, OC);
+    }
+  return bt_clock_s() - t0;
+}
 
 static int width_init(bt_backend_t *be, width_t *w, int dim) {
   bt_config_defaults(&w->cfg);
@@ -106,12 +151,12 @@ static int width_init(bt_backend_t *be, width_t *w, int dim) {
   }
   size_t T = (size_t)m->mb_tokens, D = (size_t)dim, H = 4 * D, V = 256;
   gemm_bufs_t *b = &w->b;
-  b->x = filled(T * D);
+  b->x = filled(T * H); /* also the products' (T, 4D) output gradient */
   b->h = filled(T * H);
   b->w1 = filled(H * D);
   b->w2 = filled(D * H);
   b->wout = filled(V * D);
-  b->logits = filled(T * V);
+  b->logits = filled(T * V > 8192 ? T * V : 8192);
   b->dw = filled(H * D > V * D ? H * D : V * D);
   b->dx = filled(T * D);
   if (!b->x || !b->h || !b->w1 || !b->w2 || !b->wout || !b->logits || !b->dw || !b->dx) return -1;
@@ -238,6 +283,12 @@ int main(int argc, char **argv) {
     for (int i = 0; i < NW && !rc; i++) {
       rc = time_baton(&w[i], steps, &w[i].baton[r]);
       w[i].sgemm[r] = time_sgemm(&w[i], steps);
+      for (int k = 0; k < 3; k++) {
+        time_products(be, &w[i], k, 0, 1); /* warm */
+        double op = time_products(be, &w[i], k, 0, 4 * steps);
+        double bare = time_products(be, &w[i], k, 1, 4 * steps);
+        w[i].op[k][r] = bare / op;
+      }
       if (have_torch) {
         w[i].torch[r] = time_torch(python, &w[i], steps, why, sizeof why);
         have_torch = w[i].torch[r] > 0;
@@ -257,18 +308,19 @@ int main(int argc, char **argv) {
   printf("model: L=%d K=%d M=%d T=%d; %d timed steps, median of %d interleaved rounds\n",
          d->layers, d->context, d->microbatches, d->mb_tokens, steps, rounds);
   if (!have_torch) printf("torch: not measured: %s\n", why);
-  printf("%6s %12s %12s %9s %16s %14s %8s\n", "dim", "baton tok/s", "torch tok/s", "b/torch",
-         "matmul GFLOP/s", "sgemm GFLOP/s", "ratio");
-  double med[NW][3];
+  printf("%6s %12s %12s %9s %16s %14s %8s %6s %6s %6s\n", "dim", "baton tok/s", "torch tok/s",
+         "b/torch", "matmul GFLOP/s", "sgemm GFLOP/s", "ratio", "op F", "op I", "op W");
+  double med[NW][6];
   for (int i = 0; i < NW; i++) {
     const bt_model_config_t *m = &w[i].cfg.model;
     double per_tok = matmul_flops(m) / m->mb_tokens * 1e-9;
     med[i][0] = median(w[i].baton, rounds);
     med[i][1] = have_torch ? median(w[i].torch, rounds) : 0;
     med[i][2] = median(w[i].sgemm, rounds);
-    printf("%6d %12.0f %12.0f %9.3f %16.2f %14.2f %8.3f\n", widths[i], med[i][0], med[i][1],
-           have_torch ? med[i][0] / med[i][1] : 0.0, med[i][0] * per_tok, med[i][2] * per_tok,
-           med[i][0] / med[i][2]);
+    for (int k = 0; k < 3; k++) med[i][3 + k] = median(w[i].op[k], rounds);
+    printf("%6d %12.0f %12.0f %9.3f %16.2f %14.2f %8.3f %6.3f %6.3f %6.3f\n", widths[i],
+           med[i][0], med[i][1], have_torch ? med[i][0] / med[i][1] : 0.0, med[i][0] * per_tok,
+           med[i][2] * per_tok, med[i][0] / med[i][2], med[i][3], med[i][4], med[i][5]);
   }
   bt_json_t j;
   bt_json_init(&j);
@@ -294,6 +346,9 @@ int main(int argc, char **argv) {
     bt_json_knum(&j, "gflops_stage_matmul", med[i][0] * per_tok);
     bt_json_knum(&j, "gflops_sgemm", med[i][2] * per_tok);
     bt_json_knum(&j, "ratio_stage_to_sgemm", med[i][0] / med[i][2]);
+    bt_json_knum(&j, "ratio_op_forward_to_sgemm", med[i][3]);
+    bt_json_knum(&j, "ratio_op_input_grad_to_sgemm", med[i][4]);
+    bt_json_knum(&j, "ratio_op_weight_grad_to_sgemm", med[i][5]);
     bt_json_obj_end(&j);
   }
   bt_json_arr_end(&j);

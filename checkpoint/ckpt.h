@@ -190,6 +190,10 @@ typedef struct {
   char dir[4096];
   int64_t step;
   bt_ckpt_manifest_t man;
+  /* [shard]: 1 when step_open verified the shard's whole-file CRC, so a
+   * load right after need not check each dataset's CRC over the same bytes
+   * again (the cost of a second pass is what restore's speed is about). */
+  uint8_t file_crc_ok[BT_MAX_STAGES];
 } bt_ckpt_step_t;
 
 /* Reads and verifies one committed step directory (BT_ENOTCKPT when it has
@@ -201,7 +205,7 @@ void bt_ckpt_step_close(bt_ckpt_step_t *st);
 
 /* Fills the data of every wanted tensor (layer, kind, name, shape and index
  * given by the caller) from whichever shard holds its layer, checking the
- * dataset's CRC. A tensor missing from the checkpoint or of another shape
+ * dataset's CRC (unless step_open verified that shard's whole-file CRC). A tensor missing from the checkpoint or of another shape
  * or index gives BT_ECONFIG (the model differs), a damaged one BT_ECRC or
  * BT_EHDF5. Any set of layers: this is resharding. */
 int bt_ckpt_step_load(const bt_ckpt_step_t *st, bt_ckpt_tensor_t *want, size_t n);
