@@ -16,7 +16,9 @@
  *          arguments: GFLOP/s op / GFLOP/s sgemm for each half, which says
  *          what the wrapping (bias, accumulation) costs;
  *   torch  bench/torch_model.py --device cpu --threads 1, the same model and
- *          step in PyTorch eager, run by /usr/bin/python3 (Debian's
+ *          step in PyTorch eager (OPENBLAS_NUM_THREADS=1 and friends set:
+ *          torch.set_num_threads alone leaves OpenBLAS's pool free), run
+ *          by /usr/bin/python3 (Debian's
  *          python3-torch; BATON_TORCH_PYTHON picks another). The bench
  *          installs nothing: without torch it says so and prints the rest.
  * Each figure is the median over the rounds; the ratios baton/torch and
@@ -221,9 +223,13 @@ static double time_torch(const char *python, const width_t *w, int steps, char *
     snprintf(why, why_len, "%.400s not found", script);
     return 0;
   }
+  /* torch.set_num_threads(1) leaves the OpenBLAS under Debian's torch free
+   * to start its own threads: the environment pins those too. Three
+   * untimed steps, as a fresh process's allocator and kernels warm up. */
   snprintf(cmd, sizeof cmd,
+           "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "
            "'%s' '%s' --device cpu --threads 1 --dim %d --layers %d --context %d "
-           "--mb-tokens %d --microbatches %d --steps %d --warmup-steps 1 2>&1",
+           "--mb-tokens %d --microbatches %d --steps %d --warmup-steps 3 2>&1",
            python, script, m->dim, m->layers, m->context, m->mb_tokens, m->microbatches, steps);
   FILE *p = popen(cmd, "r");
   if (!p) {

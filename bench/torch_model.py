@@ -59,6 +59,8 @@ def main():
         return 0
 
     if a.device == "cpu":
+        # OpenBLAS under Debian's torch keeps its own pool: callers that
+        # want one thread also set OPENBLAS_NUM_THREADS=1 (bench_train does).
         torch.set_num_threads(a.threads)
     else:
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
