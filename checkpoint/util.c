@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "checkpoint/internal.h"
+#include "common/file.h"
 #include "common/log.h"
 
 static __thread int t_h5_ready;
@@ -129,10 +130,9 @@ out:
 
 int bt_read_file(const char *path, size_t max, char **out, size_t *len) {
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) return -errno;
-  int rc = 0;
+  uint64_t fsize;
+  int rc = bt_file_open(path, max, &fd, &fsize);
+  if (rc < 0) return rc;
   size_t n = 0, cap = 4096;
   char *buf = malloc(cap + 1);
   if (!buf) {

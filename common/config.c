@@ -12,6 +12,7 @@
 
 #include "common/crc.h"
 #include "common/error.h"
+#include "common/file.h"
 #include "common/model.h"
 #include "common/parse.h"
 
@@ -256,7 +257,7 @@ static int resolve_data(bt_model_config_t *m, char *err, size_t errlen) {
   }
   uint32_t crc;
   uint64_t size;
-  int rc = bt_crc32_file(abs, &crc, &size);
+  int rc = bt_file_crc32(abs, BT_FILE_DATA, &crc, &size);
   if (rc) {
     set_err(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
     return BT_EARG;

@@ -788,10 +788,11 @@ int bt_cmd_run(int argc, char **argv) {
   int64_t restore = 0, path_step = 0;
   const char *restore_dir = NULL; /* BATON_RESTORE_DIR: restore from --resume PATH */
   if (a->ck.resume_path) {
-    int orc = bt_recovery_open_step(a->ck.resume_path, &path_step, &model_text);
+    char why[512];
+    int orc = bt_recovery_open_step(a->ck.resume_path, &path_step, &model_text, why, sizeof why);
     if (orc) {
-      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->ck.resume_path,
-              bt_strerror(orc));
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies: %s\n",
+              a->ck.resume_path, why[0] ? why : bt_strerror(orc));
       goto out;
     }
     if ((rc = adopt_model(a, model_text ? model_text : "", a->ck.resume_path))) goto out;

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "schedules/readall.h"
+#include "common/file.h"
 #include "schedules/sim.h"
 
 /* Rows of the text, trailing blank lines dropped ("\r\n" accepted). */
@@ -130,7 +130,7 @@ int bt_sched_csv_read(const char *path, bt_schedule_t *out, char *err, size_t er
   memset(out, 0, sizeof *out);
   char *buf = NULL;
   size_t len = 0;
-  int rc = bt_sched_read_file(path, &buf, &len);
+  int rc = bt_file_read(path, BT_FILE_SCHEDULE, &buf, &len);
   if (rc) {
     bt_errf(err, errlen, "cannot read %s: %s", path, bt_strerror(rc));
     return rc;

@@ -1,0 +1,251 @@
+/* test_e2e_hostile.c - hostile inputs, stopped supervisors and failed saves
+ * (issue 11): a FIFO or /dev/zero where baton expects a file, a connection
+ * flood on the data plane, Ctrl-Z and SIGSTOP of the supervisor, SIGHUP, a
+ * full disk at the final save, `latest` replaced by a directory, LOCK deleted
+ * under a running job. Each must end in one line and a documented exit code
+ * (or in the job finishing with `baton train`'s hash), never in a hang. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/exitcodes.h"
+#include "tests/support/e2e.h"
+#include "tests/support/proc.h"
+
+static bt_e2e_dirs_t e2e;
+static char *const dir = e2e.dir, *const out_path = e2e.out, *const err_path = e2e.err,
+                  *const ckpt_path = e2e.ckpt;
+
+static void setup(void) { bt_e2e_setup(&e2e, "hostile"); }
+static void teardown(void) { bt_e2e_teardown(&e2e); }
+
+TestSuite(hostile, .init = setup, .fini = teardown, .timeout = 240);
+
+#define MODEL "--layers", "4", "--dim", "32", "--mb-tokens", "32"
+/* A hang is what these tests exist to catch: a refusal takes milliseconds. */
+#define REFUSE_MS 20000
+#define RUN_MS 120000
+
+static char scratch[8][600];
+static int nscratch;
+
+/* dir/name, in one of a few static buffers. */
+static char *path_in(const char *name) {
+  char *p = scratch[nscratch++ % 8];
+  snprintf(p, sizeof scratch[0], "%s/%s", dir, name);
+  return p;
+}
+
+/* Starts `baton ARGS…` (NULL-terminated) with fresh stdout and stderr files. */
+static pid_t start(const char *const *args, char *const *env) {
+  char *argv[64];
+  int k = 0;
+  argv[k++] = (char *)bt_e2e_env("BATON_BIN");
+  for (int i = 0; args[i] && k < 63; i++) argv[k++] = (char *)args[i];
+  argv[k] = NULL;
+  unlink(out_path);
+  unlink(err_path);
+  pid_t pid = bt_proc_spawn(argv, env, out_path, err_path);
+  cr_assert_gt(pid, 0, "spawn failed: %s", strerror(-pid));
+  return pid;
+}
+
+static char *slurp_err(void) {
+  char *s = bt_proc_slurp(err_path);
+  return s ? s : strdup("");
+}
+
+/* Waits for `pid`; its exit code (a signal fails the test). */
+static int finish(pid_t pid, int timeout_ms) {
+  int st = 0;
+  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
+    static char msg[8192];
+    char *err = slurp_err();
+    snprintf(msg, sizeof msg, "%s", err);
+    free(err);
+    kill(-pid, SIGKILL);
+    cr_assert_fail("baton did not end within %d ms (a hang); stderr:\n%s", timeout_ms, msg);
+  }
+  cr_assert(WIFEXITED(st), "baton died of signal %d", WTERMSIG(st));
+  return WEXITSTATUS(st);
+}
+
+static int run_to_end(const char *const *args, int timeout_ms) { return finish(start(args, NULL), timeout_ms); }
+
+/* `baton ARGS…` must exit 2 with exactly one line on stderr holding `needle`. */
+static void assert_refused(const char *const *args, const char *needle) {
+  int code = run_to_end(args, REFUSE_MS);
+  char *e = slurp_err();
+  int lines = 0;
+  for (const char *p = e; *p; p++) lines += *p == '\n';
+  cr_assert_eq(code, 2, "%s %s: exit %d, stderr:\n%s", args[0], args[1], code, e);
+  cr_assert_eq(lines, 1, "%s %s: %d lines on stderr:\n%s", args[0], args[1], lines, e);
+  cr_assert_not_null(strstr(e, needle), "'%s' not in:\n%s", needle, e);
+  free(e);
+}
+
+static int file_has(const char *path, const char *needle) {
+  char *s = bt_proc_slurp(path);
+  int has = s && strstr(s, needle);
+  free(s);
+  return has;
+}
+
+/* The 32 hex digits after the last "hash " in a file (0 when none). */
+static int hash_of(const char *path, char hex[33]) {
+  char *s = bt_proc_slurp(path), *p = s, *last = NULL;
+  while (p && (p = strstr(p, "hash ")))
+    last = p, p += 5;
+  int ok = last && strlen(last) >= 5 + 32;
+  if (ok) {
+    memcpy(hex, last + 5, 32);
+    hex[32] = 0;
+  }
+  free(s);
+  return ok;
+}
+
+/* `baton train MODEL --steps N --hash`: the reference every run must match. */
+static void train_hash(int steps, char hex[33]) {
+  char s[16];
+  snprintf(s, sizeof s, "%d", steps);
+  const char *args[] = {"train", MODEL, "--steps", s, "--hash", NULL};
+  cr_assert_eq(run_to_end(args, RUN_MS), 0);
+  cr_assert(hash_of(out_path, hex), "no hash from baton train");
+}
+
+/* A FIFO and a symlink to /dev/zero in the scratch directory. */
+static void make_hostile(char **fifo, char **zero) {
+  *fifo = path_in("fifo");
+  *zero = path_in("zero");
+  cr_assert_eq(mkfifo(*fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+  cr_assert_eq(symlink("/dev/zero", *zero), 0, "symlink: %s", strerror(errno));
+}
+
+/* ---- files that are not files ---- */
+
+Test(hostile, data_flag_refuses_fifo_and_dev_zero) {
+  char *fifo, *zero;
+  make_hostile(&fifo, &zero);
+  const char *paths[] = {fifo, zero, "/dev/zero", NULL};
+  for (int i = 0; paths[i]; i++) {
+    const char *train[] = {"train", MODEL, "--steps", "1", "--data", paths[i], NULL};
+    assert_refused(train, "not a regular file");
+    const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "1", "--data", paths[i], NULL};
+    assert_refused(run, "not a regular file");
+  }
+}
+
+Test(hostile, schedule_flag_refuses_fifo_dev_zero_and_directory) {
+  char *fifo, *zero;
+  make_hostile(&fifo, &zero);
+  const char *paths[] = {fifo, zero, NULL};
+  for (int i = 0; paths[i]; i++) {
+    const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "1", "--schedule", paths[i], NULL};
+    assert_refused(run, "not a regular file");
+  }
+  const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "1", "--schedule", dir, NULL};
+  assert_refused(run, "Is a directory");
+}
+
+Test(hostile, from_trace_refuses_fifo_and_dev_zero) {
+  char *fifo, *zero;
+  make_hostile(&fifo, &zero);
+  const char *paths[] = {fifo, zero, NULL};
+  for (int i = 0; paths[i]; i++) {
+    const char *args[] = {"schedule", "--from-trace", paths[i], NULL};
+    assert_refused(args, "not a regular file");
+  }
+}
+
+/* --resume STEP whose MANIFEST.json is a FIFO or /dev/zero: refused, one line. */
+Test(hostile, resume_manifest_fifo_and_dev_zero_refused) {
+  char *fifo_step = path_in("step-00000005"), *zero_step = path_in("step-00000006");
+  cr_assert_eq(mkdir(fifo_step, 0755), 0);
+  cr_assert_eq(mkdir(zero_step, 0755), 0);
+  char man[700];
+  snprintf(man, sizeof man, "%s/MANIFEST.json", fifo_step);
+  cr_assert_eq(mkfifo(man, 0600), 0);
+  snprintf(man, sizeof man, "%s/MANIFEST.json", zero_step);
+  cr_assert_eq(symlink("/dev/zero", man), 0);
+  const char *steps[] = {fifo_step, zero_step, NULL};
+  for (int i = 0; steps[i]; i++) {
+    const char *train[] = {"train", MODEL, "--steps", "1", "--ckpt-dir", ckpt_path, "--resume", steps[i], NULL};
+    assert_refused(train, steps[i]);
+    const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "1", "--ckpt-dir", ckpt_path, "--resume",
+                         steps[i], NULL};
+    assert_refused(run, "not a regular file");
+  }
+  /* One line, and the path as given (the leading '/' kept). */
+  const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "1", "--ckpt-dir", ckpt_path, "--resume",
+                       "/nonexistent-bt-step", NULL};
+  assert_refused(run, "--resume /nonexistent-bt-step: ");
+}
+
+/* Rewrites stage 1's entry of step-20's manifest to size 0, CRC 0 and puts
+ * `make` in place of the shard: a forged step whose shard is not a file. */
+static void forge_shard(int fifo) {
+  char man[700], shard[700];
+  snprintf(man, sizeof man, "%s/step-00000020/MANIFEST.json", ckpt_path);
+  snprintf(shard, sizeof shard, "%s/step-00000020/stage-001-of-002.h5", ckpt_path);
+  char *m = bt_proc_slurp(man);
+  cr_assert_not_null(m);
+  char *e = strstr(m, "\"file\":\"stage-001-of-002.h5\",\"size\":");
+  cr_assert_not_null(e, "%s", m);
+  char *num = e + strlen("\"file\":\"stage-001-of-002.h5\",\"size\":");
+  char *end = strchr(num, '}');
+  cr_assert_not_null(end);
+  FILE *f = fopen(man, "w");
+  cr_assert_not_null(f);
+  fprintf(f, "%.*s0,\"crc\":0%s", (int)(num - m), m, end);
+  cr_assert_eq(fclose(f), 0);
+  free(m);
+  cr_assert_eq(unlink(shard), 0);
+  if (fifo)
+    cr_assert_eq(mkfifo(shard, 0600), 0);
+  else
+    cr_assert_eq(symlink("/dev/zero", shard), 0);
+}
+
+/* A shard that is a FIFO or /dev/zero: every `baton ckpt` command says "not
+ * a regular file" at once (exit 1), and a run falls back to the previous
+ * committed step and still ends with `baton train`'s hash. */
+Test(hostile, shard_fifo_and_dev_zero_fall_back_to_previous_step) {
+  char ref[33], got[33];
+  train_hash(24, ref);
+  for (int fifo = 1; fifo >= 0; fifo--) {
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", ckpt_path);
+    cr_assert_eq(system(cmd), 0);
+    const char *save[] = {"run", "--stages", "2", MODEL, "--steps", "20", "--ckpt-every", "10", "--ckpt-dir",
+                          ckpt_path, NULL};
+    cr_assert_eq(run_to_end(save, RUN_MS), 0);
+    forge_shard(fifo);
+    char step[700];
+    snprintf(step, sizeof step, "%s/step-00000020", ckpt_path);
+    const char *verbs[] = {"verify", "show", "hash", NULL};
+    for (int v = 0; verbs[v]; v++) {
+      const char *args[] = {"ckpt", verbs[v], step, NULL};
+      int code = run_to_end(args, REFUSE_MS);
+      cr_assert_eq(code, 1, "ckpt %s: exit %d", verbs[v], code);
+      cr_assert(file_has(out_path, "stage-001-of-002.h5: not a regular file") ||
+                    file_has(err_path, "stage-001-of-002.h5: not a regular file"),
+                "ckpt %s does not say 'not a regular file'", verbs[v]);
+    }
+    const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "24", "--ckpt-dir", ckpt_path, "--hash", NULL};
+    int code = run_to_end(run, RUN_MS);
+    cr_assert_eq(code, 0, "run: exit %d", code);
+    cr_assert(file_has(err_path, "stage-001-of-002.h5: not a regular file"));
+    cr_assert(file_has(err_path, "resuming from"), "did not resume");
+    cr_assert(file_has(err_path, "step 10"), "did not resume from step 10");
+    cr_assert(hash_of(out_path, got));
+    cr_assert_str_eq(got, ref, "fifo=%d: run hash %s, train hash %s", fifo, got, ref);
+  }
+}
