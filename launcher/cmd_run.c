@@ -504,6 +504,7 @@ typedef struct {
   char tail[4096];
   double detect_s, detect_latency_s, stopped_s, ready_s, resumed_s;
   int64_t lost;
+  int respawned;               /* the next incarnation started workers */
 } failure_t;
 
 static void job_event_failure(run_args_t *a, const char *name, const failure_t *f, int64_t restore,
@@ -542,13 +543,15 @@ static void print_summary(const failure_t *f, int n, double end_s) {
   if (n == 0) return;
   double lost_s = 0;
   int64_t steps = 0;
+  int restarts = 0;
   for (int i = 0; i < n; i++) {
     lost_s += (f[i].resumed_s > 0 ? f[i].resumed_s : end_s) - f[i].detect_s + f[i].detect_latency_s;
     steps += f[i].lost;
+    /* A restart is a respawn: one stopped during its back-off never ran. */
+    restarts += f[i].respawned;
   }
   fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed, %.1f s lost\n", n,
-          n == 1 ? "" : "s", f[n - 1].resumed_s > 0 ? n : n - 1, (f[n - 1].resumed_s > 0 ? n : n - 1) == 1 ? "" : "s",
-          (long long)steps, steps == 1 ? "" : "s", lost_s);
+          n == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", lost_s);
   for (int i = 0; i < n; i++)
     fprintf(stderr, "baton:   %d. stage %d (pid %d): %s; detected in %.2f s, stopped in %.2f s%s\n", i + 1,
             f[i].stage, f[i].pid, f[i].reason, f[i].detect_latency_s, f[i].stopped_s - f[i].detect_s,
@@ -622,6 +625,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
       rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
       break;
     }
+    if (nfail > 0 && !fails[nfail - 1].respawned) fails[nfail - 1].respawned = res.spawned;
     if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
       fails[nfail - 1].ready_s = res.ready_s;
       fails[nfail - 1].resumed_s = res.first_step_s;

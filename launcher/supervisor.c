@@ -117,7 +117,7 @@ typedef struct sup {
   worker_t *w;
   uint32_t n;
   uv_timer_t tick, grace, drain, delay;
-  uv_signal_t sigint, sigterm, sigusr1;
+  uv_signal_t sigint, sigterm, sigusr1, sighup, sigtstp, sigcont;
   int tick_open, grace_open, drain_open, delay_open, sig_open;
   int delaying;                /* back-off before the spawn is running */
   pending_ckpt_t *ckpt;
@@ -141,6 +141,9 @@ typedef struct sup {
   int tty;                     /* progress as one updating line */
   int progress_shown;          /* a progress line without newline is on screen */
   uint64_t progress_drawn_ns;  /* uv_hrtime() of the last progress output */
+  uint64_t tick_ms;            /* the tick's period */
+  uint64_t last_tick_ms;       /* when the tick last ran: a jump means we did not */
+  int continued;               /* our own SIGTSTP path already continued the job */
 } sup_t;
 
 static uint64_t now_ms(sup_t *s) { return uv_now(&s->loop); }
@@ -955,9 +958,15 @@ static void maybe_finish(sup_t *s) {
     uv_signal_stop(&s->sigint);
     uv_signal_stop(&s->sigterm);
     uv_signal_stop(&s->sigusr1);
+    uv_signal_stop(&s->sighup);
+    uv_signal_stop(&s->sigtstp);
+    uv_signal_stop(&s->sigcont);
     close_handle((uv_handle_t *)&s->sigint, &s->sig_open);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigtstp, NULL);
+    uv_close((uv_handle_t *)&s->sigcont, NULL);
   }
   uv_timer_start(&s->drain, on_drain, 1000, 0);
   uv_unref((uv_handle_t *)&s->drain); /* pipes closing on EOF end the loop first */
@@ -1038,9 +1047,38 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
   return root;
 }
 
+/* The supervisor itself did not run for a while (SIGSTOP, Ctrl-Z, a frozen
+ * machine): silence it measured is its own, not its workers'. Every
+ * deadline starts again from now before anyone is judged; a worker that is
+ * really frozen is still caught one timeout later. */
+static void rearm_deadlines(sup_t *s, const char *why, double stalled_s) {
+  uv_update_time(&s->loop);
+  uint64_t now = now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    w->last_beat_ms = now;
+    if (w->last_progress_ms) w->last_progress_ms = now;
+  }
+  if (s->state == JOB_STARTING) s->start_ms = now;
+  /* Said once: after a SIGSTOP the late tick usually re-arms first and the
+   * SIGCONT that follows finds nothing stale. */
+  if (stalled_s * 1000.0 > 2.0 * (double)s->tick_ms) {
+    clear_progress(s);
+    bt_warn("the supervisor did not run for %.1f s (%s): every deadline re-armed", stalled_s, why);
+  }
+  s->last_tick_ms = now;
+}
+
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = now_ms(s);
+  uint64_t hb_ms = (uint64_t)(s->o->heartbeat_timeout_s * 1000.0);
+  /* A tick far later than its period: the loop's clock jumped. */
+  if (now - s->last_tick_ms > s->tick_ms + hb_ms / 2) {
+    rearm_deadlines(s, "stopped or starved", (double)(now - s->last_tick_ms) / 1000.0);
+    return;
+  }
+  s->last_tick_ms = now;
   if (s->state == JOB_STARTING && now - s->start_ms > (uint64_t)(s->o->start_timeout_s * 1000.0)) {
     for (uint32_t i = 0; i < s->n; i++) {
       worker_t *w = &s->w[i];
@@ -1050,7 +1088,6 @@ static void on_tick(uv_timer_t *t) {
       return;
     }
   }
-  uint64_t hb_ms = (uint64_t)(s->o->heartbeat_timeout_s * 1000.0);
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state == W_EXITED || w->state == W_SPAWNED || w->killed_by_us) continue;
@@ -1163,11 +1200,52 @@ static void on_signal(uv_signal_t *h, int signum) {
       event_end(s, &j);
     }
     begin_stop(s, starting, at);
-  } else if (signum != SIGUSR1) {
+  } else if (signum != SIGUSR1 && signum != SIGHUP) {
+    /* Not SIGHUP: a closing terminal or ssh session may send it twice. */
     bt_warn("%s again: killing every worker now", strsignal(signum));
     log_kill_event(s, "second signal");
     kill_all(s);
   }
+}
+
+/* Sends `sig` to every live worker's process group (each is a session of
+ * its own, so a terminal's job control never reaches them by itself). */
+static void signal_workers(sup_t *s, int sig) {
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    if (w->state == W_EXITED || w->pid <= 0) continue;
+    kill(-w->pid, sig);
+    kill(w->pid, sig);
+  }
+}
+
+/* Ctrl-Z (SIGTSTP): stop the whole job as a shell user
+ * expects, workers first, then ourselves; `fg` (SIGCONT) continues here. */
+static void on_tstp(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  clear_progress(s);
+  bt_info("%s: stopping every worker and the supervisor (fg or SIGCONT continues)", strsignal(signum));
+  uint64_t t0 = uv_hrtime();
+  signal_workers(s, SIGSTOP);
+  kill(getpid(), SIGSTOP);
+  /* Continued. */
+  signal_workers(s, SIGCONT);
+  s->continued = 1;
+  rearm_deadlines(s, "stopped by job control", (double)(uv_hrtime() - t0) / 1e9);
+}
+
+/* SIGCONT after a SIGSTOP we did not ask for: our workers may have been
+ * stopped with us (kill -STOP of a process group), so continue them too. */
+static void on_cont(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  (void)signum;
+  if (s->continued) { /* on_tstp has done it */
+    s->continued = 0;
+    return;
+  }
+  signal_workers(s, SIGCONT);
+  uv_update_time(&s->loop);
+  rearm_deadlines(s, "SIGCONT", (double)(now_ms(s) - s->last_tick_ms) / 1000.0);
 }
 
 /* ---------- spawning ---------- */
@@ -1429,9 +1507,16 @@ static void finish_result(sup_t *s) {
   } else if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1) {
     r->exit_code = BT_EXIT_PREEMPTED;
     r->end = BT_SUP_END_PREEMPTED;
-    if (r->committed_step > 0 && r->committed_step >= s->preempt_at)
+    /* The newest committed step: this incarnation's, else the one it
+     * resumed from (a signal during the back-off commits nothing new). */
+    int64_t newest = r->committed_step > 0 ? r->committed_step : s->o->first_step - 1;
+    if (newest > 0 && newest >= s->preempt_at)
       snprintf(r->reason, sizeof r->reason, "preempted by %s: checkpoint step %lld committed", strsignal(s->stop_signal),
-               (long long)r->committed_step);
+               (long long)newest);
+    else if (newest > 0)
+      snprintf(r->reason, sizeof r->reason,
+               "preempted by %s before checkpoint step %lld could be committed: step %lld is", strsignal(s->stop_signal),
+               (long long)s->preempt_at, (long long)newest);
     else
       snprintf(r->reason, sizeof r->reason, "preempted by %s before a checkpoint could be committed",
                strsignal(s->stop_signal));
@@ -1486,6 +1571,7 @@ static void finish_result(sup_t *s) {
 }
 
 static void spawn_all(sup_t *s) {
+  s->res->spawned = 1;
   uv_update_time(&s->loop);
   s->start_ms = now_ms(s);
   for (uint32_t i = 0; i < s->n; i++) {
@@ -1564,11 +1650,19 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   uv_signal_init(&s->loop, &s->sigusr1);
+  uv_signal_init(&s->loop, &s->sighup);
+  uv_signal_init(&s->loop, &s->sigtstp);
+  uv_signal_init(&s->loop, &s->sigcont);
   s->sig_open = 1;
-  s->sigint.data = s->sigterm.data = s->sigusr1.data = s;
+  s->sigint.data = s->sigterm.data = s->sigusr1.data = s->sighup.data = s;
+  s->sigtstp.data = s->sigcont.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
   uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
+  /* A closed terminal or ssh session: a preemption like SIGTERM. */
+  uv_signal_start(&s->sighup, on_signal, SIGHUP);
+  uv_signal_start(&s->sigtstp, on_tstp, SIGTSTP);
+  uv_signal_start(&s->sigcont, on_cont, SIGCONT);
   uv_update_time(&s->loop);
   s->start_ms = now_ms(s);
   s->epoch_s = o->epoch_s > 0 ? o->epoch_s : bt_clock_s();
@@ -1594,6 +1688,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uint64_t tick_ms = (uint64_t)(shortest * 100.0);
   if (tick_ms < 10) tick_ms = 10;
   if (tick_ms > 500) tick_ms = 500;
+  s->tick_ms = tick_ms;
+  s->last_tick_ms = now_ms(s);
   uv_timer_start(&s->tick, on_tick, tick_ms, tick_ms);
   maybe_finish(s);
   uv_run(&s->loop, UV_RUN_DEFAULT);

@@ -249,3 +249,97 @@ Test(hostile, shard_fifo_and_dev_zero_fall_back_to_previous_step) {
     cr_assert_str_eq(got, ref, "fifo=%d: run hash %s, train hash %s", fifo, got, ref);
   }
 }
+
+/* ---- signals to the supervisor ---- */
+
+#define LONG_STEPS "2500" /* several seconds on 2 stages: long enough to stop it midway */
+
+/* The state letter of /proc/PID/stat ('T' stopped, 'S', 'R', ...), or 0. */
+static char proc_state(pid_t pid) {
+  char p[64], buf[512];
+  snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(p, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *rp = strrchr(buf, ')');
+  return rp && rp[1] == ' ' ? rp[2] : 0;
+}
+
+/* Starts a long 2-stage run and waits until it trains; its pid. */
+static pid_t start_long_run(const char *const *extra) {
+  const char *args[32] = {"run", "--stages", "2", MODEL, "--steps", LONG_STEPS, "--hash"};
+  int k = 0;
+  while (args[k]) k++;
+  for (int i = 0; extra && extra[i]; i++) args[k++] = extra[i];
+  args[k] = NULL;
+  pid_t pid = start(args, NULL);
+  cr_assert(bt_proc_wait_for_text(err_path, ": training", 60000), "the run did not start training");
+  usleep(300 * 1000);
+  return pid;
+}
+
+/* Ctrl-Z for 3 s (longer than the 2 s heartbeat timeout), then fg: the
+ * workers are stopped with the supervisor, nobody is blamed, and the job
+ * ends with `baton train`'s hash. */
+Test(hostile, sigtstp_stops_the_whole_job_and_sigcont_continues_it) {
+  char ref[33], got[33];
+  train_hash(atoi(LONG_STEPS), ref);
+  pid_t sup = start_long_run(NULL);
+  pid_t w[2];
+  cr_assert_eq(bt_proc_worker_pids(err_path, w, 2), 2);
+  cr_assert_eq(kill(sup, SIGTSTP), 0);
+  usleep(1000 * 1000);
+  cr_assert_eq(proc_state(sup), 'T', "the supervisor is not stopped");
+  for (int i = 0; i < 2; i++) cr_assert_eq(proc_state(w[i]), 'T', "stage %d is not stopped (%c)", i, proc_state(w[i]));
+  usleep(2000 * 1000);
+  cr_assert_eq(kill(sup, SIGCONT), 0);
+  int code = finish(sup, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, 0, "exit %d:\n%s", code, e);
+  cr_assert_null(strstr(e, "no heartbeat"), "a worker was blamed for the supervisor's stop:\n%s", e);
+  cr_assert_not_null(strstr(e, "re-armed"), "%s", e);
+  free(e);
+  cr_assert(hash_of(out_path, got));
+  cr_assert_str_eq(got, ref);
+}
+
+/* SIGSTOP of the supervisor alone for 4 s: its workers ran on, their
+ * heartbeats waited in the socket; the late tick is recognised as the
+ * supervisor's own stall and the job finishes. */
+Test(hostile, sigstop_of_the_supervisor_does_not_kill_healthy_workers) {
+  char ref[33], got[33];
+  train_hash(atoi(LONG_STEPS), ref);
+  pid_t sup = start_long_run(NULL);
+  cr_assert_eq(kill(sup, SIGSTOP), 0);
+  usleep(4000 * 1000);
+  cr_assert_eq(kill(sup, SIGCONT), 0);
+  int code = finish(sup, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, 0, "exit %d:\n%s", code, e);
+  cr_assert_null(strstr(e, "killed"), "%s", e);
+  free(e);
+  cr_assert(hash_of(out_path, got));
+  cr_assert_str_eq(got, ref);
+}
+
+/* SIGHUP (a closed terminal or ssh session) is a preemption: checkpoint,
+ * exit 75; the rerun resumes and ends with `baton train`'s hash. */
+Test(hostile, sighup_is_a_preemption_with_a_checkpoint) {
+  char ref[33], got[33];
+  train_hash(atoi(LONG_STEPS), ref);
+  const char *ck[] = {"--ckpt-dir", ckpt_path, NULL};
+  pid_t sup = start_long_run(ck);
+  cr_assert_eq(kill(sup, SIGHUP), 0);
+  int code = finish(sup, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, BT_EXIT_PREEMPTED, "exit %d:\n%s", code, e);
+  cr_assert_not_null(strstr(e, "committed"), "%s", e);
+  free(e);
+  const char *again[] = {"run", "--stages", "2", MODEL, "--steps", LONG_STEPS, "--hash", "--ckpt-dir", ckpt_path, NULL};
+  cr_assert_eq(run_to_end(again, RUN_MS), 0);
+  cr_assert(file_has(err_path, "resuming from"));
+  cr_assert(hash_of(out_path, got));
+  cr_assert_str_eq(got, ref);
+}
