@@ -256,7 +256,8 @@ int bt_ckpt_retain(const char *root, const bt_ckpt_retention_t *pol, int64_t pro
 /* ---- the LOCK file ---- */
 
 typedef struct {
-  int fd;
+  int fd;          /* ROOT/LOCK, flocked, naming the holder */
+  int dir_fd;      /* ROOT itself, flocked: deleting LOCK cannot release it */
   char path[4096];
 } bt_ckpt_lock_t;
 

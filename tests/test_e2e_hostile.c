@@ -343,3 +343,31 @@ Test(hostile, sighup_is_a_preemption_with_a_checkpoint) {
   cr_assert(hash_of(out_path, got));
   cr_assert_str_eq(got, ref);
 }
+
+/* ---- the checkpoint directory ---- */
+
+/* Deleting LOCK under a running job does not let a second job in: the
+ * directory itself is locked for the job's life. */
+Test(hostile, deleting_lock_does_not_admit_a_second_job) {
+  const char *ck[] = {"--ckpt-dir", ckpt_path, NULL};
+  pid_t first = start_long_run(ck);
+  char lock[700];
+  snprintf(lock, sizeof lock, "%s/LOCK", ckpt_path);
+  cr_assert_eq(unlink(lock), 0, "unlink LOCK: %s", strerror(errno));
+  char err2[700];
+  snprintf(err2, sizeof err2, "%s/err2", dir);
+  const char *bin = bt_e2e_env("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--stages", "2", MODEL, "--steps", "5", "--ckpt-dir", ckpt_path, NULL};
+  pid_t second = bt_proc_spawn(argv, NULL, NULL, err2);
+  cr_assert_gt(second, 0);
+  int st = 0;
+  cr_assert_eq(bt_proc_wait(second, REFUSE_MS, &st), 0, "the second job did not end");
+  char *e2 = bt_proc_slurp(err2);
+  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "second job: status %d\n%s", st, e2 ? e2 : "");
+  cr_assert_not_null(strstr(e2, "locked"), "%s", e2);
+  free(e2);
+  int code = finish(first, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, 0, "first job: exit %d\n%s", code, e);
+  free(e);
+}
