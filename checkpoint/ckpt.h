@@ -253,6 +253,12 @@ typedef struct {
 int bt_ckpt_retain(const char *root, const bt_ckpt_retention_t *pol, int64_t protect,
                    int *removed);
 
+/* Removes every step directory without a manifest (step-S.tmp, torn
+ * steps), whatever its step: only for a caller that holds the lock and
+ * knows no writer is left (the job is over). *removed (may be NULL) gets
+ * the count. */
+int bt_ckpt_remove_debris(const char *root, int *removed);
+
 /* ---- the LOCK file ---- */
 
 typedef struct {

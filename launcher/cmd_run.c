@@ -132,6 +132,7 @@ typedef struct {
   const char *csv_arg;     /* --schedule FILE as given */
   char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
   char csv_env[PATH_MAX + 32];
+  char closing[1024];         /* the last line of a job whose final checkpoint did not commit */
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -638,6 +639,16 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
         printf("hash %s\n", hex);
         fflush(stdout);
       }
+      /* The last step is always saved: when it did not commit, the job is
+       * done but its final state is lost, and scripts must be able to tell. */
+      int64_t newest = res.committed_step > restore ? res.committed_step : restore;
+      if (rc == BT_SUP_EXIT_OK && a->o.ckpt_dir && newest < cfg->run.steps) {
+        snprintf(a->closing, sizeof a->closing,
+                "baton run: finished step %lld, but its checkpoint was not committed: the newest committed "
+                "step is %lld (%s)\n",
+                (long long)cfg->run.steps, (long long)newest, res.ckpt_error[0] ? res.ckpt_error : "no save reported");
+        rc = BT_EXIT_UNCOMMITTED;
+      }
       break;
     }
     if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
@@ -887,6 +898,15 @@ int bt_cmd_run(int argc, char **argv) {
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
   rc = run_incarnations(a, &form, restore, restore_dir, path_step, given_layout, fault_env, compress_env);
+  if (locked) {
+    /* Every worker is gone and we hold the lock: a step directory without
+     * a manifest now can never be completed. */
+    int removed = 0, drc = bt_ckpt_remove_debris(a->o.ckpt_dir, &removed);
+    if (drc < 0) bt_warn("--ckpt-dir %s: %s", a->o.ckpt_dir, bt_strerror(drc));
+    if (removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed, removed == 1 ? "y" : "ies");
+  }
+  if (a->closing[0]) fputs(a->closing, stderr);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);

@@ -579,6 +579,8 @@ static void commit_step(sup_t *s, pending_ckpt_t *p) {
   } else {
     clear_progress(s);
     bt_error("checkpoint step %lld not committed: %s", (long long)p->step, bt_strerror(rc));
+    snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "commit of step %lld failed: %s", (long long)p->step,
+             bt_strerror(rc));
   }
   /* uv_now is cached: a long commit must not count as silence. */
   uv_update_time(&s->loop);
@@ -740,6 +742,8 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
      * commits); whatever it is, say it now, not only in a summary. */
     clear_progress(s);
     bt_warn("stage %u reports: %s", w->stage, m.text);
+    if (!strncmp(m.text, "checkpoint", 10))
+      snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "stage %u: %s", w->stage, m.text);
     break;
   }
   case BT_MSG_DONE: {

@@ -121,6 +121,7 @@ typedef struct {
   double first_step_s;         /*   the first step after the restore finished (0: none) */
   double ready_s;              /*   every stage ready (0: never) */
   int spawned;                 /* workers were started (0: stopped during the back-off) */
+  char ckpt_error[600];        /* the latest failed save or commit ("" if none) */
 } bt_sup_result_t;
 
 /* Runs the job to its end; prints forwarded output, progress and, on

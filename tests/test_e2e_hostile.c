@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -370,4 +371,79 @@ Test(hostile, deleting_lock_does_not_admit_a_second_job) {
   char *e = slurp_err();
   cr_assert_eq(code, 0, "first job: exit %d\n%s", code, e);
   free(e);
+}
+
+/* ---- saves that fail ---- */
+
+static char small_mnt[400];
+
+static void umount_small(void) {
+  if (small_mnt[0]) umount2(small_mnt, MNT_DETACH);
+  small_mnt[0] = 0;
+  teardown();
+}
+
+/* A 1.5 MB tmpfs holds one checkpoint of this model (about 0.95 MB) but not
+ * two: step 10 commits, steps 20-40 fail for space. The job finishes with
+ * `baton train`'s hash, exits 80 with a closing line naming step 10, and
+ * leaves no .tmp debris and no HDF5 complaint at exit. */
+Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
+  snprintf(small_mnt, sizeof small_mnt, "%s/small", dir);
+  cr_assert_eq(mkdir(small_mnt, 0755), 0);
+  if (mount("tmpfs", small_mnt, "tmpfs", 0, "size=1500k") != 0) {
+    int e = errno;
+    small_mnt[0] = 0;
+    cr_skip_test("cannot mount a small tmpfs here (%s): needs root", strerror(e));
+  }
+  char ref[33], got[33];
+  train_hash(40, ref);
+  char ck[500];
+  snprintf(ck, sizeof ck, "%s/ck", small_mnt);
+  const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "40", "--ckpt-every", "10", "--ckpt-dir", ck,
+                       "--hash", NULL};
+  int code = run_to_end(run, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, BT_EXIT_UNCOMMITTED, "exit %d:\n%s", code, e);
+  size_t n = strlen(e);
+  cr_assert(n > 1);
+  const char *last = e + n - 1;
+  while (last > e && last[-1] != '\n') last--;
+  cr_assert_not_null(strstr(last, "the newest committed step is 10"), "last line: %s", last);
+  cr_assert_not_null(strstr(last, "No space left on device"), "last line: %s", last);
+  cr_assert_null(strstr(e, "infinite loop"), "%s", e);
+  free(e);
+  cr_assert(hash_of(out_path, got));
+  cr_assert_str_eq(got, ref);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q '\\.tmp'", ck);
+  cr_assert_neq(system(cmd), 0, ".tmp debris left in %s", ck);
+  snprintf(cmd, sizeof cmd, "%s/step-00000010/MANIFEST.json", ck);
+  cr_assert_eq(access(cmd, F_OK), 0, "step 10 is gone");
+}
+
+/* `latest` replaced by a directory: every step still commits (a commit is
+ * the step directory with its manifest), with a warning about `latest`. */
+Test(hostile, latest_as_a_directory_is_a_warning_not_a_failed_commit) {
+  char latest[700];
+  cr_assert_eq(mkdir(ckpt_path, 0755), 0);
+  snprintf(latest, sizeof latest, "%s/latest", ckpt_path);
+  cr_assert_eq(mkdir(latest, 0755), 0);
+  char keep[750];
+  snprintf(keep, sizeof keep, "%s/x", latest); /* non-empty: rename cannot replace it */
+  FILE *f = fopen(keep, "w");
+  cr_assert_not_null(f);
+  fclose(f);
+  const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "20", "--ckpt-every", "10", "--ckpt-dir",
+                       ckpt_path, NULL};
+  int code = run_to_end(run, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, 0, "exit %d:\n%s", code, e);
+  cr_assert_null(strstr(e, "not committed"), "%s", e);
+  cr_assert_not_null(strstr(e, "could not name it"), "%s", e);
+  free(e);
+  const char *verify[] = {"ckpt", "verify", NULL, NULL};
+  char step[700];
+  snprintf(step, sizeof step, "%s/step-00000020", ckpt_path);
+  verify[2] = step;
+  cr_assert_eq(run_to_end(verify, RUN_MS), 0, "step 20 does not verify");
 }

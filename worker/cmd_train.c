@@ -513,7 +513,15 @@ static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
 static void ckpt_close(ckpt_t *ck) {
   bt_ckpt_writer_destroy(ck->writer);
   if (ck->src_open) bt_ckpt_step_close(&ck->src);
-  if (ck->locked) bt_ckpt_lock_release(&ck->lock);
+  if (ck->locked) {
+    /* The writer is joined and we hold the lock: a step directory without
+     * a manifest (a failed save) can never be completed now. */
+    int removed = 0;
+    if (bt_ckpt_remove_debris(ck->root, &removed) == 0 && removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed,
+              removed == 1 ? "y" : "ies");
+    bt_ckpt_lock_release(&ck->lock);
+  }
   free(ck->desc);
   free(ck->model_text);
   free(ck->run_text);
