@@ -1025,7 +1025,8 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
       bt_action_format(bt_sched_at(sc, (int)i, (size_t)w->action - 1), done, sizeof done);
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
-                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle" : "starting";
+                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
+                        : w->phase == BT_PHASE_CONNECT ? "connecting" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
     bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,
@@ -1122,6 +1123,14 @@ static void on_tick(uv_timer_t *t) {
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
          w->last_progress_ms < blame->last_progress_ms))
       blame = w;
+  }
+  if (blame && blame->phase == BT_PHASE_CONNECT) {
+    /* Still connecting to its peers: a start-up failure (something holds
+     * the data plane), not a hang in the schedule. */
+    kill_worker(blame);
+    worker_failed(blame, F_CRASH, "start-up: stage %u did not connect to its peers within %.1f s (killed)",
+                  blame->stage, (double)(now - blame->last_progress_ms) / 1000.0);
+    return;
   }
   if (blame) {
     blame = hang_report(s, blame);
