@@ -5,14 +5,19 @@
  * under a running job. Each must end in one line and a documented exit code
  * (or in the job finishing with `baton train`'s hash), never in a hang. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -446,4 +451,130 @@ Test(hostile, latest_as_a_directory_is_a_warning_not_a_failed_commit) {
   snprintf(step, sizeof step, "%s/step-00000020", ckpt_path);
   verify[2] = step;
   cr_assert_eq(run_to_end(verify, RUN_MS), 0, "step 20 does not verify");
+}
+
+/* ---- the data plane ---- */
+
+/* The listening abstract Unix sockets ("@name") of process `pid`: their
+ * names, found through its fds' socket inodes in /proc/net/unix. */
+static int listening_sockets(pid_t pid, char names[][108], int max) {
+  char fdir[64], link[128], p[400];
+  unsigned long inodes[256];
+  int ni = 0, n = 0;
+  snprintf(fdir, sizeof fdir, "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(fdir);
+  if (!d) return 0;
+  struct dirent *e;
+  while ((e = readdir(d)) && ni < 256) {
+    snprintf(p, sizeof p, "%s/%s", fdir, e->d_name);
+    ssize_t k = readlink(p, link, sizeof link - 1);
+    if (k <= 0) continue;
+    link[k] = 0;
+    unsigned long ino;
+    if (sscanf(link, "socket:[%lu]", &ino) == 1) inodes[ni++] = ino;
+  }
+  closedir(d);
+  FILE *f = fopen("/proc/net/unix", "r");
+  if (!f) return 0;
+  char line[512];
+  while (fgets(line, sizeof line, f) && n < max) {
+    unsigned long flags, ino;
+    unsigned st;
+    char path[108] = "";
+    if (sscanf(line, "%*s %*s %*s %lx %*s %x %lu %107s", &flags, &st, &ino, path) < 4) continue;
+    if (!(flags & 0x10000) || path[0] != '@') continue; /* __SO_ACCEPTCON: listening */
+    for (int i = 0; i < ni; i++)
+      if (inodes[i] == ino) snprintf(names[n++], 108, "%s", path);
+  }
+  fclose(f);
+  return n;
+}
+
+static int dial_abstract(const char *name) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  size_t n = strlen(name + 1);
+  memcpy(sa.sun_path + 1, name + 1, n);
+  if (connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n)) < 0 &&
+      errno != EINPROGRESS && errno != EAGAIN) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+typedef struct {
+  const char *err_path;
+  volatile int stop;
+  int silent, garbage; /* connections made */
+} flood_t;
+
+/* From the moment the workers exist until told to stop: open silent
+ * connections to every listening socket of every worker and hold them all
+ * (up to HOLD: the backlog stays full of silent peers), and keep sending
+ * garbage and half handshakes, so start-up itself is flooded. */
+static void *flood_main(void *arg) {
+  flood_t *fl = arg;
+  enum { HOLD = 600 };
+  int held[HOLD], nh = 0;
+  while (!fl->stop) {
+    pid_t w[2] = {0, 0};
+    int nw = 0;
+    char *e = bt_proc_slurp(fl->err_path);
+    for (char *p = e; p && (p = strstr(p, "(pid ")) && nw < 2; p += 5) w[nw++] = (pid_t)atoi(p + 5);
+    free(e);
+    for (int i = 0; i < nw; i++) {
+      char names[4][108];
+      int ns = listening_sockets(w[i], names, 4);
+      for (int s = 0; s < ns; s++) {
+        for (int k = 0; k < 8 && nh < HOLD; k++) {
+          int fd = dial_abstract(names[s]);
+          if (fd >= 0) held[nh++] = fd, fl->silent++;
+        }
+        int g = dial_abstract(names[s]);
+        if (g >= 0) {
+          static const char junk[] = "GET / HTTP/1.0\r\n\r\nBTHS\x01\x00\x10\x00garbage";
+          ssize_t wr = send(g, junk, (fl->garbage & 1) ? 4 : sizeof junk - 1, MSG_NOSIGNAL);
+          (void)wr;
+          close(g);
+          fl->garbage++;
+        }
+      }
+    }
+    usleep(2000);
+  }
+  for (int i = 0; i < nh; i++) close(held[i]);
+  return NULL;
+}
+
+/* Hundreds of silent and garbage connections on the workers' data sockets,
+ * from before the pipeline forms to its end: the job still forms, finishes
+ * with `baton train`'s hash, and logs each kind of refusal once, not once
+ * per connection. */
+Test(hostile, connection_flood_during_start_up_still_ends_with_train_hash) {
+  char ref[33], got[33];
+  train_hash(300, ref);
+  const char *args[] = {"run", "--stages", "2", MODEL, "--steps", "300", "--hash", NULL};
+  flood_t fl = {.err_path = err_path};
+  unlink(err_path);
+  pthread_t th;
+  pid_t sup = start(args, NULL);
+  cr_assert_eq(pthread_create(&th, NULL, flood_main, &fl), 0);
+  int st = 0, waited = bt_proc_wait(sup, RUN_MS, &st);
+  fl.stop = 1; /* before any assertion: the thread uses this frame */
+  pthread_join(th, NULL);
+  if (waited != 0) kill(-sup, SIGKILL);
+  cr_assert_eq(waited, 0, "baton run did not end within %d ms", RUN_MS);
+  cr_assert(WIFEXITED(st), "baton run died of signal %d", WTERMSIG(st));
+  int code = WEXITSTATUS(st);
+  char *e = slurp_err();
+  cr_assert_eq(code, 0, "exit %d after %d silent and %d garbage connections:\n%s", code, fl.silent, fl.garbage, e);
+  cr_assert_gt(fl.silent, 100, "the flood made only %d connections", fl.silent);
+  int lines = 0;
+  for (const char *p = e; (p = strstr(p, "refused a connection from")); p++) lines++;
+  cr_assert_leq(lines, 2 * 11, "%d refusal lines for %d connections:\n%s", lines, fl.silent + fl.garbage, e);
+  free(e);
+  cr_assert(hash_of(out_path, got));
+  cr_assert_str_eq(got, ref);
 }
