@@ -641,6 +641,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
       }
       /* The last step is always saved: when it did not commit, the job is
        * done but its final state is lost, and scripts must be able to tell. */
+      if (rc == BT_SUP_EXIT_OK && res.output_error) rc = BT_SUP_EXIT_FAILED; /* said when it happened */
       int64_t newest = res.committed_step > restore ? res.committed_step : restore;
       if (rc == BT_SUP_EXIT_OK && a->o.ckpt_dir && newest < cfg->run.steps) {
         snprintf(a->closing, sizeof a->closing,

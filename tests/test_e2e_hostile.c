@@ -578,3 +578,25 @@ Test(hostile, connection_flood_during_start_up_still_ends_with_train_hash) {
   cr_assert(hash_of(out_path, got));
   cr_assert_str_eq(got, ref);
 }
+
+/* ---- output files ---- */
+
+/* One rule for --metrics, --events and --trace of `baton run` and --metrics
+ * of `baton train`: a failed write is said once, training finishes (the
+ * hash is printed), and the exit is 1. */
+Test(hostile, a_failed_output_write_is_said_once_and_exits_1) {
+  const char *flags[][2] = {{"run", "--metrics"}, {"run", "--events"}, {"run", "--trace"}, {"train", "--metrics"}};
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+    const char *run[] = {flags[i][0], "--stages", "2", MODEL, "--steps", "20", "--hash", flags[i][1], "/dev/full", NULL};
+    const char *train[] = {flags[i][0], MODEL, "--steps", "20", "--hash", flags[i][1], "/dev/full", NULL};
+    int code = run_to_end(strcmp(flags[i][0], "run") ? train : run, RUN_MS);
+    char *e = slurp_err();
+    cr_assert_eq(code, 1, "%s %s /dev/full: exit %d\n%s", flags[i][0], flags[i][1], code, e);
+    int said = 0;
+    for (const char *p = e; (p = strstr(p, "/dev/full")); p++) said++;
+    cr_assert_eq(said, 1, "%s %s: said %d times:\n%s", flags[i][0], flags[i][1], said, e);
+    free(e);
+    char hex[33];
+    cr_assert(hash_of(out_path, hex), "%s %s: no hash: training did not finish", flags[i][0], flags[i][1]);
+  }
+}

@@ -594,7 +594,8 @@ static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, doubl
   bt_json_knum(j, "elapsed_s", elapsed);
   bt_json_obj_end(j);
   if (bt_json_error(j)) return bt_json_error(j);
-  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0) return -EIO;
+  errno = 0;
+  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0 || fflush(f) != 0) return errno ? -errno : -EIO;
   return 0;
 }
 
@@ -655,6 +656,7 @@ int bt_cmd_train(int argc, char **argv) {
   bt_backend_t *be = NULL;
   bt_stage_t *st = NULL;
   FILE *metrics = NULL;
+  int metrics_failed = 0;
   ckpt_t ck;
   memset(&ck, 0, sizeof ck);
   bt_json_t j;
@@ -763,8 +765,13 @@ int bt_cmd_train(int argc, char **argv) {
       double dt = now - ts;
       rc = write_metrics(metrics, &j, s + 1, loss, lr, dt > 0 ? tokens / dt : 0, now - t0);
       if (rc) {
-        fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, bt_strerror(rc));
-        goto out;
+        /* As in `baton run`: said once, training goes on, the exit says so. */
+        fprintf(stderr, "baton train: --metrics %s: %s: no more lines are written there; the job will "
+                "exit 1\n", a.metrics, bt_strerror(rc));
+        fclose(metrics);
+        metrics = NULL;
+        metrics_failed = 1;
+        rc = 0;
       }
     }
     if ((s + 1) % a.print_every == 0 || s + 1 == steps) {
@@ -800,7 +807,7 @@ done:
     }
     printf("hash %s\n", hex);
   }
-  code = 0;
+  code = metrics_failed ? 1 : 0;
 out:
   if (a.ck.dir) ckpt_close(&ck);
   if (metrics && fclose(metrics) != 0 && code == 0) {
