@@ -130,7 +130,18 @@ int bt_ckpt_lock_acquire(const char *root, bt_ckpt_lock_t *lk, char *holder, siz
   for (int attempt = 0; attempt < 8; attempt++) {
     do fd = open(lk->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -errno;
+    if (fd < 0) {
+      /* The directory exists (mkdir said so) but takes no file: /proc/self,
+       * a read-only mount. strerror alone ("No such file or directory")
+       * would send the user looking for a missing path. */
+      rc = -errno;
+      if (holder && holderlen)
+        snprintf(holder, holderlen, "cannot create a file in it (%s): a checkpoint directory must be writable",
+                 strerror(errno));
+      if (lk->dir_fd >= 0) close(lk->dir_fd);
+      lk->dir_fd = -1;
+      return rc;
+    }
     int known = read_holder(fd, &h);
     int r;
     do r = flock(fd, LOCK_EX | LOCK_NB);

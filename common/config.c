@@ -13,6 +13,7 @@
 #include "common/crc.h"
 #include "common/error.h"
 #include "common/file.h"
+#include "common/frame.h"
 #include "common/model.h"
 #include "common/parse.h"
 
@@ -61,7 +62,7 @@ static const bt_config_flag_t g_flags[] = {
      1, "compute backend: cpu or cuda"},
     {"steps", BT_CONFIG_RUN, BT_FLAG_I64, OFF(run.steps), 0, "400", 1, 1e12, 0, 1,
      "optimizer steps to run (the total, counting resumed ones)"},
-    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, 4096, 0, 1,
+    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, BT_MAX_STAGES, 0, 1,
      "pipeline stages (worker processes)"},
     {"chunks", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.chunks), 0, "1", 1, 64, 0, 1,
      "chunks (virtual stages) per stage"},

@@ -158,6 +158,10 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       a->o.progress = 0;
       continue;
     }
+    if (!strncmp(arg, "--hash=", 7) || !strncmp(arg, "--no-progress=", 14)) {
+      fprintf(stderr, "baton run: %.*s takes no value\n", (int)(strchr(arg, '=') - arg), arg);
+      return 2;
+    }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton run: unexpected argument '%s' (try `baton run --help`)\n", arg);
       return 2;
@@ -185,6 +189,11 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     else if (i + 1 < argc) v = argv[++i];
     else {
       fprintf(stderr, "baton run: %s needs a value\n", name);
+      return 2;
+    }
+    if (!strcmp(name, "--layout") && !v[0]) {
+      /* "" is the default's spelling inside; given, it is a mistake. */
+      fprintf(stderr, "baton run: --layout: empty (give layers per stage, e.g. 3,3, or leave it out)\n");
       return 2;
     }
     if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
@@ -543,16 +552,25 @@ static void job_event_failure(run_args_t *a, const char *name, const failure_t *
 static void print_summary(const failure_t *f, int n, double end_s) {
   if (n == 0) return;
   double lost_s = 0;
-  int64_t steps = 0;
+  int64_t steps = 0, dropped = 0;
   int restarts = 0;
   for (int i = 0; i < n; i++) {
     lost_s += (f[i].resumed_s > 0 ? f[i].resumed_s : end_s) - f[i].detect_s + f[i].detect_latency_s;
-    steps += f[i].lost;
-    /* A restart is a respawn: one stopped during its back-off never ran. */
+    /* A restart is a respawn: one stopped during its back-off never ran,
+     * and the steps past its checkpoint were dropped, not replayed. */
     restarts += f[i].respawned;
+    if (f[i].respawned)
+      steps += f[i].lost;
+    else
+      dropped += f[i].lost;
   }
-  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed, %.1f s lost\n", n,
-          n == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", lost_s);
+  char extra[96] = "";
+  if (dropped > 0)
+    snprintf(extra, sizeof extra, ", %lld step%s past the last commit not kept", (long long)dropped,
+             dropped == 1 ? "" : "s");
+  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed%s, %.1f s lost\n", n,
+          n == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", extra,
+          lost_s);
   for (int i = 0; i < n; i++)
     fprintf(stderr, "baton:   %d. stage %d (pid %d): %s; detected in %.2f s, stopped in %.2f s%s\n", i + 1,
             f[i].stage, f[i].pid, f[i].reason, f[i].detect_latency_s, f[i].stopped_s - f[i].detect_s,
@@ -821,8 +839,11 @@ int bt_cmd_run(int argc, char **argv) {
      * into it. A lock left by a killed supervisor is taken over. */
     int lrc = bt_ckpt_lock_acquire(a->o.ckpt_dir, &lock, holder, sizeof holder);
     if (lrc) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc), holder[0] ? ": " : "",
-              holder);
+      if (lrc != BT_ELOCKED && holder[0]) /* the reason says it all */
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, holder);
+      else
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc),
+                holder[0] ? ": " : "", holder);
       goto out;
     }
     locked = 1;

@@ -618,8 +618,9 @@ static void commit_step(sup_t *s, pending_ckpt_t *p) {
     int64_t at = 0;
     for (uint32_t i = 0; i < s->n; i++)
       if (s->w[i].step > at) at = s->w[i].step;
-    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld", (long long)p->step,
-            (long long)(at + 1));
+    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld at the earliest (each stage "
+            "finishes the step it is in)",
+            (long long)p->step, (long long)(at + 1));
     begin_stop(s, 0, at + 1);
   }
 }
@@ -1220,8 +1221,11 @@ static void on_signal(uv_signal_t *h, int signum) {
     if (s->state == JOB_RUNNING) at++;
     /* Before START nothing has been trained: nothing to finish, abort. */
     int starting = s->state == JOB_STARTING;
-    bt_warn("%s: stopping (after step %lld; grace %.1f s; again to kill now)", strsignal(signum),
-            (long long)at, s->o->grace_s);
+    /* What we know of each stage's step lags: a stage already in a later
+     * step finishes that one, so `at` is the earliest, not the exact end. */
+    bt_warn("%s: stopping (after step %lld at the earliest: each stage finishes the step it is in; grace %.1f s; "
+            "again to kill now)",
+            strsignal(signum), (long long)at, s->o->grace_s);
     bt_json_t j;
     if (event_begin(s, &j, "stop")) {
       char name[32];

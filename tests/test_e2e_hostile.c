@@ -600,3 +600,66 @@ Test(hostile, a_failed_output_write_is_said_once_and_exits_1) {
     cr_assert(hash_of(out_path, hex), "%s %s: no hash: training did not finish", flags[i][0], flags[i][1]);
   }
 }
+
+/* ---- small ones: each one line, exit 2, and true ---- */
+
+Test(hostile, small_usage_errors_say_what_is_true) {
+  const char *stages0[] = {"run", "--stages", "0", NULL};
+  assert_refused(stages0, "[1, 256]");
+  const char *hash_run[] = {"run", "--stages", "2", "--hash=1", NULL};
+  assert_refused(hash_run, "--hash takes no value");
+  const char *hash_train[] = {"train", "--hash=1", NULL};
+  assert_refused(hash_train, "--hash takes no value");
+  const char *bogus[] = {"train", "--bogus", NULL};
+  assert_refused(bogus, "unknown option '--bogus'");
+  const char *layout[] = {"run", "--stages", "2", "--layout", "", NULL};
+  assert_refused(layout, "--layout: empty");
+  const char *proc_run[] = {"run", "--stages", "2", MODEL, "--steps", "2", "--ckpt-dir", "/proc/self", NULL};
+  assert_refused(proc_run, "cannot create a file in it");
+  const char *proc_train[] = {"train", MODEL, "--steps", "2", "--ckpt-dir", "/proc/self", NULL};
+  assert_refused(proc_train, "cannot create a file in it");
+}
+
+/* A manifest whose step is not its directory's: `ckpt ls` says so, rather
+ * than "a shard is missing". */
+Test(hostile, ckpt_ls_names_a_step_that_disagrees_with_its_directory) {
+  const char *save[] = {"run", "--stages", "2", MODEL, "--steps", "20", "--ckpt-every", "10", "--ckpt-dir",
+                        ckpt_path, NULL};
+  cr_assert_eq(run_to_end(save, RUN_MS), 0);
+  char man[700];
+  snprintf(man, sizeof man, "%s/step-00000010/MANIFEST.json", ckpt_path);
+  char *m = bt_proc_slurp(man);
+  cr_assert_not_null(m);
+  char *at = strstr(m, "\"step\":10,");
+  cr_assert_not_null(at);
+  at[8] = '1'; /* "step":11 */
+  FILE *f = fopen(man, "w");
+  cr_assert_not_null(f);
+  fputs(m, f);
+  cr_assert_eq(fclose(f), 0);
+  free(m);
+  const char *ls[] = {"ckpt", "ls", ckpt_path, NULL};
+  run_to_end(ls, REFUSE_MS);
+  cr_assert(file_has(out_path, "says step 11"), "ckpt ls does not name the step mismatch");
+  cr_assert(!file_has(out_path, "a shard is missing"));
+}
+
+/* SIGTERM during the restart back-off: nothing runs, so the job stops at
+ * once; the committed step from before the failure is named, and the
+ * summary counts no restart (none was spawned). */
+Test(hostile, sigterm_during_the_back_off_names_the_committed_step) {
+  const char *args[] = {"run", "--stages", "2", MODEL, "--steps", "400", "--ckpt-every", "5", "--ckpt-dir",
+                        ckpt_path, "--inject-fault", "crash@stage=1,step=12", "--backoff", "30", "--no-progress",
+                        NULL};
+  pid_t sup = start(args, NULL);
+  cr_assert(bt_proc_wait_for_text(err_path, "restart 1 of at most", 60000), "no restart was planned");
+  cr_assert_eq(kill(sup, SIGTERM), 0);
+  int code = finish(sup, REFUSE_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, BT_EXIT_PREEMPTED, "exit %d\n%s", code, e);
+  /* Step 5 or 10, as the crash at step 12 let the save of 10 finish. */
+  cr_assert(strstr(e, "checkpoint step 5 committed") || strstr(e, "checkpoint step 10 committed"), "%s", e);
+  cr_assert_null(strstr(e, "before a checkpoint could be committed"), "%s", e);
+  cr_assert_not_null(strstr(e, "1 failure, 0 restarts"), "%s", e);
+  free(e);
+}

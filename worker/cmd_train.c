@@ -119,6 +119,10 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
       a->hash = 1;
       continue;
     }
+    if (!strncmp(arg, "--hash=", 7)) {
+      fprintf(stderr, "baton train: --hash takes no value\n");
+      return 2;
+    }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton train: unexpected argument '%s' (try --help)\n", arg);
       return 2;
@@ -130,6 +134,13 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     if (nl >= sizeof name) nl = sizeof name - 1;
     memcpy(name, arg, nl);
     name[nl] = 0;
+    int known = !strcmp(name, "--metrics") || bt_ckpt_flags_known(name) || !strcmp(name, "--print-every") ||
+                bt_config_has_flag(BT_CONFIG_MODEL, name) || !strcmp(name, "--steps") ||
+                !strcmp(name, "--backend");
+    if (!known) {
+      fprintf(stderr, "baton train: unknown option '%s' (try --help)\n", name);
+      return 2;
+    }
     if (eq) value = eq + 1;
     else if (i + 1 < argc) value = argv[++i];
     else value = NULL;
@@ -240,9 +251,15 @@ static int ckpt_lock(ckpt_t *ck, const train_args_t *a) {
   ck->keep = bt_ckpt_flags_retention(&a->ck);
   int rc = bt_ckpt_lock_acquire(ck->root, &ck->lock, holder, sizeof holder);
   if (rc) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
-            holder[0] ? ": " : "", holder);
-    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST ? 2 : 1;
+    if (rc != BT_ELOCKED && holder[0]) /* the reason says it all */
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, holder);
+    else
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
+              holder[0] ? ": " : "", holder);
+    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST || rc == -ENOENT ||
+                   rc == -EROFS
+               ? 2
+               : 1;
   }
   ck->locked = 1;
   return 0;
