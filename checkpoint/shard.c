@@ -333,6 +333,7 @@ out:
     }
   }
   if (fapl >= 0) H5Pclose(fapl);
+  if (rc == BT_EHDF5) bt_h5_note_broken();
   if (rc == BT_EHDF5) {
     int e = h5_errno();
     if (e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS || e == EACCES) rc = -e;
