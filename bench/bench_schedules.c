@@ -16,6 +16,7 @@
 
 #include "common/sysinfo.h"
 #include "common/json.h"
+#include "schedules/check.h"
 #include "schedules/schedule.h"
 #include "schedules/sim.h"
 
