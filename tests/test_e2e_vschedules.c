@@ -305,3 +305,51 @@ Test(vsched, checkpoints_move_between_v_and_k_mod_p_placements) {
     }
   }
 }
+
+/* ---- the local handoff, seen from the worker's transport calls ------------ */
+
+static int count_lines(const char *text, const char *a, const char *b) {
+  int n = 0;
+  for (const char *line = text; line && *line;) {
+    const char *end = strchr(line, '\n');
+    size_t len = end ? (size_t)(end - line) : strlen(line);
+    char buf[512];
+    snprintf(buf, sizeof buf, "%.*s", (int)(len < sizeof buf ? len : sizeof buf - 1), line);
+    if (strstr(buf, a) && (!b || strstr(buf, b))) n++;
+    line = end ? end + 1 : NULL;
+  }
+  return n;
+}
+
+/* With BATON_LOG=debug every worker logs each send it hands the transport,
+ * each receive it waits for and each tensor it passes on in memory: the
+ * turn of the V (virtual stage p-1 to p on the last worker) is only ever
+ * the last kind. p = 3, m = 4, one step. */
+Test(vsched, the_turn_of_the_v_never_touches_the_transport) {
+  const char *schedules[] = {"zb-v", "dualpipev"};
+  for (int i = 0; i < 2; i++) {
+    const char *ms = i ? "6" : "4";
+    int m = i ? 6 : 4, p = 3;
+    char *argv[] = {(char *)bt_e2e_env("BATON_BIN"), "run", "--no-progress", "--stages", "3", "--schedule",
+                    (char *)schedules[i], "--layers", "6", "--dim", "16", "--mb-tokens", "16", "--steps", "1",
+                    "--microbatches", (char *)ms, NULL};
+    char *env[] = {"BATON_LOG=debug", NULL};
+    unlink(out_path);
+    unlink(err_path);
+    pid_t pid = bt_proc_spawn(argv, env, out_path, err_path);
+    int st = 0;
+    cr_assert_eq(bt_proc_wait(pid, RUN_TIMEOUT_MS, &st), 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char *e = bt_proc_slurp(err_path);
+    int sends = count_lines(e, " sends ", NULL), waits = count_lines(e, " waits for ", NULL);
+    /* 2p - 1 hops, one local: (2p - 2) m activations and as many gradients */
+    cr_assert_eq(sends, 2 * (2 * p - 2) * m, "%s: %d sends", schedules[i], sends);
+    cr_assert_eq(waits, sends, "%s: %d receives waited for, %d sends", schedules[i], waits, sends);
+    cr_assert_eq(count_lines(e, " sends activation of virtual stage 2,", NULL), 0, "%s", schedules[i]);
+    cr_assert_eq(count_lines(e, " sends gradient of virtual stage 3,", NULL), 0, "%s", schedules[i]);
+    cr_assert_eq(count_lines(e, "waits for activation of virtual stage 2,", NULL), 0);
+    cr_assert_eq(count_lines(e, "in memory", NULL), 2 * m, "%s", schedules[i]);
+    cr_assert_eq(count_lines(e, "in memory", "[stage 2]"), 2 * m, "%s: not all on the last worker", schedules[i]);
+    free(e);
+  }
+}

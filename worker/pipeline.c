@@ -115,6 +115,11 @@ static int hand_off_locally(pipe_t *w, const bt_action_t *a) {
   size_t bytes = bt_stage_act_bytes(w->st);
   const bt_schedule_t *s = &w->sched;
   int k = a->stage;
+  if (bt_log_get_level() >= BT_LOG_DEBUG &&
+      ((a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) ||
+       ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me)))
+    bt_debug("%c%d of micro-batch %d: handed to virtual stage %d in memory",
+             a->type == BT_ACT_F ? 'F' : 'B', k, a->mb, a->type == BT_ACT_F ? k + 1 : k - 1);
   if (a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) {
     float *src = bt_stage_act_out(w->st, bt_sched_chunk_of(s, k), a->mb);
     float *dst = bt_stage_act_in(w->st, bt_sched_chunk_of(s, k + 1), a->mb);
@@ -216,6 +221,12 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       void *buf = wire_buf(w, dev);
       /* the host twin of (chunk, mb) stays untouched until the step ends */
       rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
+      if (rc == 0 && bt_log_get_level() >= BT_LOG_DEBUG) {
+        char tag[96], an[32];
+        bt_tag_str(&cm.send[s].tag, tag, sizeof tag);
+        bt_debug("step %lld: %s sends %s to stage %d", (long long)step, bt_action_format(a, an, sizeof an), tag,
+                 cm.send[s].peer);
+      }
       if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         bt_errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
