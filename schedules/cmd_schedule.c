@@ -334,7 +334,14 @@ static int run_trace(const opts_t *o) {
   char title[256];
   snprintf(title, sizeof title, "trace %s: %d workers, %zu actions, bubble fraction %.4f", o->trace,
            t.p, t.n, r.bubble_fraction);
-  bt_render_opts_t ro = {.p = t.p, .v = t.v, .title = title, .unit = "us"};
+  /* A trace of a V run (every action on the worker the V gives its stage)
+   * is drawn as one. */
+  int vshape = t.v == 2 && t.p > 1;
+  for (size_t i = 0; vshape && i < t.n; i++) {
+    int k = t.boxes[i].act.stage;
+    vshape = t.boxes[i].worker == (k < t.p ? k : 2 * t.p - 1 - k);
+  }
+  bt_render_opts_t ro = {.p = t.p, .v = t.v, .title = title, .unit = "us", .vshape = vshape};
   if (o->svg && (code = write_svg(o->svg, t.boxes, t.n, &ro))) goto done;
   if (o->json) {
     bt_json_obj_begin(&j);

@@ -360,3 +360,19 @@ Test(vsched, the_turn_of_the_v_never_touches_the_transport) {
     free(e);
   }
 }
+
+/* A real V run's trace is drawn as a V too. */
+Test(vsched, the_trace_of_a_v_run_is_drawn_as_a_v) {
+  char trace[320], svg[320];
+  snprintf(trace, sizeof trace, "%s/t.json", dir);
+  snprintf(svg, sizeof svg, "%s/t.svg", dir);
+  const char *run[] = {"run", "--no-progress", "--stages", "2", "--schedule", "zb-v", GRID_MODEL, "--trace", trace, NULL};
+  check_ok(run_args(run, RUN_TIMEOUT_MS), "baton run --trace");
+  const char *draw[] = {"schedule", "--from-trace", trace, "--svg", svg, NULL};
+  check_ok(run_args(draw, 30000), "baton schedule --from-trace");
+  char *s = bt_proc_slurp(svg);
+  cr_assert_not_null(s);
+  cr_assert(strstr(s, "class=\"vshape\""), "no V legend in the trace's drawing");
+  cr_assert(strstr(s, "data-action=\"3F0\""), "no chunk-1 action of worker 0");
+  free(s);
+}
