@@ -397,7 +397,7 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
          name, m, p, p);
     return BT_EARG;
   }
-  size_t per = (size_t)v * (size_t)m * 3;
+  size_t per = (size_t)v * (size_t)m * (strcmp(name, "zb-h1") && !vshape ? 2 : 3);
   if (per * (size_t)p > BT_SCHED_MAX_ACTIONS) {
     bt_errf(err, errlen,
          "%s with p=%d, v=%d, m=%d has more than %zu actions; try fewer "
