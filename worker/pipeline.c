@@ -99,33 +99,42 @@ static int exit_code_of(int rc) {
  * activation from virtual stage k feeds k+1; a gradient from k feeds k-1. */
 static float *recv_buf(pipe_t *w, const bt_tag_t *t) {
   int k = t->kind == BT_MSG_ACTIVATION ? t->stage + 1 : t->stage - 1;
-  int c = k / w->p;
+  int c = bt_sched_chunk_of(&w->sched, k);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_in(w->st, c, t->mb) : bt_stage_grad_in(w->st, c, t->mb);
 }
 
 static float *send_buf(pipe_t *w, const bt_tag_t *t) {
-  int c = t->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, t->stage);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_out(w->st, c, t->mb) : bt_stage_grad_out(w->st, c, t->mb);
 }
 
-/* Consecutive virtual stages on this same worker (p = 1 with chunks) pass
- * the tensor in memory: the schedule derives no message for them. */
+/* Consecutive virtual stages on this same worker (p = 1 with chunks, the
+ * turn of a V placement on the last stage) pass the tensor in memory: the
+ * schedule derives no message for them, so the transport never sees it. */
 static int hand_off_locally(pipe_t *w, const bt_action_t *a) {
   size_t bytes = bt_stage_act_bytes(w->st);
+  const bt_schedule_t *s = &w->sched;
   int k = a->stage;
-  if (a->type == BT_ACT_F && k + 1 < w->nv && (k + 1) % w->p == w->me) {
-    float *src = bt_stage_act_out(w->st, k / w->p, a->mb), *dst = bt_stage_act_in(w->st, (k + 1) / w->p, a->mb);
+  if (bt_log_get_level() >= BT_LOG_DEBUG &&
+      ((a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) ||
+       ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me)))
+    bt_debug("%c%d of micro-batch %d: handed to virtual stage %d in memory",
+             a->type == BT_ACT_F ? 'F' : 'B', k, a->mb, a->type == BT_ACT_F ? k + 1 : k - 1);
+  if (a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) {
+    float *src = bt_stage_act_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_act_in(w->st, bt_sched_chunk_of(s, k + 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
-  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && (k - 1) % w->p == w->me) {
-    float *src = bt_stage_grad_out(w->st, k / w->p, a->mb), *dst = bt_stage_grad_in(w->st, (k - 1) / w->p, a->mb);
+  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me) {
+    float *src = bt_stage_grad_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_grad_in(w->st, bt_sched_chunk_of(s, k - 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
   return 0;
 }
 
 static int compute(pipe_t *w, const bt_action_t *a) {
-  int c = a->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, a->stage);
   switch (a->type) {
   case BT_ACT_F: return bt_stage_forward(w->st, c, a->mb);
   case BT_ACT_B: return bt_stage_backward(w->st, c, a->mb);
@@ -212,6 +221,12 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       void *buf = wire_buf(w, dev);
       /* the host twin of (chunk, mb) stays untouched until the step ends */
       rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
+      if (rc == 0 && bt_log_get_level() >= BT_LOG_DEBUG) {
+        char tag[96], an[32];
+        bt_tag_str(&cm.send[s].tag, tag, sizeof tag);
+        bt_debug("step %lld: %s sends %s to stage %d", (long long)step, bt_action_format(a, an, sizeof an), tag,
+                 cm.send[s].peer);
+      }
       if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         bt_errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
@@ -338,7 +353,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   }
   bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
   for (int c = 0; c < w->v; c++) {
-    int k = c * w->p + w->me;
+    int k = bt_sched_stage_of(&w->sched, w->me, c);
     ranges[c].first = first[k];
     ranges[c].last = last[k];
     if (ranges[c].last >= bt_model_layer_count(&cfg->model) - 1) w->holds_head = 1;
