@@ -84,7 +84,9 @@ static void *load_lib(const char *name, void **slot, char *why, size_t why_len) 
     goto done;
   }
   if (access(path, F_OK) != 0) {
-    say(why, why_len, "GPU library %s not found next to baton (built without CUDA?)", name);
+    if (why && why_len)
+      snprintf(why, why_len, "%s library %s not found next to baton (built without CUDA?)",
+               strcmp(name, CUDA_LIB_NAME) ? "NCCL" : "CUDA", name);
     goto done;
   }
   /* RTLD_LOCAL: CUDA's, cuBLAS's and NCCL's symbols stay out of the

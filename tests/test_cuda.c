@@ -407,7 +407,7 @@ Test(cuda, no_gpu_gives_one_line_naming_what_is_missing) {
   int rc = bt_backend_create("cuda", 0, &be, why, sizeof why);
   if (rc == 0) {
     bt_backend_destroy(be);
-    cr_skip_test("a CUDA device is present, so the no-GPU message cannot be seen here");
+    cr_skip_test("a CUDA device is present, so the no-GPU message cannot be seen here (by design on a GPU node)");
   }
   cr_assert_eq(rc, BT_EBACKEND, "rc %d (%s): %s", rc, bt_strerror(rc), why);
   assert_one_line(why);
@@ -439,7 +439,7 @@ Test(cuda, cpu_backend_works_after_cuda_fails) {
   char why[512];
   if (bt_backend_create("cuda", 0, &be, why, sizeof why) == 0) {
     bt_backend_destroy(be);
-    cr_skip_test("a CUDA device is present");
+    cr_skip_test("a CUDA device is present (by design on a GPU node)");
   }
   cr_assert_eq(bt_backend_create("cpu", 0, &cpu, why, sizeof why), 0, "%s", why);
   float x[6] = {1, 2, 3, 4, 5, 6}, w[2 * 3] = {1, 0, 0, 0, 1, 1}, out[4];

@@ -731,6 +731,11 @@ int bt_tx_nccl_choose(const char *const *gpu_of_rank, int nranks, char *why, siz
   for (int a = 0; a < nranks; a++)
     for (int b = a + 1; b < nranks; b++)
       if (gpu_of_rank[a] && gpu_of_rank[b] && !strcmp(gpu_of_rank[a], gpu_of_rank[b])) {
+        /* BATON_NCCL_SHARED_GPU=1 tries NCCL anyway, for an NCCL that lets
+         * two ranks share a device (scripts/gpu-check.sh tests whether the
+         * node's does; NCCL 2.28 says "Duplicate GPU detected"). */
+        const char *force = getenv("BATON_NCCL_SHARED_GPU");
+        if (force && !strcmp(force, "1")) continue;
         snprintf(why, why_len, "ranks %d and %d share GPU %s (NCCL refuses two ranks on one "
                  "device)", a, b, gpu_of_rank[a]);
         return 0;
