@@ -450,3 +450,25 @@ Test(cuda, cpu_backend_works_after_cuda_fails) {
   cr_assert_eq(out[3], 11.0f);
   bt_backend_destroy(cpu);
 }
+
+/* NCCL is loaded only by a run that uses it: creating the CUDA backend
+ * (whether or not a GPU is there) maps libbaton_cuda.so and never NCCL, so
+ * the compute backend works where NCCL is missing or cannot load. */
+Test(cuda, the_backend_does_not_load_nccl) {
+  point_at_built_library();
+  if (!built_library_exists()) cr_skip_test("built without CUDA: no library to load");
+  bt_backend_t *be = NULL;
+  char why[512];
+  if (bt_backend_create("cuda", 0, &be, why, sizeof why) == 0) bt_backend_destroy(be);
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert(f);
+  char line[1024];
+  int cuda = 0, nccl = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strstr(line, "libbaton_cuda.so")) cuda = 1;
+    if (strstr(line, "libnccl") || strstr(line, "libbaton_nccl.so")) nccl = 1;
+  }
+  fclose(f);
+  cr_assert(cuda, "libbaton_cuda.so was not loaded (%s)", why);
+  cr_assert_not(nccl, "creating the CUDA backend loaded NCCL");
+}

@@ -255,6 +255,12 @@ Test(nccl, shared_gpu_falls_back_to_sockets) {
   cr_assert_eq(bt_tx_nccl_choose(shared, 3, why, sizeof why), 0);
   cr_assert(strstr(why, "ranks 0 and 2") && strstr(why, "node1/0000:3b:00.0"), "why: '%s'", why);
   cr_assert_eq(bt_tx_nccl_choose(shared, 1, why, sizeof why), 1);
+  /* gpu-check's try of an NCCL that might allow two ranks on one GPU. */
+  setenv("BATON_NCCL_SHARED_GPU", "1", 1);
+  cr_assert_eq(bt_tx_nccl_choose(shared, 3, why, sizeof why), 1, "%s", why);
+  setenv("BATON_NCCL_SHARED_GPU", "0", 1);
+  cr_assert_eq(bt_tx_nccl_choose(shared, 3, why, sizeof why), 0);
+  unsetenv("BATON_NCCL_SHARED_GPU");
 }
 
 Test(nccl, staging_round_trip_with_the_cpu_backend) {
