@@ -87,15 +87,20 @@ do_pack() {
   [ -n "$out" ] || out=${src:-.}/build-pack
   local dir=$out/$PACK_NAME
   rm -rf "$dir" "$out/$PACK_NAME.tar.gz"
-  mkdir -p "$dir/tests" "$dir/bench" "$dir/lib" || die "cannot create $dir"
+  mkdir -p "$dir/tests" "$dir/bench" "$dir/lib/compat" || die "cannot create $dir"
   local files=(baton libbaton_cuda.so libbaton_nccl.so tests/test_cuda tests/test_nccl bench/bench_gpu) f
   for f in "${files[@]}"; do cp -p "$build/$f" "$dir/$f" || die "cannot copy $f"; done
+  # The C++ runtime goes to lib/compat: the node's own is used when it is
+  # at least as new (cuBLAS and NCCL may need a newer one than ours).
   for f in "${files[@]}"; do needed_libs "$build/$f"; done | sort -u | while read -r lib; do
-    cp -pL "$lib" "$dir/lib/"
+    case "$(basename "$lib")" in
+      libstdc++.so*|libgcc_s.so*) cp -pL "$lib" "$dir/lib/compat/" ;;
+      *) cp -pL "$lib" "$dir/lib/" ;;
+    esac
   done
   # Debug information is most of the size and no use on the node.
   if command -v strip >/dev/null 2>&1; then
-    strip --strip-debug "$dir/lib/"* "${files[@]/#/$dir/}" 2>/dev/null || true
+    strip --strip-debug "$dir/lib/"*.so* "$dir/lib/compat/"* "${files[@]/#/$dir/}" 2>/dev/null || true
   fi
   local torch
   for torch in "$build/bench/torch_model.py" "${src:-.}/bench/torch_model.py"; do
@@ -191,7 +196,10 @@ judge_pipeline() {
   elif [ -n "$run" ] && [ "$run" = "$train" ]; then
     record "$name" PASS "hash $run = baton train --backend cuda"
   else
-    record "$name" FAIL "run hash '${run:-none}' vs train '${train:-none}': $(grep -a -m1 -i 'error\|failed' "$d/$name.log" 2>/dev/null | cut -c1-200)"
+    local why
+    why=$(grep -a -m1 -i 'error\|failed' "$d/$name.log" 2>/dev/null)
+    [ -n "$why" ] || why=$(tail -n1 "$d/$name.log" 2>/dev/null)
+    record "$name" FAIL "run hash '${run:-none}' vs train '${train:-none}': $(printf '%s' "$why" | cut -c1-200)"
   fi
 }
 
@@ -309,8 +317,21 @@ for lib in 'libcudart.so.1' 'libcublas.so.1' 'libcublasLt.so.1' 'libnccl.so.2'; 
   echo "library ${lib%.so*}: ${found:-NOT FOUND}" >>"$logs/env.txt"
   [ -n "$found" ] && case ":$extra:" in *":${found% *}:"*) ;; *) extra=${extra:+$extra:}${found% *} ;; esac
 done
+# The packed C++ runtime only where the node's is older (or missing).
+glibcxx() { grep -ao 'GLIBCXX_3\.4\.[0-9]*' "$1" 2>/dev/null | sort -t. -k3,3n | tail -n1; }
+sys_cxx=$(ldconfig -p 2>/dev/null | awk '$1 == "libstdc++.so.6" {print $NF; exit}')
+compat=""
+if [ -f "$tree/lib/compat/libstdc++.so.6" ]; then
+  have=$( [ -n "$sys_cxx" ] && glibcxx "$sys_cxx") want=$(glibcxx "$tree/lib/compat/libstdc++.so.6")
+  if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$have" "$want" | sort -t. -k3,3n | tail -n1)" != "$have" ]; then
+    compat=$tree/lib/compat
+  fi
+  if [ -n "$compat" ]; then cxx_note="the packed one ($want)"
+  else cxx_note="the system one (${have:-none}; packed: $want)"; fi
+  echo "C++ runtime: $cxx_note" >>"$logs/env.txt"
+fi
 orig_ld=${LD_LIBRARY_PATH:-}
-export LD_LIBRARY_PATH="$tree/lib${extra:+:$extra}${orig_ld:+:$orig_ld}"
+export LD_LIBRARY_PATH="$tree/lib${compat:+:$compat}${extra:+:$extra}${orig_ld:+:$orig_ld}"
 export BATON_CUDA_LIB=$tree BATON_BUILD_DIR=$tree BATON_BIN=$tree/baton
 export NCCL_DEBUG=WARN BATON_CUDA_SYNC_TIMEOUT=${BATON_CUDA_SYNC_TIMEOUT:-60}
 # PyTorch (bench_gpu's comparison) must not see the packed libraries.
