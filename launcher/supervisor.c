@@ -689,7 +689,9 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
   case BT_MSG_HEARTBEAT: {
     bt_msg_heartbeat_t m;
     if ((rc = bt_msg_decode_heartbeat(f, &m)) < 0) break;
-    if (m.actions_done != w->actions_done) w->last_progress_ms = now_ms(s);
+    /* Leaving NCCL set-up is progress: its allowance ends there. */
+    if (m.actions_done != w->actions_done || (w->phase == BT_PHASE_SETUP && m.phase != BT_PHASE_SETUP))
+      w->last_progress_ms = now_ms(s);
     w->actions_done = m.actions_done;
     w->step = m.step;
     w->action = m.action;
@@ -1100,7 +1102,10 @@ static void on_tick(uv_timer_t *t) {
     kill_worker(blame);
     worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
                   (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
-                  (long long)blame->action, blame->phase == BT_PHASE_WAIT ? "waiting for a peer" : "computing");
+                  (long long)blame->action,
+                  blame->phase == BT_PHASE_WAIT    ? "waiting for a peer"
+                  : blame->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                                                   : "computing");
   }
 }
 
