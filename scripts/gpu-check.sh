@@ -90,11 +90,11 @@ do_pack() {
   mkdir -p "$dir/tests" "$dir/bench" "$dir/lib/compat" || die "cannot create $dir"
   local files=(baton libbaton_cuda.so libbaton_nccl.so tests/test_cuda tests/test_nccl bench/bench_gpu) f
   for f in "${files[@]}"; do cp -p "$build/$f" "$dir/$f" || die "cannot copy $f"; done
-  # The C++ runtime goes to lib/compat: the node's own is used when it is
+  # The C++ library goes to lib/compat: the node's own is used when it is
   # at least as new (cuBLAS and NCCL may need a newer one than ours).
   for f in "${files[@]}"; do needed_libs "$build/$f"; done | sort -u | while read -r lib; do
     case "$(basename "$lib")" in
-      libstdc++.so*|libgcc_s.so*) cp -pL "$lib" "$dir/lib/compat/" ;;
+      libstdc++.so*) cp -pL "$lib" "$dir/lib/compat/" ;;
       *) cp -pL "$lib" "$dir/lib/" ;;
     esac
   done

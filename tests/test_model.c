@@ -667,3 +667,31 @@ Test(model, the_scratch_bound_covers_every_shape_of_the_model) {
       bt_backend_destroy(be);
     }
 }
+
+/* --math against BATON_CUDA_MATH: a backend that reports the conflict
+ * (the CUDA backend's set_math returns BT_ECONFIG when the variable names
+ * another mode) makes the stage refuse with one line naming both. */
+static int conflicting_set_math(bt_backend_t *be, const char *mode) {
+  (void)be, (void)mode;
+  return BT_ECONFIG;
+}
+
+Test(model, math_conflicting_with_baton_cuda_math_is_refused_in_one_line) {
+  bt_backend_t *be = cpu();
+  bt_backend_ops_t ops = *be->ops;
+  const bt_backend_ops_t *orig = be->ops;
+  ops.set_math = conflicting_set_math;
+  be->ops = &ops;
+  setenv("BATON_CUDA_MATH", "tf32", 1);
+  bt_model_config_t m = tiny(1);
+  bt_layer_range_t r = {0, m.layers + 1};
+  bt_stage_t *st = NULL;
+  char err[256] = "";
+  int rc = bt_stage_create(be, &m, &r, 1, &st, err, sizeof err);
+  unsetenv("BATON_CUDA_MATH");
+  cr_assert_eq(rc, BT_ECONFIG, "got %d", rc);
+  cr_assert_null(st);
+  cr_assert_str_eq(err, "--math fp32 conflicts with BATON_CUDA_MATH=tf32: give one of them");
+  be->ops = orig;
+  bt_backend_destroy(be);
+}
