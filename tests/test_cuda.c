@@ -34,8 +34,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "worker/stage.h"
+#include "worker/transport_nccl.h"
 
 /* ---- helpers ---- */
 
@@ -471,4 +474,61 @@ Test(cuda, the_backend_does_not_load_nccl) {
   fclose(f);
   cr_assert(cuda, "libbaton_cuda.so was not loaded (%s)", why);
   cr_assert_not(nccl, "creating the CUDA backend loaded NCCL");
+}
+
+/* Host copies larger than the 4 MiB bounce buffer, to and from pageable
+ * memory (through the bounce buffer, every piece's wait bounded) and
+ * page-locked memory (directly), arrive exactly. */
+Test(cuda, host_copies_through_the_bounce_buffer_are_exact) {
+  pair_t p = backends_or_skip();
+  bt_backend_t *g = p.gpu;
+  const size_t n = ((size_t)9 << 20) + 3;
+  uint8_t *src = brand(n, 256), *back = calloc(1, n);
+  cr_assert(back);
+  void *dev = NULL;
+  cr_assert_eq(g->ops->alloc(g, &dev, n), 0);
+  cr_assert_eq(g->ops->to_device(g, dev, src, n), 0);
+  cr_assert_eq(g->ops->to_host(g, back, dev, n), 0);
+  cr_assert_eq(memcmp(src, back, n), 0, "pageable round trip differs");
+  void *pinned = NULL;
+  cr_assert_eq(bt_tx_stage_alloc(g, n, &pinned), 0);
+  cr_assert_eq(g->ops->to_host(g, pinned, dev, n), 0);
+  cr_assert_eq(memcmp(src, pinned, n), 0, "page-locked copy differs");
+  bt_tx_stage_free(g, pinned);
+  g->ops->free(g, dev);
+  free(src);
+  free(back);
+  backends_free(&p);
+}
+
+/* After seal the CUDA backend allocates nothing: a stage trains 2 steps
+ * with the allocation counter unchanged, and alloc is refused. */
+Test(cuda, a_sealed_backend_allocates_nothing_in_training) {
+  pair_t p = backends_or_skip();
+  bt_backend_t *g = p.gpu;
+  bt_config_t c;
+  bt_config_defaults(&c);
+  c.model.layers = 2;
+  c.model.dim = 64;
+  c.model.microbatches = 2;
+  c.model.mb_tokens = 32;
+  bt_layer_range_t r = {0, c.model.layers + 1};
+  bt_stage_t *st = NULL;
+  char err[256] = "";
+  cr_assert_eq(bt_stage_create(g, &c.model, &r, 1, &st, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(bt_stage_seal(st), 0);
+  uint64_t sealed = g->allocs;
+  for (int s = 0; s < 2; s++) {
+    cr_assert_eq(bt_stage_begin_step(st, s), 0);
+    for (int mb = 0; mb < 2; mb++) cr_assert_eq(bt_stage_forward(st, 0, mb), 0);
+    for (int mb = 0; mb < 2; mb++) cr_assert_eq(bt_stage_backward(st, 0, mb), 0);
+    cr_assert_eq(bt_stage_optimizer_step(st), 0);
+  }
+  cr_assert_eq(g->ops->sync(g), 0);
+  cr_assert_eq(g->allocs, sealed, "%llu device allocations during training",
+               (unsigned long long)(g->allocs - sealed));
+  void *d = NULL;
+  cr_assert_eq(g->ops->alloc(g, &d, 64), BT_EUNSUPPORTED);
+  bt_stage_destroy(st);
+  backends_free(&p);
 }
