@@ -340,6 +340,7 @@ chmod +x "$work/python"
 export BATON_PYTHON=$work/python
 {
   echo "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)"
+  echo "glibc: $(ldd --version 2>&1 | head -n1) (the pack needs 2.35 or later)"
   echo "NCCL/CUDA: $("$tree/baton" worker --probe cuda 2>&1 | head -n1)"
   echo "ldd libbaton_cuda.so:"; ldd "$tree/libbaton_cuda.so" 2>&1 | sed 's/^/    /'
   echo "ldd libbaton_nccl.so:"; ldd "$tree/libbaton_nccl.so" 2>&1 | sed 's/^/    /'
