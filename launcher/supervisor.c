@@ -693,7 +693,9 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
   case BT_MSG_HEARTBEAT: {
     bt_msg_heartbeat_t m;
     if ((rc = bt_msg_decode_heartbeat(f, &m)) < 0) break;
-    if (m.actions_done != w->actions_done) w->last_progress_ms = now_ms(s);
+    /* Leaving NCCL set-up is progress: its allowance ends there. */
+    if (m.actions_done != w->actions_done || (w->phase == BT_PHASE_SETUP && m.phase != BT_PHASE_SETUP))
+      w->last_progress_ms = now_ms(s);
     w->actions_done = m.actions_done;
     w->step = m.step;
     w->action = m.action;
@@ -986,6 +988,16 @@ static worker_t *waits_on(sup_t *s, worker_t *w) {
  * schedule's communication: a stage waiting for a peer is not the cause
  * while that peer is itself stuck elsewhere. The end of the chain (a stage
  * not waiting on anyone, or the first one seen twice) is blamed. */
+/* BATON_NCCL_SETUP_MS, the deadline the workers give NCCL's set-up
+ * (worker/pipeline.c refuses a malformed value, so the default here only
+ * covers a job that then fails anyway). */
+static uint64_t nccl_setup_ms(void) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  char *end;
+  long long v = e && *e ? strtoll(e, &end, 10) : 0;
+  return e && *e && !*end && v > 0 ? (uint64_t)v : 120000;
+}
+
 static worker_t *hang_report(sup_t *s, worker_t *suspect) {
   worker_t *root = suspect;
   uint8_t *seen = calloc(s->n, 1);
@@ -1016,7 +1028,8 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
       bt_action_format(bt_sched_at(sc, (int)i, (size_t)w->action - 1), done, sizeof done);
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
-                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle" : "starting";
+                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
+                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
     bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,
@@ -1080,6 +1093,8 @@ static void on_tick(uv_timer_t *t) {
      * previous save) moves no action index: ten times. */
     uint64_t allow = w->steps_reported == 0 ? 2 * pt_ms : pt_ms;
     if (w->phase == BT_PHASE_CKPT) allow = 10 * pt_ms;
+    /* Creating the NCCL communicators has its own documented deadline. */
+    if (w->phase == BT_PHASE_SETUP) allow = nccl_setup_ms() + pt_ms;
     if (now - w->last_progress_ms <= allow) continue;
     if (!blame || (blame->phase == BT_PHASE_WAIT && w->phase != BT_PHASE_WAIT) ||
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
@@ -1091,7 +1106,10 @@ static void on_tick(uv_timer_t *t) {
     kill_worker(blame);
     worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
                   (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
-                  (long long)blame->action, blame->phase == BT_PHASE_WAIT ? "waiting for a peer" : "computing");
+                  (long long)blame->action,
+                  blame->phase == BT_PHASE_WAIT    ? "waiting for a peer"
+                  : blame->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                                                   : "computing");
   }
 }
 

@@ -302,8 +302,8 @@ static int find_peers(pipe_t *w, int *peers, int *npeers) {
 static int pick_device(pipe_t *w) {
   char why[512] = "";
   int count = 0;
-  while (count < 1024 && bt_tx_nccl_available(count, count ? NULL : why, sizeof why) == 0) count++;
-  if (count == 0) {
+  /* The CUDA runtime alone: NCCL is loaded only if the job uses it. */
+  if (bt_backend_cuda_devices(&count, why, sizeof why) < 0 || count == 0) {
     bt_errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
     return BT_EBACKEND;
   }
@@ -330,9 +330,35 @@ static int gpu_identity(pipe_t *w) {
   } else {
     snprintf(w->gpu, sizeof w->gpu, "%s", name);
   }
-  if (w->me == 0 && (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0)
-    bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
-  return rc;
+  /* Stage 0 hosts NCCL's bootstrap. Where NCCL cannot load here, the id
+   * stays all zero, which tells every worker to use sockets. */
+  if (w->me == 0) {
+    char why[512] = "";
+    if (bt_tx_nccl_available(w->device, why, sizeof why) == 0 &&
+        (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0) {
+      bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
+      return rc;
+    }
+    if (why[0]) bt_warn("%s", why);
+  }
+  return 0;
+}
+
+/* BATON_NCCL_SETUP_MS: how long creating the NCCL communicators may take
+ * (default 120 s); the supervisor allows a stage in BT_PHASE_SETUP as
+ * long. */
+static int nccl_setup_ms(pipe_t *w, int64_t *ms) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  *ms = 120000;
+  if (!e || !*e) return 0;
+  char *end;
+  long long v = strtoll(e, &end, 10);
+  if (*end || v <= 0) {
+    bt_errf(w->err, sizeof w->err, "BATON_NCCL_SETUP_MS=%s is not a positive number of milliseconds", e);
+    return BT_EARG;
+  }
+  *ms = v;
+  return 0;
 }
 
 static int setup(pipe_t *w, int *first, int *last) {
@@ -392,13 +418,21 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
   for (int i = 0; i < w->p; i++) names[i] = start->gpus[i];
   char why[512] = "";
   int rc;
-  if (bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+  static const uint8_t no_id[BT_TX_NCCL_ID_BYTES];
+  int have_id = memcmp(start->nccl_id, no_id, sizeof no_id) != 0;
+  if (!have_id) snprintf(why, sizeof why, "stage 0 cannot load NCCL");
+  if (have_id && bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+    int64_t setup_ms;
+    if ((rc = nccl_setup_ms(w, &setup_ms)) < 0) return rc;
     bt_tx_destroy(w->tx);
     w->tx = NULL;
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_SETUP);
     bt_tx_nccl_opts_t no = {.rank = w->me, .nranks = w->p, .device = w->device, .id = start->nccl_id,
-                            .peers = w->peers, .npeers = w->npeers, .init_ms = w->env->peer_timeout_ms};
+                            .peers = w->peers, .npeers = w->npeers, .init_ms = setup_ms,
+                            .stream = w->be->ops->stream ? w->be->ops->stream(w->be) : NULL};
     if ((rc = bt_tx_nccl_create(&no, &w->tx, why, sizeof why)) < 0)
       bt_errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_INIT);
     *use_sockets = 0;
     return rc;
   }
@@ -669,6 +703,11 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   }
   if ((rc = setup(&w, first, last)) < 0) goto done;
   if ((rc = ckpt_setup(&w)) < 0) goto done;
+  /* Set-up ends here: no step allocates (or, on CUDA, frees) memory. */
+  if ((rc = bt_stage_seal(w.st)) < 0) {
+    bt_errf(w.err, sizeof w.err, "sizing the backend's scratch memory: %s", bt_strerror(rc));
+    goto done;
+  }
   if ((rc = bt_control_send_ready_gpu(ctl, bt_tx_socket_address(w.tx), w.gpu, w.cuda && w.me == 0 ? w.nccl_id : NULL)) < 0)
     goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the
