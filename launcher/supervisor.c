@@ -389,7 +389,11 @@ static void send_start(sup_t *s) {
 /* ---------- metrics, progress, trace ---------- */
 
 static void emit_step(sup_t *s, pending_step_t *p) {
-  const bt_msg_metrics_t *head = &p->m[s->n - 1]; /* the last stage holds the head */
+  /* The stage holding the head (the last virtual stage): the last stage,
+   * or stage 0 in a V placement. */
+  const bt_schedule_t *sc = s->o->sched;
+  int hw = sc && sc->p == (int)s->n ? bt_sched_worker_of(sc, bt_sched_nstages(sc) - 1) : (int)s->n - 1;
+  const bt_msg_metrics_t *head = &p->m[hw];
   double step_s = 0, busy = 0;
   for (uint32_t i = 0; i < s->n; i++) {
     if (p->m[i].step_s > step_s) step_s = p->m[i].step_s;
@@ -713,7 +717,9 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
   case BT_MSG_HEARTBEAT: {
     bt_msg_heartbeat_t m;
     if ((rc = bt_msg_decode_heartbeat(f, &m)) < 0) break;
-    if (m.actions_done != w->actions_done) w->last_progress_ms = now_ms(s);
+    /* Leaving NCCL set-up is progress: its allowance ends there. */
+    if (m.actions_done != w->actions_done || (w->phase == BT_PHASE_SETUP && m.phase != BT_PHASE_SETUP))
+      w->last_progress_ms = now_ms(s);
     w->actions_done = m.actions_done;
     w->step = m.step;
     w->action = m.action;
@@ -1014,6 +1020,16 @@ static worker_t *waits_on(sup_t *s, worker_t *w) {
  * schedule's communication: a stage waiting for a peer is not the cause
  * while that peer is itself stuck elsewhere. The end of the chain (a stage
  * not waiting on anyone, or the first one seen twice) is blamed. */
+/* BATON_NCCL_SETUP_MS, the deadline the workers give NCCL's set-up
+ * (worker/pipeline.c refuses a malformed value, so the default here only
+ * covers a job that then fails anyway). */
+static uint64_t nccl_setup_ms(void) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  char *end;
+  long long v = e && *e ? strtoll(e, &end, 10) : 0;
+  return e && *e && !*end && v > 0 ? (uint64_t)v : 120000;
+}
+
 static worker_t *hang_report(sup_t *s, worker_t *suspect) {
   worker_t *root = suspect;
   uint8_t *seen = calloc(s->n, 1);
@@ -1045,6 +1061,7 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
                         : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
+                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL"
                         : w->phase == BT_PHASE_CONNECT ? "connecting" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
@@ -1137,6 +1154,8 @@ static void on_tick(uv_timer_t *t) {
      * previous save) moves no action index: ten times. */
     uint64_t allow = w->steps_reported == 0 ? 2 * pt_ms : pt_ms;
     if (w->phase == BT_PHASE_CKPT) allow = 10 * pt_ms;
+    /* Creating the NCCL communicators has its own documented deadline. */
+    if (w->phase == BT_PHASE_SETUP) allow = nccl_setup_ms() + pt_ms;
     if (now - w->last_progress_ms <= allow) continue;
     if (!blame || (blame->phase == BT_PHASE_WAIT && w->phase != BT_PHASE_WAIT) ||
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
@@ -1156,7 +1175,10 @@ static void on_tick(uv_timer_t *t) {
     kill_worker(blame);
     worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
                   (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
-                  (long long)blame->action, blame->phase == BT_PHASE_WAIT ? "waiting for a peer" : "computing");
+                  (long long)blame->action,
+                  blame->phase == BT_PHASE_WAIT    ? "waiting for a peer"
+                  : blame->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                                                   : "computing");
   }
 }
 
