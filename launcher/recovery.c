@@ -165,16 +165,28 @@ out:
   return rc;
 }
 
-static void log_problem(void *arg, const char *line) {
-  (void)arg; /* the line names the path itself */
-  bt_warn("%s", line);
+typedef struct {
+  char *why;
+  size_t len;
+} first_problem_t;
+
+/* Keeps the first problem, without the step's base name in front of it (the
+ * caller names the path as the user gave it). */
+static void keep_problem(void *arg, const char *line) {
+  first_problem_t *fp = arg;
+  if (!fp->why || !fp->len || fp->why[0]) return;
+  const char *colon = strstr(line, ": ");
+  snprintf(fp->why, fp->len, "%s", colon ? colon + 2 : line);
 }
 
-int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text) {
+int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text, char *why,
+                          size_t whylen) {
   bt_ckpt_step_t st;
   memset(&st, 0, sizeof st);
   *model_text = NULL;
-  int rc = bt_ckpt_step_open(step_dir, BT_CKPT_CHECK_CRC, &st, log_problem, (void *)step_dir);
+  if (why && whylen) why[0] = 0;
+  first_problem_t fp = {why, whylen};
+  int rc = bt_ckpt_step_open(step_dir, BT_CKPT_CHECK_CRC, &st, keep_problem, &fp);
   if (rc) return rc;
   *step = st.step;
   if (st.man.meta.model_config && !(*model_text = strdup(st.man.meta.model_config))) rc = -ENOMEM;

@@ -69,7 +69,9 @@ int bt_recovery_hash(const char *step_dir, bt_hash128_t *out);
 
 /* Opens a committed step directory (`--resume PATH`) at CRC level: *step
  * and *model_text (malloc'ed) from its manifest. BT_ENOTCKPT, BT_ECORRUPT,
- * ... with one line per problem logged. */
-int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text);
+ * ... with the first problem in why (whylen bytes; nothing logged: the
+ * caller prints one line). */
+int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text, char *why,
+                          size_t whylen);
 
 #endif

@@ -117,7 +117,7 @@ typedef struct sup {
   worker_t *w;
   uint32_t n;
   uv_timer_t tick, grace, drain, delay;
-  uv_signal_t sigint, sigterm, sigusr1;
+  uv_signal_t sigint, sigterm, sigusr1, sighup, sigtstp, sigcont;
   int tick_open, grace_open, drain_open, delay_open, sig_open;
   int delaying;                /* back-off before the spawn is running */
   pending_ckpt_t *ckpt;
@@ -141,6 +141,9 @@ typedef struct sup {
   int tty;                     /* progress as one updating line */
   int progress_shown;          /* a progress line without newline is on screen */
   uint64_t progress_drawn_ns;  /* uv_hrtime() of the last progress output */
+  uint64_t tick_ms;            /* the tick's period */
+  uint64_t last_tick_ms;       /* when the tick last ran: a jump means we did not */
+  int continued;               /* our own SIGTSTP path already continued the job */
 } sup_t;
 
 static uint64_t now_ms(sup_t *s) { return uv_now(&s->loop); }
@@ -163,6 +166,26 @@ static void clear_progress(sup_t *s) {
   }
 }
 
+/* ---------- output files ---------- */
+
+/* One rule for --metrics, --events and --trace: the first failed write is
+ * said once, the file is dropped (no line half-written after it), training
+ * goes on, and the job's exit says so (res->output_error). */
+static void output_failed(sup_t *s, FILE **f, const char *flag, const char *path, int err) {
+  clear_progress(s);
+  bt_error("%s %s: %s: no more lines are written there; the job will exit 1", flag, path, strerror(err));
+  fclose(*f);
+  *f = NULL;
+  s->res->output_error = 1;
+}
+
+/* Writes one line and flushes; 0 or the errno of the failure. */
+static int put_line(FILE *f, const char *line) {
+  errno = 0;
+  if (fprintf(f, "%s\n", line) < 0 || fflush(f) != 0 || ferror(f)) return errno ? errno : EIO;
+  return 0;
+}
+
 /* ---------- the event log ---------- */
 
 /* Starts an event line: {"event":NAME,"time_s":seconds since start, … */
@@ -178,10 +201,9 @@ static int event_begin(sup_t *s, bt_json_t *j, const char *name) {
 /* Ends and writes it; flushed at once, so the log survives our death. */
 static void event_end(sup_t *s, bt_json_t *j) {
   bt_json_obj_end(j);
-  if (!bt_json_error(j)) {
-    fprintf(s->events, "%s\n", bt_json_cstr(j));
-    fflush(s->events);
-  }
+  int err;
+  if (!bt_json_error(j) && s->events && (err = put_line(s->events, bt_json_cstr(j))))
+    output_failed(s, &s->events, "--events", s->o->events_path, err);
   bt_json_free(j);
 }
 
@@ -415,10 +437,9 @@ static void emit_step(sup_t *s, pending_step_t *p) {
     for (uint32_t i = 0; i < s->n; i++) bt_json_num(&j, p->m[i].idle_s);
     bt_json_arr_end(&j);
     bt_json_obj_end(&j);
-    if (!bt_json_error(&j)) {
-      fprintf(s->metrics, "%s\n", bt_json_cstr(&j));
-      fflush(s->metrics);
-    }
+    int err;
+    if (!bt_json_error(&j) && (err = put_line(s->metrics, bt_json_cstr(&j))))
+      output_failed(s, &s->metrics, "--metrics", s->o->metrics_path, err);
     bt_json_free(&j);
   }
   if (!s->o->progress) return;
@@ -580,6 +601,8 @@ static void commit_step(sup_t *s, pending_ckpt_t *p) {
   } else {
     clear_progress(s);
     bt_error("checkpoint step %lld not committed: %s", (long long)p->step, bt_strerror(rc));
+    snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "commit of step %lld failed: %s", (long long)p->step,
+             bt_strerror(rc));
   }
   /* uv_now is cached: a long commit must not count as silence. */
   uv_update_time(&s->loop);
@@ -599,8 +622,9 @@ static void commit_step(sup_t *s, pending_ckpt_t *p) {
     int64_t at = 0;
     for (uint32_t i = 0; i < s->n; i++)
       if (s->w[i].step > at) at = s->w[i].step;
-    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld", (long long)p->step,
-            (long long)(at + 1));
+    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld at the earliest (each stage "
+            "finishes the step it is in)",
+            (long long)p->step, (long long)(at + 1));
     begin_stop(s, 0, at + 1);
   }
 }
@@ -743,6 +767,8 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
      * commits); whatever it is, say it now, not only in a summary. */
     clear_progress(s);
     bt_warn("stage %u reports: %s", w->stage, m.text);
+    if (!strncmp(m.text, "checkpoint", 10))
+      snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "stage %u: %s", w->stage, m.text);
     break;
   }
   case BT_MSG_DONE: {
@@ -961,9 +987,15 @@ static void maybe_finish(sup_t *s) {
     uv_signal_stop(&s->sigint);
     uv_signal_stop(&s->sigterm);
     uv_signal_stop(&s->sigusr1);
+    uv_signal_stop(&s->sighup);
+    uv_signal_stop(&s->sigtstp);
+    uv_signal_stop(&s->sigcont);
     close_handle((uv_handle_t *)&s->sigint, &s->sig_open);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigtstp, NULL);
+    uv_close((uv_handle_t *)&s->sigcont, NULL);
   }
   uv_timer_start(&s->drain, on_drain, 1000, 0);
   uv_unref((uv_handle_t *)&s->drain); /* pipes closing on EOF end the loop first */
@@ -1029,7 +1061,8 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
                         : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
-                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL" : "starting";
+                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                        : w->phase == BT_PHASE_CONNECT ? "connecting" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
     bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,
@@ -1055,9 +1088,38 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
   return root;
 }
 
+/* The supervisor itself did not run for a while (SIGSTOP, Ctrl-Z, a frozen
+ * machine): silence it measured is its own, not its workers'. Every
+ * deadline starts again from now before anyone is judged; a worker that is
+ * really frozen is still caught one timeout later. */
+static void rearm_deadlines(sup_t *s, const char *why, double stalled_s) {
+  uv_update_time(&s->loop);
+  uint64_t now = now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    w->last_beat_ms = now;
+    if (w->last_progress_ms) w->last_progress_ms = now;
+  }
+  if (s->state == JOB_STARTING) s->start_ms = now;
+  /* Said once: after a SIGSTOP the late tick usually re-arms first and the
+   * SIGCONT that follows finds nothing stale. */
+  if (stalled_s * 1000.0 > 2.0 * (double)s->tick_ms) {
+    clear_progress(s);
+    bt_warn("the supervisor did not run for %.1f s (%s): every deadline re-armed", stalled_s, why);
+  }
+  s->last_tick_ms = now;
+}
+
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = now_ms(s);
+  uint64_t hb_ms = (uint64_t)(s->o->heartbeat_timeout_s * 1000.0);
+  /* A tick far later than its period: the loop's clock jumped. */
+  if (now - s->last_tick_ms > s->tick_ms + hb_ms / 2) {
+    rearm_deadlines(s, "stopped or starved", (double)(now - s->last_tick_ms) / 1000.0);
+    return;
+  }
+  s->last_tick_ms = now;
   if (s->state == JOB_STARTING && now - s->start_ms > (uint64_t)(s->o->start_timeout_s * 1000.0)) {
     for (uint32_t i = 0; i < s->n; i++) {
       worker_t *w = &s->w[i];
@@ -1067,7 +1129,6 @@ static void on_tick(uv_timer_t *t) {
       return;
     }
   }
-  uint64_t hb_ms = (uint64_t)(s->o->heartbeat_timeout_s * 1000.0);
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state == W_EXITED || w->state == W_SPAWNED || w->killed_by_us) continue;
@@ -1100,6 +1161,14 @@ static void on_tick(uv_timer_t *t) {
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
          w->last_progress_ms < blame->last_progress_ms))
       blame = w;
+  }
+  if (blame && blame->phase == BT_PHASE_CONNECT) {
+    /* Still connecting to its peers: a start-up failure (something holds
+     * the data plane), not a hang in the schedule. */
+    kill_worker(blame);
+    worker_failed(blame, F_CRASH, "start-up: stage %u did not connect to its peers within %.1f s (killed)",
+                  blame->stage, (double)(now - blame->last_progress_ms) / 1000.0);
+    return;
   }
   if (blame) {
     blame = hang_report(s, blame);
@@ -1174,8 +1243,11 @@ static void on_signal(uv_signal_t *h, int signum) {
     if (s->state == JOB_RUNNING) at++;
     /* Before START nothing has been trained: nothing to finish, abort. */
     int starting = s->state == JOB_STARTING;
-    bt_warn("%s: stopping (after step %lld; grace %.1f s; again to kill now)", strsignal(signum),
-            (long long)at, s->o->grace_s);
+    /* What we know of each stage's step lags: a stage already in a later
+     * step finishes that one, so `at` is the earliest, not the exact end. */
+    bt_warn("%s: stopping (after step %lld at the earliest: each stage finishes the step it is in; grace %.1f s; "
+            "again to kill now)",
+            strsignal(signum), (long long)at, s->o->grace_s);
     bt_json_t j;
     if (event_begin(s, &j, "stop")) {
       char name[32];
@@ -1185,11 +1257,52 @@ static void on_signal(uv_signal_t *h, int signum) {
       event_end(s, &j);
     }
     begin_stop(s, starting, at);
-  } else if (signum != SIGUSR1) {
+  } else if (signum != SIGUSR1 && signum != SIGHUP) {
+    /* Not SIGHUP: a closing terminal or ssh session may send it twice. */
     bt_warn("%s again: killing every worker now", strsignal(signum));
     log_kill_event(s, "second signal");
     kill_all(s);
   }
+}
+
+/* Sends `sig` to every live worker's process group (each is a session of
+ * its own, so a terminal's job control never reaches them by itself). */
+static void signal_workers(sup_t *s, int sig) {
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    if (w->state == W_EXITED || w->pid <= 0) continue;
+    kill(-w->pid, sig);
+    kill(w->pid, sig);
+  }
+}
+
+/* Ctrl-Z (SIGTSTP): stop the whole job as a shell user
+ * expects, workers first, then ourselves; `fg` (SIGCONT) continues here. */
+static void on_tstp(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  clear_progress(s);
+  bt_info("%s: stopping every worker and the supervisor (fg or SIGCONT continues)", strsignal(signum));
+  uint64_t t0 = uv_hrtime();
+  signal_workers(s, SIGSTOP);
+  kill(getpid(), SIGSTOP);
+  /* Continued. */
+  signal_workers(s, SIGCONT);
+  s->continued = 1;
+  rearm_deadlines(s, "stopped by job control", (double)(uv_hrtime() - t0) / 1e9);
+}
+
+/* SIGCONT after a SIGSTOP we did not ask for: our workers may have been
+ * stopped with us (kill -STOP of a process group), so continue them too. */
+static void on_cont(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  (void)signum;
+  if (s->continued) { /* on_tstp has done it */
+    s->continued = 0;
+    return;
+  }
+  signal_workers(s, SIGCONT);
+  uv_update_time(&s->loop);
+  rearm_deadlines(s, "SIGCONT", (double)(now_ms(s) - s->last_tick_ms) / 1000.0);
 }
 
 /* ---------- spawning ---------- */
@@ -1451,9 +1564,16 @@ static void finish_result(sup_t *s) {
   } else if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1) {
     r->exit_code = BT_EXIT_PREEMPTED;
     r->end = BT_SUP_END_PREEMPTED;
-    if (r->committed_step > 0 && r->committed_step >= s->preempt_at)
+    /* The newest committed step: this incarnation's, else the one it
+     * resumed from (a signal during the back-off commits nothing new). */
+    int64_t newest = r->committed_step > 0 ? r->committed_step : s->o->first_step - 1;
+    if (newest > 0 && newest >= s->preempt_at)
       snprintf(r->reason, sizeof r->reason, "preempted by %s: checkpoint step %lld committed", strsignal(s->stop_signal),
-               (long long)r->committed_step);
+               (long long)newest);
+    else if (newest > 0)
+      snprintf(r->reason, sizeof r->reason,
+               "preempted by %s before checkpoint step %lld could be committed: step %lld is", strsignal(s->stop_signal),
+               (long long)s->preempt_at, (long long)newest);
     else
       snprintf(r->reason, sizeof r->reason, "preempted by %s before a checkpoint could be committed",
                strsignal(s->stop_signal));
@@ -1508,6 +1628,7 @@ static void finish_result(sup_t *s) {
 }
 
 static void spawn_all(sup_t *s) {
+  s->res->spawned = 1;
   uv_update_time(&s->loop);
   s->start_ms = now_ms(s);
   for (uint32_t i = 0; i < s->n; i++) {
@@ -1586,11 +1707,19 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_signal_init(&s->loop, &s->sigint);
   uv_signal_init(&s->loop, &s->sigterm);
   uv_signal_init(&s->loop, &s->sigusr1);
+  uv_signal_init(&s->loop, &s->sighup);
+  uv_signal_init(&s->loop, &s->sigtstp);
+  uv_signal_init(&s->loop, &s->sigcont);
   s->sig_open = 1;
-  s->sigint.data = s->sigterm.data = s->sigusr1.data = s;
+  s->sigint.data = s->sigterm.data = s->sigusr1.data = s->sighup.data = s;
+  s->sigtstp.data = s->sigcont.data = s;
   uv_signal_start(&s->sigint, on_signal, SIGINT);
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
   uv_signal_start(&s->sigusr1, on_signal, SIGUSR1);
+  /* A closed terminal or ssh session: a preemption like SIGTERM. */
+  uv_signal_start(&s->sighup, on_signal, SIGHUP);
+  uv_signal_start(&s->sigtstp, on_tstp, SIGTSTP);
+  uv_signal_start(&s->sigcont, on_cont, SIGCONT);
   uv_update_time(&s->loop);
   s->start_ms = now_ms(s);
   s->epoch_s = o->epoch_s > 0 ? o->epoch_s : bt_clock_s();
@@ -1616,6 +1745,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uint64_t tick_ms = (uint64_t)(shortest * 100.0);
   if (tick_ms < 10) tick_ms = 10;
   if (tick_ms > 500) tick_ms = 500;
+  s->tick_ms = tick_ms;
+  s->last_tick_ms = now_ms(s);
   uv_timer_start(&s->tick, on_tick, tick_ms, tick_ms);
   maybe_finish(s);
   uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -1631,8 +1762,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   if (o->trace_path) {
     int trc = write_trace(s);
     if (trc < 0) {
-      bt_error("--trace %s: %s", o->trace_path, bt_strerror(trc));
-      if (res->exit_code == BT_SUP_EXIT_OK) res->exit_code = BT_SUP_EXIT_FAILED;
+      bt_error("--trace %s: %s; the job will exit 1", o->trace_path, bt_strerror(trc));
+      res->output_error = 1;
     }
   }
   bt_json_t j;
