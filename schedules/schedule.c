@@ -46,7 +46,7 @@ static int parse_index(const char **p, int32_t *out) {
 }
 
 int bt_action_parse(const char *s, bt_action_t *out) {
-  bt_action_t a;
+  bt_action_t a = {0};
   if (!s || parse_index(&s, &a.stage)) return BT_EFORMAT;
   switch (*s) {
     case 'F': a.type = BT_ACT_F; break;
@@ -68,7 +68,7 @@ int bt_sched_alloc(bt_schedule_t *s, const char *name, int p, int v, int m, size
   s->v = v;
   s->m = m;
   s->off = calloc((size_t)p + 1, sizeof *s->off);
-  s->acts = malloc((total ? total : 1) * sizeof *s->acts);
+  s->acts = calloc(total ? total : 1, sizeof *s->acts);
   if (!s->off || !s->acts) {
     bt_sched_free(s);
     return -ENOMEM;
