@@ -261,7 +261,7 @@ int bt_ckpt_remove_debris(const char *root, int *removed);
 
 /* ---- the LOCK file ---- */
 
-typedef struct {
+typedef struct bt_ckpt_lock_s {
   int fd;          /* ROOT/LOCK, flocked, naming the holder */
   int dir_fd;      /* ROOT itself, flocked: deleting LOCK cannot release it */
   char path[4096];
@@ -272,5 +272,11 @@ typedef struct {
  * a lock left by a process that is gone is taken over (with a warning). */
 int bt_ckpt_lock_acquire(const char *root, bt_ckpt_lock_t *lk, char *holder, size_t holderlen);
 void bt_ckpt_lock_release(bt_ckpt_lock_t *lk);
+/* Re-checks, by inode, that ROOT/LOCK is still the file we hold (called at
+ * each commit). When it was deleted or replaced, the directory's flock
+ * still keeps other jobs out; LOCK is written again (so a second job's
+ * error names us) and 1 is returned, for a warning. 0 when unchanged,
+ * -errno when it could not be rewritten. */
+int bt_ckpt_lock_check(bt_ckpt_lock_t *lk);
 
 #endif

@@ -198,3 +198,32 @@ void bt_ckpt_lock_release(bt_ckpt_lock_t *lk) {
   if (lk->dir_fd >= 0) close(lk->dir_fd);
   lk->dir_fd = -1;
 }
+
+int bt_ckpt_lock_check(bt_ckpt_lock_t *lk) {
+  if (!lk || lk->fd < 0) return 0;
+  struct stat a, b;
+  if (fstat(lk->fd, &a) == 0 && stat(lk->path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+    return 0;
+  /* Whoever made a new LOCK may hold an flock on it without holding the
+   * directory (an older baton): take it if we can, and write our line. */
+  int fd;
+  do fd = open(lk->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) return -errno;
+  int r;
+  do r = flock(fd, LOCK_EX | LOCK_NB);
+  while (r < 0 && errno == EINTR);
+  if (r < 0 && errno != ENOLCK && errno != EOPNOTSUPP && errno != ENOSYS) {
+    int rc = errno == EWOULDBLOCK ? BT_ELOCKED : -errno;
+    close(fd);
+    return rc;
+  }
+  int rc = write_holder(fd);
+  if (rc < 0) {
+    close(fd);
+    return rc;
+  }
+  close(lk->fd);
+  lk->fd = fd;
+  return 1;
+}

@@ -852,6 +852,7 @@ int bt_cmd_run(int argc, char **argv) {
       goto out;
     }
     locked = 1;
+    a->o.lock = &lock;
     int prc2 = a->ck.resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
     if (prc2) {
       fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));

@@ -588,6 +588,16 @@ static void log_checkpoint_event(sup_t *s, int64_t step, double commit_s, int rc
 static void commit_step(sup_t *s, pending_ckpt_t *p) {
   clear_progress(s); /* the checkpoint module logs the commit */
   double t0 = bt_clock_s();
+  /* LOCK deleted or replaced under us: the directory's flock still keeps
+   * other jobs out; LOCK is written again so that they are told who. */
+  int lrc = bt_ckpt_lock_check(s->o->lock);
+  if (lrc == 1)
+    bt_warn("checkpoint: %s/LOCK was removed or replaced under this job: written again (the directory's own "
+            "lock held throughout)",
+            s->o->ckpt_dir);
+  else if (lrc < 0)
+    bt_warn("checkpoint: %s/LOCK was removed or replaced under this job and cannot be written again: %s",
+            s->o->ckpt_dir, bt_strerror(lrc));
   int rc = bt_ckpt_commit(s->o->ckpt_dir, p->step, p->r, s->n);
   int removed = 0;
   if (rc == 0) {

@@ -71,6 +71,7 @@ typedef struct {
    * NULL entries or a NULL array leave it unset. */
   const char *const *stage_layers;
   const char *ckpt_dir;        /* BATON_CKPT_DIR (the checkpoint root), or NULL */
+  struct bt_ckpt_lock_s *lock; /* the job's lock on ckpt_dir, re-checked at each commit (may be NULL) */
   int64_t restore_step;        /* START.restore_step: load ckpt_dir/step-S first (0: fresh) */
   int64_t ckpt_every;          /* START.ckpt_every (0: only the last step) */
   int keep_last;               /* retention after each commit (bt_ckpt_retain) */

@@ -375,6 +375,8 @@ Test(hostile, deleting_lock_does_not_admit_a_second_job) {
   int code = finish(first, RUN_MS);
   char *e = slurp_err();
   cr_assert_eq(code, 0, "first job: exit %d\n%s", code, e);
+  /* Re-checked at the final commit: LOCK is written again, with a warning. */
+  cr_assert_not_null(strstr(e, "LOCK was removed or replaced under this job"), "%s", e);
   free(e);
 }
 
