@@ -182,6 +182,11 @@ static int params_finite(bt_ckpt_shard_t *sh, const char *file) {
 }
 
 int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n) {
+  return bt_ckpt_commit_lineage(root, step, shards, n, NULL);
+}
+
+int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
+                           const bt_ckpt_lineage_t *lin) {
   char tmpdir[PATH_MAX], final[PATH_MAX], p[PATH_MAX], latest[64];
   bt_ckpt_manifest_t m;
   bt_ckpt_shard_t *sh = NULL;
@@ -196,6 +201,12 @@ int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards,
       (rc = bt_ckpt_step_path(root, step, 0, final, sizeof final)) < 0)
     return rc;
   m.version = BT_CKPT_FORMAT_VERSION;
+  m.lineage.parent_step = -1;
+  if (lin) {
+    if ((lin->job[0] && !bt_ckpt_job_valid(lin->job)) || (lin->parent_job[0] && !bt_ckpt_job_valid(lin->parent_job)))
+      return BT_EARG;
+    m.lineage = *lin;
+  }
   m.nshards = (uint32_t)n;
   if (!(m.shards = calloc(n, sizeof *m.shards))) {
     rc = -ENOMEM;

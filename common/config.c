@@ -445,3 +445,95 @@ int bt_config_model_diff(const bt_model_config_t *a, const bt_model_config_t *b,
   }
   return ndiff;
 }
+
+/* ---- does a checkpoint belong to this model and data ---- */
+
+static int was_given(const char *key, const char *const *given, int ngiven) {
+  for (int i = 0; given && i < ngiven; i++) {
+    const char *n = given[i];
+    if (n[0] == '-' && n[1] == '-') n += 2;
+    if (!strcmp(n, key)) return 1;
+  }
+  return 0;
+}
+
+/* Appends "; "-joined clauses to out. */
+static void clause(char *out, size_t outlen, size_t *len, int n, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void clause(char *out, size_t outlen, size_t *len, int n, const char *fmt, ...) {
+  if (!out || *len >= outlen) return;
+  int w = n > 1 ? snprintf(out + *len, outlen - *len, "; ") : 0;
+  if (w > 0) *len += (size_t)w;
+  if (*len >= outlen) return;
+  va_list ap;
+  va_start(ap, fmt);
+  w = vsnprintf(out + *len, outlen - *len, fmt, ap);
+  va_end(ap);
+  if (w > 0) *len += (size_t)w;
+}
+
+int bt_config_model_match(const bt_model_config_t *ckpt, const bt_model_config_t *now,
+                          const char *const *given, int ngiven, char *out, size_t outlen) {
+  bt_config_t ca, cb;
+  memset(&ca, 0, sizeof ca);
+  memset(&cb, 0, sizeof cb);
+  ca.model = *ckpt;
+  cb.model = *now;
+  int n = 0;
+  size_t len = 0;
+  if (out && outlen) out[0] = 0;
+  for (size_t i = 0; i < NFLAGS; i++) {
+    const bt_config_flag_t *f = &g_flags[i];
+    if (f->part != BT_CONFIG_MODEL || !strcmp(f->name, "data") || !strcmp(f->name, "data-size") ||
+        !strcmp(f->name, "data-crc"))
+      continue;
+    char va[BT_CONFIG_PATH_MAX], vb[BT_CONFIG_PATH_MAX];
+    fmt_value(&ca, f, va, sizeof va);
+    fmt_value(&cb, f, vb, sizeof vb);
+    if (!strcmp(va, vb)) continue;
+    n++;
+    if (was_given(f->name, given, ngiven))
+      clause(out, outlen, &len, n, "--%s: the checkpoint has %s, the command line says %s", f->name, va, vb);
+    else
+      clause(out, outlen, &len, n, "%s: the checkpoint has %s, now %s", f->name, va, vb);
+  }
+  /* The data: by content. A path is only how the file is reached today. */
+  int syn_a = !strcmp(ckpt->data, "synthetic"), syn_b = !strcmp(now->data, "synthetic");
+  if (syn_a != syn_b) {
+    n++;
+    clause(out, outlen, &len, n, "--data: the checkpoint has %s, %s %s", ckpt->data,
+           was_given("data", given, ngiven) ? "the command line says" : "now", now->data);
+  } else if (!syn_a && (ckpt->data_size != now->data_size || ckpt->data_crc != now->data_crc)) {
+    n++;
+    clause(out, outlen, &len, n,
+           "--data: the checkpoint was trained on %lld bytes with CRC-32 %08llx (%s); %s now holds %lld bytes "
+           "with CRC-32 %08llx",
+           (long long)ckpt->data_size, (unsigned long long)ckpt->data_crc, ckpt->data, now->data,
+           (long long)now->data_size, (unsigned long long)now->data_crc);
+  }
+  return n;
+}
+
+int bt_config_match_checkpoint(bt_config_t *cfg, const char *ckpt_text, const char *const *given_names,
+                               const char *const *given_values, int ngiven, char *err, size_t errlen) {
+  bt_config_t theirs, mine;
+  char why[1024] = "";
+  if (bt_config_from_text(&theirs, ckpt_text ? ckpt_text : "", why, sizeof why)) {
+    set_err(err, errlen, "unreadable model configuration: %s", why);
+    return BT_EFORMAT;
+  }
+  mine = *cfg;
+  mine.model = theirs.model;
+  for (int i = 0; i < ngiven; i++)
+    if (bt_config_model_flag(&mine, given_names[i], given_values[i], err, errlen)) return BT_EARG;
+  /* Resolves the data file again: its size and CRC tell whether it is
+   * still the file the checkpoint was trained on. */
+  if (bt_config_finish(&mine, err, errlen)) return BT_EARG;
+  char diff[2048];
+  if (bt_config_model_match(&theirs.model, &mine.model, given_names, ngiven, diff, sizeof diff)) {
+    set_err(err, errlen, "%s", diff);
+    return BT_ECONFIG;
+  }
+  cfg->model = mine.model;
+  return 0;
+}

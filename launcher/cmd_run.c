@@ -476,25 +476,95 @@ static int formation_plan(run_args_t *a, formation_t *f) {
 /* The checkpoint's model against the command line: the checkpoint's
  * configuration is adopted, and a model flag given with another value is
  * refused naming both values. Returns 0 or an exit code. */
-static int adopt_model(run_args_t *a, const char *text, const char *root) {
-  bt_config_t theirs, mine;
-  char err[1024] = "";
-  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
-    fprintf(stderr, "baton run: --ckpt-dir %s: unreadable model configuration: %s\n", root, err);
-    return BT_SUP_EXIT_FAILED;
-  }
-  mine = theirs;
-  for (int i = 0; i < a->nmodel_flags; i++)
-    if (bt_config_model_flag(&mine, a->model_flag[i], a->model_value[i], err, sizeof err) < 0) {
-      fprintf(stderr, "baton run: %s\n", err);
+static int adopt_model(run_args_t *a, const char *text, const char *where) {
+  char err[2048] = "";
+  const char *names[MAX_MODEL_FLAGS];
+  for (int i = 0; i < a->nmodel_flags; i++) names[i] = a->model_flag[i];
+  int rc = bt_config_match_checkpoint(&a->cfg, text, names, a->model_value, a->nmodel_flags, err, sizeof err);
+  if (rc == BT_ECONFIG) fprintf(stderr, "baton run: %s holds another model: %s\n", where, err);
+  else if (rc == BT_EFORMAT) fprintf(stderr, "baton run: %s: %s\n", where, err);
+  else if (rc) fprintf(stderr, "baton run: %s\n", err);
+  return rc == 0 ? 0 : rc == BT_EFORMAT ? BT_SUP_EXIT_FAILED : BT_SUP_EXIT_USAGE;
+}
+
+/* Where the job starts and who it is: the step directory its first
+ * incarnation restores ("" for step 0) and the lineage its commits record
+ * (checkpoint/lineage.c). Restarts fall back to this start while the job
+ * has committed nothing of its own. */
+typedef struct {
+  char dir[PATH_MAX];
+  int64_t step;
+  bt_ckpt_lineage_t lin;
+} start_t;
+
+static void log_problem(void *arg, const char *line) {
+  (void)arg; /* the line names the path itself */
+  bt_warn("%s", line);
+}
+
+/* --resume PATH with a --ckpt-dir: steps of the directory off PATH's
+ * lineage are refused or moved aside (bt_ckpt_resume_settle). Returns an
+ * exit code. */
+static int settle_conflicts(run_args_t *a, const bt_ckpt_step_t *from) {
+  char msg[1024] = "";
+  int rc = bt_ckpt_resume_settle(a->o.ckpt_dir, from, a->ck.resume_path, a->ck.move_aside, msg, sizeof msg);
+  if (msg[0]) fprintf(stderr, "baton run: %s\n", msg);
+  return rc == 0 ? 0 : rc == 1 ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
+}
+
+/* Decides where the job starts (--resume PATH, else the newest committed
+ * step of --ckpt-dir that verifies, else step 0) and which job it is: a
+ * job continuing its directory keeps its id, `--resume PATH` and a fresh
+ * start make a new one. The model comes from the checkpoint (adopt_model).
+ * Called with the directory locked. Returns an exit code. */
+static int pick_start(run_args_t *a, start_t *s) {
+  bt_ckpt_step_t st;
+  memset(&st, 0, sizeof st);
+  memset(s, 0, sizeof *s);
+  s->lin.parent_step = -1;
+  int rc = 0, opened = 0;
+  const char *where = a->ck.resume_path;
+  if (a->ck.resume_path) {
+    int orc = bt_ckpt_step_open(a->ck.resume_path, BT_CKPT_CHECK_CRC, &st, log_problem, NULL);
+    if (orc) {
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n",
+              a->ck.resume_path, bt_strerror(orc));
       return BT_SUP_EXIT_USAGE;
     }
-  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
-    fprintf(stderr, "baton run: --ckpt-dir %s holds another model (checkpoint vs now: %s)\n", root, err);
-    return BT_SUP_EXIT_USAGE;
+    opened = 1;
+  } else if (a->o.ckpt_dir) {
+    where = a->o.ckpt_dir;
+    int prc = bt_ckpt_open_latest(a->o.ckpt_dir, BT_CKPT_CHECK_CRC, &st);
+    if (prc && prc != -ENOENT) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc));
+      return BT_SUP_EXIT_FAILED;
+    }
+    opened = prc == 0;
+    if (opened && a->ck.resume == BT_CKPT_RESUME_NEVER) {
+      fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
+              (long long)st.step);
+      rc = BT_SUP_EXIT_USAGE;
+      goto out;
+    }
   }
-  a->cfg.model = theirs.model;
-  return 0;
+  if (!opened) {
+    bt_ckpt_job_new(s->lin.job);
+    return 0;
+  }
+  /* The model first: a refusal must come before any step is moved. */
+  if ((rc = adopt_model(a, st.man.meta.model_config ? st.man.meta.model_config : "", where))) goto out;
+  if (a->ck.resume_path && a->o.ckpt_dir && (rc = settle_conflicts(a, &st))) goto out;
+  if (!a->ck.resume_path && bt_ckpt_job_valid(st.man.lineage.job))
+    snprintf(s->lin.job, sizeof s->lin.job, "%s", st.man.lineage.job); /* the same job goes on */
+  else
+    bt_ckpt_job_new(s->lin.job);
+  snprintf(s->lin.parent_job, sizeof s->lin.parent_job, "%s", st.man.lineage.job);
+  s->lin.parent_step = st.step;
+  s->step = st.step;
+  snprintf(s->dir, sizeof s->dir, "%s", st.dir);
+out:
+  bt_ckpt_step_close(&st);
+  return rc;
 }
 
 /* What one failure cost, for the event log and the summary. */
@@ -568,10 +638,13 @@ static void print_summary(const failure_t *f, int n, double end_s) {
  * restores the newest committed step (or --resume PATH while nothing newer
  * is committed). Prints the account of the failures at the end. Returns
  * the exit code. */
-static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, const char *restore_dir,
-                            int64_t path_step, int given_layout, const char *fault_env, const char *compress_env) {
+static int run_incarnations(run_args_t *a, formation_t *form, const start_t *start, int given_layout,
+                            const char *fault_env, const char *compress_env) {
   bt_config_t *cfg = &a->cfg;
-  char restore_env[4096 + 32] = "";
+  char restore_env[PATH_MAX + 32] = "", restore_dir[PATH_MAX];
+  int64_t restore = start->step;
+  snprintf(restore_dir, sizeof restore_dir, "%s", start->dir);
+  a->o.lineage = start->lin;
   failure_t *fails = NULL;
   int nfail = 0, rc = BT_SUP_EXIT_FAILED;
   bt_recovery_t rec;
@@ -587,7 +660,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     o->sched = &form->sched;
     const char *extra_env[5];
     int ne = 0;
-    if (restore_dir) {
+    if (restore_dir[0]) {
       snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
       extra_env[ne++] = restore_env;
     }
@@ -658,23 +731,18 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     f->detect_s = res.detect_s;
     f->detect_latency_s = res.detect_latency_s;
     f->stopped_s = bt_clock_s() - epoch;
+    /* The restart restores this job's newest commit, or the step the job
+     * started from while it has none: never a step of another lineage
+     * that happens to be newer in the directory. */
     int64_t progress = res.steps_done, next = 0;
-    if (a->o.ckpt_dir) {
-      int prc3 = bt_recovery_pick(a->o.ckpt_dir, &next, NULL);
-      if (prc3) {
-        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
-        rc = BT_SUP_EXIT_FAILED;
-        break;
-      }
-      progress = next;
+    int prc3 = bt_recovery_restore_point(a->o.ckpt_dir, start->lin.job, start->dir, start->step, restore_dir,
+                                         sizeof restore_dir, &next);
+    if (prc3) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
+      rc = BT_SUP_EXIT_FAILED;
+      break;
     }
-    /* Nothing newer committed here yet: --resume PATH is still the start. */
-    restore_dir = NULL;
-    if (a->ck.resume_path && next < path_step) {
-      next = path_step;
-      restore_dir = a->ck.resume_path;
-      if (progress < next) progress = next;
-    }
+    if (a->o.ckpt_dir || next > progress) progress = next;
     f->lost = res.steps_done > next ? res.steps_done - next : 0;
     bt_recovery_decision_t d;
     bt_recovery_decide(&rec, &res, progress, &d);
@@ -705,6 +773,12 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
       fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from step 0 (no checkpoint yet)\n",
               rec.restarts, a->ro.max_restarts, d.backoff_s);
     restore = next;
+    if (strcmp(restore_dir, start->dir)) {
+      /* from one of this job's own commits */
+      snprintf(a->o.lineage.parent_job, sizeof a->o.lineage.parent_job, "%s", start->lin.job);
+      a->o.lineage.parent_step = next;
+    } else
+      a->o.lineage = start->lin;
     backoff = d.backoff_s;
     inc++;
   }
@@ -714,21 +788,19 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
 }
 
 /* A job whose checkpoint already holds the last step: its hash. */
-static int print_finished(run_args_t *a, int64_t restore, const char *restore_dir) {
+static int print_finished(run_args_t *a, const start_t *start) {
   bt_hash128_t h;
-  char sdir[4096];
-  int hrc = restore_dir ? 0 : bt_ckpt_step_path(a->o.ckpt_dir, restore, 0, sdir, sizeof sdir);
-  if (!hrc) hrc = bt_recovery_hash(restore_dir ? restore_dir : sdir, &h);
+  const char *where = a->ck.resume_path ? start->dir : a->o.ckpt_dir;
+  int hrc = bt_recovery_hash(start->dir, &h);
   if (hrc) {
-    fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", restore_dir ? restore_dir : a->o.ckpt_dir,
-            (long long)restore, bt_strerror(hrc));
+    fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", start->dir, (long long)start->step,
+            bt_strerror(hrc));
     return BT_SUP_EXIT_FAILED;
   }
   char hex[33];
   bt_hash_hex(h, hex);
-  fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n",
-          restore_dir ? restore_dir : a->o.ckpt_dir,
-          (long long)restore, restore > a->cfg.run.steps ? " (past --steps)" : "");
+  fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n", where,
+          (long long)start->step, start->step > a->cfg.run.steps ? " (past --steps)" : "");
   printf("hash %s\n", hex);
   fflush(stdout);
   return BT_SUP_EXIT_OK;
@@ -741,7 +813,8 @@ int bt_cmd_run(int argc, char **argv) {
     return BT_SUP_EXIT_FAILED;
   }
   int rc = BT_SUP_EXIT_USAGE, locked = 0;
-  char err[1024], holder[512] = "", *model_text = NULL, *fault_env = NULL, compress_env[64] = "";
+  char err[1024], holder[512] = "", *fault_env = NULL, compress_env[64] = "";
+  start_t start;
   formation_t form;
   memset(&form, 0, sizeof form);
   bt_ckpt_lock_t lock;
@@ -785,20 +858,6 @@ int bt_cmd_run(int argc, char **argv) {
    * is rarely what anyone wants by default: then a failure ends the job
    * unless --max-restarts asks otherwise. */
   if (a->ro.max_restarts < 0) a->ro.max_restarts = a->o.ckpt_dir ? 10 : 0;
-  int64_t restore = 0, path_step = 0;
-  const char *restore_dir = NULL; /* BATON_RESTORE_DIR: restore from --resume PATH */
-  if (a->ck.resume_path) {
-    int orc = bt_recovery_open_step(a->ck.resume_path, &path_step, &model_text);
-    if (orc) {
-      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->ck.resume_path,
-              bt_strerror(orc));
-      goto out;
-    }
-    if ((rc = adopt_model(a, model_text ? model_text : "", a->ck.resume_path))) goto out;
-    rc = BT_SUP_EXIT_USAGE;
-    free(model_text);
-    model_text = NULL;
-  }
   if (a->o.ckpt_dir) {
     /* One job per directory, for the whole job: every incarnation writes
      * into it. A lock left by a killed supervisor is taken over. */
@@ -809,24 +868,9 @@ int bt_cmd_run(int argc, char **argv) {
       goto out;
     }
     locked = 1;
-    int prc2 = a->ck.resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
-    if (prc2) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));
-      rc = BT_SUP_EXIT_FAILED;
-      goto out;
-    }
-    if (restore > 0 && a->ck.resume == BT_CKPT_RESUME_NEVER) {
-      fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
-              (long long)restore);
-      goto out;
-    }
-    if (restore > 0 && (rc = adopt_model(a, model_text ? model_text : "", a->o.ckpt_dir))) goto out;
-    rc = BT_SUP_EXIT_USAGE;
   }
-  if (a->ck.resume_path) {
-    restore = path_step;
-    restore_dir = a->ck.resume_path;
-  }
+  if ((rc = pick_start(a, &start))) goto out;
+  rc = BT_SUP_EXIT_USAGE;
   if (bt_config_finish(cfg, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
@@ -856,13 +900,13 @@ int bt_cmd_run(int argc, char **argv) {
   rc = BT_SUP_EXIT_USAGE;
   int given_layout = cfg->run.layout[0] != 0;
   if ((rc = formation_plan(a, &form))) goto out;
-  if (restore >= cfg->run.steps) {
-    rc = print_finished(a, restore, restore_dir);
+  if (start.dir[0] && start.step >= cfg->run.steps) {
+    rc = print_finished(a, &start);
     goto out;
   }
-  if (restore > 0)
-    fprintf(stderr, "baton run: resuming from %s step %lld\n", restore_dir ? restore_dir : a->o.ckpt_dir,
-            (long long)restore);
+  if (start.dir[0])
+    fprintf(stderr, "baton run: resuming from %s step %lld\n", a->ck.resume_path ? start.dir : a->o.ckpt_dir,
+            (long long)start.step);
   if (a->nfaults) {
     size_t len = 1;
     for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
@@ -881,11 +925,10 @@ int bt_cmd_run(int argc, char **argv) {
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
-  rc = run_incarnations(a, &form, restore, restore_dir, path_step, given_layout, fault_env, compress_env);
+  rc = run_incarnations(a, &form, &start, given_layout, fault_env, compress_env);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);
-  free(model_text);
   free(fault_env);
   free(a);
   return rc;

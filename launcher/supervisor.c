@@ -563,7 +563,7 @@ static void log_checkpoint_event(sup_t *s, int64_t step, double commit_s, int rc
 static void commit_step(sup_t *s, pending_ckpt_t *p) {
   clear_progress(s); /* the checkpoint module logs the commit */
   double t0 = bt_clock_s();
-  int rc = bt_ckpt_commit(s->o->ckpt_dir, p->step, p->r, s->n);
+  int rc = bt_ckpt_commit_lineage(s->o->ckpt_dir, p->step, p->r, s->n, &s->o->lineage);
   int removed = 0;
   if (rc == 0) {
     if (p->step > s->res->committed_step) s->res->committed_step = p->step;
@@ -1329,6 +1329,7 @@ out:
 
 void bt_sup_opts_default(bt_sup_opts_t *o) {
   memset(o, 0, sizeof *o);
+  o->lineage.parent_step = -1;
   o->nstages = 1;
   o->chunks = 1;
   o->first_step = 1;

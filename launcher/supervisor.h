@@ -24,6 +24,7 @@
 #define BT_LAUNCHER_SUPERVISOR_H
 #include <stdint.h>
 
+#include "checkpoint/ckpt.h"
 #include "common/frame.h"
 #include "common/hash.h"
 #include "schedules/schedule.h"
@@ -71,7 +72,8 @@ typedef struct {
    * NULL entries or a NULL array leave it unset. */
   const char *const *stage_layers;
   const char *ckpt_dir;        /* BATON_CKPT_DIR (the checkpoint root), or NULL */
-  int64_t restore_step;        /* START.restore_step: load ckpt_dir/step-S first (0: fresh) */
+  int64_t restore_step;        /* START.restore_step: load the step in BATON_RESTORE_DIR first (0: fresh) */
+  bt_ckpt_lineage_t lineage;   /* the job and the step restored, recorded by every commit */
   int64_t ckpt_every;          /* START.ckpt_every (0: only the last step) */
   int keep_last;               /* retention after each commit (bt_ckpt_retain) */
   int64_t keep_every;

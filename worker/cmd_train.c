@@ -197,6 +197,7 @@ typedef struct {
   int src_open;
   const char *src_root;    /* root to fall back in when loading src fails;
                               NULL for a step directory named by --resume */
+  bt_ckpt_lineage_t lin;   /* the job and the step resumed from, in every commit */
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
@@ -316,9 +317,11 @@ static int open_path(ckpt_t *ck, const char *path) {
   return code;
 }
 
+static int adopt_model(train_args_t *a, const char *text, const char *where);
+
 /* Finds the state the run starts from, as --resume says; leaves ck->src
  * open when there is one. Returns an exit code. */
-static int ckpt_find(ckpt_t *ck, const train_args_t *a) {
+static int ckpt_find(ckpt_t *ck, train_args_t *a) {
   int64_t *steps = NULL;
   size_t ns = 0;
   int none = 0, code = 0, rc;
@@ -340,115 +343,51 @@ static int ckpt_find(ckpt_t *ck, const train_args_t *a) {
     code = ns ? 2 : 0;
     free(steps);
     return code;
-  default:
+  default: {
     if ((code = open_path(ck, a->ck.resume_path))) return code;
-    /* Steps newer than the one resumed from belong to a future this run
-     * replaces: a later auto resume would pick them over ours, and saving
-     * the same step number again would collide. */
-    if ((rc = bt_ckpt_list_steps(ck->root, &steps, &ns))) {
-      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, bt_strerror(rc));
-      return 1;
-    }
-    if (ns && steps[0] > ck->src.step) {
-      fprintf(stderr, "baton train: --resume %s is at step %lld but --ckpt-dir %s already holds "
-              "step %lld; use another --ckpt-dir, or move the newer steps away\n",
-              a->ck.resume_path, (long long)ck->src.step, ck->root, (long long)steps[0]);
-      code = 2;
-    }
-    free(steps);
-    return code;
+    /* Steps newer than the one resumed from, or of another lineage,
+     * belong to a future this run replaces: a later auto resume would pick
+     * them over ours, and saving the same step number again would collide.
+     * The model is checked first: a refusal must come before any move. */
+    if ((code = adopt_model(a, ck->src.man.meta.model_config ? ck->src.man.meta.model_config : "",
+                            ck->src.dir)))
+      return code;
+    char msg[1024] = "";
+    rc = bt_ckpt_resume_settle(ck->root, &ck->src, a->ck.resume_path, a->ck.move_aside, msg, sizeof msg);
+    if (msg[0]) fprintf(stderr, "baton train: %s\n", msg);
+    return rc == 0 ? 0 : rc == 1 ? 2 : 1;
+  }
   }
 }
 
-/* The value of `key` in canonical text, as "key=VALUE\n": *len its length,
- * NULL when absent. */
-static const char *text_value(const char *text, const char *key, size_t *len) {
-  size_t kl = strlen(key);
-  for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    if (!strncmp(p, key, kl) && p[kl] == '=') {
-      *len = strcspn(p + kl + 1, "\n");
-      return p + kl + 1;
-    }
-  }
-  return NULL;
-}
-
-static int given_flag(const train_args_t *a, const char *key) {
-  for (int i = 0; i < a->nmodel; i++) {
-    const char *n = a->model_name[i];
-    if (!strncmp(n, "--", 2)) n += 2;
-    if (!strcmp(n, key)) return 1;
-  }
-  return 0;
-}
-
-/* One clause per differing key, "--dim: the checkpoint has 32, the command
- * line says 48" for flags the user gave, "data-crc: the checkpoint has X,
- * now Y" for what was derived (a data file that changed). */
-static void explain_diff(const train_args_t *a, const char *theirs, const char *mine, char *out,
-                         size_t outlen) {
-  size_t used = 0;
-  out[0] = 0;
-  for (const char *p = theirs; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    char key[64];
-    size_t kl = strcspn(p, "=\n"), tl, ml = 0;
-    if (p[kl] != '=' || kl >= sizeof key) continue;
-    memcpy(key, p, kl);
-    key[kl] = 0;
-    const char *tv = text_value(theirs, key, &tl), *mv = text_value(mine, key, &ml);
-    if (mv && tl == ml && !memcmp(tv, mv, tl)) continue;
-    int w = given_flag(a, key)
-                ? snprintf(out + used, outlen - used,
-                           "%s--%s: the checkpoint has %.*s, the command line says %.*s",
-                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "")
-                : snprintf(out + used, outlen - used, "%s%s: the checkpoint has %.*s, now %.*s",
-                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "");
-    if (w < 0 || (size_t)w >= outlen - used) break;
-    used += (size_t)w;
+/* The lineage of this run's commits (checkpoint/lineage.c): continuing a
+ * directory (--resume auto) keeps its job; --resume PATH, never, or a
+ * fresh directory make a new job; the parent is the step resumed from. */
+static void ckpt_lineage(ckpt_t *ck, const train_args_t *a) {
+  ck->lin.parent_step = -1;
+  if (ck->src_open && a->ck.resume == BT_CKPT_RESUME_AUTO && bt_ckpt_job_valid(ck->src.man.lineage.job))
+    snprintf(ck->lin.job, sizeof ck->lin.job, "%s", ck->src.man.lineage.job);
+  else
+    bt_ckpt_job_new(ck->lin.job);
+  if (ck->src_open) {
+    snprintf(ck->lin.parent_job, sizeof ck->lin.parent_job, "%s", ck->src.man.lineage.job);
+    ck->lin.parent_step = ck->src.step;
   }
 }
 
-/* Takes the model configuration from the checkpoint text: the flags given
- * on the command line are applied over it and must not change it. Returns
- * an exit code (2 for another model, after one line naming each value). */
+/* Takes the model configuration from the checkpoint text, the flags
+ * given on the command line applied over it (bt_config_match_checkpoint,
+ * the rule `baton run` and the worker use too). Returns an exit code: 2
+ * for another model or data, after one line naming each value. */
 static int adopt_model(train_args_t *a, const char *text, const char *where) {
-  bt_config_t theirs, mine;
-  char err[1024] = "", why[2048] = "";
-  char *t1 = NULL, *t2 = NULL;
-  int code = 2;
-  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
-    fprintf(stderr, "baton train: %s: unreadable model configuration: %s\n", where, err);
-    return 1;
-  }
-  mine = theirs;
-  for (int i = 0; i < a->nmodel; i++)
-    if (bt_config_model_flag(&mine, a->model_name[i], a->model_value[i], err, sizeof err)) {
-      fprintf(stderr, "baton train: %s\n", err);
-      return 2;
-    }
-  /* Resolves the data file again: its size and CRC tell whether it is
-   * still the file the checkpoint was trained on. */
-  if (bt_config_finish(&mine, err, sizeof err)) {
-    fprintf(stderr, "baton train: the model of %s: %s\n", where, err);
-    return 2;
-  }
-  if (!(t1 = config_text(&theirs, BT_CONFIG_MODEL)) || !(t2 = config_text(&mine, BT_CONFIG_MODEL))) {
-    fprintf(stderr, "baton train: %s\n", bt_strerror(-ENOMEM));
-    code = 1;
-    goto out;
-  }
-  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
-    explain_diff(a, t1, t2, why, sizeof why);
-    fprintf(stderr, "baton train: %s (%s holds another model; checkpoint vs now: %s)\n", why, where,
-            err);
-    goto out;
-  }
-  a->cfg.model = mine.model;
-  code = 0;
-out:
-  free(t1);
-  free(t2);
-  return code;
+  char err[2048] = "";
+  const char *names[MAX_MODEL_FLAGS];
+  for (int i = 0; i < a->nmodel; i++) names[i] = a->model_name[i];
+  int rc = bt_config_match_checkpoint(&a->cfg, text, names, a->model_value, a->nmodel, err, sizeof err);
+  if (rc == BT_ECONFIG) fprintf(stderr, "baton train: %s holds another model: %s\n", where, err);
+  else if (rc == BT_EFORMAT) fprintf(stderr, "baton train: %s: %s\n", where, err);
+  else if (rc) fprintf(stderr, "baton train: %s\n", err);
+  return rc == 0 ? 0 : rc == BT_EFORMAT ? 1 : 2;
 }
 
 /* The state of the stage from ck->src (or, when that fails for a reason
@@ -471,12 +410,27 @@ static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
     off += bt_ckpt_numel(&ck->desc[i]);
   }
   rc = bt_ckpt_step_load(&ck->src, want, ck->n);
-  if (rc && rc != BT_ECONFIG && ck->src_root) {
-    bt_warn("checkpoint: loading %s failed (%s); trying the previous committed step", ck->src.dir,
+  /* Falling back stays on the lineage: the previous step of the same job
+   * (a step written before lineage existed falls back to any older one). */
+  while (rc && rc != BT_ECONFIG && ck->src_root) {
+    char job[BT_CKPT_JOB_LEN + 1];
+    int64_t failed = ck->src.step;
+    snprintf(job, sizeof job, "%s", ck->src.man.lineage.job);
+    bt_warn("checkpoint: loading %s failed (%s); trying the previous committed step of this job", ck->src.dir,
             bt_strerror(rc));
     bt_ckpt_step_close(&ck->src);
     ck->src_open = 0;
-    if ((rc = bt_ckpt_restore(ck->src_root, want, ck->n, &ck->src)) == 0) ck->src_open = 1;
+    if (!bt_ckpt_job_valid(job)) {
+      if ((rc = bt_ckpt_restore(ck->src_root, want, ck->n, &ck->src)) == 0) {
+        ck->src_open = 1;
+        ck->lin.parent_step = ck->src.step;
+      }
+      break;
+    }
+    if ((rc = bt_ckpt_job_pick(ck->src_root, job, failed, &ck->src)) < 0) break;
+    ck->src_open = 1;
+    ck->lin.parent_step = ck->src.step;
+    rc = bt_ckpt_step_load(&ck->src, want, ck->n);
   }
   if (rc) goto out;
   for (size_t i = 0; i < ck->n && !rc; i++) rc = bt_stage_tensor_set(st, i, want[i].data);
@@ -529,7 +483,7 @@ static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
   if (rc) return rc;
   if (last.rc) return last.rc;
   if (last.step != ck->pending) return BT_EARG;
-  if ((rc = bt_ckpt_commit(ck->root, ck->pending, &last.shard, 1))) return rc;
+  if ((rc = bt_ckpt_commit_lineage(ck->root, ck->pending, &last.shard, 1, &ck->lin))) return rc;
   /* Retention failing costs disk, not correctness: warn and go on. */
   int removed = 0;
   if ((rc = bt_ckpt_retain(ck->root, &ck->keep, ck->pending, &removed)))
@@ -664,11 +618,10 @@ int bt_cmd_train(int argc, char **argv) {
     /* The model comes from the checkpoint when there is one, so the
      * directory is read before anything is sized. */
     if ((code = ckpt_lock(&ck, &a)) || (code = ckpt_find(&ck, &a))) goto out;
-    if (ck.src_open && (code = adopt_model(&a, ck.src.man.meta.model_config
-                                                   ? ck.src.man.meta.model_config
-                                                   : "",
-                                           ck.src.dir)))
+    if (ck.src_open && a.ck.resume != BT_CKPT_RESUME_PATH &&
+        (code = adopt_model(&a, ck.src.man.meta.model_config ? ck.src.man.meta.model_config : "", ck.src.dir)))
       goto out;
+    ckpt_lineage(&ck, &a);
     code = 1;
   }
   if (a.metrics) {

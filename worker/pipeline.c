@@ -481,8 +481,9 @@ static int ckpt_setup(pipe_t *w) {
 
 /* Loads this stage's layers (any split: the checkpoint module reads them
  * from whichever shards hold them), the AdamW state and the step counter
- * from ROOT/step-S, or from BATON_RESTORE_DIR (`baton run --resume PATH`)
- * when set. The supervisor chose S after verifying it. */
+ * from the step directory BATON_RESTORE_DIR, the one restore source. The
+ * supervisor chose it on the job's lineage after verifying it; START's
+ * restore_step must be its step. */
 static int ckpt_restore(pipe_t *w, int64_t step) {
   char dir[4096];
   bt_ckpt_step_t cs;
@@ -492,15 +493,13 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
   bt_config_t *theirs = calloc(1, sizeof *theirs);
   int rc, opened = 0;
   if (!theirs) return -ENOMEM;
-  if (w->env->restore_dir[0]) {
-    snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
-  } else if (!w->env->ckpt_dir[0]) {
-    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
+  if (!w->env->restore_dir[0]) {
+    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_RESTORE_DIR is not set",
+            (long long)step);
     rc = BT_EARG;
     goto out;
-  } else if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) {
-    goto out;
   }
+  snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
   if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
     bt_errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
     goto out;
@@ -514,8 +513,10 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  if (bt_config_model_diff(&theirs->model, &w->cfg->model, why, sizeof why)) {
-    bt_errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
+  /* The rule `baton run` applied before spawning (common/config.c): the
+   * data by its content, whatever its path. */
+  if (bt_config_model_match(&theirs->model, &w->cfg->model, NULL, 0, why, sizeof why)) {
+    bt_errf(w->err, sizeof w->err, "%s holds another model: %s", dir, why);
     rc = BT_ECONFIG;
     goto out;
   }
