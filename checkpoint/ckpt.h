@@ -254,7 +254,8 @@ int bt_ckpt_job_valid(const char *s);
  * (close it with bt_ckpt_step_close). A newer step of the job that fails
  * its checks is skipped with a warning saying why; steps of other jobs are
  * never considered, so a restart cannot load a step outside its lineage.
- * -ENOENT when there is none. */
+ * Job "" picks among steps committed before lineage existed. -ENOENT when
+ * there is none. */
 int bt_ckpt_job_pick(const char *root, const char *job, int64_t before, bt_ckpt_step_t *st);
 
 /* Committed steps of ROOT that a job resuming from `from` (an open step)

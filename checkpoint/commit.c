@@ -75,17 +75,6 @@ static int remove_strays(const char *dir, const bt_ckpt_manifest_t *m) {
   return rc;
 }
 
-static int write_all(int fd, const char *p, size_t len) {
-  while (len > 0) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return -errno;
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Temp, fsync, rename, fsync of the directory. Written in two halves so
  * the crash test can stop with a torn manifest temp on disk. */
 static int write_manifest(const char *dir, const char *text, size_t len) {
@@ -98,12 +87,12 @@ static int write_manifest(const char *dir, const char *text, size_t len) {
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -errno;
   size_t half = len / 2;
-  if ((rc = write_all(fd, text, half)) < 0) goto out;
+  if ((rc = bt_write_all(fd, text, half)) < 0) goto out;
   if (getenv("BATON_CKPT_TEST_STOP")) {
     fsync(fd);
     bt_ckpt_test_stop("manifest-partial", -1);
   }
-  if ((rc = write_all(fd, text + half, len - half)) < 0) goto out;
+  if ((rc = bt_write_all(fd, text + half, len - half)) < 0) goto out;
   if (fsync(fd) < 0) {
     rc = -errno;
     goto out;

@@ -78,7 +78,7 @@ static void warn_problem(void *arg, const char *line) {
 }
 
 int bt_ckpt_job_pick(const char *root, const char *job, int64_t before, bt_ckpt_step_t *st) {
-  if (!bt_ckpt_job_valid(job)) return BT_EARG;
+  if (!job || (job[0] && !bt_ckpt_job_valid(job))) return BT_EARG;
   int64_t *steps = NULL;
   size_t ns = 0;
   char dir[PATH_MAX];

@@ -76,16 +76,6 @@ const bt_config_flag_t *bt_config_flags(size_t *n) {
   return g_flags;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static const bt_config_flag_t *find_flag(const char *name) {
   if (name[0] == '-' && name[1] == '-') name += 2;
   for (size_t i = 0; i < NFLAGS; i++)
@@ -102,13 +92,13 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
   case BT_FLAG_INT:
     rc = bt_parse_int(value, (int)f->lo, (int)f->hi, (int *)p);
     if (rc)
-      set_err(err, errlen, "--%s: expected a whole number in [%d, %d], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a whole number in [%d, %d], got '%s'", f->name,
               (int)f->lo, (int)f->hi, value);
     break;
   case BT_FLAG_I64:
     rc = bt_parse_i64(value, (int64_t)f->lo, (int64_t)f->hi, (int64_t *)p);
     if (rc)
-      set_err(err, errlen, "--%s: expected a whole number in [%lld, %lld], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a whole number in [%lld, %lld], got '%s'", f->name,
               (long long)f->lo, (long long)f->hi, value);
     break;
   case BT_FLAG_DOUBLE: {
@@ -116,7 +106,7 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
     rc = bt_parse_double(value, f->lo, f->hi, &v);
     if (!rc && f->positive && !(v > 0)) rc = BT_EARG;
     if (rc)
-      set_err(err, errlen, "--%s: expected a number in %s%g, %g], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a number in %s%g, %g], got '%s'", f->name,
               f->positive ? "(" : "[", f->lo, f->hi, value);
     else
       *(double *)p = v;
@@ -125,7 +115,7 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
   case BT_FLAG_STRING:
     /* A newline would break the line-per-key text form. */
     if (strlen(value) >= f->size || strchr(value, '\n')) {
-      set_err(err, errlen, "--%s: value too long or not one line", f->name);
+      bt_errf(err, errlen, "--%s: value too long or not one line", f->name);
       rc = BT_EARG;
     } else {
       snprintf(p, f->size, "%s", value);
@@ -151,11 +141,11 @@ int bt_config_flag(bt_config_t *c, int part, const char *flag, const char *value
                    size_t errlen) {
   const bt_config_flag_t *f = find_flag(flag);
   if (!f || !f->is_flag || !(f->part & part)) {
-    set_err(err, errlen, "unknown option '%s'", flag);
+    bt_errf(err, errlen, "unknown option '%s'", flag);
     return BT_EARG;
   }
   if (!value) {
-    set_err(err, errlen, "--%s needs a value", f->name);
+    bt_errf(err, errlen, "--%s needs a value", f->name);
     return BT_EARG;
   }
   return set_field(c, f, value, err, errlen);
@@ -211,24 +201,24 @@ int bt_config_validate(const bt_config_t *c, char *err, size_t errlen) {
     else if (f->type == BT_FLAG_DOUBLE) v = *(const double *)p;
     else continue;
     if (!(v >= f->lo && v <= f->hi) || (f->positive && !(v > 0))) {
-      set_err(err, errlen, "--%s: %g is out of range [%g, %g]", f->name, v, f->lo, f->hi);
+      bt_errf(err, errlen, "--%s: %g is out of range [%g, %g]", f->name, v, f->lo, f->hi);
       return BT_EARG;
     }
   }
   if (!m->data[0]) {
-    set_err(err, errlen, "--data: empty path");
+    bt_errf(err, errlen, "--data: empty path");
     return BT_EARG;
   }
   if (strcmp(m->math, "fp32") && strcmp(m->math, "tf32")) {
-    set_err(err, errlen, "--math: expected fp32 or tf32, got '%s'", m->math);
+    bt_errf(err, errlen, "--math: expected fp32 or tf32, got '%s'", m->math);
     return BT_EARG;
   }
   if (!strcmp(m->math, "tf32") && strcmp(c->run.backend, "cuda")) {
-    set_err(err, errlen, "--math tf32 needs --backend cuda");
+    bt_errf(err, errlen, "--math tf32 needs --backend cuda");
     return BT_EARG;
   }
   if (strcmp(c->run.backend, "cpu") && strcmp(c->run.backend, "cuda")) {
-    set_err(err, errlen, "--backend: expected cpu or cuda, got '%s'", c->run.backend);
+    bt_errf(err, errlen, "--backend: expected cpu or cuda, got '%s'", c->run.backend);
     return BT_EARG;
   }
   /* Kernel sizes are ints: the largest per-micro-batch tensor must fit. */
@@ -236,7 +226,7 @@ int bt_config_validate(const bt_config_t *c, char *err, size_t errlen) {
   if ((double)m->mb_tokens * 256.0 > biggest) biggest = (double)m->mb_tokens * 256.0;
   if ((double)m->context * 256.0 * m->dim > biggest) biggest = (double)m->context * 256.0 * m->dim;
   if (biggest > (double)INT_MAX) {
-    set_err(err, errlen, "--dim/--mb-tokens/--context: a tensor of %.0f elements is too large",
+    bt_errf(err, errlen, "--dim/--mb-tokens/--context: a tensor of %.0f elements is too large",
             biggest);
     return BT_EARG;
   }
@@ -251,24 +241,24 @@ static int resolve_data(bt_model_config_t *m, char *err, size_t errlen) {
   }
   char abs[PATH_MAX];
   if (!realpath(m->data, abs)) {
-    set_err(err, errlen, "--data %s: %s", m->data, strerror(errno));
+    bt_errf(err, errlen, "--data %s: %s", m->data, strerror(errno));
     return BT_EARG;
   }
   uint32_t crc;
   uint64_t size;
   int rc = bt_crc32_file(abs, &crc, &size);
   if (rc) {
-    set_err(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
+    bt_errf(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
     return BT_EARG;
   }
   uint64_t need = (uint64_t)m->context + (uint64_t)m->mb_tokens + 1;
   if (size < need) {
-    set_err(err, errlen, "--data %s: %llu bytes, need at least %llu (context + mb-tokens + 1)",
+    bt_errf(err, errlen, "--data %s: %llu bytes, need at least %llu (context + mb-tokens + 1)",
             m->data, (unsigned long long)size, (unsigned long long)need);
     return BT_EARG;
   }
   if (strlen(abs) >= sizeof m->data) {
-    set_err(err, errlen, "--data: path too long");
+    bt_errf(err, errlen, "--data: path too long");
     return BT_EARG;
   }
   snprintf(m->data, sizeof m->data, "%s", abs);
@@ -284,7 +274,7 @@ int bt_config_finish(bt_config_t *c, char *err, size_t errlen) {
   if ((rc = resolve_data(&c->model, err, errlen))) return rc;
   uint64_t need = bt_config_memory_bytes(&c->model), have = bt_config_physical_bytes();
   if (need > have) {
-    set_err(err, errlen,
+    bt_errf(err, errlen,
             "the model needs about %.3g GiB (parameters, gradients, AdamW state, activations) "
             "but this machine has %.3g GiB",
             (double)need / 1073741824.0, (double)have / 1073741824.0);
@@ -391,7 +381,7 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     lineno++;
     char line[BT_CONFIG_PATH_MAX + 64];
     if (len >= sizeof line) {
-      set_err(err, errlen, "config line %d: too long", lineno);
+      bt_errf(err, errlen, "config line %d: too long", lineno);
       return BT_EFORMAT;
     }
     memcpy(line, p, len);
@@ -400,7 +390,7 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     if (!len) continue;
     char *eq = strchr(line, '=');
     if (!eq || eq == line) {
-      set_err(err, errlen, "config line %d: expected key=value, got '%s'", lineno, line);
+      bt_errf(err, errlen, "config line %d: expected key=value, got '%s'", lineno, line);
       return BT_EFORMAT;
     }
     *eq = 0;
@@ -408,11 +398,11 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     if (f) {
       char why[256];
       if (set_field(c, f, eq + 1, why, sizeof why)) {
-        set_err(err, errlen, "config line %d: %s", lineno, why);
+        bt_errf(err, errlen, "config line %d: %s", lineno, why);
         return BT_EFORMAT;
       }
     } else if (bt_config_extra_set(c, line, eq + 1)) {
-      set_err(err, errlen, "config line %d: cannot keep setting '%s'", lineno, line);
+      bt_errf(err, errlen, "config line %d: cannot keep setting '%s'", lineno, line);
       return BT_EFORMAT;
     }
   }
@@ -519,7 +509,7 @@ int bt_config_match_checkpoint(bt_config_t *cfg, const char *ckpt_text, const ch
   bt_config_t theirs, mine;
   char why[1024] = "";
   if (bt_config_from_text(&theirs, ckpt_text ? ckpt_text : "", why, sizeof why)) {
-    set_err(err, errlen, "unreadable model configuration: %s", why);
+    bt_errf(err, errlen, "unreadable model configuration: %s", why);
     return BT_EFORMAT;
   }
   mine = *cfg;
@@ -531,7 +521,7 @@ int bt_config_match_checkpoint(bt_config_t *cfg, const char *ckpt_text, const ch
   if (bt_config_finish(&mine, err, errlen)) return BT_EARG;
   char diff[2048];
   if (bt_config_model_match(&theirs.model, &mine.model, given_names, ngiven, diff, sizeof diff)) {
-    set_err(err, errlen, "%s", diff);
+    bt_errf(err, errlen, "%s", diff);
     return BT_ECONFIG;
   }
   cfg->model = mine.model;

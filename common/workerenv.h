@@ -74,17 +74,20 @@
 
 /* X(field, type, lo, hi, set-by, read-by, help) — START, sent once every
  * stage is READY (launcher/supervisor.c send_start). */
-#define BT_WORKER_START(X)                                                                                        \
+#define BT_WORKER_START_NUM(X)                                                                                    \
   X(nstages, uint32_t, 1, BT_MAX_STAGES, "supervisor", "worker", "stages; must equal BATON_STAGES")             \
   X(first_step, int64_t, 1, INT64_MAX, "supervisor", "worker", "the first step to train (restore_step + 1)")     \
   X(last_step, int64_t, 0, INT64_MAX, "supervisor", "worker", "the last step to train (--steps)")               \
   X(restore_step, int64_t, 0, INT64_MAX, "supervisor", "worker",                                                 \
     "the step in BATON_RESTORE_DIR to load first (0: initialise)")                                               \
   X(ckpt_every, int64_t, 0, INT64_MAX, "supervisor", "worker", "save every K steps (0: only the last)")          \
-  X(ckpt_last, uint32_t, 0, 1, "supervisor", "worker", "save the last step (1 with a checkpoint directory)")     \
+  X(ckpt_last, uint32_t, 0, 1, "supervisor", "worker", "save the last step (1 with a checkpoint directory)")
+#define BT_WORKER_START_DATA(X)                                                                                   \
   X(addrs, table, 0, 0, "supervisor (from READY)", "worker/transport_socket.c", "every stage's data-plane address") \
   X(gpus, table, 0, 0, "supervisor (from READY)", "worker/transport_nccl.c", "every stage's GPU (\"\" on the CPU)") \
   X(nccl_id, bytes, 0, 0, "supervisor (stage 0's READY)", "worker/transport_nccl.c", "NCCL's unique id")
+
+#define BT_WORKER_START(X) BT_WORKER_START_NUM(X) BT_WORKER_START_DATA(X)
 
 #define BT_WENV_FIELD_NUM(var, field, type, ...) type field;
 #define BT_WENV_FIELD_STR(var, field, size, ...) char field[size];

@@ -29,6 +29,7 @@
 #include "common/log.h"
 #include "common/parse.h"
 #include "launcher/commands.h"
+#include "launcher/ending.h"
 #include "launcher/plan.h"
 #include "launcher/recovery.h"
 #include "launcher/supervisor.h"
@@ -131,7 +132,6 @@ typedef struct {
   int given_schedule, given_stages, given_chunks, given_mb;
   const char *csv_arg;     /* --schedule FILE as given */
   char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
-  char csv_env[PATH_MAX + 32];
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -282,7 +282,6 @@ static int adopt_csv_counts(run_args_t *a) {
     r->stages = s.p;
     r->chunks = s.v;
     a->cfg.model.microbatches = s.m;
-    snprintf(a->csv_env, sizeof a->csv_env, "BATON_SCHEDULE_CSV=%s", a->csv_path);
   }
   bt_sched_free(&s);
   return rc;
@@ -390,7 +389,6 @@ static int probe_backend(const char *backend) {
 typedef struct {
   int p, v;
   int *first, *last;
-  char **layers;
   char **flags;
   int nflags;
   char **wargv;
@@ -401,8 +399,6 @@ typedef struct {
 static void formation_free(formation_t *f) {
   for (int i = 0; f->flags && i < f->nflags; i++) free(f->flags[i]);
   free(f->flags);
-  for (int i = 0; f->layers && i < f->p; i++) free(f->layers[i]);
-  free(f->layers);
   free(f->wargv);
   free(f->first);
   free(f->last);
@@ -410,8 +406,8 @@ static void formation_free(formation_t *f) {
   memset(f, 0, sizeof *f);
 }
 
-/* Plans cfg->run.stages workers: layout, schedule, each stage's layers and
- * the worker command line. Returns 0 or an exit code (2: refused, with one
+/* Plans cfg->run.stages workers: layout, schedule and the worker command
+ * line. Returns 0 or an exit code (2: refused, with one
  * line on stderr). */
 static int formation_plan(run_args_t *a, formation_t *f) {
   bt_config_t *cfg = &a->cfg;
@@ -422,8 +418,7 @@ static int formation_plan(run_args_t *a, formation_t *f) {
   f->v = v;
   f->first = calloc((size_t)nv, sizeof *f->first);
   f->last = calloc((size_t)nv, sizeof *f->last);
-  f->layers = calloc((size_t)p, sizeof *f->layers);
-  if (!f->first || !f->last || !f->layers) return out_of_memory();
+  if (!f->first || !f->last) return out_of_memory();
   if (bt_plan_layout(cfg, f->first, f->last, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     return BT_SUP_EXIT_USAGE;
@@ -442,14 +437,6 @@ static int formation_plan(run_args_t *a, formation_t *f) {
     fprintf(stderr, "baton run: %d virtual stages: the layout does not fit the configuration's %zu bytes\n", nv,
             sizeof cfg->run.layout);
     return BT_SUP_EXIT_USAGE;
-  }
-  for (int s = 0; s < p; s++) {
-    char buf[1024];
-    size_t n = 0;
-    for (int c = 0; c < v && n < sizeof buf; c++)
-      n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%d-%d", c ? "," : "", f->first[c * p + s],
-                            f->last[c * p + s]);
-    if (!(f->layers[s] = strdup(buf))) return out_of_memory();
   }
   if (!(f->flags = worker_flags(cfg, &f->nflags))) return out_of_memory();
   f->wargv = calloc((size_t)(f->nflags + a->nfwd) + 3, sizeof *f->wargv);
@@ -578,8 +565,7 @@ typedef struct {
 
 static void job_event_failure(run_args_t *a, const char *name, const failure_t *f, int64_t restore,
                               const bt_recovery_decision_t *d, uint32_t stages) {
-  if (!a->o.events_path) return;
-  FILE *ev = fopen(a->o.events_path, "a");
+  FILE *ev = a->o.events_file; /* the supervisor writes into the same handle */
   if (!ev) return;
   bt_json_t j;
   bt_json_init(&j);
@@ -602,9 +588,11 @@ static void job_event_failure(run_args_t *a, const char *name, const failure_t *
     bt_json_kstr(&j, "why", d->why);
   }
   bt_json_obj_end(&j);
-  if (!bt_json_error(&j)) fprintf(ev, "%s\n", bt_json_cstr(&j));
+  if (!bt_json_error(&j)) {
+    fprintf(ev, "%s\n", bt_json_cstr(&j));
+    fflush(ev);
+  }
   bt_json_free(&j);
-  fclose(ev);
 }
 
 /* The account at the end of a job that had failures. */
@@ -639,9 +627,9 @@ static void print_summary(const failure_t *f, int n, double end_s) {
  * is committed). Prints the account of the failures at the end. Returns
  * the exit code. */
 static int run_incarnations(run_args_t *a, formation_t *form, const start_t *start, int given_layout,
-                            const char *fault_env, const char *compress_env) {
+                            const char *faults) {
   bt_config_t *cfg = &a->cfg;
-  char restore_env[PATH_MAX + 32] = "", restore_dir[PATH_MAX];
+  char restore_dir[PATH_MAX];
   int64_t restore = start->step;
   snprintf(restore_dir, sizeof restore_dir, "%s", start->dir);
   a->o.lineage = start->lin;
@@ -656,19 +644,9 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
     o->nstages = (uint32_t)form->p;
     o->chunks = (uint32_t)form->v;
     o->worker_argv = form->wargv;
-    o->stage_layers = (const char *const *)form->layers;
     o->sched = &form->sched;
-    const char *extra_env[5];
-    int ne = 0;
-    if (restore_dir[0]) {
-      snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
-      extra_env[ne++] = restore_env;
-    }
-    if (a->csv_arg) extra_env[ne++] = a->csv_env;
-    if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
-    if (compress_env[0]) extra_env[ne++] = compress_env;
-    extra_env[ne] = NULL;
-    o->extra_env = extra_env;
+    o->restore_dir = restore_dir[0] ? restore_dir : NULL;
+    o->faults = inc == 0 ? faults : NULL; /* each fault fires once per job */
     o->first_step = restore + 1;
     o->last_step = cfg->run.steps;
     o->restore_step = restore;
@@ -699,19 +677,19 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
       fails[nfail - 1].ready_s = res.ready_s;
       fails[nfail - 1].resumed_s = res.first_step_s;
     }
-    if (res.end == BT_SUP_END_DONE) {
-      rc = res.exit_code;
-      if (rc == BT_SUP_EXIT_OK && res.have_hash) {
+    /* Done, preempted or killed: the job is over whatever the restart
+     * policy says (launcher/ending.c decides both). */
+    bt_recovery_decision_t d;
+    if (res.end == BT_SUP_END_DONE || res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
+      bt_job_next(&rec, &res, res.steps_done, &d);
+      rc = d.exit_code;
+      if (res.end == BT_SUP_END_DONE && rc == BT_SUP_EXIT_OK && res.have_hash) {
         char hex[33];
         bt_hash_hex(res.hash, hex);
         printf("hash %s\n", hex);
         fflush(stdout);
-      }
-      break;
-    }
-    if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
-      rc = res.exit_code;
-      if (res.failed_stage < 0 && res.reason[0]) fprintf(stderr, "baton run: %s\n", res.reason);
+      } else if (res.end != BT_SUP_END_DONE && res.failed_stage < 0 && res.reason[0])
+        fprintf(stderr, "baton run: %s\n", res.reason);
       break;
     }
     /* A failure: account for it, then ask the policy. */
@@ -744,8 +722,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
     }
     if (a->o.ckpt_dir || next > progress) progress = next;
     f->lost = res.steps_done > next ? res.steps_done - next : 0;
-    bt_recovery_decision_t d;
-    bt_recovery_decide(&rec, &res, progress, &d);
+    bt_job_next(&rec, &res, progress, &d);
     if (d.action == BT_RECOVERY_GIVE_UP) {
       job_event_failure(a, "give_up", f, next, &d, (uint32_t)form->p);
       /* With no restarts at all the supervisor's failure report says it all. */
@@ -813,7 +790,7 @@ int bt_cmd_run(int argc, char **argv) {
     return BT_SUP_EXIT_FAILED;
   }
   int rc = BT_SUP_EXIT_USAGE, locked = 0;
-  char err[1024], holder[512] = "", *fault_env = NULL, compress_env[64] = "";
+  char err[1024], holder[512] = "", *fault_env = NULL;
   start_t start;
   formation_t form;
   memset(&form, 0, sizeof form);
@@ -896,6 +873,12 @@ int bt_cmd_run(int argc, char **argv) {
     }
     fclose(f);
   }
+  /* One writer of the events for the whole job: this handle, which every
+   * incarnation's supervisor and the restart account share. */
+  if (a->o.events_path && !(a->o.events_file = fopen(a->o.events_path, "w"))) {
+    fprintf(stderr, "baton run: --events %s: %s\n", a->o.events_path, strerror(errno));
+    goto out;
+  }
   if (strcmp(cfg->run.backend, "cpu") && (rc = probe_backend(cfg->run.backend))) goto out;
   rc = BT_SUP_EXIT_USAGE;
   int given_layout = cfg->run.layout[0] != 0;
@@ -910,25 +893,26 @@ int bt_cmd_run(int argc, char **argv) {
   if (a->nfaults) {
     size_t len = 1;
     for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
-    if (!(fault_env = malloc(len + sizeof "BATON_INJECT_FAULTS="))) {
+    if (!(fault_env = malloc(len))) {
       rc = out_of_memory();
       goto out;
     }
-    strcpy(fault_env, "BATON_INJECT_FAULTS=");
+    fault_env[0] = 0;
     for (int i = 0; i < a->nfaults; i++) {
       if (i) strcat(fault_env, ";");
       strcat(fault_env, a->faults[i]);
     }
   }
-  if (a->ck.opts.deflate > 0)
-    snprintf(compress_env, sizeof compress_env, "BATON_CKPT_COMPRESS=%d", a->ck.opts.deflate);
+  a->o.ckpt_compress = a->ck.opts.deflate;
+  a->o.schedule_csv = a->csv_arg ? a->csv_path : NULL;
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
-  rc = run_incarnations(a, &form, &start, given_layout, fault_env, compress_env);
+  rc = run_incarnations(a, &form, &start, given_layout, fault_env);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);
+  if (a->o.events_file) fclose(a->o.events_file);
   free(fault_env);
   free(a);
   return rc;

@@ -23,10 +23,13 @@
 
 #include "checkpoint/ckpt.h"
 #include "common/clock.h"
+#include "common/deadlines.h"
 #include "common/error.h"
 #include "common/exitcodes.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/workerenv.h"
+#include "launcher/ending.h"
 #include "schedules/comm.h"
 
 #define SAME(a, b) ((int)(a) == (int)(b))
@@ -141,6 +144,7 @@ typedef struct sup {
   int tty;                     /* progress as one updating line */
   int progress_shown;          /* a progress line without newline is on screen */
   uint64_t progress_drawn_ns;  /* uv_hrtime() of the last progress output */
+  bt_deadlines_t dl;           /* the deadline chain (common/deadlines.h) */
 } sup_t;
 
 static uint64_t now_ms(sup_t *s) { return uv_now(&s->loop); }
@@ -282,7 +286,7 @@ static void begin_stop(sup_t *s, int abort_now, int64_t stop_at) {
     if (abort_now) send_empty(w, BT_MSG_ABORT);
     else send_step_msg(w, BT_MSG_STOP, stop_at);
   }
-  uv_timer_start(&s->grace, on_grace, (uint64_t)(s->o->grace_s * 1000.0), 0);
+  uv_timer_start(&s->grace, on_grace, (uint64_t)s->dl.grace_ms, 0);
 }
 
 /* Records a failure of w; the first one stops the job. */
@@ -1041,7 +1045,7 @@ static worker_t *hang_report(sup_t *s, worker_t *suspect) {
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = now_ms(s);
-  if (s->state == JOB_STARTING && now - s->start_ms > (uint64_t)(s->o->start_timeout_s * 1000.0)) {
+  if (s->state == JOB_STARTING && now - s->start_ms > (uint64_t)s->dl.start_ms) {
     for (uint32_t i = 0; i < s->n; i++) {
       worker_t *w = &s->w[i];
       if (w->state == W_READY || w->state == W_EXITED) continue;
@@ -1050,7 +1054,7 @@ static void on_tick(uv_timer_t *t) {
       return;
     }
   }
-  uint64_t hb_ms = (uint64_t)(s->o->heartbeat_timeout_s * 1000.0);
+  uint64_t hb_ms = (uint64_t)s->dl.heartbeat_timeout_ms;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state == W_EXITED || w->state == W_SPAWNED || w->killed_by_us) continue;
@@ -1064,18 +1068,14 @@ static void on_tick(uv_timer_t *t) {
   /* Progress: when one stage hangs, its neighbours stop progressing too.
    * Among the stalled stages blame one that is not waiting on a peer, else
    * the one stalled longest. */
-  uint64_t pt_ms = (uint64_t)(s->o->progress_timeout_s * 1000.0);
   worker_t *blame = NULL;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state != W_RUNNING || w->done || w->killed_by_us) continue;
-    /* Start-up and the first step (allocation, first touches, connecting,
-     * loading a checkpoint) get twice the allowance: still less than the
-     * transport deadline (build_env), so a hang there is named here too.
-     * A stage in a checkpoint phase (copying its snapshot, waiting for its
-     * previous save) moves no action index: ten times. */
-    uint64_t allow = w->steps_reported == 0 ? 2 * pt_ms : pt_ms;
-    if (w->phase == BT_PHASE_CKPT) allow = 10 * pt_ms;
+    /* The first step and a checkpoint phase get their own allowances
+     * (common/deadlines.c says why). */
+    uint64_t allow = (uint64_t)(w->steps_reported == 0 ? s->dl.first_step_ms : s->dl.progress_ms);
+    if (w->phase == BT_PHASE_CKPT) allow = (uint64_t)s->dl.ckpt_ms;
     if (now - w->last_progress_ms <= allow) continue;
     if (!blame || (blame->phase == BT_PHASE_WAIT && w->phase != BT_PHASE_WAIT) ||
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
@@ -1135,10 +1135,8 @@ static void on_signal(uv_signal_t *h, int signum) {
       event_end(s, &j);
     }
     send_ckpt_at(s, at);
-    /* A save that never becomes durable must not keep the job alive: after
-     * the grace period plus two progress timeouts, stop anyway. */
-    uv_timer_start(&s->grace, on_preempt_deadline,
-                   (uint64_t)((s->o->grace_s + 2.0 * s->o->progress_timeout_s) * 1000.0), 0);
+    /* A save that never becomes durable must not keep the job alive. */
+    uv_timer_start(&s->grace, on_preempt_deadline, (uint64_t)s->dl.preempt_ms, 0);
   } else if (s->signals_seen == 1) {
     s->stop_signal = signum;
     /* Every stage must end on the same step S, so S must not be behind any
@@ -1172,15 +1170,8 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* ---------- spawning ---------- */
 
-static int is_ours(const char *kv, const char *const *extra) {
-  static const char *const names[] = {
-      "RANK=", "WORLD_SIZE=", "LOCAL_RANK=", "LOCAL_WORLD_SIZE=", "MASTER_ADDR=", "MASTER_PORT=",
-      "BATON_RESTART_COUNT=", "BATON_STAGE=", "BATON_STAGES=", "BATON_CHUNKS=", "BATON_LAYERS=",
-      "BATON_CKPT_DIR=", "BATON_CONTROL_FD=", "BATON_SUPERVISOR_PID=", "BATON_JOB_TOKEN=",
-      "BATON_HEARTBEAT_MS=", "BATON_PEER_TIMEOUT_MS=", "BATON_INJECT_FAULTS=", "BATON_RESTORE_DIR=",
-      "BATON_CKPT_COMPRESS="};
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-    if (!strncmp(kv, names[i], strlen(names[i]))) return 1;
+/* 1 when kv names one of the extra variables. */
+static int is_extra(const char *kv, const char *const *extra) {
   for (size_t i = 0; extra && extra[i]; i++) {
     const char *eq = strchr(extra[i], '=');
     size_t len = eq ? (size_t)(eq - extra[i]) + 1 : strlen(extra[i]);
@@ -1189,59 +1180,48 @@ static int is_ours(const char *kv, const char *const *extra) {
   return 0;
 }
 
-#define NOURS 17
-
-/* The worker's environment: ours first, then the supervisor's own minus
- * any variable we set (a stale RANK from an outer launcher must not win). */
+/* The worker's environment: the table of common/workerenv.h first, then
+ * the extras, then the supervisor's own minus any variable we set (a stale
+ * RANK from an outer launcher must not win). */
 static char **build_env(sup_t *s, uint32_t stage) {
-  size_t n = 0, nextra = 0;
+  size_t n = 0, nextra = 0, nours = bt_worker_env_count();
   while (environ[n]) n++;
   while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
-  char **env = calloc(n + nextra + NOURS + 1, sizeof *env);
+  char **env = calloc(n + nextra + nours + 1, sizeof *env);
   if (!env) return NULL;
   const bt_sup_opts_t *o = s->o;
-  int64_t hb_ms = (int64_t)(o->heartbeat_timeout_s * 1000.0 / 5.0);
-  if (hb_ms < 10) hb_ms = 10;
-  if (hb_ms > 1000) hb_ms = 1000;
-  /* The transport deadline is longer than the progress timeout (DESIGN §7):
-   * a hang is then reported by the supervisor, naming the stage, before
-   * the neighbours give up on it. */
-  double margin_s = o->progress_timeout_s / 2 > 1.0 ? o->progress_timeout_s / 2 : 1.0;
-  int64_t peer_ms = (int64_t)((o->progress_timeout_s * 2.0 + margin_s) * 1000.0);
-  const char *layers = o->stage_layers && o->stage_layers[stage] ? o->stage_layers[stage] : NULL;
-  size_t k = 0;
+  bt_worker_env_t we;
+  bt_worker_env_defaults(&we);
+  we.rank = we.local_rank = we.stage = stage;
+  we.world_size = we.local_world_size = we.nstages = s->n;
+  snprintf(we.master_addr, sizeof we.master_addr, "127.0.0.1");
+  we.fd = 3;
+  we.supervisor_pid = (long)getpid();
+  we.chunks = o->chunks;
+  we.restart = o->restart_count;
+  snprintf(we.token, sizeof we.token, "%s", s->token);
+  we.heartbeat_ms = s->dl.heartbeat_ms;
+  we.peer_timeout_ms = s->dl.peer_ms;
+  we.ckpt_timeout_ms = s->dl.ckpt_wait_ms;
+  /* lengths were checked in bt_supervisor_run */
+  snprintf(we.ckpt_dir, sizeof we.ckpt_dir, "%s", o->ckpt_dir ? o->ckpt_dir : "");
+  snprintf(we.restore_dir, sizeof we.restore_dir, "%s", o->restore_dir ? o->restore_dir : "");
+  snprintf(we.faults, sizeof we.faults, "%s", o->faults ? o->faults : "");
+  snprintf(we.schedule_csv, sizeof we.schedule_csv, "%s", o->schedule_csv ? o->schedule_csv : "");
+  we.ckpt_compress = o->ckpt_compress;
+  int got = bt_worker_env_format(&we, env, nours);
+  if (got < 0) {
+    free(env);
+    return NULL;
+  }
+  size_t k = (size_t)got;
   int fail = 0;
-#define PUT(...)                                   \
-  do {                                             \
-    if (asprintf(&env[k], __VA_ARGS__) < 0) {      \
-      env[k] = NULL;                               \
-      fail = 1;                                    \
-    } else                                         \
-      k++;                                         \
-  } while (0)
-  PUT("RANK=%u", stage);
-  PUT("WORLD_SIZE=%u", s->n);
-  PUT("LOCAL_RANK=%u", stage);
-  PUT("LOCAL_WORLD_SIZE=%u", s->n);
-  PUT("MASTER_ADDR=127.0.0.1");
-  PUT("MASTER_PORT=0");
-  PUT("BATON_RESTART_COUNT=%u", o->restart_count);
-  PUT("BATON_STAGE=%u", stage);
-  PUT("BATON_STAGES=%u", s->n);
-  PUT("BATON_CHUNKS=%u", o->chunks);
-  PUT("BATON_CONTROL_FD=3");
-  PUT("BATON_SUPERVISOR_PID=%d", (int)getpid());
-  PUT("BATON_JOB_TOKEN=%s", s->token);
-  PUT("BATON_HEARTBEAT_MS=%lld", (long long)hb_ms);
-  PUT("BATON_PEER_TIMEOUT_MS=%lld", (long long)peer_ms);
-  if (layers) PUT("BATON_LAYERS=%s", layers);
-  if (o->ckpt_dir) PUT("BATON_CKPT_DIR=%s", o->ckpt_dir);
-#undef PUT
   for (size_t i = 0; i < nextra; i++)
     if ((env[k] = strdup(o->extra_env[i]))) k++;
     else fail = 1;
   for (size_t i = 0; i < n; i++)
-    if (!is_ours(environ[i], o->extra_env) && (env[k] = strdup(environ[i]))) k++;
+    if (!bt_worker_env_is_ours(environ[i]) && !is_extra(environ[i], o->extra_env) && (env[k] = strdup(environ[i])))
+      k++;
   if (fail) {
     for (size_t i = 0; i < k; i++) free(env[i]);
     free(env);
@@ -1359,15 +1339,15 @@ static void make_token(char out[33]) {
 }
 
 /* Picks the root cause (highest rank, then earliest) and writes the summary
- * with the tail of that worker's stderr. */
-static void report_failure(sup_t *s) {
+ * with the tail of that worker's stderr; returns it (NULL: none failed). */
+static worker_t *report_failure(sup_t *s) {
   worker_t *root = NULL;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->fail == F_NONE) continue;
     if (!root || w->fail > root->fail || (w->fail == root->fail && w->fail_ms < root->fail_ms)) root = w;
   }
-  if (!root) return;
+  if (!root) return NULL;
   bt_sup_result_t *r = s->res;
   r->failed_stage = (int)root->stage;
   r->root_pid = root->pid;
@@ -1379,14 +1359,6 @@ static void report_failure(sup_t *s) {
     if (w < 0) break;
     tk += (size_t)w;
   }
-  /* What a restart can do about it: a bad configuration or NaN comes back
-   * on every restart; a crash, hang or lost peer may not. */
-  if (!root->term_signal && (root->exit_status == BT_SUP_WEXIT_FATAL || root->exit_status == BT_SUP_WEXIT_USAGE))
-    r->end = BT_SUP_END_FATAL;
-  else if ((!root->term_signal && root->exit_status == BT_SUP_WEXIT_NONFINITE) || root->error_code == BT_ENONFINITE)
-    r->end = BT_SUP_END_NONFINITE;
-  else
-    r->end = BT_SUP_END_RETRYABLE;
   char msg[16384];
   int k = snprintf(msg, sizeof msg, "baton: stage %u failed: %s%s%s\n", root->stage, root->fail_reason,
                    root->error_text[0] ? ": " : "", root->error_text);
@@ -1400,53 +1372,35 @@ static void report_failure(sup_t *s) {
   if (k > (int)sizeof msg - 1) k = (int)sizeof msg - 1;
   clear_progress(s);
   write_all(STDERR_FILENO, msg, (size_t)k);
+  return root;
 }
 
 static void finish_result(sup_t *s) {
   bt_sup_result_t *r = s->res;
   r->steps_done = s->steps_done;
   r->stop_signal = s->stop_signal;
-  report_failure(s);
-  int all_done = 1;
-  for (uint32_t i = 0; i < s->n; i++) all_done &= s->w[i].done;
-  if (r->failed_stage < 0 && s->stop_signal && all_done && s->steps_done >= s->o->last_step &&
-      !s->nonfinite) {
-    /* The signal came as the last step ended: the job is simply done. */
-    r->exit_code = BT_SUP_EXIT_OK;
-    r->end = BT_SUP_END_DONE;
-  } else if (r->failed_stage >= 0) {
-    r->exit_code = BT_SUP_EXIT_FAILED;
-    if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1 && r->end != BT_SUP_END_NONFINITE) {
-      /* A stage failed while the job was being preempted: what is
-       * committed stands, and running again resumes from it. */
-      r->exit_code = BT_EXIT_PREEMPTED;
-      r->end = BT_SUP_END_PREEMPTED;
-    } else if (s->stop_signal)
-      r->end = BT_SUP_END_KILLED;
-  } else if (s->nonfinite) {
-    r->exit_code = BT_EXIT_NONFINITE;
-    r->end = BT_SUP_END_NONFINITE;
-    snprintf(r->reason, sizeof r->reason, "non-finite parameters at a checkpoint: nothing committed");
-  } else if (s->stop_signal && s->o->ckpt_dir && s->signals_seen == 1) {
-    r->exit_code = BT_EXIT_PREEMPTED;
-    r->end = BT_SUP_END_PREEMPTED;
-    if (r->committed_step > 0 && r->committed_step >= s->preempt_at)
-      snprintf(r->reason, sizeof r->reason, "preempted by %s: checkpoint step %lld committed", strsignal(s->stop_signal),
-               (long long)r->committed_step);
-    else
-      snprintf(r->reason, sizeof r->reason, "preempted by %s before a checkpoint could be committed",
-               strsignal(s->stop_signal));
-  } else if (s->stop_signal) {
-    r->end = BT_SUP_END_KILLED;
-    r->exit_code = 128 + s->stop_signal;
-    snprintf(r->reason, sizeof r->reason, "stopped by %s after step %lld", strsignal(s->stop_signal),
-             (long long)s->steps_done);
-  } else if (s->internal_error) {
-    r->exit_code = BT_SUP_EXIT_FAILED;
-    r->end = BT_SUP_END_INTERNAL;
-    snprintf(r->reason, sizeof r->reason, "supervisor error: %s", bt_strerror(s->internal_error));
-  } else
-    r->exit_code = BT_SUP_EXIT_OK;
+  worker_t *root = report_failure(s);
+  /* The ending and the exit code: one function decides (ending.c). */
+  bt_worker_end_t rw = {0};
+  bt_incarnation_t in = {.root = root ? &rw : NULL,
+                         .all_done = 1,
+                         .stop_signal = s->stop_signal,
+                         .signals_seen = s->signals_seen,
+                         .has_ckpt_dir = s->o->ckpt_dir != NULL,
+                         .nonfinite = s->nonfinite,
+                         .internal_error = s->internal_error,
+                         .steps_done = s->steps_done,
+                         .last_step = s->o->last_step,
+                         .committed_step = r->committed_step,
+                         .preempt_at = s->preempt_at};
+  if (root) rw = (bt_worker_end_t){.term_signal = root->term_signal, .exit_status = root->exit_status,
+                                   .error_code = root->error_code};
+  for (uint32_t i = 0; i < s->n; i++) in.all_done &= s->w[i].done;
+  bt_ending_t e;
+  bt_job_ending(&in, &e);
+  r->end = e.end;
+  r->exit_code = e.exit_code;
+  if (e.reason[0]) snprintf(r->reason, sizeof r->reason, "%s", e.reason);
   if (r->exit_code == BT_SUP_EXIT_OK && s->o->want_hash) {
     size_t total = 0;
     for (uint32_t i = 0; i < s->n; i++) {
@@ -1516,10 +1470,21 @@ static void on_delay(uv_timer_t *t) {
   spawn_all(s);
 }
 
+/* 1 when the options make a job: counts in range, and what the workers'
+ * environment carries fits its fields (common/workerenv.h). */
+static int opts_ok(const bt_sup_opts_t *o) {
+  bt_worker_env_t fit;
+  return o->worker_argv && o->worker_argv[0] && o->nstages >= 1 && o->nstages <= BT_MAX_STAGES &&
+         o->last_step >= o->first_step - 1 && (!o->ckpt_dir || strlen(o->ckpt_dir) < sizeof fit.ckpt_dir) &&
+         (!o->restore_dir || strlen(o->restore_dir) < sizeof fit.restore_dir) &&
+         (!o->faults || strlen(o->faults) < sizeof fit.faults) &&
+         (!o->schedule_csv || strlen(o->schedule_csv) < sizeof fit.schedule_csv);
+}
+
 int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
-  if (!o->worker_argv || !o->worker_argv[0] || o->nstages < 1 || o->nstages > BT_MAX_STAGES ||
-      o->last_step < o->first_step - 1 || o->heartbeat_timeout_s <= 0 || o->progress_timeout_s <= 0 ||
-      o->start_timeout_s <= 0 || o->grace_s < 0)
+  bt_deadlines_t dl;
+  if (!opts_ok(o) || bt_deadlines_derive(o->heartbeat_timeout_s, o->progress_timeout_s, o->start_timeout_s,
+                                         o->grace_s, &dl))
     return BT_EARG;
   memset(res, 0, sizeof *res);
   res->failed_stage = -1;
@@ -1532,6 +1497,7 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   sigaction(SIGPIPE, &ign, &old_pipe);
   s->o = o;
   s->res = res;
+  s->dl = dl;
   s->n = o->nstages;
   s->tty = isatty(STDOUT_FILENO);
   make_token(s->token);
@@ -1546,7 +1512,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     goto out;
   }
   const char *mode = o->events_append ? "a" : "w";
-  if (o->events_path && !(s->events = fopen(o->events_path, mode))) {
+  if (o->events_file) s->events = o->events_file;
+  else if (o->events_path && !(s->events = fopen(o->events_path, mode))) {
     rc = -errno;
     bt_error("--events %s: %s", o->events_path, strerror(errno));
     goto out;
@@ -1589,13 +1556,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     uv_timer_start(&s->delay, on_delay, (uint64_t)(o->spawn_delay_s * 1000.0), 0);
   } else
     spawn_all(s);
-  /* The tick decides every timeout; a tenth of the shortest keeps
-   * detection within 10% of its nominal time. */
-  double shortest = o->heartbeat_timeout_s < o->progress_timeout_s ? o->heartbeat_timeout_s : o->progress_timeout_s;
-  uint64_t tick_ms = (uint64_t)(shortest * 100.0);
-  if (tick_ms < 10) tick_ms = 10;
-  if (tick_ms > 500) tick_ms = 500;
-  uv_timer_start(&s->tick, on_tick, tick_ms, tick_ms);
+  /* The tick decides every timeout (common/deadlines.c). */
+  uv_timer_start(&s->tick, on_tick, (uint64_t)s->dl.tick_ms, (uint64_t)s->dl.tick_ms);
   maybe_finish(s);
   uv_run(&s->loop, UV_RUN_DEFAULT);
   /* The drain timer was unref'd: close it now that everything else ended. */
@@ -1623,7 +1585,7 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
     event_end(s, &j);
   }
 out:
-  if (s->events) fclose(s->events);
+  if (s->events && s->events != o->events_file) fclose(s->events);
   if (s->metrics) fclose(s->metrics);
   if (s->w) {
     for (uint32_t i = 0; i < s->n; i++) {

@@ -68,10 +68,11 @@ typedef struct {
   uint32_t nstages;            /* worker processes, 1..BT_MAX_STAGES */
   uint32_t chunks;             /* virtual stages per worker (BATON_CHUNKS) */
   char *const *worker_argv;    /* program and its arguments, NULL-terminated */
-  /* BATON_LAYERS of each stage ("lo-hi,lo-hi": global layers per chunk);
-   * NULL entries or a NULL array leave it unset. */
-  const char *const *stage_layers;
   const char *ckpt_dir;        /* BATON_CKPT_DIR (the checkpoint root), or NULL */
+  const char *restore_dir;     /* BATON_RESTORE_DIR: the step directory restored first, or NULL */
+  const char *faults;          /* BATON_INJECT_FAULTS, or NULL */
+  const char *schedule_csv;    /* BATON_SCHEDULE_CSV (absolute), or NULL */
+  int ckpt_compress;           /* BATON_CKPT_COMPRESS: deflate level 0..9 */
   int64_t restore_step;        /* START.restore_step: load the step in BATON_RESTORE_DIR first (0: fresh) */
   bt_ckpt_lineage_t lineage;   /* the job and the step restored, recorded by every commit */
   int64_t ckpt_every;          /* START.ckpt_every (0: only the last step) */
@@ -98,6 +99,8 @@ typedef struct {
   const char *metrics_path;    /* JSON lines per step, or NULL */
   const char *trace_path;      /* Chrome trace JSON, or NULL */
   const char *events_path;     /* JSON lines: spawns, readiness, failures, stops, the end */
+  void *events_file;           /* a FILE * the caller opened for the whole job (the one writer of
+                                  the events; used instead of events_path, never closed here) */
   int want_hash;               /* collect HASHES and combine them */
   int progress;                /* print progress on stdout */
 } bt_sup_opts_t;

@@ -41,6 +41,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/data.h"
+#include "common/deadlines.h"
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/json.h"
@@ -50,6 +51,7 @@
 #include "kernels/backend.h"
 #include "launcher/commands.h"
 #include "worker/stage.h"
+#include "worker/stage_ckpt.h"
 
 /* How many final steps the closing "final loss" line averages: one step's
  * loss is a mean over only M*T tokens and jitters. */
@@ -188,10 +190,8 @@ typedef struct {
   bt_ckpt_lock_t lock;
   int locked;
   bt_ckpt_writer_t *writer;
-  bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
-  size_t n;
+  bt_stage_ckpt_t sc;       /* the stage's tensors and texts (worker/stage_ckpt.h) */
   int64_t pending;         /* saved, not yet committed; -1 none */
-  char *model_text, *run_text;
   bt_ckpt_retention_t keep;
   bt_ckpt_step_t src;      /* the step resumed from, while src_open */
   int src_open;
@@ -201,36 +201,7 @@ typedef struct {
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
-#define CKPT_TIMEOUT_MS (10 * 60 * 1000)
-
-static int fill_tensor(void *arg, size_t i, float *dst) { return bt_stage_tensor_get(arg, i, dst); }
-
-static int ckpt_describe(ckpt_t *ck, bt_stage_t *st) {
-  ck->n = bt_stage_tensor_count(st);
-  ck->desc = calloc(ck->n, sizeof *ck->desc);
-  if (!ck->desc) return -ENOMEM;
-  for (size_t i = 0; i < ck->n; i++) {
-    bt_stage_tensor_t t;
-    bt_ckpt_tensor_t *d = &ck->desc[i];
-    int rc = bt_stage_tensor(st, i, &t);
-    if (rc) return rc;
-    d->layer = (uint32_t)t.layer;
-    d->index = (uint32_t)t.index;
-    snprintf(d->name, sizeof d->name, "%s", t.name);
-    /* bt_tensor_kind_t and bt_ckpt_kind_t number param, m, v alike. */
-    d->kind = t.kind;
-    d->ndim = t.ndim;
-    for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
-  }
-  return 0;
-}
-
-static char *config_text(const bt_config_t *c, int part) {
-  size_t n = bt_config_to_text(c, part, NULL, 0);
-  char *s = malloc(n + 1);
-  if (s) bt_config_to_text(c, part, s, n + 1);
-  return s;
-}
+#define CKPT_TIMEOUT_MS BT_DEADLINE_TRAIN_CKPT_MS
 
 /* Locks the directory for the whole run. Returns an exit code: 2 (after
  * one line naming the holder) for a directory another job holds. */
@@ -394,24 +365,9 @@ static int adopt_model(train_args_t *a, const char *text, const char *where) {
  * other than the model, from the previous committed step of its root).
  * *start gets the step to train next. Returns an exit code. */
 static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
-  size_t total = 0;
-  int rc;
-  for (size_t i = 0; i < ck->n; i++) total += bt_ckpt_numel(&ck->desc[i]);
-  float *host = malloc((total ? total : 1) * sizeof(float));
-  bt_ckpt_tensor_t *want = malloc((ck->n ? ck->n : 1) * sizeof *want);
-  if (!host || !want) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  size_t off = 0;
-  for (size_t i = 0; i < ck->n; i++) {
-    want[i] = ck->desc[i];
-    want[i].data = host + off;
-    off += bt_ckpt_numel(&ck->desc[i]);
-  }
-  rc = bt_ckpt_step_load(&ck->src, want, ck->n);
+  int rc = bt_stage_ckpt_load(&ck->sc, st, &ck->src);
   /* Falling back stays on the lineage: the previous step of the same job
-   * (a step written before lineage existed falls back to any older one). */
+   * (steps written before lineage existed fall back among themselves). */
   while (rc && rc != BT_ECONFIG && ck->src_root) {
     char job[BT_CKPT_JOB_LEN + 1];
     int64_t failed = ck->src.step;
@@ -420,35 +376,17 @@ static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
             bt_strerror(rc));
     bt_ckpt_step_close(&ck->src);
     ck->src_open = 0;
-    if (!bt_ckpt_job_valid(job)) {
-      if ((rc = bt_ckpt_restore(ck->src_root, want, ck->n, &ck->src)) == 0) {
-        ck->src_open = 1;
-        ck->lin.parent_step = ck->src.step;
-      }
-      break;
-    }
     if ((rc = bt_ckpt_job_pick(ck->src_root, job, failed, &ck->src)) < 0) break;
     ck->src_open = 1;
     ck->lin.parent_step = ck->src.step;
-    rc = bt_ckpt_step_load(&ck->src, want, ck->n);
+    rc = bt_stage_ckpt_load(&ck->sc, st, &ck->src);
   }
-  if (rc) goto out;
-  for (size_t i = 0; i < ck->n && !rc; i++) rc = bt_stage_tensor_set(st, i, want[i].data);
-  /* `baton train` and every worker step AdamW once per step: another
-   * count means the shard was not written by this code. */
-  if (!rc && ck->src.man.meta.adam_t != ck->src.man.meta.step) rc = BT_ECORRUPT;
-  if (!rc) {
-    bt_stage_set_opt_step(st, ck->src.man.meta.adam_t);
-    *start = ck->src.man.meta.step;
-  }
-out:
-  free(want);
-  free(host);
   if (rc) {
-    fprintf(stderr, "baton train: %s: cannot restore: %s\n",
-            ck->src_open ? ck->src.dir : ck->root, bt_strerror(rc));
+    fprintf(stderr, "baton train: %s: cannot restore: %s\n", ck->src_open ? ck->src.dir : ck->root,
+            bt_strerror(rc));
     return rc == BT_ECONFIG ? 2 : 1;
   }
+  *start = ck->src.man.meta.step;
   return 0;
 }
 
@@ -457,20 +395,15 @@ out:
  * rather than page faults. Returns a negative code on failure. */
 static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
   int rc;
-  if (!(ck->model_text = config_text(&a->cfg, BT_CONFIG_MODEL)) ||
-      !(ck->run_text = config_text(&a->cfg, BT_CONFIG_RUN)))
-    return -ENOMEM;
   if ((rc = bt_ckpt_writer_create(&ck->writer, ck->root, &a->ck.opts, NULL, NULL))) return rc;
-  return bt_ckpt_writer_reserve(ck->writer, ck->desc, ck->n, CKPT_TIMEOUT_MS);
+  return bt_ckpt_writer_reserve(ck->writer, ck->sc.desc, ck->sc.n, CKPT_TIMEOUT_MS);
 }
 
 static void ckpt_close(ckpt_t *ck) {
   bt_ckpt_writer_destroy(ck->writer);
   if (ck->src_open) bt_ckpt_step_close(&ck->src);
   if (ck->locked) bt_ckpt_lock_release(&ck->lock);
-  free(ck->desc);
-  free(ck->model_text);
-  free(ck->run_text);
+  bt_stage_ckpt_free(&ck->sc);
 }
 
 /* Commits the pending save once the writer is done with it (waits at most
@@ -494,25 +427,10 @@ static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
 
 /* Saves the state after `done` updates: the copy into the writer's
  * snapshot is all training waits for. */
-static int ckpt_save(ckpt_t *ck, bt_stage_t *st, const bt_model_config_t *m, int64_t done) {
+static int ckpt_save(ckpt_t *ck, bt_stage_t *st, int64_t done) {
   int rc = ckpt_commit_pending(ck, CKPT_TIMEOUT_MS);
   if (rc) return rc;
-  size_t bad = 0;
-  if ((rc = bt_stage_count_nonfinite(st, &bad))) return rc;
-  if (bad) return BT_ENONFINITE;
-  bt_ckpt_meta_t meta = {
-      .step = done,
-      .stage = 0,
-      .stages = 1,
-      .chunks = 1,
-      .layer_count = (uint32_t)bt_model_layer_count(m),
-      .seed = (uint64_t)m->seed,
-      .adam_t = bt_stage_opt_step(st),
-      .model_config = ck->model_text,
-      .run_settings = ck->run_text,
-  };
-  rc = bt_ckpt_save_async_fill(ck->writer, &meta, ck->desc, ck->n, fill_tensor, st,
-                               CKPT_TIMEOUT_MS);
+  rc = bt_stage_ckpt_save(&ck->sc, st, ck->writer, done, NULL, NULL, CKPT_TIMEOUT_MS, NULL);
   if (!rc) ck->pending = done;
   return rc;
 }
@@ -546,11 +464,10 @@ static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, doubl
 
 /* The parameter hash of every layer of the stage. */
 static int stage_hash(bt_stage_t *st, char hex[33]) {
-  size_t n = bt_stage_param_tensor_count(st), got = 0;
-  bt_hash_rec_t *recs = calloc(n ? n : 1, sizeof *recs);
-  if (!recs) return -ENOMEM;
+  bt_hash_rec_t *recs = NULL;
+  size_t got = 0;
   bt_hash128_t h;
-  int rc = bt_stage_hash_records(st, recs, n, &got);
+  int rc = bt_stage_ckpt_hash(st, &recs, &got);
   if (!rc) rc = bt_hash_combine(recs, got, &h);
   if (!rc) bt_hash_hex(h, hex);
   free(recs);
@@ -646,7 +563,7 @@ int bt_cmd_train(int argc, char **argv) {
   const int64_t steps = a.cfg.run.steps;
   int64_t start = 0;
   if (a.ck.dir) {
-    if ((rc = ckpt_describe(&ck, st))) {
+    if ((rc = bt_stage_ckpt_init(&ck.sc, st, &a.cfg, 0, 1, 1))) {
       fprintf(stderr, "baton train: %s\n", bt_strerror(rc));
       goto out;
     }
@@ -723,7 +640,7 @@ int bt_cmd_train(int argc, char **argv) {
     if (a.ck.dir) {
       /* The last step is always saved; others every --ckpt-every. */
       int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
-      rc = due ? ckpt_save(&ck, st, m, s + 1) : ckpt_commit_pending(&ck, 0);
+      rc = due ? ckpt_save(&ck, st, s + 1) : ckpt_commit_pending(&ck, 0);
       if (rc) {
         code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
