@@ -70,7 +70,11 @@
   X(STR, BATON_SCHEDULE_CSV, schedule_csv, 4096, 0, 0, "", 0, SUP, "worker/cmd_worker.c",                       \
     "absolute path of a CSV schedule (--schedule=csv)")                                                          \
   X(STR, BATON_DATA_PLANE, data_plane, 8, 0, 0, "unix", 0, USER, "worker/pipeline.c",                           \
-    "unix (default: abstract Unix sockets, measured faster) or tcp")
+    "unix (default: abstract Unix sockets, measured faster) or tcp")                                              \
+  X(NUM, BATON_NCCL_SETUP_MS, nccl_setup_ms, int64_t, 1, INT64_C(1) << 40, 120000, 0, USER,                     \
+    "worker/pipeline.c, launcher/supervisor.c", "how long creating NCCL's communicators may take")              \
+  X(NUM, BATON_NCCL_SHARED_GPU, nccl_shared_gpu, int, 0, 1, 0, 0, USER, "worker/transport_nccl.c",              \
+    "1: try NCCL even when two stages share a GPU")
 
 /* X(field, type, lo, hi, set-by, read-by, help) — START, sent once every
  * stage is READY (launcher/supervisor.c send_start). */

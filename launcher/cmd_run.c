@@ -58,8 +58,10 @@ static void usage(FILE *f) {
   fprintf(f,
           "\npipeline options:\n"
           "  --stages P              worker processes (pipeline stages), 1..%d\n"
-          "  --chunks V              virtual stages per worker (default 1)\n"
-          "  --schedule S            gpipe, 1f1b, interleaved, zb-h1 or a CSV file\n"
+          "  --chunks V              virtual stages per worker (default 1; 2, and only 2,\n"
+          "                          for zb-v and dualpipev)\n"
+          "  --schedule S            gpipe, 1f1b, interleaved, zb-h1, zb-v, dualpipev or a\n"
+          "                          CSV file in either PyTorch notation\n"
           "                          (default: interleaved when --chunks > 1, else 1f1b)\n"
           "  --layout N,N,...        layers per virtual stage (default: balanced by cost)\n"
           "  --steps N               optimizer steps (default %s)\n"
@@ -811,6 +813,9 @@ int bt_cmd_run(int argc, char **argv) {
   }
   if (!a->given_schedule)
     snprintf(cfg->run.schedule, sizeof cfg->run.schedule, "%s", cfg->run.chunks > 1 ? "interleaved" : "1f1b");
+  /* The V schedules imply two chunks; a --chunks other than 2 is refused by the builder. */
+  if (!a->given_chunks && (!strcmp(cfg->run.schedule, "zb-v") || !strcmp(cfg->run.schedule, "dualpipev")))
+    cfg->run.chunks = 2;
   if (cfg->run.stages > BT_MAX_STAGES) {
     fprintf(stderr, "baton run: --stages %d: at most %d\n", cfg->run.stages, BT_MAX_STAGES);
     goto out;

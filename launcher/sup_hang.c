@@ -51,7 +51,8 @@ worker_t *sup_hang_report(sup_t *s, worker_t *suspect) {
       bt_action_format(bt_sched_at(sc, (int)i, (size_t)w->action - 1), done, sizeof done);
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
-                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle" : "starting";
+                        : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
+                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
     bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,

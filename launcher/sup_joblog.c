@@ -55,7 +55,11 @@ void sup_log_kill_event(sup_t *s, const char *why) {
 }
 
 static void emit_step(sup_t *s, pending_step_t *p) {
-  const bt_msg_metrics_t *head = &p->m[s->n - 1]; /* the last stage holds the head */
+  /* The stage holding the head (the last virtual stage): the last stage,
+   * or stage 0 in a V placement. */
+  const bt_schedule_t *sc = s->o->sched;
+  int hw = sc && sc->p == (int)s->n ? bt_sched_worker_of(sc, bt_sched_nstages(sc) - 1) : (int)s->n - 1;
+  const bt_msg_metrics_t *head = &p->m[hw];
   double step_s = 0, busy = 0;
   for (uint32_t i = 0; i < s->n; i++) {
     if (p->m[i].step_s > step_s) step_s = p->m[i].step_s;

@@ -215,7 +215,9 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
   case BT_MSG_HEARTBEAT: {
     bt_msg_heartbeat_t m;
     if ((rc = bt_msg_decode_heartbeat(f, &m)) < 0) break;
-    if (m.actions_done != w->actions_done) w->last_progress_ms = sup_now_ms(s);
+    /* Leaving NCCL set-up is progress: its allowance ends there. */
+    if (m.actions_done != w->actions_done || (w->phase == BT_PHASE_SETUP && m.phase != BT_PHASE_SETUP))
+      w->last_progress_ms = sup_now_ms(s);
     w->actions_done = m.actions_done;
     w->step = m.step;
     w->action = m.action;
@@ -428,6 +430,16 @@ void sup_maybe_finish(sup_t *s) {
   uv_unref((uv_handle_t *)&s->drain); /* pipes closing on EOF end the loop first */
 }
 
+/* BATON_NCCL_SETUP_MS, the deadline the workers give NCCL's set-up
+ * (worker/pipeline.c refuses a malformed value, so the default here only
+ * covers a job that then fails anyway). */
+static uint64_t nccl_setup_ms(void) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  char *end;
+  long long v = e && *e ? strtoll(e, &end, 10) : 0;
+  return e && *e && !*end && v > 0 ? (uint64_t)v : 120000;
+}
+
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = sup_now_ms(s);
@@ -462,6 +474,8 @@ static void on_tick(uv_timer_t *t) {
      * (common/deadlines.c says why). */
     uint64_t allow = (uint64_t)(w->steps_reported == 0 ? s->dl.first_step_ms : s->dl.progress_ms);
     if (w->phase == BT_PHASE_CKPT) allow = (uint64_t)s->dl.ckpt_ms;
+    /* Creating the NCCL communicators has its own documented deadline. */
+    if (w->phase == BT_PHASE_SETUP) allow = nccl_setup_ms() + (uint64_t)s->dl.progress_ms;
     if (now - w->last_progress_ms <= allow) continue;
     if (!blame || (blame->phase == BT_PHASE_WAIT && w->phase != BT_PHASE_WAIT) ||
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
@@ -473,7 +487,10 @@ static void on_tick(uv_timer_t *t) {
     kill_worker(blame);
     worker_failed(blame, F_CRASH, "no progress for %.1f s at step %lld, action %lld, %s (killed)",
                   (double)(now - blame->last_progress_ms) / 1000.0, (long long)blame->step,
-                  (long long)blame->action, blame->phase == BT_PHASE_WAIT ? "waiting for a peer" : "computing");
+                  (long long)blame->action,
+                  blame->phase == BT_PHASE_WAIT    ? "waiting for a peer"
+                  : blame->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                                                   : "computing");
   }
 }
 

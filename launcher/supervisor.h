@@ -17,8 +17,9 @@
  * parse model flags: `baton run` (launcher/cmd_run.c) does, and hands the
  * worker command line over in bt_sup_opts_t.
  *
- * It never includes kernels/ or worker/ (DESIGN.md §1); the worker exit
- * codes it interprets are mirrored below from worker/control.h.
+ * Its files are split by job (launcher/sup_internal.h lists them). It never
+ * includes kernels/ or worker/ (DESIGN.md §1); the worker exit codes it
+ * interprets are mirrored below from worker/control.h.
  */
 #ifndef BT_LAUNCHER_SUPERVISOR_H
 #define BT_LAUNCHER_SUPERVISOR_H

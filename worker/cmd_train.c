@@ -560,6 +560,12 @@ int bt_cmd_train(int argc, char **argv) {
     code = rc == -ENOMEM ? 1 : 2;
     goto out;
   }
+  /* Set-up ends here: no step allocates (or, on CUDA, frees) memory. */
+  if ((rc = bt_stage_seal(st)) < 0) {
+    fprintf(stderr, "baton train: sizing the backend's scratch memory: %s\n", bt_strerror(rc));
+    code = 1;
+    goto out;
+  }
   const int64_t steps = a.cfg.run.steps;
   int64_t start = 0;
   if (a.ck.dir) {

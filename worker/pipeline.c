@@ -96,33 +96,42 @@ static int exit_code_of(int rc) {
  * activation from virtual stage k feeds k+1; a gradient from k feeds k-1. */
 static float *recv_buf(pipe_t *w, const bt_tag_t *t) {
   int k = t->kind == BT_MSG_ACTIVATION ? t->stage + 1 : t->stage - 1;
-  int c = k / w->p;
+  int c = bt_sched_chunk_of(&w->sched, k);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_in(w->st, c, t->mb) : bt_stage_grad_in(w->st, c, t->mb);
 }
 
 static float *send_buf(pipe_t *w, const bt_tag_t *t) {
-  int c = t->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, t->stage);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_out(w->st, c, t->mb) : bt_stage_grad_out(w->st, c, t->mb);
 }
 
-/* Consecutive virtual stages on this same worker (p = 1 with chunks) pass
- * the tensor in memory: the schedule derives no message for them. */
+/* Consecutive virtual stages on this same worker (p = 1 with chunks, the
+ * turn of a V placement on the last stage) pass the tensor in memory: the
+ * schedule derives no message for them, so the transport never sees it. */
 static int hand_off_locally(pipe_t *w, const bt_action_t *a) {
   size_t bytes = bt_stage_act_bytes(w->st);
+  const bt_schedule_t *s = &w->sched;
   int k = a->stage;
-  if (a->type == BT_ACT_F && k + 1 < w->nv && (k + 1) % w->p == w->me) {
-    float *src = bt_stage_act_out(w->st, k / w->p, a->mb), *dst = bt_stage_act_in(w->st, (k + 1) / w->p, a->mb);
+  if (bt_log_get_level() >= BT_LOG_DEBUG &&
+      ((a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) ||
+       ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me)))
+    bt_debug("%c%d of micro-batch %d: handed to virtual stage %d in memory",
+             a->type == BT_ACT_F ? 'F' : 'B', k, a->mb, a->type == BT_ACT_F ? k + 1 : k - 1);
+  if (a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) {
+    float *src = bt_stage_act_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_act_in(w->st, bt_sched_chunk_of(s, k + 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
-  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && (k - 1) % w->p == w->me) {
-    float *src = bt_stage_grad_out(w->st, k / w->p, a->mb), *dst = bt_stage_grad_in(w->st, (k - 1) / w->p, a->mb);
+  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me) {
+    float *src = bt_stage_grad_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_grad_in(w->st, bt_sched_chunk_of(s, k - 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
   return 0;
 }
 
 static int compute(pipe_t *w, const bt_action_t *a) {
-  int c = a->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, a->stage);
   switch (a->type) {
   case BT_ACT_F: return bt_stage_forward(w->st, c, a->mb);
   case BT_ACT_B: return bt_stage_backward(w->st, c, a->mb);
@@ -209,6 +218,12 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       void *buf = wire_buf(w, dev);
       /* the host twin of (chunk, mb) stays untouched until the step ends */
       rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
+      if (rc == 0 && bt_log_get_level() >= BT_LOG_DEBUG) {
+        char tag[96], an[32];
+        bt_tag_str(&cm.send[s].tag, tag, sizeof tag);
+        bt_debug("step %lld: %s sends %s to stage %d", (long long)step, bt_action_format(a, an, sizeof an), tag,
+                 cm.send[s].peer);
+      }
       if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         bt_errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
@@ -283,8 +298,8 @@ static int find_peers(pipe_t *w, int *peers, int *npeers) {
 static int pick_device(pipe_t *w) {
   char why[512] = "";
   int count = 0;
-  while (count < 1024 && bt_tx_nccl_available(count, count ? NULL : why, sizeof why) == 0) count++;
-  if (count == 0) {
+  /* The CUDA runtime alone: NCCL is loaded only if the job uses it. */
+  if (bt_backend_cuda_devices(&count, why, sizeof why) < 0 || count == 0) {
     bt_errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
     return BT_EBACKEND;
   }
@@ -311,9 +326,35 @@ static int gpu_identity(pipe_t *w) {
   } else {
     snprintf(w->gpu, sizeof w->gpu, "%s", name);
   }
-  if (w->me == 0 && (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0)
-    bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
-  return rc;
+  /* Stage 0 hosts NCCL's bootstrap. Where NCCL cannot load here, the id
+   * stays all zero, which tells every worker to use sockets. */
+  if (w->me == 0) {
+    char why[512] = "";
+    if (bt_tx_nccl_available(w->device, why, sizeof why) == 0 &&
+        (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0) {
+      bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
+      return rc;
+    }
+    if (why[0]) bt_warn("%s", why);
+  }
+  return 0;
+}
+
+/* BATON_NCCL_SETUP_MS: how long creating the NCCL communicators may take
+ * (default 120 s); the supervisor allows a stage in BT_PHASE_SETUP as
+ * long. */
+static int nccl_setup_ms(pipe_t *w, int64_t *ms) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  *ms = 120000;
+  if (!e || !*e) return 0;
+  char *end;
+  long long v = strtoll(e, &end, 10);
+  if (*end || v <= 0) {
+    bt_errf(w->err, sizeof w->err, "BATON_NCCL_SETUP_MS=%s is not a positive number of milliseconds", e);
+    return BT_EARG;
+  }
+  *ms = v;
+  return 0;
 }
 
 static int setup(pipe_t *w, int *first, int *last) {
@@ -334,7 +375,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   }
   bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
   for (int c = 0; c < w->v; c++) {
-    int k = c * w->p + w->me;
+    int k = bt_sched_stage_of(&w->sched, w->me, c);
     ranges[c].first = first[k];
     ranges[c].last = last[k];
     if (ranges[c].last >= bt_model_layer_count(&cfg->model) - 1) w->holds_head = 1;
@@ -373,13 +414,21 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
   for (int i = 0; i < w->p; i++) names[i] = start->gpus[i];
   char why[512] = "";
   int rc;
-  if (bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+  static const uint8_t no_id[BT_TX_NCCL_ID_BYTES];
+  int have_id = memcmp(start->nccl_id, no_id, sizeof no_id) != 0;
+  if (!have_id) snprintf(why, sizeof why, "stage 0 cannot load NCCL");
+  if (have_id && bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+    int64_t setup_ms;
+    if ((rc = nccl_setup_ms(w, &setup_ms)) < 0) return rc;
     bt_tx_destroy(w->tx);
     w->tx = NULL;
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_SETUP);
     bt_tx_nccl_opts_t no = {.rank = w->me, .nranks = w->p, .device = w->device, .id = start->nccl_id,
-                            .peers = w->peers, .npeers = w->npeers, .init_ms = w->env->peer_timeout_ms};
+                            .peers = w->peers, .npeers = w->npeers, .init_ms = setup_ms,
+                            .stream = w->be->ops->stream ? w->be->ops->stream(w->be) : NULL};
     if ((rc = bt_tx_nccl_create(&no, &w->tx, why, sizeof why)) < 0)
       bt_errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_INIT);
     *use_sockets = 0;
     return rc;
   }
@@ -597,6 +646,11 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   }
   if ((rc = setup(&w, first, last)) < 0) goto done;
   if ((rc = ckpt_setup(&w)) < 0) goto done;
+  /* Set-up ends here: no step allocates (or, on CUDA, frees) memory. */
+  if ((rc = bt_stage_seal(w.st)) < 0) {
+    bt_errf(w.err, sizeof w.err, "sizing the backend's scratch memory: %s", bt_strerror(rc));
+    goto done;
+  }
   if ((rc = bt_control_send_ready_gpu(ctl, bt_tx_socket_address(w.tx), w.gpu, w.cuda && w.me == 0 ? w.nccl_id : NULL)) < 0)
     goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the

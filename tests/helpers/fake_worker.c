@@ -7,12 +7,14 @@
  * `baton run … --`:
  *
  *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
- *                   | slow-start | no-hash | ckpt-late
+ *                   | slow-start | no-hash | ckpt-late | slow-setup
  *   --fail-stage S  the stage that misbehaves (default: every stage)
  *   --at-step N     the step at which it does (default 2)
  *   --code X        exit code for --mode exit (default 4)
  *   --step-ms MS    time one step takes (default 20)
  *   --start-ms MS   slow-start: sleep this long before HELLO (default 5000)
+ *   --setup-ms MS   slow-setup: after START, report BT_PHASE_SETUP (NCCL's
+ *                   set-up) and stay in it this long (default 3000)
  *
  * With BATON_CKPT_DIR every stage writes a real (tiny) shard through the
  * checkpoint module after the step a CKPT_AT names and after the last
@@ -45,7 +47,7 @@
 typedef struct {
   const char *mode;
   int fail_stage; /* -1: all */
-  int64_t at_step, code, step_ms, start_ms;
+  int64_t at_step, code, step_ms, start_ms, setup_ms;
 } fake_opts_t;
 
 static int parse_args(int argc, char **argv, fake_opts_t *o) {
@@ -55,6 +57,7 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
   o->code = 4;
   o->step_ms = 20;
   o->start_ms = 5000;
+  o->setup_ms = 3000;
   for (int i = 1; i < argc; i++) {
     /* `baton run` passes its whole configuration as --key=value: not ours */
     if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=')) continue;
@@ -71,6 +74,7 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
     else if (!strcmp(a, "--code")) o->code = x;
     else if (!strcmp(a, "--step-ms")) o->step_ms = x;
     else if (!strcmp(a, "--start-ms")) o->start_ms = x;
+    else if (!strcmp(a, "--setup-ms")) o->setup_ms = x;
     else return BT_EARG;
   }
   return 0;
@@ -171,6 +175,10 @@ int main(int argc, char **argv) {
   }
   int64_t first = start->first_step, last = start->last_step;
   free(start);
+  if (me && !strcmp(o.mode, "slow-setup")) {
+    bt_control_progress(c, first - 1, 0, BT_PHASE_SETUP);
+    bt_sleep_ms(o.setup_ms);
+  }
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
   const char *root = env.ckpt_dir[0] ? env.ckpt_dir : NULL;
   int64_t seen_at = -1, save_at = -1;
