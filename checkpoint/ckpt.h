@@ -313,10 +313,17 @@ typedef struct {
 int bt_ckpt_retain(const char *root, const bt_ckpt_retention_t *pol, int64_t protect,
                    int *removed);
 
+/* Removes every step directory without a manifest (step-S.tmp, torn
+ * steps), whatever its step: only for a caller that holds the lock and
+ * knows no writer is left (the job is over). *removed (may be NULL) gets
+ * the count. */
+int bt_ckpt_remove_debris(const char *root, int *removed);
+
 /* ---- the LOCK file ---- */
 
 typedef struct {
-  int fd;
+  int fd;          /* ROOT/LOCK, flocked, naming the holder */
+  int dir_fd;      /* ROOT itself, flocked: deleting LOCK cannot release it */
   char path[4096];
 } bt_ckpt_lock_t;
 

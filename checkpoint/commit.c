@@ -303,7 +303,13 @@ int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t 
     rc = -ENAMETOOLONG;
     goto out;
   }
-  if ((rc = bt_write_file_durable(p, latest, strlen(latest))) < 0) goto out;
+  /* The step is committed now (its directory holds the manifest, and that
+   * is all restore looks for): `latest` is a convenience for people and
+   * scripts, and failing to move it is a warning, not a failed commit. */
+  int lrc = bt_write_file_durable(p, latest, strlen(latest));
+  if (lrc < 0)
+    bt_warn("checkpoint: step %lld is committed, but %s could not name it: %s", (long long)step, p,
+            bt_strerror(lrc));
   bt_info("checkpoint: committed step %lld (%zu shard%s) in %s", (long long)step, n,
           n == 1 ? "" : "s", final);
 out:

@@ -21,6 +21,9 @@
 /* Silences HDF5's automatic error printing for the calling thread (the
  * setting is per thread) once; every public entry point calls it. */
 void bt_h5_thread_init(void);
+/* A file HDF5 could not create or close (a full disk): its internals stay
+ * behind, so the library is not closed at exit (util.c says why). */
+void bt_h5_note_broken(void);
 /* Clears the calling thread's HDF5 error stack: a writer thread must do so
  * before it ends (HDF5 1.10.8 otherwise leaks and reports an "infinite loop
  * closing library"). */

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "checkpoint/internal.h"
@@ -332,6 +333,7 @@ out:
     }
   }
   if (fapl >= 0) H5Pclose(fapl);
+  if (rc == BT_EHDF5) bt_h5_note_broken();
   if (rc == BT_EHDF5) {
     int e = h5_errno();
     if (e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS || e == EACCES) rc = -e;
@@ -382,6 +384,22 @@ static int check_finite(const bt_ckpt_tensor_t *t, size_t n) {
   return 0;
 }
 
+/* Refuses a shard that cannot fit before HDF5 starts writing: a write
+ * that fails half-way leaves HDF5 with handles it cannot close (1.10.8
+ * then reports "infinite loop closing library" at exit). The estimate is
+ * the raw bytes plus HDF5's metadata; compression only makes it smaller. */
+static int enough_space(const char *dir, const bt_ckpt_tensor_t *t, size_t n) {
+  struct statvfs vfs;
+  if (statvfs(dir, &vfs) < 0) return 0; /* cannot tell: let the write decide */
+  uint64_t need = 64 * 1024;
+  for (size_t i = 0; i < n; i++) need += (uint64_t)bt_ckpt_numel(&t[i]) * sizeof(float) + 2048;
+  uint64_t have = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+  if (have >= need) return 0;
+  bt_error("checkpoint: %s has %llu bytes free, the shard needs about %llu", dir,
+           (unsigned long long)have, (unsigned long long)need);
+  return -ENOSPC;
+}
+
 /* Writes the shard durably at `path` (via path.tmp); *size and *crc get
  * the final file's. */
 static int shard_write(const char *path, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
@@ -401,6 +419,7 @@ static int shard_write(const char *path, const bt_ckpt_meta_t *meta, const bt_ck
   else
     snprintf(dir, sizeof dir, ".");
   if ((rc = layers_of(t, n, &layers, &nl)) < 0) goto out;
+  if ((rc = enough_space(dir, t, n)) < 0) goto out;
   if ((rc = write_h5(tmp, meta, t, n, opts, layers, nl, &h5size)) < 0) goto out;
   /* Re-check the size: a write HDF5 thought succeeded must have landed. */
   if (stat(tmp, &st) < 0) {

@@ -12,6 +12,8 @@
 
 #include "common/crc.h"
 #include "common/error.h"
+#include "common/file.h"
+#include "common/frame.h"
 #include "common/model.h"
 #include "common/parse.h"
 
@@ -60,7 +62,7 @@ static const bt_config_flag_t g_flags[] = {
      1, "compute backend: cpu or cuda"},
     {"steps", BT_CONFIG_RUN, BT_FLAG_I64, OFF(run.steps), 0, "400", 1, 1e12, 0, 1,
      "optimizer steps to run (the total, counting resumed ones)"},
-    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, 4096, 0, 1,
+    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, BT_MAX_STAGES, 0, 1,
      "pipeline stages (worker processes)"},
     {"chunks", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.chunks), 0, "1", 1, 64, 0, 1,
      "chunks (virtual stages) per stage"},
@@ -246,7 +248,7 @@ static int resolve_data(bt_model_config_t *m, char *err, size_t errlen) {
   }
   uint32_t crc;
   uint64_t size;
-  int rc = bt_crc32_file(abs, &crc, &size);
+  int rc = bt_file_crc32(abs, BT_FILE_DATA, &crc, &size);
   if (rc) {
     bt_errf(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
     return BT_EARG;

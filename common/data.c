@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/file.h"
 
 /* Distinct streams of the generator, so data, permutations and offsets
  * never reuse a counter. */
@@ -75,26 +76,14 @@ static void build_synthetic(bt_data_t *d) {
 }
 
 static int read_file(bt_data_t *d, const char *path, char *err, size_t errlen) {
-  int rc = 0;
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    rc = -errno;
-    bt_errf(err, errlen, "--data %s: %s", path, strerror(errno));
+  uint64_t fsize;
+  int rc = bt_file_open(path, bt_file_limit(BT_FILE_DATA), &fd, &fsize);
+  if (rc < 0) {
+    bt_errf(err, errlen, "--data %s: %s", path, bt_strerror(rc));
     return rc;
   }
-  struct stat sb;
-  if (fstat(fd, &sb) < 0) {
-    rc = -errno;
-    bt_errf(err, errlen, "--data %s: %s", path, strerror(errno));
-    goto out;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    rc = BT_EARG;
-    bt_errf(err, errlen, "--data %s: not a regular file", path);
-    goto out;
-  }
+  struct stat sb = {.st_size = (off_t)fsize};
   size_t need = (size_t)d->K + (size_t)d->T + 1;
   if ((size_t)sb.st_size < need) {
     rc = BT_EARG;

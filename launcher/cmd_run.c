@@ -134,6 +134,8 @@ typedef struct {
   int given_schedule, given_stages, given_chunks, given_mb;
   const char *csv_arg;     /* --schedule FILE as given */
   char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
+  char closing[1024];         /* the last line of a job whose final checkpoint did not commit */
+  int output_error;           /* a write to --metrics, --events or --trace failed in some incarnation */
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -158,6 +160,10 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     if (!strcmp(arg, "--no-progress")) {
       a->o.progress = 0;
       continue;
+    }
+    if (!strncmp(arg, "--hash=", 7) || !strncmp(arg, "--no-progress=", 14)) {
+      fprintf(stderr, "baton run: %.*s takes no value\n", (int)(strchr(arg, '=') - arg), arg);
+      return 2;
     }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton run: unexpected argument '%s' (try `baton run --help`)\n", arg);
@@ -186,6 +192,11 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     else if (i + 1 < argc) v = argv[++i];
     else {
       fprintf(stderr, "baton run: %s needs a value\n", name);
+      return 2;
+    }
+    if (!strcmp(name, "--layout") && !v[0]) {
+      /* "" is the default's spelling inside; given, it is a mistake. */
+      fprintf(stderr, "baton run: --layout: empty (give layers per stage, e.g. 3,3, or leave it out)\n");
       return 2;
     }
     if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
@@ -486,9 +497,18 @@ typedef struct {
   bt_ckpt_lineage_t lin;
 } start_t;
 
-static void log_problem(void *arg, const char *line) {
-  (void)arg; /* the line names the path itself */
-  bt_warn("%s", line);
+typedef struct {
+  char *why;
+  size_t len;
+} first_problem_t;
+
+/* Keeps the first problem, without the step's base name in front of it (the
+ * caller names the path as the user gave it). */
+static void keep_problem(void *arg, const char *line) {
+  first_problem_t *fp = arg;
+  if (!fp->why || !fp->len || fp->why[0]) return;
+  const char *colon = strstr(line, ": ");
+  snprintf(fp->why, fp->len, "%s", colon ? colon + 2 : line);
 }
 
 /* --resume PATH with a --ckpt-dir: steps of the directory off PATH's
@@ -514,10 +534,12 @@ static int pick_start(run_args_t *a, start_t *s) {
   int rc = 0, opened = 0;
   const char *where = a->ck.resume_path;
   if (a->ck.resume_path) {
-    int orc = bt_ckpt_step_open(a->ck.resume_path, BT_CKPT_CHECK_CRC, &st, log_problem, NULL);
+    char why[512] = "";
+    first_problem_t fp = {why, sizeof why};
+    int orc = bt_ckpt_step_open(a->ck.resume_path, BT_CKPT_CHECK_CRC, &st, keep_problem, &fp);
     if (orc) {
-      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n",
-              a->ck.resume_path, bt_strerror(orc));
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies: %s\n",
+              a->ck.resume_path, why[0] ? why : bt_strerror(orc));
       return BT_SUP_EXIT_USAGE;
     }
     opened = 1;
@@ -563,6 +585,7 @@ typedef struct {
   char tail[4096];
   double detect_s, detect_latency_s, stopped_s, ready_s, resumed_s;
   int64_t lost;
+  int respawned;               /* the next incarnation started workers */
 } failure_t;
 
 static void job_event_failure(run_args_t *a, const char *name, const failure_t *f, int64_t restore,
@@ -601,14 +624,25 @@ static void job_event_failure(run_args_t *a, const char *name, const failure_t *
 static void print_summary(const failure_t *f, int n, double end_s) {
   if (n == 0) return;
   double lost_s = 0;
-  int64_t steps = 0;
+  int64_t steps = 0, dropped = 0;
+  int restarts = 0;
   for (int i = 0; i < n; i++) {
     lost_s += (f[i].resumed_s > 0 ? f[i].resumed_s : end_s) - f[i].detect_s + f[i].detect_latency_s;
-    steps += f[i].lost;
+    /* A restart is a respawn: one stopped during its back-off never ran,
+     * and the steps past its checkpoint were dropped, not replayed. */
+    restarts += f[i].respawned;
+    if (f[i].respawned)
+      steps += f[i].lost;
+    else
+      dropped += f[i].lost;
   }
-  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed, %.1f s lost\n", n,
-          n == 1 ? "" : "s", f[n - 1].resumed_s > 0 ? n : n - 1, (f[n - 1].resumed_s > 0 ? n : n - 1) == 1 ? "" : "s",
-          (long long)steps, steps == 1 ? "" : "s", lost_s);
+  char extra[96] = "";
+  if (dropped > 0)
+    snprintf(extra, sizeof extra, ", %lld step%s past the last commit not kept", (long long)dropped,
+             dropped == 1 ? "" : "s");
+  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed%s, %.1f s lost\n", n,
+          n == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", extra,
+          lost_s);
   for (int i = 0; i < n; i++)
     fprintf(stderr, "baton:   %d. stage %d (pid %d): %s; detected in %.2f s, stopped in %.2f s%s\n", i + 1,
             f[i].stage, f[i].pid, f[i].reason, f[i].detect_latency_s, f[i].stopped_s - f[i].detect_s,
@@ -621,6 +655,31 @@ static void print_summary(const failure_t *f, int n, double end_s) {
       fprintf(stderr, "  [stage %d] %.*s\n", f[0].stage, (int)(nl - l + (*nl != '\n')), l);
     }
   }
+}
+
+/* The end of a job that is done, preempted or killed: the hash or the
+ * reason, and the exit code. The last step is always saved: when it did
+ * not commit, the job is done but its final state is lost, and scripts
+ * must be able to tell (BT_EXIT_UNCOMMITTED, said last). */
+static int job_over(run_args_t *a, const bt_sup_result_t *res, int rc, int64_t restore) {
+  if (res->end == BT_SUP_END_DONE && rc == BT_SUP_EXIT_OK && res->have_hash) {
+    char hex[33];
+    bt_hash_hex(res->hash, hex);
+    printf("hash %s\n", hex);
+    fflush(stdout);
+  } else if (res->end != BT_SUP_END_DONE && res->failed_stage < 0 && res->reason[0])
+    fprintf(stderr, "baton run: %s\n", res->reason);
+  if (res->end != BT_SUP_END_DONE) return rc;
+  if (rc == BT_SUP_EXIT_OK && a->output_error) rc = BT_SUP_EXIT_FAILED; /* said when it happened */
+  int64_t newest = res->committed_step > restore ? res->committed_step : restore;
+  if (rc == BT_SUP_EXIT_OK && a->o.ckpt_dir && newest < a->cfg.run.steps) {
+    snprintf(a->closing, sizeof a->closing,
+             "baton run: finished step %lld, but its checkpoint was not committed: the newest committed "
+             "step is %lld (%s)\n",
+             (long long)a->cfg.run.steps, (long long)newest, res->ckpt_error[0] ? res->ckpt_error : "no save reported");
+    rc = BT_EXIT_UNCOMMITTED;
+  }
+  return rc;
 }
 
 /* Runs incarnations until the job is done, preempted or given up: after
@@ -675,6 +734,14 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
       rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
       break;
     }
+    if (nfail > 0 && !fails[nfail - 1].respawned) fails[nfail - 1].respawned = res.spawned;
+    a->output_error |= res.output_error;
+    if (res.events_failed) {
+      /* Said by the supervisor; no more lines go there (the job exits 1). */
+      fclose(a->o.events_file);
+      a->o.events_file = NULL;
+      a->o.events_path = NULL;
+    }
     if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
       fails[nfail - 1].ready_s = res.ready_s;
       fails[nfail - 1].resumed_s = res.first_step_s;
@@ -684,14 +751,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
     bt_recovery_decision_t d;
     if (res.end == BT_SUP_END_DONE || res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
       bt_job_next(&rec, &res, res.steps_done, &d);
-      rc = d.exit_code;
-      if (res.end == BT_SUP_END_DONE && rc == BT_SUP_EXIT_OK && res.have_hash) {
-        char hex[33];
-        bt_hash_hex(res.hash, hex);
-        printf("hash %s\n", hex);
-        fflush(stdout);
-      } else if (res.end != BT_SUP_END_DONE && res.failed_stage < 0 && res.reason[0])
-        fprintf(stderr, "baton run: %s\n", res.reason);
+      rc = job_over(a, &res, d.exit_code, restore);
       break;
     }
     /* A failure: account for it, then ask the policy. */
@@ -845,8 +905,11 @@ int bt_cmd_run(int argc, char **argv) {
      * into it. A lock left by a killed supervisor is taken over. */
     int lrc = bt_ckpt_lock_acquire(a->o.ckpt_dir, &lock, holder, sizeof holder);
     if (lrc) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc), holder[0] ? ": " : "",
-              holder);
+      if (lrc != BT_ELOCKED && holder[0]) /* the reason says it all */
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, holder);
+      else
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc),
+                holder[0] ? ": " : "", holder);
       goto out;
     }
     locked = 1;
@@ -914,6 +977,15 @@ int bt_cmd_run(int argc, char **argv) {
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
   rc = run_incarnations(a, &form, &start, given_layout, fault_env);
+  if (locked) {
+    /* Every worker is gone and we hold the lock: a step directory without
+     * a manifest now can never be completed. */
+    int removed = 0, drc = bt_ckpt_remove_debris(a->o.ckpt_dir, &removed);
+    if (drc < 0) bt_warn("--ckpt-dir %s: %s", a->o.ckpt_dir, bt_strerror(drc));
+    if (removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed, removed == 1 ? "y" : "ies");
+  }
+  if (a->closing[0]) fputs(a->closing, stderr);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);

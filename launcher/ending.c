@@ -43,9 +43,16 @@ void bt_job_ending(const bt_incarnation_t *in, bt_ending_t *out) {
   } else if (preempted) {
     out->end = BT_SUP_END_PREEMPTED;
     out->exit_code = BT_EXIT_PREEMPTED;
-    if (in->committed_step > 0 && in->committed_step >= in->preempt_at)
+    /* The newest committed step: this incarnation's, else the one it
+     * resumed from (a signal during the back-off commits nothing new). */
+    int64_t newest = in->committed_step > 0 ? in->committed_step : in->resumed_step;
+    if (newest > 0 && newest >= in->preempt_at)
       snprintf(out->reason, sizeof out->reason, "preempted by %s: checkpoint step %lld committed",
-               strsignal(in->stop_signal), (long long)in->committed_step);
+               strsignal(in->stop_signal), (long long)newest);
+    else if (newest > 0)
+      snprintf(out->reason, sizeof out->reason,
+               "preempted by %s before checkpoint step %lld could be committed: step %lld is",
+               strsignal(in->stop_signal), (long long)in->preempt_at, (long long)newest);
     else
       snprintf(out->reason, sizeof out->reason, "preempted by %s before a checkpoint could be committed",
                strsignal(in->stop_signal));

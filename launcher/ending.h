@@ -33,6 +33,7 @@ typedef struct {
   int nonfinite;         /* a commit found NaN or Inf */
   int internal_error;    /* the supervisor's own negative code (0: none) */
   int64_t steps_done, last_step, committed_step, preempt_at;
+  int64_t resumed_step;  /* the step this incarnation restored (0: none) */
 } bt_incarnation_t;
 
 typedef struct {

@@ -61,6 +61,8 @@ static void commit_done(uv_work_t *req, int status) {
     bt_debug("checkpoint step %lld committed (%.2f s)", (long long)step, j->secs);
   } else {
     bt_error("checkpoint step %lld not committed: %s", (long long)step, bt_strerror(rc));
+    snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "commit of step %lld failed: %s", (long long)step,
+             bt_strerror(rc));
   }
   log_checkpoint_event(s, step, j->secs, rc, j->removed);
   free(j);
@@ -72,8 +74,9 @@ static void commit_done(uv_work_t *req, int status) {
     int64_t at = 0;
     for (uint32_t i = 0; i < s->n; i++)
       if (s->w[i].step > at) at = s->w[i].step;
-    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld", (long long)step,
-            (long long)(at + 1));
+    bt_warn("preemption checkpoint step %lld committed: stopping after step %lld at the earliest (each stage "
+            "finishes the step it is in)",
+            (long long)step, (long long)(at + 1));
     sup_begin_stop(s, 0, at + 1);
   }
   start_next(s);

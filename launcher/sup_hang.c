@@ -52,7 +52,8 @@ worker_t *sup_hang_report(sup_t *s, worker_t *suspect) {
     worker_t *on = waits_on(s, w);
     const char *phase = w->phase == BT_PHASE_WAIT ? "waiting" : w->phase == BT_PHASE_COMPUTE ? "computing"
                         : w->phase == BT_PHASE_CKPT ? "checkpointing" : w->phase == BT_PHASE_IDLE ? "idle"
-                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL" : "starting";
+                        : w->phase == BT_PHASE_SETUP ? "setting up NCCL"
+                        : w->phase == BT_PHASE_CONNECT ? "connecting" : "starting";
     char on_text[48] = "";
     if (on) snprintf(on_text, sizeof on_text, " for stage %u", on->stage);
     bt_error("  stage %u: step %lld, last done %s, at action %lld (%s) %s%s, %.1f s without progress%s", i,

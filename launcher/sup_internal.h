@@ -112,7 +112,7 @@ typedef struct sup {
   worker_t *w;
   uint32_t n;
   uv_timer_t tick, grace, drain, delay;
-  uv_signal_t sigint, sigterm, sigusr1;
+  uv_signal_t sigint, sigterm, sigusr1, sighup, sigtstp, sigcont;
   int tick_open, grace_open, drain_open, delay_open, sig_open;
   int delaying;                /* back-off before the spawn is running */
   pending_ckpt_t *ckpt;
@@ -140,6 +140,8 @@ typedef struct sup {
   int progress_shown;          /* a progress line without newline is on screen */
   uint64_t progress_drawn_ns;  /* uv_hrtime() of the last progress output */
   bt_deadlines_t dl;           /* the deadline chain (common/deadlines.h) */
+  uint64_t last_tick_ms;       /* when the tick last ran: a jump means we did not */
+  int continued;               /* our own SIGTSTP path already continued the job */
 } sup_t;
 
 uint64_t sup_now_ms(sup_t *s);
@@ -165,5 +167,8 @@ void sup_on_signal(uv_signal_t *h, int signum);
 void sup_make_token(char out[33]);
 void sup_spawn_all(sup_t *s);
 worker_t *sup_hang_report(sup_t *s, worker_t *suspect);
+void sup_rearm_deadlines(sup_t *s, const char *why, double stalled_s);
+void sup_on_tstp(uv_signal_t *h, int signum);
+void sup_on_cont(uv_signal_t *h, int signum);
 
 #endif

@@ -22,6 +22,27 @@ void sup_clear_progress(sup_t *s) {
   }
 }
 
+/* One rule for --metrics, --events and --trace: the first failed write is
+ * said once, the file is dropped (no line half-written after it), training
+ * goes on, and the job's exit says so (res->output_error). The events
+ * handle `baton run` shares across incarnations is not closed here: the
+ * result says it failed (res->events_failed) and its owner closes it. */
+static void output_failed(sup_t *s, FILE **f, const char *flag, const char *path, int err) {
+  sup_clear_progress(s);
+  bt_error("%s %s: %s: no more lines are written there; the job will exit 1", flag, path ? path : "", strerror(err));
+  if (*f == s->o->events_file) s->res->events_failed = 1;
+  else fclose(*f);
+  *f = NULL;
+  s->res->output_error = 1;
+}
+
+/* Writes one line and flushes; 0 or the errno of the failure. */
+static int put_line(FILE *f, const char *line) {
+  errno = 0;
+  if (fprintf(f, "%s\n", line) < 0 || fflush(f) != 0 || ferror(f)) return errno ? errno : EIO;
+  return 0;
+}
+
 /* Starts an event line: {"event":NAME,"time_s":seconds since start, … */
 int sup_event_begin(sup_t *s, bt_json_t *j, const char *name) {
   if (!s->events) return 0;
@@ -35,10 +56,9 @@ int sup_event_begin(sup_t *s, bt_json_t *j, const char *name) {
 /* Ends and writes it; flushed at once, so the log survives our death. */
 void sup_event_end(sup_t *s, bt_json_t *j) {
   bt_json_obj_end(j);
-  if (!bt_json_error(j)) {
-    fprintf(s->events, "%s\n", bt_json_cstr(j));
-    fflush(s->events);
-  }
+  int err;
+  if (!bt_json_error(j) && s->events && (err = put_line(s->events, bt_json_cstr(j))))
+    output_failed(s, &s->events, "--events", s->o->events_path, err);
   bt_json_free(j);
 }
 
@@ -103,10 +123,9 @@ static void emit_step(sup_t *s, pending_step_t *p) {
     for (uint32_t i = 0; i < s->n; i++) bt_json_num(&j, p->m[i].idle_s);
     bt_json_arr_end(&j);
     bt_json_obj_end(&j);
-    if (!bt_json_error(&j)) {
-      fprintf(s->metrics, "%s\n", bt_json_cstr(&j));
-      fflush(s->metrics);
-    }
+    int err;
+    if (!bt_json_error(&j) && (err = put_line(s->metrics, bt_json_cstr(&j))))
+      output_failed(s, &s->metrics, "--metrics", s->o->metrics_path, err);
     bt_json_free(&j);
   }
   if (!s->o->progress) return;

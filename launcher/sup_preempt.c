@@ -84,8 +84,11 @@ void sup_on_signal(uv_signal_t *h, int signum) {
     if (s->state == JOB_RUNNING) at++;
     /* Before START nothing has been trained: nothing to finish, abort. */
     int starting = s->state == JOB_STARTING;
-    bt_warn("%s: stopping (after step %lld; grace %.1f s; again to kill now)", strsignal(signum),
-            (long long)at, s->o->grace_s);
+    /* What we know of each stage's step lags: a stage already in a later
+     * step finishes that one, so `at` is the earliest, not the exact end. */
+    bt_warn("%s: stopping (after step %lld at the earliest: each stage finishes the step it is in; grace %.1f s; "
+            "again to kill now)",
+            strsignal(signum), (long long)at, s->o->grace_s);
     bt_json_t j;
     if (sup_event_begin(s, &j, "stop")) {
       char name[32];
@@ -95,9 +98,50 @@ void sup_on_signal(uv_signal_t *h, int signum) {
       sup_event_end(s, &j);
     }
     sup_begin_stop(s, starting, at);
-  } else if (signum != SIGUSR1) {
+  } else if (signum != SIGUSR1 && signum != SIGHUP) {
+    /* Not SIGHUP: a closing terminal or ssh session may send it twice. */
     bt_warn("%s again: killing every worker now", strsignal(signum));
     sup_log_kill_event(s, "second signal");
     sup_kill_all(s);
   }
+}
+
+/* Sends `sig` to every live worker's process group (each is a session of
+ * its own, so a terminal's job control never reaches them by itself). */
+static void signal_workers(sup_t *s, int sig) {
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    if (w->state == W_EXITED || w->pid <= 0) continue;
+    kill(-w->pid, sig);
+    kill(w->pid, sig);
+  }
+}
+
+/* Ctrl-Z (SIGTSTP): stop the whole job as a shell user
+ * expects, workers first, then ourselves; `fg` (SIGCONT) continues here. */
+void sup_on_tstp(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  sup_clear_progress(s);
+  bt_info("%s: stopping every worker and the supervisor (fg or SIGCONT continues)", strsignal(signum));
+  uint64_t t0 = uv_hrtime();
+  signal_workers(s, SIGSTOP);
+  kill(getpid(), SIGSTOP);
+  /* Continued. */
+  signal_workers(s, SIGCONT);
+  s->continued = 1;
+  sup_rearm_deadlines(s, "stopped by job control", (double)(uv_hrtime() - t0) / 1e9);
+}
+
+/* SIGCONT after a SIGSTOP we did not ask for: our workers may have been
+ * stopped with us (kill -STOP of a process group), so continue them too. */
+void sup_on_cont(uv_signal_t *h, int signum) {
+  sup_t *s = h->data;
+  (void)signum;
+  if (s->continued) { /* sup_on_tstp has done it */
+    s->continued = 0;
+    return;
+  }
+  signal_workers(s, SIGCONT);
+  uv_update_time(&s->loop);
+  sup_rearm_deadlines(s, "SIGCONT", (double)(sup_now_ms(s) - s->last_tick_ms) / 1000.0);
 }

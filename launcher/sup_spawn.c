@@ -217,6 +217,7 @@ void sup_make_token(char out[33]) {
 }
 
 void sup_spawn_all(sup_t *s) {
+  s->res->spawned = 1;
   uv_update_time(&s->loop);
   s->start_ms = sup_now_ms(s);
   for (uint32_t i = 0; i < s->n; i++) {

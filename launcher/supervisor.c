@@ -265,6 +265,8 @@ static void handle_msg(worker_t *w, const bt_frame_t *f) {
      * commits); whatever it is, say it now, not only in a summary. */
     sup_clear_progress(s);
     bt_warn("stage %u reports: %s", w->stage, m.text);
+    if (!strncmp(m.text, "checkpoint", 10))
+      snprintf(s->res->ckpt_error, sizeof s->res->ckpt_error, "stage %u: %s", w->stage, m.text);
     break;
   }
   case BT_MSG_DONE: {
@@ -422,9 +424,15 @@ void sup_maybe_finish(sup_t *s) {
     uv_signal_stop(&s->sigint);
     uv_signal_stop(&s->sigterm);
     uv_signal_stop(&s->sigusr1);
+    uv_signal_stop(&s->sighup);
+    uv_signal_stop(&s->sigtstp);
+    uv_signal_stop(&s->sigcont);
     sup_close_handle((uv_handle_t *)&s->sigint, &s->sig_open);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    uv_close((uv_handle_t *)&s->sigtstp, NULL);
+    uv_close((uv_handle_t *)&s->sigcont, NULL);
   }
   uv_timer_start(&s->drain, on_drain, 1000, 0);
   uv_unref((uv_handle_t *)&s->drain); /* pipes closing on EOF end the loop first */
@@ -440,9 +448,38 @@ static uint64_t nccl_setup_ms(void) {
   return e && *e && !*end && v > 0 ? (uint64_t)v : 120000;
 }
 
+/* The supervisor itself did not run for a while (SIGSTOP, Ctrl-Z, a frozen
+ * machine): silence it measured is its own, not its workers'. Every
+ * deadline starts again from now before anyone is judged; a worker that is
+ * really frozen is still caught one timeout later. */
+void sup_rearm_deadlines(sup_t *s, const char *why, double stalled_s) {
+  uv_update_time(&s->loop);
+  uint64_t now = sup_now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    w->last_beat_ms = now;
+    if (w->last_progress_ms) w->last_progress_ms = now;
+  }
+  if (s->state == JOB_STARTING) s->start_ms = now;
+  /* Said once: after a SIGSTOP the late tick usually re-arms first and the
+   * SIGCONT that follows finds nothing stale. */
+  if (stalled_s * 1000.0 > 2.0 * (double)s->dl.tick_ms) {
+    sup_clear_progress(s);
+    bt_warn("the supervisor did not run for %.1f s (%s): every deadline re-armed", stalled_s, why);
+  }
+  s->last_tick_ms = now;
+}
+
 static void on_tick(uv_timer_t *t) {
   sup_t *s = t->data;
   uint64_t now = sup_now_ms(s);
+  uint64_t hb_ms = (uint64_t)s->dl.heartbeat_timeout_ms;
+  /* A tick far later than its period: the loop's clock jumped. */
+  if (now - s->last_tick_ms > (uint64_t)s->dl.tick_ms + hb_ms / 2) {
+    sup_rearm_deadlines(s, "stopped or starved", (double)(now - s->last_tick_ms) / 1000.0);
+    return;
+  }
+  s->last_tick_ms = now;
   if (s->state == JOB_STARTING && now - s->start_ms > (uint64_t)s->dl.start_ms) {
     for (uint32_t i = 0; i < s->n; i++) {
       worker_t *w = &s->w[i];
@@ -452,7 +489,6 @@ static void on_tick(uv_timer_t *t) {
       return;
     }
   }
-  uint64_t hb_ms = (uint64_t)s->dl.heartbeat_timeout_ms;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state == W_EXITED || w->state == W_SPAWNED || w->killed_by_us) continue;
@@ -481,6 +517,14 @@ static void on_tick(uv_timer_t *t) {
         ((blame->phase == BT_PHASE_WAIT) == (w->phase == BT_PHASE_WAIT) &&
          w->last_progress_ms < blame->last_progress_ms))
       blame = w;
+  }
+  if (blame && blame->phase == BT_PHASE_CONNECT) {
+    /* Still connecting to its peers: a start-up failure (something holds
+     * the data plane), not a hang in the schedule. */
+    kill_worker(blame);
+    worker_failed(blame, F_CRASH, "start-up: stage %u did not connect to its peers within %.1f s (killed)",
+                  blame->stage, (double)(now - blame->last_progress_ms) / 1000.0);
+    return;
   }
   if (blame) {
     blame = sup_hang_report(s, blame);
@@ -562,7 +606,8 @@ static void finish_result(sup_t *s) {
                          .steps_done = s->steps_done,
                          .last_step = s->o->last_step,
                          .committed_step = r->committed_step,
-                         .preempt_at = s->preempt_at};
+                         .preempt_at = s->preempt_at,
+                         .resumed_step = s->o->first_step - 1};
   if (root) rw = (bt_worker_end_t){.term_signal = root->term_signal, .exit_status = root->exit_status,
                                    .error_code = root->error_code};
   for (uint32_t i = 0; i < s->n; i++) in.all_done &= s->w[i].done;
@@ -615,6 +660,26 @@ static void on_delay(uv_timer_t *t) {
   if (!s->delaying) return;
   s->delaying = 0;
   sup_spawn_all(s);
+}
+
+/* The signals the job answers (sup_preempt.c says how). */
+static void start_signals(sup_t *s) {
+  uv_signal_init(&s->loop, &s->sigint);
+  uv_signal_init(&s->loop, &s->sigterm);
+  uv_signal_init(&s->loop, &s->sigusr1);
+  uv_signal_init(&s->loop, &s->sighup);
+  uv_signal_init(&s->loop, &s->sigtstp);
+  uv_signal_init(&s->loop, &s->sigcont);
+  s->sig_open = 1;
+  s->sigint.data = s->sigterm.data = s->sigusr1.data = s->sighup.data = s;
+  s->sigtstp.data = s->sigcont.data = s;
+  uv_signal_start(&s->sigint, sup_on_signal, SIGINT);
+  uv_signal_start(&s->sigterm, sup_on_signal, SIGTERM);
+  uv_signal_start(&s->sigusr1, sup_on_signal, SIGUSR1);
+  /* A closed terminal or ssh session: a preemption like SIGTERM. */
+  uv_signal_start(&s->sighup, sup_on_signal, SIGHUP);
+  uv_signal_start(&s->sigtstp, sup_on_tstp, SIGTSTP);
+  uv_signal_start(&s->sigcont, sup_on_cont, SIGCONT);
 }
 
 /* 1 when the options make a job: counts in range, and what the workers'
@@ -676,14 +741,7 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   uv_timer_init(&s->loop, &s->delay);
   s->tick_open = s->grace_open = s->drain_open = s->delay_open = 1;
   s->tick.data = s->grace.data = s->drain.data = s->delay.data = s;
-  uv_signal_init(&s->loop, &s->sigint);
-  uv_signal_init(&s->loop, &s->sigterm);
-  uv_signal_init(&s->loop, &s->sigusr1);
-  s->sig_open = 1;
-  s->sigint.data = s->sigterm.data = s->sigusr1.data = s;
-  uv_signal_start(&s->sigint, sup_on_signal, SIGINT);
-  uv_signal_start(&s->sigterm, sup_on_signal, SIGTERM);
-  uv_signal_start(&s->sigusr1, sup_on_signal, SIGUSR1);
+  start_signals(s);
   uv_update_time(&s->loop);
   s->start_ms = sup_now_ms(s);
   s->epoch_s = o->epoch_s > 0 ? o->epoch_s : bt_clock_s();
@@ -704,6 +762,7 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   } else
     sup_spawn_all(s);
   /* The tick decides every timeout (common/deadlines.c). */
+  s->last_tick_ms = sup_now_ms(s);
   uv_timer_start(&s->tick, on_tick, (uint64_t)s->dl.tick_ms, (uint64_t)s->dl.tick_ms);
   sup_maybe_finish(s);
   uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -719,8 +778,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   if (o->trace_path) {
     int trc = sup_write_trace(s);
     if (trc < 0) {
-      bt_error("--trace %s: %s", o->trace_path, bt_strerror(trc));
-      if (res->exit_code == BT_SUP_EXIT_OK) res->exit_code = BT_SUP_EXIT_FAILED;
+      bt_error("--trace %s: %s; the job will exit 1", o->trace_path, bt_strerror(trc));
+      res->output_error = 1;
     }
   }
   bt_json_t j;

@@ -126,6 +126,11 @@ typedef struct {
   double stopped_s;            /*   every worker gone, */
   double first_step_s;         /*   the first step after the restore finished (0: none) */
   double ready_s;              /*   every stage ready (0: never) */
+  int spawned;                 /* workers were started (0: stopped during the back-off) */
+  char ckpt_error[600];        /* the latest failed save or commit ("" if none) */
+  int output_error;            /* a write to --metrics, --events or --trace failed (said once);
+                                  training went on, the job's exit says so (1) */
+  int events_failed;           /* writing to opts.events_file failed: its owner closes it */
 } bt_sup_result_t;
 
 /* Runs the job to its end; prints forwarded output, progress and, on

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/file.h"
 #include "schedules/comm.h"
-#include "schedules/readall.h"
 #include "schedules/sim.h"
 
 /* What a cell names, before the notation gives B its meaning. */
@@ -519,7 +519,7 @@ int bt_sched_csv_read_opts(const char *path, bt_csv_opts_t *opts, bt_schedule_t 
   memset(out, 0, sizeof *out);
   char *buf = NULL;
   size_t len = 0;
-  int rc = bt_sched_read_file(path, &buf, &len);
+  int rc = bt_file_read(path, BT_FILE_SCHEDULE, &buf, &len);
   if (rc) {
     bt_errf(err, errlen, "cannot read %s: %s", path, bt_strerror(rc));
     return rc;

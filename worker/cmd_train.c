@@ -121,6 +121,10 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
       a->hash = 1;
       continue;
     }
+    if (!strncmp(arg, "--hash=", 7)) {
+      fprintf(stderr, "baton train: --hash takes no value\n");
+      return 2;
+    }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton train: unexpected argument '%s' (try --help)\n", arg);
       return 2;
@@ -132,6 +136,13 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     if (nl >= sizeof name) nl = sizeof name - 1;
     memcpy(name, arg, nl);
     name[nl] = 0;
+    int known = !strcmp(name, "--metrics") || bt_ckpt_flags_known(name) || !strcmp(name, "--print-every") ||
+                bt_config_has_flag(BT_CONFIG_MODEL, name) || !strcmp(name, "--steps") ||
+                !strcmp(name, "--backend");
+    if (!known) {
+      fprintf(stderr, "baton train: unknown option '%s' (try --help)\n", name);
+      return 2;
+    }
     if (eq) value = eq + 1;
     else if (i + 1 < argc) value = argv[++i];
     else value = NULL;
@@ -212,9 +223,15 @@ static int ckpt_lock(ckpt_t *ck, const train_args_t *a) {
   ck->keep = bt_ckpt_flags_retention(&a->ck);
   int rc = bt_ckpt_lock_acquire(ck->root, &ck->lock, holder, sizeof holder);
   if (rc) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
-            holder[0] ? ": " : "", holder);
-    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST ? 2 : 1;
+    if (rc != BT_ELOCKED && holder[0]) /* the reason says it all */
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, holder);
+    else
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
+              holder[0] ? ": " : "", holder);
+    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST || rc == -ENOENT ||
+                   rc == -EROFS
+               ? 2
+               : 1;
   }
   ck->locked = 1;
   return 0;
@@ -402,7 +419,15 @@ static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
 static void ckpt_close(ckpt_t *ck) {
   bt_ckpt_writer_destroy(ck->writer);
   if (ck->src_open) bt_ckpt_step_close(&ck->src);
-  if (ck->locked) bt_ckpt_lock_release(&ck->lock);
+  if (ck->locked) {
+    /* The writer is joined and we hold the lock: a step directory without
+     * a manifest (a failed save) can never be completed now. */
+    int removed = 0;
+    if (bt_ckpt_remove_debris(ck->root, &removed) == 0 && removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed,
+              removed == 1 ? "y" : "ies");
+    bt_ckpt_lock_release(&ck->lock);
+  }
   bt_stage_ckpt_free(&ck->sc);
 }
 
@@ -458,7 +483,8 @@ static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, doubl
   bt_json_knum(j, "elapsed_s", elapsed);
   bt_json_obj_end(j);
   if (bt_json_error(j)) return bt_json_error(j);
-  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0) return -EIO;
+  errno = 0;
+  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0 || fflush(f) != 0) return errno ? -errno : -EIO;
   return 0;
 }
 
@@ -518,6 +544,7 @@ int bt_cmd_train(int argc, char **argv) {
   bt_backend_t *be = NULL;
   bt_stage_t *st = NULL;
   FILE *metrics = NULL;
+  int metrics_failed = 0;
   ckpt_t ck;
   memset(&ck, 0, sizeof ck);
   bt_json_t j;
@@ -631,8 +658,13 @@ int bt_cmd_train(int argc, char **argv) {
       double dt = now - ts;
       rc = write_metrics(metrics, &j, s + 1, loss, lr, dt > 0 ? tokens / dt : 0, now - t0);
       if (rc) {
-        fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, bt_strerror(rc));
-        goto out;
+        /* As in `baton run`: said once, training goes on, the exit says so. */
+        fprintf(stderr, "baton train: --metrics %s: %s: no more lines are written there; the job will "
+                "exit 1\n", a.metrics, bt_strerror(rc));
+        fclose(metrics);
+        metrics = NULL;
+        metrics_failed = 1;
+        rc = 0;
       }
     }
     if ((s + 1) % a.print_every == 0 || s + 1 == steps) {
@@ -668,7 +700,7 @@ done:
     }
     printf("hash %s\n", hex);
   }
-  code = 0;
+  code = metrics_failed ? 1 : 0;
 out:
   if (a.ck.dir) ckpt_close(&ck);
   if (metrics && fclose(metrics) != 0 && code == 0) {

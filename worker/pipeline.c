@@ -669,6 +669,7 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
   if ((rc = choose_transport(&w, start, &use_sockets)) < 0) goto done;
   const char *addrs[BT_MAX_STAGES];
   for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
+  if (use_sockets) bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_CONNECT);
   if (use_sockets && (rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
     bt_errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
     goto done;
