@@ -60,6 +60,8 @@ int bt_fsync_dir(const char *dir);
 int bt_fsync_path(const char *path);
 /* mkdir that accepts an existing directory. */
 int bt_mkdir_p1(const char *dir);
+/* write(2) until all `len` bytes are written (EINTR retried); 0 or -errno. */
+int bt_write_all(int fd, const void *data, size_t len);
 /* Writes `len` bytes to path (temp, fsync, rename, fsync of the directory). */
 int bt_write_file_durable(const char *path, const void *data, size_t len);
 /* Reads a whole small file, NUL-terminated; at most `max` bytes. */

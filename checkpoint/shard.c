@@ -3,7 +3,7 @@
  * A shard is self-describing (ckpt.h has the layout) so `baton ckpt` and
  * h5py read it with no model knowledge. Writing goes to "<file>.tmp", is
  * flushed, its size re-checked, fsync'ed and renamed; the caller's step
- * protocol (save.c, commit.c) decides when the shard counts. Not here: the
+ * protocol (writer.c, commit.c) decides when the shard counts. Not here: the
  * manifest, the step directory, and any decision about which layers a stage
  * holds.
  */

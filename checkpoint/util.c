@@ -96,7 +96,7 @@ int bt_mkdir_p1(const char *dir) {
   return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
-static int write_all(int fd, const void *data, size_t len) {
+int bt_write_all(int fd, const void *data, size_t len) {
   const char *p = data;
   while (len > 0) {
     ssize_t w = write(fd, p, len);
@@ -127,7 +127,7 @@ int bt_write_file_durable(const char *path, const void *data, size_t len) {
   do fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -errno;
-  if ((rc = write_all(fd, data, len)) < 0) goto out;
+  if ((rc = bt_write_all(fd, data, len)) < 0) goto out;
   if (fsync(fd) < 0) {
     rc = -errno;
     goto out;

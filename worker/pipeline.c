@@ -11,6 +11,7 @@
 #include "checkpoint/ckpt.h"
 #include "common/clock.h"
 #include "common/crc.h"
+#include "common/deadlines.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/model.h"
@@ -19,6 +20,7 @@
 #include "schedules/plan.h"
 #include "worker/faults.h"
 #include "worker/stage.h"
+#include "worker/stage_ckpt.h"
 #include "worker/transport.h"
 #include "worker/transport_nccl.h"
 
@@ -29,9 +31,6 @@
 #define STOP_SETTLE_MS 1000
 /* The same for TRACE frames (an event is under 50 bytes on the wire). */
 #define TRACE_EVS_PER_FRAME 8192
-/* How long a snapshot may wait for the previous save, and the worker for
- * its last save before exiting: a save that takes longer is a broken disk. */
-#define CKPT_TIMEOUT_MS (10 * 60 * 1000)
 
 /* ---------- the run ---------- */
 
@@ -60,9 +59,7 @@ typedef struct {
   size_t ntwins;
   /* checkpoints: NULL writer when the job has no checkpoint directory */
   bt_ckpt_writer_t *writer;
-  bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
-  size_t ndesc;
-  char *model_text, *run_text;
+  bt_stage_ckpt_t sc;       /* the stage's tensors and texts (worker/stage_ckpt.h) */
   int64_t ckpt_handled;    /* the last CKPT_AT step acted on (saved or late) */
   char err[512];
 } pipe_t;
@@ -266,10 +263,9 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
 }
 
 static int send_hashes(pipe_t *w, int64_t step) {
-  size_t n = bt_stage_param_tensor_count(w->st), got = 0;
-  bt_hash_rec_t *recs = calloc(n ? n : 1, sizeof *recs);
-  if (!recs) return -ENOMEM;
-  int rc = bt_stage_hash_records(w->st, recs, n, &got);
+  bt_hash_rec_t *recs = NULL;
+  size_t got = 0;
+  int rc = bt_stage_ckpt_hash(w->st, &recs, &got);
   for (size_t off = 0; rc == 0 && off < got; off += HASH_RECS_PER_FRAME) {
     size_t k = got - off < HASH_RECS_PER_FRAME ? got - off : HASH_RECS_PER_FRAME;
     bt_msg_hashes_t h = {.stage = (uint32_t)w->me, .step = step, .n = (uint32_t)k, .recs = recs + off};
@@ -460,13 +456,6 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
 
 /* ---------- checkpoints ---------- */
 
-static char *config_text(const bt_config_t *c, int part) {
-  size_t n = bt_config_to_text(c, part, NULL, 0);
-  char *s = malloc(n + 1);
-  if (s) bt_config_to_text(c, part, s, n + 1);
-  return s;
-}
-
 /* Runs on the writer's thread when a save ends: SHARD_DURABLE, or ERROR
  * for a failed save (not fatal: that step just never commits). The control
  * sends take the frame lock, so this may race the main thread's sends. */
@@ -488,7 +477,7 @@ static void ckpt_done(void *arg, const bt_ckpt_result_t *r) {
 
 static int fill_tensor(void *arg, size_t i, float *dst) {
   pipe_t *w = arg;
-  bt_faults_fill(&w->faults, i, w->ndesc);
+  bt_faults_fill(&w->faults, i, w->sc.n);
   return bt_stage_tensor_get(w->st, i, dst);
 }
 
@@ -496,60 +485,41 @@ static int fill_tensor(void *arg, size_t i, float *dst) {
  * restore) and makes the writer when there is a checkpoint directory. */
 static int ckpt_setup(pipe_t *w) {
   if (!w->env->ckpt_dir[0] && !w->env->restore_dir[0]) return 0;
-  w->ndesc = bt_stage_tensor_count(w->st);
-  w->desc = calloc(w->ndesc ? w->ndesc : 1, sizeof *w->desc);
-  w->model_text = config_text(w->cfg, BT_CONFIG_MODEL);
-  w->run_text = config_text(w->cfg, BT_CONFIG_RUN);
-  if (!w->desc || !w->model_text || !w->run_text) return -ENOMEM;
-  for (size_t i = 0; i < w->ndesc; i++) {
-    bt_stage_tensor_t t;
-    bt_ckpt_tensor_t *d = &w->desc[i];
-    int rc = bt_stage_tensor(w->st, i, &t);
-    if (rc) return rc;
-    d->layer = (uint32_t)t.layer;
-    d->index = (uint32_t)t.index;
-    snprintf(d->name, sizeof d->name, "%s", t.name);
-    /* bt_tensor_kind_t and bt_ckpt_kind_t number param, m, v alike. */
-    d->kind = t.kind;
-    d->ndim = t.ndim;
-    for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
-  }
+  int rc = bt_stage_ckpt_init(&w->sc, w->st, w->cfg, (uint32_t)w->me, (uint32_t)w->p, (uint32_t)w->v);
+  if (rc < 0) return rc;
   /* byte shuffle helps deflate on float data; with no deflate it is moot */
   bt_ckpt_opts_t opts = {.deflate = w->env->ckpt_compress, .shuffle = w->env->ckpt_compress > 0};
   if (!w->env->ckpt_dir[0]) return 0;
-  int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
+  rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
   if (rc < 0) {
     bt_errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
   }
   /* Fault in the snapshot now, so the first save costs training a memcpy. */
-  if ((rc = bt_ckpt_writer_reserve(w->writer, w->desc, w->ndesc, CKPT_TIMEOUT_MS)) < 0)
+  if ((rc = bt_ckpt_writer_reserve(w->writer, w->sc.desc, w->sc.n, w->env->ckpt_timeout_ms)) < 0)
     bt_errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
   return rc;
 }
 
 /* Loads this stage's layers (any split: the checkpoint module reads them
  * from whichever shards hold them), the AdamW state and the step counter
- * from ROOT/step-S, or from BATON_RESTORE_DIR (`baton run --resume PATH`)
- * when set. The supervisor chose S after verifying it. */
+ * from the step directory BATON_RESTORE_DIR, the one restore source. The
+ * supervisor chose it on the job's lineage after verifying it; START's
+ * restore_step must be its step. */
 static int ckpt_restore(pipe_t *w, int64_t step) {
   char dir[4096];
   bt_ckpt_step_t cs;
   memset(&cs, 0, sizeof cs);
-  float *host = NULL;
-  bt_ckpt_tensor_t *want = NULL;
   bt_config_t *theirs = calloc(1, sizeof *theirs);
   int rc, opened = 0;
   if (!theirs) return -ENOMEM;
-  if (w->env->restore_dir[0]) {
-    snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
-  } else if (!w->env->ckpt_dir[0]) {
-    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
+  if (!w->env->restore_dir[0]) {
+    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_RESTORE_DIR is not set",
+            (long long)step);
     rc = BT_EARG;
     goto out;
-  } else if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) {
-    goto out;
   }
+  snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
   if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
     bt_errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
     goto out;
@@ -563,8 +533,10 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  if (bt_config_model_diff(&theirs->model, &w->cfg->model, why, sizeof why)) {
-    bt_errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
+  /* The rule `baton run` applied before spawning (common/config.c): the
+   * data by its content, whatever its path. */
+  if (bt_config_model_match(&theirs->model, &w->cfg->model, NULL, 0, why, sizeof why)) {
+    bt_errf(w->err, sizeof w->err, "%s holds another model: %s", dir, why);
     rc = BT_ECONFIG;
     goto out;
   }
@@ -574,32 +546,13 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  size_t total = 0;
-  for (size_t i = 0; i < w->ndesc; i++) total += bt_ckpt_numel(&w->desc[i]);
-  host = malloc((total ? total : 1) * sizeof *host);
-  want = malloc((w->ndesc ? w->ndesc : 1) * sizeof *want);
-  if (!host || !want) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  size_t off = 0;
-  for (size_t i = 0; i < w->ndesc; i++) {
-    want[i] = w->desc[i];
-    want[i].data = host + off;
-    off += bt_ckpt_numel(&w->desc[i]);
-  }
-  if ((rc = bt_ckpt_step_load(&cs, want, w->ndesc)) < 0) {
+  if ((rc = bt_stage_ckpt_load(&w->sc, w->st, &cs)) < 0) {
     bt_errf(w->err, sizeof w->err, "loading %s: %s", dir, bt_strerror(rc));
     goto out;
   }
-  for (size_t i = 0; i < w->ndesc && rc == 0; i++) rc = bt_stage_tensor_set(w->st, i, want[i].data);
-  if (rc < 0) goto out;
-  bt_stage_set_opt_step(w->st, step);
   bt_info("restored step %lld from %s", (long long)step, dir);
 out:
   if (opened) bt_ckpt_step_close(&cs);
-  free(want);
-  free(host);
   free(theirs);
   return rc;
 }
@@ -608,28 +561,15 @@ out:
  * Non-finite parameters are fatal (a restart would replay the same bits);
  * any other failure is reported with ERROR and training goes on. */
 static int ckpt_save(pipe_t *w, int64_t step) {
-  size_t bad = 0;
-  int rc = bt_stage_count_nonfinite(w->st, &bad);
-  if (rc < 0) return rc;
-  if (bad) {
-    bt_errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
-    return BT_ENONFINITE;
-  }
-  bt_ckpt_meta_t meta = {
-      .step = step,
-      .stage = (uint32_t)w->me,
-      .stages = (uint32_t)w->p,
-      .chunks = (uint32_t)w->v,
-      .layer_count = (uint32_t)bt_model_layer_count(&w->cfg->model),
-      .seed = (uint64_t)w->cfg->model.seed,
-      .adam_t = bt_stage_opt_step(w->st),
-      .model_config = w->model_text,
-      .run_settings = w->run_text,
-  };
   /* Phase CKPT: the supervisor counts a worker copying its snapshot (or
    * waiting for the previous save) as alive though no action moves. */
   bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_CKPT);
-  rc = bt_ckpt_save_async_fill(w->writer, &meta, w->desc, w->ndesc, fill_tensor, w, CKPT_TIMEOUT_MS);
+  size_t bad = 0;
+  int rc = bt_stage_ckpt_save(&w->sc, w->st, w->writer, step, fill_tensor, w, w->env->ckpt_timeout_ms, &bad);
+  if (rc == BT_ENONFINITE) {
+    bt_errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
+    return rc;
+  }
   if (rc < 0) {
     char text[256];
     snprintf(text, sizeof text, "checkpoint of step %lld not started: %s", (long long)step, bt_strerror(rc));
@@ -666,9 +606,12 @@ static int ckpt_drain(pipe_t *w) {
   if (!w->writer) return 0;
   bt_control_progress(w->ctl, bt_stage_opt_step(w->st), (int64_t)w->nact, BT_PHASE_CKPT);
   bt_ckpt_result_t last;
-  int rc = bt_ckpt_writer_wait(w->writer, CKPT_TIMEOUT_MS, &last);
+  /* BATON_CKPT_TIMEOUT_MS (common/deadlines.c): shorter than the
+   * supervisor's allowance, so this line, not a kill, says what happened. */
+  int rc = bt_ckpt_writer_wait(w->writer, w->env->ckpt_timeout_ms, &last);
   if (rc == BT_ETIMEOUT) {
-    bt_errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %d s", CKPT_TIMEOUT_MS / 1000);
+    bt_errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %.1f s",
+            (double)w->env->ckpt_timeout_ms / 1000.0);
     return rc;
   }
   return 0;
@@ -695,9 +638,9 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     goto done;
   }
   char why[256] = "";
-  /* A hang outlasts the supervisor's progress timeout by far (the peer
-   * timeout is twice it) but still ends. */
-  if ((rc = bt_faults_init(&w.faults, env->faults, w.me, 4 * env->peer_timeout_ms, why, sizeof why)) < 0) {
+  /* An injected hang outlasts the transport deadline but still ends. */
+  if ((rc = bt_faults_init(&w.faults, env->faults, w.me, bt_deadlines_fault_hang_ms(env->peer_timeout_ms), why,
+                           sizeof why)) < 0) {
     bt_errf(w.err, sizeof w.err, "BATON_INJECT_FAULTS: %s", why);
     goto done;
   }
@@ -716,19 +659,11 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     bt_errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
     goto done;
   }
+  /* The contract's bounds and relations (common/workerenv.h). */
+  if ((rc = bt_worker_start_check(start, env, w.err, sizeof w.err)) < 0) goto done;
   if (start->restore_step > 0) {
-    if (start->first_step != start->restore_step + 1) {
-      bt_errf(w.err, sizeof w.err, "START: first step %lld after restoring step %lld", (long long)start->first_step,
-           (long long)start->restore_step);
-      rc = BT_EARG;
-      goto done;
-    }
     bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_INIT);
     if ((rc = ckpt_restore(&w, start->restore_step)) < 0) goto done;
-  } else if (start->first_step != 1) {
-    bt_errf(w.err, sizeof w.err, "START: first step %lld without a step to restore", (long long)start->first_step);
-    rc = BT_EARG;
-    goto done;
   }
   int use_sockets = 1;
   if ((rc = choose_transport(&w, start, &use_sockets)) < 0) goto done;
@@ -802,9 +737,7 @@ done:
   for (size_t i = 0; i < w.ntwins; i++) bt_tx_stage_free(w.be, w.twins[i].host);
   free(w.twins);
   free(w.peers);
-  free(w.desc);
-  free(w.model_text);
-  free(w.run_text);
+  bt_stage_ckpt_free(&w.sc);
   bt_stage_destroy(w.st);
   if (w.be) bt_backend_destroy(w.be);
   bt_sched_free(&w.sched);

@@ -80,13 +80,15 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
   return 0;
 }
 
+/* The contract's variables as this worker received them (the table of
+ * common/workerenv.h), the torchrun names and BATON_FAKE_MARKER, a variable
+ * of the supervisor's own environment that must pass through. */
 static void print_env(void) {
   static const char *const names[] = {
-      "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-      "BATON_RESTART_COUNT", "BATON_STAGE", "BATON_STAGES", "BATON_CHUNKS", "BATON_LAYERS",
-      "BATON_CKPT_DIR", "BATON_CONTROL_FD", "BATON_SUPERVISOR_PID", "BATON_JOB_TOKEN",
-      "BATON_FAKE_MARKER", "BATON_INJECT_FAULTS", "BATON_CKPT_COMPRESS", "BATON_RESTORE_DIR",
-      "BATON_PEER_TIMEOUT_MS", "BATON_HEARTBEAT_MS"};
+#define X(kind, var, ...) #var,
+      BT_WORKER_ENV(X)
+#undef X
+      "BATON_FAKE_MARKER"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     const char *v = getenv(names[i]);
     if (v) printf("env %s=%s\n", names[i], v);
@@ -166,6 +168,11 @@ int main(int argc, char **argv) {
       return BT_WEXIT_FATAL;
     }
   }
+  char why[512];
+  if (bt_worker_start_check(start, &env, why, sizeof why) < 0) {
+    fprintf(stderr, "fake_worker: %s\n", why);
+    return BT_WEXIT_FATAL;
+  }
   int64_t first = start->first_step, last = start->last_step;
   free(start);
   if (me && !strcmp(o.mode, "slow-setup")) {
@@ -173,7 +180,7 @@ int main(int argc, char **argv) {
     bt_sleep_ms(o.setup_ms);
   }
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
-  const char *root = getenv("BATON_CKPT_DIR");
+  const char *root = env.ckpt_dir[0] ? env.ckpt_dir : NULL;
   int64_t seen_at = -1, save_at = -1;
   int lied = 0;
   for (int64_t step = first; step <= last || ignore_stop; step++) {
