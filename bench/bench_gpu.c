@@ -11,12 +11,14 @@
  *              backend's matmul ops with the same shapes and order (cuBLAS
  *              sgemm; the weight-gradient op adds one elementwise sum):
  *              matmul / stage is cuBLAS's share of the step;
- *   torch      bench/torch_model.py: the same model in PyTorch (float32,
- *              exact GELU, AdamW with the same settings): train / torch is
- *              the headline ratio;
+ *   torch      bench/torch_model.py: the same model in PyTorch eager
+ *              (float32, exact GELU, AdamW with the same settings), tokens/s
+ *              of its median step: train / torch (median against median)
+ *              is the headline ratio;
  *   pipeline   `baton run --backend cuda --stages 2` on this one GPU
- *              against train ("not available" with the reason when the
- *              pipeline worker refuses the CUDA backend).
+ *              against train (two stages share the GPU, so the workers
+ *              move tensors through pinned host buffers and sockets, not
+ *              NCCL; "not available" with the reason when the run fails).
  *
  * Without a GPU it prints "bench_gpu: skipped (reason)" and exits 0. It
  * asserts nothing; it prints a table, then one JSON line.

@@ -4,7 +4,7 @@
  * In one run, on one machine, with one model:
  *   1. `baton train` (the single-process baseline): tokens/s.
  *   2. `baton run --stages 2` with each schedule (gpipe, 1f1b, zb-h1, and
- *      interleaved with 2 chunks), with --metrics and --trace: tokens/s and
+ *      with 2 chunks interleaved, zb-v and dualpipev), with --metrics and --trace: tokens/s and
  *      the speedup over train; the measured step time; the measured bubble
  *      fraction (1 - sum of busy / (p * step time), from the workers'
  *      METRICS).
@@ -222,7 +222,8 @@ int main(int argc, char **argv) {
   double train_tps = median_metric(metrics, "tokens_per_s");
 
   result_t res[] = {{.schedule = "gpipe", .chunks = 1}, {.schedule = "1f1b", .chunks = 1},
-                    {.schedule = "zb-h1", .chunks = 1}, {.schedule = "interleaved", .chunks = 2}};
+                    {.schedule = "zb-h1", .chunks = 1}, {.schedule = "interleaved", .chunks = 2},
+                    {.schedule = "zb-v", .chunks = 2},  {.schedule = "dualpipev", .chunks = 2}};
   int nres = (int)(sizeof res / sizeof res[0]);
   for (int i = 0; i < nres; i++) {
     result_t *r = &res[i];

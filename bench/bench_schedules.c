@@ -5,7 +5,9 @@
  * Baselines measured in the same run: the same work at a quarter of the
  * micro-batches (a linear simulator takes ~4x longer at 4x the actions, a
  * quadratic one ~16x), and the closed-form bubble (the ratio should be 1).
- * Prints a table, then one JSON line. Usage: bench_schedules [P V M].
+ * The V schedules (zb-v, dualpipev) are built and simulated at p = 64,
+ * m = 1024 as well. Prints a table, then one JSON line. Usage:
+ * bench_schedules [P V M].
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@
 
 #include "common/sysinfo.h"
 #include "common/json.h"
+#include "schedules/check.h"
 #include "schedules/schedule.h"
 #include "schedules/sim.h"
 
@@ -97,6 +100,17 @@ static int time_one(const char *name, int p, int v, int m, int reps, timing_t *t
   return 0;
 }
 
+/* DESIGN §3 and docs/schedules.md, unit costs. */
+static double closed_form(const char *name, double p, double v, double m) {
+  if (!strcmp(name, "zb-h1")) return (p - 1) / (3 * m + p - 1);
+  if (!strcmp(name, "zb-v") || !strcmp(name, "dualpipev")) {
+    double idle = p - 1, fill = 2 * (2 * p - 1 - m);
+    if (!strcmp(name, "zb-v") && fill > idle) idle = fill;
+    return idle / (6 * m + idle);
+  }
+  return (p - 1) / (v * m + p - 1);
+}
+
 int main(int argc, char **argv) {
   int p = 64, v = 4, m = 1024;
   if (argc == 4) {
@@ -147,7 +161,9 @@ int main(int argc, char **argv) {
       {"1f1b", 8, 1, 32},          {"1f1b", 32, 1, 128},      {"zb-h1", 4, 1, 8},
       {"zb-h1", 8, 1, 32},         {"zb-h1", 32, 1, 128},     {"interleaved", 4, 2, 8},
       {"interleaved", 8, 2, 32},   {"interleaved", 8, 4, 36}, {"interleaved", 2, 3, 5},
-      {"interleaved", 32, 4, 128},
+      {"interleaved", 32, 4, 128}, {"zb-v", 4, 2, 8},         {"zb-v", 8, 2, 5},
+      {"zb-v", 32, 2, 128},        {"dualpipev", 4, 2, 8},    {"dualpipev", 8, 2, 17},
+      {"dualpipev", 32, 2, 128},
   };
   double rmin = 0, rmax = 0;
   printf("%-12s %4s %3s %5s %14s %14s %10s\n", "schedule", "p", "v", "m", "simulated",
@@ -156,13 +172,25 @@ int main(int argc, char **argv) {
     timing_t t;
     if (time_one(sizes[i].name, sizes[i].p, sizes[i].v, sizes[i].m, 1, &t)) return 1;
     double pp = sizes[i].p, vv = sizes[i].v, mm = sizes[i].m;
-    double closed = !strcmp(sizes[i].name, "zb-h1") ? (pp - 1) / (3 * mm + pp - 1)
-                                                    : (pp - 1) / (vv * mm + pp - 1);
+    double closed = closed_form(sizes[i].name, pp, vv, mm);
     double ratio = t.bubble / closed;
     if (i == 0 || ratio < rmin) rmin = ratio;
     if (i == 0 || ratio > rmax) rmax = ratio;
     printf("%-12s %4d %3d %5d %14.10f %14.10f %10.6f\n", sizes[i].name, sizes[i].p, sizes[i].v,
            sizes[i].m, t.bubble, closed, ratio);
+  }
+
+  /* The V schedules at p = 64, m = 1024 (the default size), 2 chunks. */
+  const char *vnames[] = {"zb-v", "dualpipev"};
+  timing_t vt[2];
+  printf("\n%-10s %4s %5s %10s %10s %10s %10s %10s %12s %12s\n", "V", "p", "m", "actions", "build s",
+         "validate s", "simulate s", "ns/action", "bubble", "closed form");
+  for (int i = 0; i < 2; i++) {
+    if (time_one(vnames[i], p, 2, m, 3, &vt[i])) return 1;
+    double tt = vt[i].build + vt[i].validate + vt[i].simulate;
+    printf("%-10s %4d %5d %10zu %10.4f %10.4f %10.4f %10.1f %12.10f %12.10f\n", vnames[i], p, m, vt[i].actions,
+           vt[i].build, vt[i].validate, vt[i].simulate, 1e9 * tt / (double)vt[i].actions, vt[i].bubble,
+           closed_form(vnames[i], p, 2, m));
   }
 
   bt_json_t j;
@@ -185,6 +213,17 @@ int main(int argc, char **argv) {
   bt_json_knum(&j, "action_ratio_vs_quarter_m", want_scaling);
   bt_json_knum(&j, "bubble_ratio_min", rmin);
   bt_json_knum(&j, "bubble_ratio_max", rmax);
+  for (int i = 0; i < 2; i++) {
+    bt_json_key(&j, vnames[i]);
+    bt_json_obj_begin(&j);
+    bt_json_kint(&j, "actions", (int64_t)vt[i].actions);
+    bt_json_knum(&j, "build_s", vt[i].build);
+    bt_json_knum(&j, "validate_s", vt[i].validate);
+    bt_json_knum(&j, "simulate_s", vt[i].simulate);
+    bt_json_knum(&j, "bubble_fraction", vt[i].bubble);
+    bt_json_knum(&j, "closed_form", closed_form(vnames[i], p, 2, m));
+    bt_json_obj_end(&j);
+  }
   bt_json_obj_end(&j);
   printf("\n%s\n", bt_json_cstr(&j));
   bt_json_free(&j);

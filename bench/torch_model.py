@@ -17,9 +17,10 @@ cost there counts against baton).
 
 TF32 is off unless --tf32 (baton's --math fp32 is the default).
 
-Prints a short table and, last, one JSON line with tokens_per_s; without
-torch (or, for cuda, without a GPU) it prints {"skipped": "reason"} and
-exits 0. It installs nothing.
+Prints a short table and, last, one JSON line with tokens_per_s (of the
+median step, each step timed to a device sync); without torch (or, for
+cuda, without a GPU) it prints {"skipped": "reason"} and exits 0. It
+installs nothing.
 
 usage: torch_model.py [--device cuda|cpu] [--threads 1] [--dim 1024]
                       [--layers 8] [--context 4] [--microbatches 4]
@@ -133,17 +134,25 @@ def main():
     for s in range(a.warmup_steps):
         step(s)
     sync()
+    # One time per step, each ended by a device sync, and the median of
+    # them: bench_gpu compares it with the median step of baton train.
+    times = []
     t0 = time.perf_counter()
     for s in range(a.warmup_steps, a.warmup_steps + a.steps):
+        ts = time.perf_counter()
         loss = step(s)
-    sync()
+        sync()
+        times.append(time.perf_counter() - ts)
     dt = time.perf_counter() - t0
-    tps = a.steps * M * T / dt
+    times.sort()
+    n = len(times)
+    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    tps = M * T / med
     name = torch.cuda.get_device_name(0) if a.device == "cuda" else \
         "cpu, %d thread(s)" % torch.get_num_threads()
     print("torch %s, %s, D=%d L=%d K=%d M=%d T=%d, tf32 %s" %
           (torch.__version__, name, D, L, K, M, T, "on" if a.tf32 else "off"))
-    print("%d timed steps in %.3f s: %.0f tokens/s (last loss %.4f)" %
+    print("%d timed steps in %.3f s: %.0f tokens/s at the median step (last loss %.4f)" %
           (a.steps, dt, tps, float(loss)))
     print(json.dumps({"torch": torch.__version__, "gpu": name, "tokens_per_s": tps,
                       "seconds": dt, "steps": a.steps}))

@@ -139,6 +139,20 @@ int bt_ckpt_writer_wait(bt_ckpt_writer_t *w, int64_t timeout_ms, bt_ckpt_result_
 /* Lets the in-flight save finish, stops the thread, frees everything. */
 void bt_ckpt_writer_destroy(bt_ckpt_writer_t *w);
 
+/* Lineage (checkpoint/lineage.c): the job that committed a step and the
+ * step its incarnation restored from. A job id is 32 lowercase hex digits,
+ * made at a job's first start and kept by every restart and every rerun
+ * that continues its checkpoint directory; `--resume PATH` starts a new job
+ * whose parent is PATH. A step committed before lineage existed has job ""
+ * and no parent. */
+#define BT_CKPT_JOB_LEN 32
+
+typedef struct {
+  char job[BT_CKPT_JOB_LEN + 1];         /* "" unknown (an older step) */
+  char parent_job[BT_CKPT_JOB_LEN + 1];  /* the parent step's job ("" unknown) */
+  int64_t parent_step;                   /* -1: a fresh start, no parent */
+} bt_ckpt_lineage_t;
+
 /* ---- commit ---- */
 
 /* Makes step `step` of ROOT real from its shard reports (one per stage, any
@@ -152,6 +166,10 @@ void bt_ckpt_writer_destroy(bt_ckpt_writer_t *w);
  * directory to step-S; fsyncs ROOT; moves `latest`. Called in-process by
  * `baton train` and by the supervisor with the workers' reports. */
 int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n);
+/* The same, recording `lin` (job and parent; NULL: none) in the manifest.
+ * `baton train` and the supervisor commit this way. */
+int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
+                           const bt_ckpt_lineage_t *lin);
 
 /* ---- reading ---- */
 
@@ -162,9 +180,11 @@ typedef struct {
   uint32_t crc;
 } bt_ckpt_shard_info_t;
 
+
 typedef struct {
   int version;
   bt_ckpt_meta_t meta;            /* stage is 0 here */
+  bt_ckpt_lineage_t lineage;      /* "job" and "parent" of MANIFEST.json */
   uint32_t nshards;
   bt_ckpt_shard_info_t *shards;
   uint32_t *layer_shard;          /* [layer_count]: index into shards */
@@ -227,6 +247,46 @@ int bt_ckpt_open_latest(const char *root, int level, bt_ckpt_step_t *st);
  * only find the step (all shards checked). On success *st stays open. */
 int bt_ckpt_restore(const char *root, bt_ckpt_tensor_t *want, size_t n, bt_ckpt_step_t *st);
 
+/* ---- lineage (lineage.c) ---- */
+
+/* A fresh job id: 32 hex digits from getrandom (time and pid without it). */
+void bt_ckpt_job_new(char out[BT_CKPT_JOB_LEN + 1]);
+/* 1 when s is a job id (32 lowercase hex digits). */
+int bt_ckpt_job_valid(const char *s);
+
+/* The newest committed step of ROOT older than `before` (INT64_MAX: any)
+ * that job `job` committed and that verifies at CRC level, opened into *st
+ * (close it with bt_ckpt_step_close). A newer step of the job that fails
+ * its checks is skipped with a warning saying why; steps of other jobs are
+ * never considered, so a restart cannot load a step outside its lineage.
+ * Job "" picks among steps committed before lineage existed. -ENOENT when
+ * there is none. */
+int bt_ckpt_job_pick(const char *root, const char *job, int64_t before, bt_ckpt_step_t *st);
+
+/* Committed steps of ROOT that a job resuming from `from` (an open step)
+ * with ROOT as its checkpoint directory must not run beside: every step
+ * newer than from's, and every older one that is not on from's lineage
+ * (not from's own job, nor an ancestor through the parent chain). `from`
+ * itself, when it lies in ROOT, is never listed. Newest first, malloc'ed;
+ * *n 0 when there are none. */
+int bt_ckpt_lineage_conflicts(const char *root, const bt_ckpt_step_t *from, int64_t **steps,
+                              size_t *n);
+
+/* Moves the committed steps `steps` of ROOT into ROOT/aside-<UTC time>/
+ * (made; renames only, nothing is deleted), so that the user can inspect
+ * or move them back. The folder's path goes to `aside`. */
+int bt_ckpt_move_aside(const char *root, const int64_t *steps, size_t n, char *aside,
+                       size_t asidelen);
+
+/* `--resume PATH` (the open step `from`) into the checkpoint directory
+ * ROOT, as `baton train` and `baton run` both do it: without conflicts 0
+ * and msg ""; with conflicts and move_aside, they are moved, 0 and msg says
+ * where; without move_aside, 1 and msg is the refusal naming them and the
+ * ways on. A negative code (msg says it) when ROOT cannot be read or a
+ * move fails. msg has no command prefix. */
+int bt_ckpt_resume_settle(const char *root, const bt_ckpt_step_t *from, const char *path, int move_aside,
+                          char *msg, size_t msglen);
+
 /* ---- shards (for the inspection tool) ---- */
 
 typedef struct bt_ckpt_shard bt_ckpt_shard_t;
@@ -258,10 +318,17 @@ typedef struct {
 int bt_ckpt_retain(const char *root, const bt_ckpt_retention_t *pol, int64_t protect,
                    int *removed);
 
+/* Removes every step directory without a manifest (step-S.tmp, torn
+ * steps), whatever its step: only for a caller that holds the lock and
+ * knows no writer is left (the job is over). *removed (may be NULL) gets
+ * the count. */
+int bt_ckpt_remove_debris(const char *root, int *removed);
+
 /* ---- the LOCK file ---- */
 
-typedef struct {
-  int fd;
+typedef struct bt_ckpt_lock_s {
+  int fd;          /* ROOT/LOCK, flocked, naming the holder */
+  int dir_fd;      /* ROOT itself, flocked: deleting LOCK cannot release it */
   char path[4096];
 } bt_ckpt_lock_t;
 
@@ -270,5 +337,11 @@ typedef struct {
  * a lock left by a process that is gone is taken over (with a warning). */
 int bt_ckpt_lock_acquire(const char *root, bt_ckpt_lock_t *lk, char *holder, size_t holderlen);
 void bt_ckpt_lock_release(bt_ckpt_lock_t *lk);
+/* Re-checks, by inode, that ROOT/LOCK is still the file we hold (called at
+ * each commit). When it was deleted or replaced, the directory's flock
+ * still keeps other jobs out; LOCK is written again (so a second job's
+ * error names us) and 1 is returned, for a warning. 0 when unchanged,
+ * -errno when it could not be rewritten. */
+int bt_ckpt_lock_check(bt_ckpt_lock_t *lk);
 
 #endif

@@ -443,6 +443,14 @@ static int cmp_lsent(const void *a, const void *b) {
   return strcmp(x->name, y->name);
 }
 
+/* Keeps the first problem the check finds, without the step's name. */
+static void first_problem(void *arg, const char *line) {
+  char *first = arg;
+  if (first[0]) return;
+  const char *colon = strstr(line, ": ");
+  snprintf(first, 200, "%s", colon ? colon + 2 : line);
+}
+
 static void ls_one(const char *dir, const char *name, int tmp, const char *latest) {
   char p[PATH_MAX], size[32], age[32], why[256] = "";
   int h5 = 0;
@@ -455,7 +463,8 @@ static void ls_one(const char *dir, const char *name, int tmp, const char *lates
   long stages = h5;
   if (has_manifest && !tmp) {
     bt_ckpt_step_t s;
-    int rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &s, NULL, NULL);
+    char first[200] = "";
+    int rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &s, first_problem, first);
     if (rc == 0) {
       state = "committed";
       stages = s.man.meta.stages;
@@ -466,7 +475,9 @@ static void ls_one(const char *dir, const char *name, int tmp, const char *lates
       char err[200];
       if (bt_ckpt_manifest_read(p, &m, err, sizeof err) == 0) {
         stages = m.meta.stages;
-        snprintf(why, sizeof why, "  (a shard is missing or of the wrong size)");
+        /* The check's own words: a missing shard, a wrong size, or a
+         * manifest whose step is not its directory's. */
+        snprintf(why, sizeof why, "  (%s)", first[0] ? first : "a shard is missing or of the wrong size");
         bt_ckpt_manifest_free(&m);
       } else {
         snprintf(why, sizeof why, "  (manifest: %s)", err);

@@ -81,17 +81,6 @@ static int remove_strays(const char *dir, const bt_ckpt_manifest_t *m) {
   return rc;
 }
 
-static int write_all(int fd, const char *p, size_t len) {
-  while (len > 0) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return -errno;
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Temp, fsync, rename, fsync of the directory. Written in two halves so
  * the crash test can stop with a torn manifest temp on disk. */
 static int write_manifest(const char *dir, const char *text, size_t len) {
@@ -104,12 +93,12 @@ static int write_manifest(const char *dir, const char *text, size_t len) {
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -errno;
   size_t half = len / 2;
-  if ((rc = write_all(fd, text, half)) < 0) goto out;
+  if ((rc = bt_write_all(fd, text, half)) < 0) goto out;
   if (getenv("BATON_CKPT_TEST_STOP")) {
     fsync(fd);
     bt_ckpt_test_stop("manifest-partial", -1);
   }
-  if ((rc = write_all(fd, text + half, len - half)) < 0) goto out;
+  if ((rc = bt_write_all(fd, text + half, len - half)) < 0) goto out;
   if (fsync(fd) < 0) {
     rc = -errno;
     goto out;
@@ -143,6 +132,11 @@ static int move_into_place(const char *tmpdir, const char *final) {
 }
 
 int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n) {
+  return bt_ckpt_commit_lineage(root, step, shards, n, NULL);
+}
+
+int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
+                           const bt_ckpt_lineage_t *lin) {
   char tmpdir[PATH_MAX], final[PATH_MAX], p[PATH_MAX], latest[64];
   bt_ckpt_manifest_t m;
   bt_ckpt_shard_t *sh = NULL;
@@ -157,6 +151,12 @@ int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards,
       (rc = bt_ckpt_step_path(root, step, 0, final, sizeof final)) < 0)
     return rc;
   m.version = BT_CKPT_FORMAT_VERSION;
+  m.lineage.parent_step = -1;
+  if (lin) {
+    if ((lin->job[0] && !bt_ckpt_job_valid(lin->job)) || (lin->parent_job[0] && !bt_ckpt_job_valid(lin->parent_job)))
+      return BT_EARG;
+    m.lineage = *lin;
+  }
   m.nshards = (uint32_t)n;
   if (!(m.shards = calloc(n, sizeof *m.shards))) {
     rc = -ENOMEM;
@@ -263,7 +263,13 @@ int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards,
     rc = -ENAMETOOLONG;
     goto out;
   }
-  if ((rc = bt_write_file_durable(p, latest, strlen(latest))) < 0) goto out;
+  /* The step is committed now (its directory holds the manifest, and that
+   * is all restore looks for): `latest` is a convenience for people and
+   * scripts, and failing to move it is a warning, not a failed commit. */
+  int lrc = bt_write_file_durable(p, latest, strlen(latest));
+  if (lrc < 0)
+    bt_warn("checkpoint: step %lld is committed, but %s could not name it: %s", (long long)step, p,
+            bt_strerror(lrc));
   bt_info("checkpoint: committed step %lld (%zu shard%s) in %s", (long long)step, n,
           n == 1 ? "" : "s", final);
 out:

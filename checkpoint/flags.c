@@ -17,6 +17,7 @@ static const struct {
     {"ckpt-dir", BT_CKPT_FLAG_DIR},         {"ckpt-every", BT_CKPT_FLAG_EVERY},
     {"keep", BT_CKPT_FLAG_KEEP},            {"keep-every", BT_CKPT_FLAG_KEEP_EVERY},
     {"ckpt-compress", BT_CKPT_FLAG_COMPRESS}, {"resume", BT_CKPT_FLAG_RESUME},
+    {"newer-steps", BT_CKPT_FLAG_NEWER_STEPS},
 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...) {
@@ -104,12 +105,19 @@ int bt_ckpt_flags_parse(bt_ckpt_flags_t *f, const char *name, const char *value,
       f->resume_path = value;
     }
     break;
+  case BT_CKPT_FLAG_NEWER_STEPS:
+    if (!strcmp(value, "refuse")) f->move_aside = 0;
+    else if (!strcmp(value, "move-aside")) f->move_aside = 1;
+    else return fail(err, errlen, "--newer-steps: expected refuse or move-aside, got '%s'", value);
+    break;
   }
   f->given |= bit;
   return 0;
 }
 
 int bt_ckpt_flags_check(const bt_ckpt_flags_t *f, char *err, size_t errlen) {
+  if (f->move_aside && f->resume != BT_CKPT_RESUME_PATH)
+    return fail(err, errlen, "--newer-steps move-aside means something only with --resume PATH");
   if (f->dir) return 0;
   /* Naming every offender lets the user fix the line in one go. */
   char list[256] = "";
@@ -144,5 +152,10 @@ const char *bt_ckpt_flags_help(void) {
          "  --resume R               auto (default): continue from the newest committed step\n"
          "                           of --ckpt-dir if it has one; never: start fresh (refused\n"
          "                           when --ckpt-dir already holds steps); PATH: start from\n"
-         "                           that step directory or checkpoint root\n";
+         "                           that step directory or checkpoint root\n"
+         "  --newer-steps S          with --resume PATH, what to do with committed steps of\n"
+         "                           --ckpt-dir that are newer than PATH or of another\n"
+         "                           lineage: refuse (default: exit 2 naming them) or\n"
+         "                           move-aside (into CKPT_DIR/aside-<UTC time>/; nothing\n"
+         "                           is deleted)\n";
 }

@@ -8,6 +8,8 @@
  *   --keep-every K                  also keep every step divisible by K
  *   --ckpt-compress none|deflate[:LEVEL]   shards with byte shuffle + deflate
  *   --resume auto|never|PATH        where the first step's state comes from
+ *   --newer-steps refuse|move-aside with --resume PATH: steps of --ckpt-dir off
+ *                                   PATH's lineage (checkpoint/lineage.c)
  *
  * This file only turns text into a struct and checks the flags against each
  * other; it does not open the directory, lock it, or decide what resuming
@@ -37,6 +39,7 @@ enum {
   BT_CKPT_FLAG_KEEP_EVERY = 1 << 3,
   BT_CKPT_FLAG_COMPRESS = 1 << 4,
   BT_CKPT_FLAG_RESUME = 1 << 5,
+  BT_CKPT_FLAG_NEWER_STEPS = 1 << 6,
 };
 
 /* Deflate level of a bare `--ckpt-compress deflate`: level 1 compresses
@@ -52,6 +55,7 @@ typedef struct {
   bt_ckpt_opts_t opts;      /* --ckpt-compress: deflate level, shuffle with it */
   int resume;               /* bt_ckpt_resume_t */
   const char *resume_path;  /* BT_CKPT_RESUME_PATH: the path (borrowed from argv) */
+  int move_aside;           /* --newer-steps move-aside (default refuse) */
   unsigned given;           /* BT_CKPT_FLAG_* seen */
 } bt_ckpt_flags_t;
 

@@ -21,6 +21,9 @@
 /* Silences HDF5's automatic error printing for the calling thread (the
  * setting is per thread) once; every public entry point calls it. */
 void bt_h5_thread_init(void);
+/* A file HDF5 could not create or close (a full disk): its internals stay
+ * behind, so the library is not closed at exit (util.c says why). */
+void bt_h5_note_broken(void);
 /* Clears the calling thread's HDF5 error stack: a writer thread must do so
  * before it ends (HDF5 1.10.8 otherwise leaks and reports an "infinite loop
  * closing library"). */
@@ -57,6 +60,8 @@ int bt_fsync_dir(const char *dir);
 int bt_fsync_path(const char *path);
 /* mkdir that accepts an existing directory. */
 int bt_mkdir_p1(const char *dir);
+/* write(2) until all `len` bytes are written (EINTR retried); 0 or -errno. */
+int bt_write_all(int fd, const void *data, size_t len);
 /* Writes `len` bytes to path (temp, fsync, rename, fsync of the directory). */
 int bt_write_file_durable(const char *path, const void *data, size_t len);
 /* Reads a whole small file, NUL-terminated; at most `max` bytes. */

@@ -23,6 +23,7 @@ void bt_ckpt_manifest_free(bt_ckpt_manifest_t *m) {
   free(m->shards);
   free(m->layer_shard);
   memset(m, 0, sizeof *m);
+  m->lineage.parent_step = -1;
 }
 
 int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *len) {
@@ -40,6 +41,19 @@ int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *le
   bt_json_kint(&j, "adam_t", m->meta.adam_t);
   bt_json_kstr(&j, "model_config", m->meta.model_config ? m->meta.model_config : "");
   bt_json_kstr(&j, "run_settings", m->meta.run_settings ? m->meta.run_settings : "");
+  /* Lineage (lineage.c); a commit without one keeps the older shape. */
+  if (m->lineage.job[0] || m->lineage.parent_step >= 0) {
+    bt_json_kstr(&j, "job", m->lineage.job);
+    bt_json_key(&j, "parent");
+    if (m->lineage.parent_step < 0) {
+      bt_json_null(&j);
+    } else {
+      bt_json_obj_begin(&j);
+      bt_json_kstr(&j, "job", m->lineage.parent_job);
+      bt_json_kint(&j, "step", m->lineage.parent_step);
+      bt_json_obj_end(&j);
+    }
+  }
   bt_json_key(&j, "shards");
   bt_json_arr_begin(&j);
   for (uint32_t i = 0; i < m->nshards; i++) {
@@ -254,6 +268,48 @@ static int knum_i(rd_t *r, const char *k, int64_t lo, int64_t hi, int64_t *out) 
 
 static int comma(rd_t *r) { return expect(r, ','); }
 
+/* 1 when the next key is `name` (nothing consumed). */
+static int next_key_is(rd_t *r, const char *name) {
+  ws(r);
+  size_t n = strlen(name);
+  return r->end - r->p > (ptrdiff_t)(n + 1) && r->p[0] == '"' && !memcmp(r->p + 1, name, n) &&
+         r->p[n + 1] == '"';
+}
+
+/* A job id ("" or 32 lowercase hex digits) into out. */
+static int job_id(rd_t *r, const char *what, char out[BT_CKPT_JOB_LEN + 1]) {
+  char *s = NULL;
+  int rc = str(r, &s);
+  if (rc < 0) return rc;
+  if (s[0] && !bt_ckpt_job_valid(s)) {
+    free(s);
+    return fail(r, "%s: not a job id", what);
+  }
+  snprintf(out, BT_CKPT_JOB_LEN + 1, "%s", s);
+  free(s);
+  return 0;
+}
+
+/* "job":"…","parent":null|{"job":"…","step":N} — absent in manifests
+ * written before lineage existed (then job "" and no parent). */
+static int lineage(rd_t *r, bt_ckpt_lineage_t *l) {
+  int rc;
+  if (!next_key_is(r, "job")) return 0;
+  if ((rc = key(r, "job")) < 0 || (rc = job_id(r, "job", l->job)) < 0) return rc;
+  if ((rc = comma(r)) < 0 || (rc = key(r, "parent")) < 0) return rc;
+  ws(r);
+  if (r->end - r->p >= 4 && !memcmp(r->p, "null", 4)) {
+    r->p += 4;
+    return comma(r);
+  }
+  if ((rc = expect(r, '{')) < 0 || (rc = key(r, "job")) < 0 ||
+      (rc = job_id(r, "parent job", l->parent_job)) < 0)
+    return rc;
+  if ((rc = comma(r)) < 0 || (rc = knum_i(r, "step", 0, INT64_MAX, &l->parent_step)) < 0) return rc;
+  if ((rc = expect(r, '}')) < 0) return rc;
+  return comma(r);
+}
+
 static int parse(rd_t *r, bt_ckpt_manifest_t *m) {
   int rc;
   int64_t v;
@@ -290,7 +346,8 @@ static int parse(rd_t *r, bt_ckpt_manifest_t *m) {
   if ((rc = comma(r)) < 0 || (rc = key(r, "run_settings")) < 0 ||
       (rc = str(r, &m->meta.run_settings)) < 0)
     return rc;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "shards")) < 0 || (rc = expect(r, '[')) < 0) return rc;
+  if ((rc = comma(r)) < 0 || (rc = lineage(r, &m->lineage)) < 0) return rc;
+  if ((rc = key(r, "shards")) < 0 || (rc = expect(r, '[')) < 0) return rc;
   m->shards = calloc(m->meta.stages, sizeof *m->shards);
   if (!m->shards) return -ENOMEM;
   for (uint32_t i = 0; i < m->meta.stages; i++) {
@@ -338,6 +395,7 @@ int bt_ckpt_manifest_read(const char *path, bt_ckpt_manifest_t *m, char *err, si
   char *text = NULL;
   size_t len = 0;
   memset(m, 0, sizeof *m);
+  m->lineage.parent_step = -1;
   if (err && errlen) err[0] = 0;
   int rc = bt_read_file(path, MANIFEST_MAX, &text, &len);
   if (rc < 0) {

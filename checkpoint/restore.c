@@ -164,7 +164,11 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
   }
   int rc = bt_ckpt_manifest_read(path, &st->man, err, sizeof err);
   if (rc < 0) {
-    problem(pr, rc == BT_EVERSION ? BT_EVERSION : BT_ECORRUPT, "%s: %s", BT_CKPT_MANIFEST, err);
+    /* A manifest that is a FIFO, a device or a directory was never written
+     * by baton: not a checkpoint, rather than a damaged one. */
+    int code = rc == BT_EVERSION ? BT_EVERSION
+               : rc == BT_ENOTREG || rc == -EISDIR ? BT_ENOTCKPT : BT_ECORRUPT;
+    problem(pr, code, "%s: %s", BT_CKPT_MANIFEST, err);
     return pr->rc;
   }
   st->step = st->man.meta.step;
@@ -181,6 +185,12 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
     }
     if (stat(path, &sb) < 0) {
       problem(pr, BT_ECORRUPT, "%s: %s", info->file, errno == ENOENT ? "missing" : strerror(errno));
+      continue;
+    }
+    /* A FIFO or a link to a device (size 0 in a forged manifest) would
+     * block or spin the CRC pass below: refused before anything reads it. */
+    if (!S_ISREG(sb.st_mode)) {
+      problem(pr, BT_ECORRUPT, "%s: %s", info->file, bt_strerror(BT_ENOTREG));
       continue;
     }
     if ((uint64_t)sb.st_size != info->size) {

@@ -135,3 +135,28 @@ int bt_ckpt_retain(const char *root, const bt_ckpt_retention_t *pol, int64_t pro
   free(v);
   return rc;
 }
+
+int bt_ckpt_remove_debris(const char *root, int *removed) {
+  entry_t *v = NULL;
+  size_t n = 0;
+  int rc, count = 0;
+  if (removed) *removed = 0;
+  if ((rc = scan(root, &v, &n)) < 0) return rc;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i].committed) continue;
+    int r = remove_step(root, &v[i]);
+    if (r < 0) {
+      bt_warn("checkpoint: could not remove %s/%s: %s", root, v[i].name, bt_strerror(r));
+      if (rc == 0) rc = r;
+      continue;
+    }
+    count++;
+  }
+  if (count > 0) {
+    int r = bt_fsync_dir(root);
+    if (r < 0 && rc == 0) rc = r;
+  }
+  if (removed) *removed = count;
+  free(v);
+  return rc;
+}

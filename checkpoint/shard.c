@@ -3,7 +3,7 @@
  * A shard is self-describing (ckpt.h has the layout) so `baton ckpt` and
  * h5py read it with no model knowledge. Writing goes to "<file>.tmp", is
  * flushed, its size re-checked, fsync'ed and renamed; the caller's step
- * protocol (save.c, commit.c) decides when the shard counts. Not here: the
+ * protocol (writer.c, commit.c) decides when the shard counts. Not here: the
  * manifest, the step directory, and any decision about which layers a stage
  * holds.
  */
@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "checkpoint/internal.h"
@@ -347,6 +348,7 @@ out:
     }
   }
   if (fapl >= 0) H5Pclose(fapl);
+  if (rc == BT_EHDF5) bt_h5_note_broken();
   if (rc == BT_EHDF5) {
     int e = h5_errno();
     if (e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS || e == EACCES) rc = -e;
@@ -451,6 +453,22 @@ static int file_crc(const char *path, extent_t *ext, size_t n, uint64_t size, ui
   return rc;
 }
 
+/* Refuses a shard that cannot fit before HDF5 starts writing: a write
+ * that fails half-way leaves HDF5 with handles it cannot close (1.10.8
+ * then reports "infinite loop closing library" at exit). The estimate is
+ * the raw bytes plus HDF5's metadata; compression only makes it smaller. */
+static int enough_space(const char *dir, const bt_ckpt_tensor_t *t, size_t n) {
+  struct statvfs vfs;
+  if (statvfs(dir, &vfs) < 0) return 0; /* cannot tell: let the write decide */
+  uint64_t need = 64 * 1024;
+  for (size_t i = 0; i < n; i++) need += (uint64_t)bt_ckpt_numel(&t[i]) * sizeof(float) + 2048;
+  uint64_t have = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+  if (have >= need) return 0;
+  bt_error("checkpoint: %s has %llu bytes free, the shard needs about %llu", dir,
+           (unsigned long long)have, (unsigned long long)need);
+  return -ENOSPC;
+}
+
 /* Writes the shard durably at `path` (via path.tmp); *size and *crc get
  * the final file's. The CRC is computed once: each tensor's while it is
  * written, combined with the metadata's after the fsync. */
@@ -473,6 +491,7 @@ static int shard_write(const char *path, const bt_ckpt_meta_t *meta, const bt_ck
     snprintf(dir, sizeof dir, ".");
   if (!(ext = calloc(n ? n : 1, sizeof *ext))) return -ENOMEM;
   if ((rc = layers_of(t, n, &layers, &nl)) < 0) goto out;
+  if ((rc = enough_space(dir, t, n)) < 0) goto out;
   if ((rc = write_h5(tmp, meta, t, n, opts, layers, nl, &h5size, ext)) < 0) goto out;
   /* Re-check the size: a write HDF5 thought succeeded must have landed. */
   if (stat(tmp, &st) < 0) {

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +15,34 @@
 #include <unistd.h>
 
 #include "checkpoint/internal.h"
+#include "common/file.h"
 #include "common/log.h"
 
 static __thread int t_h5_ready;
+static pthread_once_t h5_once = PTHREAD_ONCE_INIT;
+static atomic_int h5_broken; /* a file HDF5 could not create or close */
+
+/* At exit, HDF5 closes its library only when nothing it could not release
+ * is left: HDF5 1.10.8 keeps the internals of a file whose H5Fcreate or
+ * H5Fclose failed on a full disk, and its own exit handler then prints
+ * "infinite loop closing library" and a line of FL,FL,... for nothing (the
+ * process is ending and the kernel frees everything). */
+static void h5_at_exit(void) {
+  if (!atomic_load(&h5_broken)) H5close();
+}
+
+static void h5_process_init(void) {
+  H5dont_atexit();
+  atexit(h5_at_exit);
+}
+
+void bt_h5_note_broken(void) { atomic_store(&h5_broken, 1); }
 static __thread int t_h5_quiet;
 static __thread char t_h5_last[768];
 
 void bt_h5_thread_init(void) {
   if (t_h5_ready) return;
+  pthread_once(&h5_once, h5_process_init);
   /* HDF5's automatic printing is per thread: without this every expected
    * failure (probing a damaged file) dumps a stack trace on stderr. */
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -74,7 +96,7 @@ int bt_mkdir_p1(const char *dir) {
   return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
-static int write_all(int fd, const void *data, size_t len) {
+int bt_write_all(int fd, const void *data, size_t len) {
   const char *p = data;
   while (len > 0) {
     ssize_t w = write(fd, p, len);
@@ -105,7 +127,7 @@ int bt_write_file_durable(const char *path, const void *data, size_t len) {
   do fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return -errno;
-  if ((rc = write_all(fd, data, len)) < 0) goto out;
+  if ((rc = bt_write_all(fd, data, len)) < 0) goto out;
   if (fsync(fd) < 0) {
     rc = -errno;
     goto out;
@@ -129,10 +151,9 @@ out:
 
 int bt_read_file(const char *path, size_t max, char **out, size_t *len) {
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) return -errno;
-  int rc = 0;
+  uint64_t fsize;
+  int rc = bt_file_open(path, max, &fd, &fsize);
+  if (rc < 0) return rc;
   size_t n = 0, cap = 4096;
   char *buf = malloc(cap + 1);
   if (!buf) {

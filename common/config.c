@@ -12,6 +12,8 @@
 
 #include "common/crc.h"
 #include "common/error.h"
+#include "common/file.h"
+#include "common/frame.h"
 #include "common/model.h"
 #include "common/parse.h"
 
@@ -60,7 +62,7 @@ static const bt_config_flag_t g_flags[] = {
      1, "compute backend: cpu or cuda"},
     {"steps", BT_CONFIG_RUN, BT_FLAG_I64, OFF(run.steps), 0, "400", 1, 1e12, 0, 1,
      "optimizer steps to run (the total, counting resumed ones)"},
-    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, 4096, 0, 1,
+    {"stages", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.stages), 0, "1", 1, BT_MAX_STAGES, 0, 1,
      "pipeline stages (worker processes)"},
     {"chunks", BT_CONFIG_RUN, BT_FLAG_INT, OFF(run.chunks), 0, "1", 1, 64, 0, 1,
      "chunks (virtual stages) per stage"},
@@ -74,16 +76,6 @@ static const bt_config_flag_t g_flags[] = {
 const bt_config_flag_t *bt_config_flags(size_t *n) {
   *n = NFLAGS;
   return g_flags;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
 }
 
 static const bt_config_flag_t *find_flag(const char *name) {
@@ -102,13 +94,13 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
   case BT_FLAG_INT:
     rc = bt_parse_int(value, (int)f->lo, (int)f->hi, (int *)p);
     if (rc)
-      set_err(err, errlen, "--%s: expected a whole number in [%d, %d], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a whole number in [%d, %d], got '%s'", f->name,
               (int)f->lo, (int)f->hi, value);
     break;
   case BT_FLAG_I64:
     rc = bt_parse_i64(value, (int64_t)f->lo, (int64_t)f->hi, (int64_t *)p);
     if (rc)
-      set_err(err, errlen, "--%s: expected a whole number in [%lld, %lld], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a whole number in [%lld, %lld], got '%s'", f->name,
               (long long)f->lo, (long long)f->hi, value);
     break;
   case BT_FLAG_DOUBLE: {
@@ -116,7 +108,7 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
     rc = bt_parse_double(value, f->lo, f->hi, &v);
     if (!rc && f->positive && !(v > 0)) rc = BT_EARG;
     if (rc)
-      set_err(err, errlen, "--%s: expected a number in %s%g, %g], got '%s'", f->name,
+      bt_errf(err, errlen, "--%s: expected a number in %s%g, %g], got '%s'", f->name,
               f->positive ? "(" : "[", f->lo, f->hi, value);
     else
       *(double *)p = v;
@@ -125,7 +117,7 @@ static int set_field(bt_config_t *c, const bt_config_flag_t *f, const char *valu
   case BT_FLAG_STRING:
     /* A newline would break the line-per-key text form. */
     if (strlen(value) >= f->size || strchr(value, '\n')) {
-      set_err(err, errlen, "--%s: value too long or not one line", f->name);
+      bt_errf(err, errlen, "--%s: value too long or not one line", f->name);
       rc = BT_EARG;
     } else {
       snprintf(p, f->size, "%s", value);
@@ -151,11 +143,11 @@ int bt_config_flag(bt_config_t *c, int part, const char *flag, const char *value
                    size_t errlen) {
   const bt_config_flag_t *f = find_flag(flag);
   if (!f || !f->is_flag || !(f->part & part)) {
-    set_err(err, errlen, "unknown option '%s'", flag);
+    bt_errf(err, errlen, "unknown option '%s'", flag);
     return BT_EARG;
   }
   if (!value) {
-    set_err(err, errlen, "--%s needs a value", f->name);
+    bt_errf(err, errlen, "--%s needs a value", f->name);
     return BT_EARG;
   }
   return set_field(c, f, value, err, errlen);
@@ -211,24 +203,24 @@ int bt_config_validate(const bt_config_t *c, char *err, size_t errlen) {
     else if (f->type == BT_FLAG_DOUBLE) v = *(const double *)p;
     else continue;
     if (!(v >= f->lo && v <= f->hi) || (f->positive && !(v > 0))) {
-      set_err(err, errlen, "--%s: %g is out of range [%g, %g]", f->name, v, f->lo, f->hi);
+      bt_errf(err, errlen, "--%s: %g is out of range [%g, %g]", f->name, v, f->lo, f->hi);
       return BT_EARG;
     }
   }
   if (!m->data[0]) {
-    set_err(err, errlen, "--data: empty path");
+    bt_errf(err, errlen, "--data: empty path");
     return BT_EARG;
   }
   if (strcmp(m->math, "fp32") && strcmp(m->math, "tf32")) {
-    set_err(err, errlen, "--math: expected fp32 or tf32, got '%s'", m->math);
+    bt_errf(err, errlen, "--math: expected fp32 or tf32, got '%s'", m->math);
     return BT_EARG;
   }
   if (!strcmp(m->math, "tf32") && strcmp(c->run.backend, "cuda")) {
-    set_err(err, errlen, "--math tf32 needs --backend cuda");
+    bt_errf(err, errlen, "--math tf32 needs --backend cuda");
     return BT_EARG;
   }
   if (strcmp(c->run.backend, "cpu") && strcmp(c->run.backend, "cuda")) {
-    set_err(err, errlen, "--backend: expected cpu or cuda, got '%s'", c->run.backend);
+    bt_errf(err, errlen, "--backend: expected cpu or cuda, got '%s'", c->run.backend);
     return BT_EARG;
   }
   /* Kernel sizes are ints: the largest per-micro-batch tensor must fit. */
@@ -236,7 +228,7 @@ int bt_config_validate(const bt_config_t *c, char *err, size_t errlen) {
   if ((double)m->mb_tokens * 256.0 > biggest) biggest = (double)m->mb_tokens * 256.0;
   if ((double)m->context * 256.0 * m->dim > biggest) biggest = (double)m->context * 256.0 * m->dim;
   if (biggest > (double)INT_MAX) {
-    set_err(err, errlen, "--dim/--mb-tokens/--context: a tensor of %.0f elements is too large",
+    bt_errf(err, errlen, "--dim/--mb-tokens/--context: a tensor of %.0f elements is too large",
             biggest);
     return BT_EARG;
   }
@@ -251,24 +243,24 @@ static int resolve_data(bt_model_config_t *m, char *err, size_t errlen) {
   }
   char abs[PATH_MAX];
   if (!realpath(m->data, abs)) {
-    set_err(err, errlen, "--data %s: %s", m->data, strerror(errno));
+    bt_errf(err, errlen, "--data %s: %s", m->data, strerror(errno));
     return BT_EARG;
   }
   uint32_t crc;
   uint64_t size;
-  int rc = bt_crc32_file(abs, &crc, &size);
+  int rc = bt_file_crc32(abs, BT_FILE_DATA, &crc, &size);
   if (rc) {
-    set_err(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
+    bt_errf(err, errlen, "--data %s: %s", m->data, bt_strerror(rc));
     return BT_EARG;
   }
   uint64_t need = (uint64_t)m->context + (uint64_t)m->mb_tokens + 1;
   if (size < need) {
-    set_err(err, errlen, "--data %s: %llu bytes, need at least %llu (context + mb-tokens + 1)",
+    bt_errf(err, errlen, "--data %s: %llu bytes, need at least %llu (context + mb-tokens + 1)",
             m->data, (unsigned long long)size, (unsigned long long)need);
     return BT_EARG;
   }
   if (strlen(abs) >= sizeof m->data) {
-    set_err(err, errlen, "--data: path too long");
+    bt_errf(err, errlen, "--data: path too long");
     return BT_EARG;
   }
   snprintf(m->data, sizeof m->data, "%s", abs);
@@ -284,7 +276,7 @@ int bt_config_finish(bt_config_t *c, char *err, size_t errlen) {
   if ((rc = resolve_data(&c->model, err, errlen))) return rc;
   uint64_t need = bt_config_memory_bytes(&c->model), have = bt_config_physical_bytes();
   if (need > have) {
-    set_err(err, errlen,
+    bt_errf(err, errlen,
             "the model needs about %.3g GiB (parameters, gradients, AdamW state, activations) "
             "but this machine has %.3g GiB",
             (double)need / 1073741824.0, (double)have / 1073741824.0);
@@ -391,7 +383,7 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     lineno++;
     char line[BT_CONFIG_PATH_MAX + 64];
     if (len >= sizeof line) {
-      set_err(err, errlen, "config line %d: too long", lineno);
+      bt_errf(err, errlen, "config line %d: too long", lineno);
       return BT_EFORMAT;
     }
     memcpy(line, p, len);
@@ -400,7 +392,7 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     if (!len) continue;
     char *eq = strchr(line, '=');
     if (!eq || eq == line) {
-      set_err(err, errlen, "config line %d: expected key=value, got '%s'", lineno, line);
+      bt_errf(err, errlen, "config line %d: expected key=value, got '%s'", lineno, line);
       return BT_EFORMAT;
     }
     *eq = 0;
@@ -408,11 +400,11 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
     if (f) {
       char why[256];
       if (set_field(c, f, eq + 1, why, sizeof why)) {
-        set_err(err, errlen, "config line %d: %s", lineno, why);
+        bt_errf(err, errlen, "config line %d: %s", lineno, why);
         return BT_EFORMAT;
       }
     } else if (bt_config_extra_set(c, line, eq + 1)) {
-      set_err(err, errlen, "config line %d: cannot keep setting '%s'", lineno, line);
+      bt_errf(err, errlen, "config line %d: cannot keep setting '%s'", lineno, line);
       return BT_EFORMAT;
     }
   }
@@ -444,4 +436,96 @@ int bt_config_model_diff(const bt_model_config_t *a, const bt_model_config_t *b,
     }
   }
   return ndiff;
+}
+
+/* ---- does a checkpoint belong to this model and data ---- */
+
+static int was_given(const char *key, const char *const *given, int ngiven) {
+  for (int i = 0; given && i < ngiven; i++) {
+    const char *n = given[i];
+    if (n[0] == '-' && n[1] == '-') n += 2;
+    if (!strcmp(n, key)) return 1;
+  }
+  return 0;
+}
+
+/* Appends "; "-joined clauses to out. */
+static void clause(char *out, size_t outlen, size_t *len, int n, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void clause(char *out, size_t outlen, size_t *len, int n, const char *fmt, ...) {
+  if (!out || *len >= outlen) return;
+  int w = n > 1 ? snprintf(out + *len, outlen - *len, "; ") : 0;
+  if (w > 0) *len += (size_t)w;
+  if (*len >= outlen) return;
+  va_list ap;
+  va_start(ap, fmt);
+  w = vsnprintf(out + *len, outlen - *len, fmt, ap);
+  va_end(ap);
+  if (w > 0) *len += (size_t)w;
+}
+
+int bt_config_model_match(const bt_model_config_t *ckpt, const bt_model_config_t *now,
+                          const char *const *given, int ngiven, char *out, size_t outlen) {
+  bt_config_t ca, cb;
+  memset(&ca, 0, sizeof ca);
+  memset(&cb, 0, sizeof cb);
+  ca.model = *ckpt;
+  cb.model = *now;
+  int n = 0;
+  size_t len = 0;
+  if (out && outlen) out[0] = 0;
+  for (size_t i = 0; i < NFLAGS; i++) {
+    const bt_config_flag_t *f = &g_flags[i];
+    if (f->part != BT_CONFIG_MODEL || !strcmp(f->name, "data") || !strcmp(f->name, "data-size") ||
+        !strcmp(f->name, "data-crc"))
+      continue;
+    char va[BT_CONFIG_PATH_MAX], vb[BT_CONFIG_PATH_MAX];
+    fmt_value(&ca, f, va, sizeof va);
+    fmt_value(&cb, f, vb, sizeof vb);
+    if (!strcmp(va, vb)) continue;
+    n++;
+    if (was_given(f->name, given, ngiven))
+      clause(out, outlen, &len, n, "--%s: the checkpoint has %s, the command line says %s", f->name, va, vb);
+    else
+      clause(out, outlen, &len, n, "%s: the checkpoint has %s, now %s", f->name, va, vb);
+  }
+  /* The data: by content. A path is only how the file is reached today. */
+  int syn_a = !strcmp(ckpt->data, "synthetic"), syn_b = !strcmp(now->data, "synthetic");
+  if (syn_a != syn_b) {
+    n++;
+    clause(out, outlen, &len, n, "--data: the checkpoint has %s, %s %s", ckpt->data,
+           was_given("data", given, ngiven) ? "the command line says" : "now", now->data);
+  } else if (!syn_a && (ckpt->data_size != now->data_size || ckpt->data_crc != now->data_crc)) {
+    n++;
+    clause(out, outlen, &len, n,
+           "--data: the checkpoint was trained on %lld bytes with CRC-32 %08llx (%s); %s now holds %lld bytes "
+           "with CRC-32 %08llx",
+           (long long)ckpt->data_size, (unsigned long long)ckpt->data_crc, ckpt->data, now->data,
+           (long long)now->data_size, (unsigned long long)now->data_crc);
+  }
+  return n;
+}
+
+int bt_config_match_checkpoint(bt_config_t *cfg, const char *ckpt_text, const char *const *given_names,
+                               const char *const *given_values, int ngiven, char *err, size_t errlen) {
+  bt_config_t theirs, mine;
+  char why[1024] = "";
+  if (bt_config_from_text(&theirs, ckpt_text ? ckpt_text : "", why, sizeof why)) {
+    bt_errf(err, errlen, "unreadable model configuration: %s", why);
+    return BT_EFORMAT;
+  }
+  mine = *cfg;
+  mine.model = theirs.model;
+  for (int i = 0; i < ngiven; i++)
+    if (bt_config_model_flag(&mine, given_names[i], given_values[i], err, errlen)) return BT_EARG;
+  /* Resolves the data file again: its size and CRC tell whether it is
+   * still the file the checkpoint was trained on. */
+  if (bt_config_finish(&mine, err, errlen)) return BT_EARG;
+  char diff[2048];
+  if (bt_config_model_match(&theirs.model, &mine.model, given_names, ngiven, diff, sizeof diff)) {
+    bt_errf(err, errlen, "%s", diff);
+    return BT_ECONFIG;
+  }
+  cfg->model = mine.model;
+  return 0;
 }

@@ -129,6 +129,33 @@ int bt_config_from_text(bt_config_t *c, const char *text, char *err, size_t errl
 int bt_config_model_diff(const bt_model_config_t *a, const bt_model_config_t *b, char *out,
                          size_t outlen);
 
+/* Whether a checkpoint's model (`ckpt`) is the model `now` describes: the
+ * one rule for `baton train`, `baton run` before spawning, and the worker.
+ * Every model key must agree except the data path: a data file is
+ * identified by its size and content CRC (data-size, data-crc), not by how
+ * its path is spelled, so a relative --data, another working directory or a
+ * copy elsewhere resumes; synthetic data must stay synthetic. Returns the
+ * number of disagreements; each is written to out (may be NULL) as one
+ * clause naming both values — "--dim: the checkpoint has 32, the command
+ * line says 48" for a flag in `given` (names with or without "--", NULL:
+ * none given), "KEY: the checkpoint has A, now B" otherwise — joined by
+ * "; ". */
+int bt_config_model_match(const bt_model_config_t *ckpt, const bt_model_config_t *now,
+                          const char *const *given, int ngiven, char *out, size_t outlen);
+
+/* The model of a job resuming from a checkpoint whose model configuration
+ * is the canonical text `ckpt_text`: the checkpoint's model, with the model
+ * flags the user gave (names and values, in order) applied over it,
+ * resolved with bt_config_finish (cfg's run part counts: backend, math),
+ * then checked with bt_config_model_match. On success cfg->model is that
+ * model (the data file at the path that reads now). Returns 0; BT_EFORMAT
+ * for unreadable text; BT_EARG for a bad flag or an unreadable data file;
+ * BT_ECONFIG when the checkpoint holds another model. err gets one line
+ * without a command prefix. Nothing is spawned or allocated before it, so
+ * every refusal is an exit 2 before anything starts. */
+int bt_config_match_checkpoint(bt_config_t *cfg, const char *ckpt_text, const char *const *given_names,
+                               const char *const *given_values, int ngiven, char *err, size_t errlen);
+
 /* Run extras: settings owned by other modules. Set replaces an existing key. */
 int bt_config_extra_set(bt_config_t *c, const char *key, const char *value);
 /* The value of an extra, or NULL. */

@@ -1,6 +1,8 @@
 /* crc.c - see crc.h. */
 #include "common/crc.h"
 
+#include "common/file.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -27,34 +29,6 @@ uint32_t bt_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
 }
 
 int bt_crc32_file(const char *path, uint32_t *crc, uint64_t *size) {
-  int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) return -errno;
-  enum { CHUNK = 1 << 20 };
-  unsigned char *buf = malloc(CHUNK);
-  int rc = 0;
-  uint32_t c = 0;
-  uint64_t total = 0;
-  if (!buf) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  for (;;) {
-    ssize_t n = read(fd, buf, CHUNK);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      rc = -errno;
-      goto out;
-    }
-    if (n == 0) break;
-    c = bt_crc32(c, buf, (size_t)n);
-    total += (uint64_t)n;
-  }
-  *crc = c;
-  *size = total;
-out:
-  free(buf);
-  close(fd);
-  return rc;
+  /* Through file.c: a FIFO or a device is refused, never read for ever. */
+  return bt_file_crc32(path, BT_FILE_SHARD, crc, size);
 }

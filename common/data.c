@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/file.h"
 
 /* Distinct streams of the generator, so data, permutations and offsets
  * never reuse a counter. */
@@ -55,16 +56,6 @@ double bt_rng_normal(uint64_t seed, uint64_t a, uint64_t b, uint64_t c) {
   return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 static void build_synthetic(bt_data_t *d) {
   const int A = BT_SYNTH_ALPHABET;
   for (int b = 0; b < A; b++) {
@@ -85,30 +76,18 @@ static void build_synthetic(bt_data_t *d) {
 }
 
 static int read_file(bt_data_t *d, const char *path, char *err, size_t errlen) {
-  int rc = 0;
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC);
-  while (fd < 0 && errno == EINTR);
-  if (fd < 0) {
-    rc = -errno;
-    set_err(err, errlen, "--data %s: %s", path, strerror(errno));
+  uint64_t fsize;
+  int rc = bt_file_open(path, bt_file_limit(BT_FILE_DATA), &fd, &fsize);
+  if (rc < 0) {
+    bt_errf(err, errlen, "--data %s: %s", path, bt_strerror(rc));
     return rc;
   }
-  struct stat sb;
-  if (fstat(fd, &sb) < 0) {
-    rc = -errno;
-    set_err(err, errlen, "--data %s: %s", path, strerror(errno));
-    goto out;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    rc = BT_EARG;
-    set_err(err, errlen, "--data %s: not a regular file", path);
-    goto out;
-  }
+  struct stat sb = {.st_size = (off_t)fsize};
   size_t need = (size_t)d->K + (size_t)d->T + 1;
   if ((size_t)sb.st_size < need) {
     rc = BT_EARG;
-    set_err(err, errlen, "--data %s: %lld bytes, need at least %zu (context + mb-tokens + 1)",
+    bt_errf(err, errlen, "--data %s: %lld bytes, need at least %zu (context + mb-tokens + 1)",
             path, (long long)sb.st_size, need);
     goto out;
   }
@@ -116,7 +95,7 @@ static int read_file(bt_data_t *d, const char *path, char *err, size_t errlen) {
   d->bytes = malloc(d->size);
   if (!d->bytes) {
     rc = -ENOMEM;
-    set_err(err, errlen, "--data %s: out of memory", path);
+    bt_errf(err, errlen, "--data %s: out of memory", path);
     goto out;
   }
   size_t got = 0;
@@ -125,7 +104,7 @@ static int read_file(bt_data_t *d, const char *path, char *err, size_t errlen) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       rc = n < 0 ? -errno : BT_EARG;
-      set_err(err, errlen, "--data %s: %s", path, n < 0 ? strerror(errno) : "file shrank");
+      bt_errf(err, errlen, "--data %s: %s", path, n < 0 ? strerror(errno) : "file shrank");
       goto out;
     }
     got += (size_t)n;

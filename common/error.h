@@ -33,7 +33,8 @@
   X(BT_EUNSUPPORTED,"not supported")                                        \
   X(BT_ESTOPPED,    "stopped on request")                                   \
   X(BT_EABORT,      "aborted")                                              \
-  X(BT_EVERSION,    "unsupported format version")
+  X(BT_EVERSION,    "unsupported format version")                           \
+  X(BT_ENOTREG,     "not a regular file")
 
 enum {
   BT_E_BASE_ = -10000,

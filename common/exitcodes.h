@@ -40,6 +40,9 @@ enum {
   BT_EXIT_NONFINITE = 78,  /* a stage reported non-finite loss or parameters: restarting
                               from the same checkpoint would replay the same bits */
   BT_EXIT_TOO_FEW = 79,    /* retired slots left fewer stages than --min-stages */
+  BT_EXIT_UNCOMMITTED = 80,/* finished, but the final checkpoint was not committed (a full
+                              disk, a failed save): the trained state of the last step is
+                              lost; the closing line names the newest committed step */
 };
 
 #endif

@@ -14,8 +14,9 @@
  *   hang      stop before posting the next send; heartbeats go on but the
  *             action index stops moving
  *   slow      sleep `ms` (default 100) before every action from then on
- *   ckpt-die  die (SIGKILL) in the middle of writing the shard of the first
- *             checkpoint at or after `step`
+ *   ckpt-die  die (SIGKILL) half-way through copying the snapshot of the
+ *             first checkpoint at or after `step` (worker/faults.c
+ *             bt_faults_fill), before the writer thread writes its shard
  * Fields: stage (0-based worker, required), step (1-based optimizer step,
  * required), action (index into the stage's action list of that step,
  * default 0), code (exit only, 1..255), ms (slow only, 1..600000).

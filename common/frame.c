@@ -444,7 +444,7 @@ int bt_msg_decode_heartbeat(const bt_frame_t *f, bt_msg_heartbeat_t *m) {
   m->step = get_i64(&r);
   m->action = get_i64(&r);
   m->actions_done = get_i64(&r);
-  if (m->phase > BT_PHASE_IDLE) return BT_EFORMAT;
+  if (m->phase > BT_PHASE_CONNECT) return BT_EFORMAT;
   return rd_done(&r);
 }
 

@@ -88,7 +88,20 @@ typedef struct {
   uint8_t nccl_id[128];   /* stage 0 with NCCL: the unique id; else zero */
 } bt_msg_ready_t;
 
-typedef enum { BT_PHASE_INIT = 0, BT_PHASE_COMPUTE, BT_PHASE_WAIT, BT_PHASE_CKPT, BT_PHASE_IDLE } bt_phase_t;
+/* Appended only (the numbers are on the wire). BT_PHASE_SETUP: creating the
+ * NCCL transport's communicators, allowed BATON_NCCL_SETUP_MS (default
+ * 120 s) by the supervisor. BT_PHASE_CONNECT: connecting to the data-plane
+ * peers after START, so a stall there is reported as a start-up failure,
+ * not as a hang in computing. */
+typedef enum {
+  BT_PHASE_INIT = 0,
+  BT_PHASE_COMPUTE,
+  BT_PHASE_WAIT,
+  BT_PHASE_CKPT,
+  BT_PHASE_IDLE,
+  BT_PHASE_SETUP,
+  BT_PHASE_CONNECT,
+} bt_phase_t;
 
 typedef struct {
   uint32_t stage, phase;

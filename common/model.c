@@ -140,34 +140,24 @@ void bt_model_init_tensor(const bt_model_config_t *m, int layer, int tensor,
   }
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
-
 int bt_model_layout_parse(const bt_model_config_t *m, const char *text, int nstages, int *counts,
                           int max, int *n, char *err, size_t errlen) {
   size_t got = 0;
   int total = bt_model_layer_count(m);
   if (bt_parse_ints(text, 1, total, counts, (size_t)max, &got)) {
-    set_err(err, errlen, "--layout '%s': expected comma-separated layer counts, each in [1, %d]",
+    bt_errf(err, errlen, "--layout '%s': expected comma-separated layer counts, each in [1, %d]",
             text, total);
     return BT_EARG;
   }
   int sum = 0;
   for (size_t i = 0; i < got; i++) sum += counts[i];
   if (sum != total) {
-    set_err(err, errlen, "--layout '%s' covers %d layers, the model has %d (L+2)", text, sum,
+    bt_errf(err, errlen, "--layout '%s' covers %d layers, the model has %d (L+2)", text, sum,
             total);
     return BT_EARG;
   }
   if (nstages > 0 && (int)got != nstages) {
-    set_err(err, errlen, "--layout '%s' has %zu virtual stages, expected %d", text, got, nstages);
+    bt_errf(err, errlen, "--layout '%s' has %zu virtual stages, expected %d", text, got, nstages);
     return BT_EARG;
   }
   *n = (int)got;

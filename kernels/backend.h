@@ -134,6 +134,20 @@ typedef struct bt_backend_ops {
    * name; math_mode says what is in force, for the checkpoint to record. */
   int (*set_math)(bt_backend_t *be, const char *mode);
   const char *(*math_mode)(bt_backend_t *be);
+
+  /* ---- streams and set-up ----
+   * stream: the opaque stream every op of this backend is queued on (a
+   * cudaStream_t on CUDA, NULL on the CPU), so a transport can order its
+   * transfers after the kernels that produce a buffer and before those
+   * that read it (worker/transport_nccl.h) without a host-wide sync.
+   * seal: ends set-up. It sizes the scratch memory for ops whose shapes
+   * need at most `scratch_floats` floats of it (bt_model_scratch_floats),
+   * and from then on the backend allocates nothing: alloc and any scratch
+   * that would have to grow return BT_EUNSUPPORTED (logged). On CUDA this
+   * is what keeps cudaMalloc/cudaFree, which synchronise the whole device
+   * (NCCL's kernels waiting for a peer included), out of a training step. */
+  void *(*stream)(bt_backend_t *be);
+  int (*seal)(bt_backend_t *be, size_t scratch_floats);
 } bt_backend_ops_t;
 
 /* A backend is used by one thread at a time (ops share scratch memory and,
@@ -141,6 +155,10 @@ typedef struct bt_backend_ops {
 struct bt_backend {
   const bt_backend_ops_t *ops;
   void *impl; /* the backend's own state */
+  /* Kept by the backends: allocations made (device buffers and scratch
+   * growth; for tests that set-up really ended), and whether seal() ran. */
+  uint64_t allocs;
+  int sealed;
 };
 
 /* The CPU backend (OpenBLAS pinned to one thread, whatever
@@ -152,5 +170,10 @@ int bt_backend_cpu_create(bt_backend_t **out);
  * LOCAL_RANK or 0 (0 when CUDA_VISIBLE_DEVICES names a single device). */
 int bt_backend_create(const char *name, int device, bt_backend_t **out, char *why, size_t why_len);
 void bt_backend_destroy(bt_backend_t *be);
+/* How many CUDA devices the driver shows, through libbaton_cuda.so (the
+ * CUDA runtime only, never NCCL). 0, or BT_EBACKEND with one line in why
+ * (no library, no driver); a machine with a driver and no device is 0
+ * devices. */
+int bt_backend_cuda_devices(int *count, char *why, size_t why_len);
 
 #endif

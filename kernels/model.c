@@ -410,3 +410,16 @@ const float *bt_chunk_losses(bt_chunk_t *c, int mb) {
   if (!l->ops->losses || mb < 0 || mb >= c->nmb) return NULL;
   return l->ops->losses(l, c->stash[(size_t)(c->nlayers - 1) * (size_t)c->nmb + (size_t)mb]);
 }
+
+/* An upper bound over both backends: the CPU's embedding sums K·256·D
+ * floats plus one mark byte per table row; a weight-gradient product needs
+ * at most OC·C + OC (the CPU's band plus the CUDA backend's whole product);
+ * layernorm's 2·C is smaller than either. */
+size_t bt_model_scratch_floats(const bt_model_config_t *m) {
+  size_t D = (size_t)m->dim, K = (size_t)(m->context > 0 ? m->context : 1), V = 256;
+  size_t embed = K * V * D + K * V / sizeof(float) + 1;
+  size_t block = 4 * D * D + 4 * D;
+  size_t head = V * D + V;
+  size_t n = embed > block ? embed : block;
+  return n > head ? n : head;
+}

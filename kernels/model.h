@@ -97,6 +97,11 @@ typedef struct bt_chunk {
   float **recv_grad;        /* [mb] (T, D), when last < L + 1 */
 } bt_chunk_t;
 
+/* The scratch floats any backend's ops need for this model's largest
+ * shapes (the embedding's weight gradient, K·256·D plus marks; a block's
+ * 4·D² product; the head's 256·D), for bt_backend_ops_t.seal. */
+size_t bt_model_scratch_floats(const bt_model_config_t *m);
+
 /* Allocates a chunk of layers first..last for nmb micro-batches; parameters
  * are set to their initial values (a pure function of seed, layer, tensor,
  * element), gradients and AdamW state to zero. */

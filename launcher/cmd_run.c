@@ -29,6 +29,7 @@
 #include "common/log.h"
 #include "common/parse.h"
 #include "launcher/commands.h"
+#include "launcher/ending.h"
 #include "launcher/plan.h"
 #include "launcher/recovery.h"
 #include "launcher/supervisor.h"
@@ -57,8 +58,10 @@ static void usage(FILE *f) {
   fprintf(f,
           "\npipeline options:\n"
           "  --stages P              worker processes (pipeline stages), 1..%d\n"
-          "  --chunks V              virtual stages per worker (default 1)\n"
-          "  --schedule S            gpipe, 1f1b, interleaved, zb-h1 or a CSV file\n"
+          "  --chunks V              virtual stages per worker (default 1; 2, and only 2,\n"
+          "                          for zb-v and dualpipev)\n"
+          "  --schedule S            gpipe, 1f1b, interleaved, zb-h1, zb-v, dualpipev or a\n"
+          "                          CSV file in either PyTorch notation\n"
           "                          (default: interleaved when --chunks > 1, else 1f1b)\n"
           "  --layout N,N,...        layers per virtual stage (default: balanced by cost)\n"
           "  --steps N               optimizer steps (default %s)\n"
@@ -131,7 +134,8 @@ typedef struct {
   int given_schedule, given_stages, given_chunks, given_mb;
   const char *csv_arg;     /* --schedule FILE as given */
   char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
-  char csv_env[PATH_MAX + 32];
+  char closing[1024];         /* the last line of a job whose final checkpoint did not commit */
+  int output_error;           /* a write to --metrics, --events or --trace failed in some incarnation */
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -156,6 +160,10 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     if (!strcmp(arg, "--no-progress")) {
       a->o.progress = 0;
       continue;
+    }
+    if (!strncmp(arg, "--hash=", 7) || !strncmp(arg, "--no-progress=", 14)) {
+      fprintf(stderr, "baton run: %.*s takes no value\n", (int)(strchr(arg, '=') - arg), arg);
+      return 2;
     }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton run: unexpected argument '%s' (try `baton run --help`)\n", arg);
@@ -184,6 +192,11 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     else if (i + 1 < argc) v = argv[++i];
     else {
       fprintf(stderr, "baton run: %s needs a value\n", name);
+      return 2;
+    }
+    if (!strcmp(name, "--layout") && !v[0]) {
+      /* "" is the default's spelling inside; given, it is a mistake. */
+      fprintf(stderr, "baton run: --layout: empty (give layers per stage, e.g. 3,3, or leave it out)\n");
       return 2;
     }
     if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
@@ -282,7 +295,6 @@ static int adopt_csv_counts(run_args_t *a) {
     r->stages = s.p;
     r->chunks = s.v;
     a->cfg.model.microbatches = s.m;
-    snprintf(a->csv_env, sizeof a->csv_env, "BATON_SCHEDULE_CSV=%s", a->csv_path);
   }
   bt_sched_free(&s);
   return rc;
@@ -390,7 +402,6 @@ static int probe_backend(const char *backend) {
 typedef struct {
   int p, v;
   int *first, *last;
-  char **layers;
   char **flags;
   int nflags;
   char **wargv;
@@ -401,8 +412,6 @@ typedef struct {
 static void formation_free(formation_t *f) {
   for (int i = 0; f->flags && i < f->nflags; i++) free(f->flags[i]);
   free(f->flags);
-  for (int i = 0; f->layers && i < f->p; i++) free(f->layers[i]);
-  free(f->layers);
   free(f->wargv);
   free(f->first);
   free(f->last);
@@ -410,8 +419,8 @@ static void formation_free(formation_t *f) {
   memset(f, 0, sizeof *f);
 }
 
-/* Plans cfg->run.stages workers: layout, schedule, each stage's layers and
- * the worker command line. Returns 0 or an exit code (2: refused, with one
+/* Plans cfg->run.stages workers: layout, schedule and the worker command
+ * line. Returns 0 or an exit code (2: refused, with one
  * line on stderr). */
 static int formation_plan(run_args_t *a, formation_t *f) {
   bt_config_t *cfg = &a->cfg;
@@ -422,8 +431,7 @@ static int formation_plan(run_args_t *a, formation_t *f) {
   f->v = v;
   f->first = calloc((size_t)nv, sizeof *f->first);
   f->last = calloc((size_t)nv, sizeof *f->last);
-  f->layers = calloc((size_t)p, sizeof *f->layers);
-  if (!f->first || !f->last || !f->layers) return out_of_memory();
+  if (!f->first || !f->last) return out_of_memory();
   if (bt_plan_layout(cfg, f->first, f->last, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     return BT_SUP_EXIT_USAGE;
@@ -442,14 +450,6 @@ static int formation_plan(run_args_t *a, formation_t *f) {
     fprintf(stderr, "baton run: %d virtual stages: the layout does not fit the configuration's %zu bytes\n", nv,
             sizeof cfg->run.layout);
     return BT_SUP_EXIT_USAGE;
-  }
-  for (int s = 0; s < p; s++) {
-    char buf[1024];
-    size_t n = 0;
-    for (int c = 0; c < v && n < sizeof buf; c++)
-      n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%d-%d", c ? "," : "", f->first[c * p + s],
-                            f->last[c * p + s]);
-    if (!(f->layers[s] = strdup(buf))) return out_of_memory();
   }
   if (!(f->flags = worker_flags(cfg, &f->nflags))) return out_of_memory();
   f->wargv = calloc((size_t)(f->nflags + a->nfwd) + 3, sizeof *f->wargv);
@@ -476,25 +476,106 @@ static int formation_plan(run_args_t *a, formation_t *f) {
 /* The checkpoint's model against the command line: the checkpoint's
  * configuration is adopted, and a model flag given with another value is
  * refused naming both values. Returns 0 or an exit code. */
-static int adopt_model(run_args_t *a, const char *text, const char *root) {
-  bt_config_t theirs, mine;
-  char err[1024] = "";
-  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
-    fprintf(stderr, "baton run: --ckpt-dir %s: unreadable model configuration: %s\n", root, err);
-    return BT_SUP_EXIT_FAILED;
-  }
-  mine = theirs;
-  for (int i = 0; i < a->nmodel_flags; i++)
-    if (bt_config_model_flag(&mine, a->model_flag[i], a->model_value[i], err, sizeof err) < 0) {
-      fprintf(stderr, "baton run: %s\n", err);
+static int adopt_model(run_args_t *a, const char *text, const char *where) {
+  char err[2048] = "";
+  const char *names[MAX_MODEL_FLAGS];
+  for (int i = 0; i < a->nmodel_flags; i++) names[i] = a->model_flag[i];
+  int rc = bt_config_match_checkpoint(&a->cfg, text, names, a->model_value, a->nmodel_flags, err, sizeof err);
+  if (rc == BT_ECONFIG) fprintf(stderr, "baton run: %s holds another model: %s\n", where, err);
+  else if (rc == BT_EFORMAT) fprintf(stderr, "baton run: %s: %s\n", where, err);
+  else if (rc) fprintf(stderr, "baton run: %s\n", err);
+  return rc == 0 ? 0 : rc == BT_EFORMAT ? BT_SUP_EXIT_FAILED : BT_SUP_EXIT_USAGE;
+}
+
+/* Where the job starts and who it is: the step directory its first
+ * incarnation restores ("" for step 0) and the lineage its commits record
+ * (checkpoint/lineage.c). Restarts fall back to this start while the job
+ * has committed nothing of its own. */
+typedef struct {
+  char dir[PATH_MAX];
+  int64_t step;
+  bt_ckpt_lineage_t lin;
+} start_t;
+
+typedef struct {
+  char *why;
+  size_t len;
+} first_problem_t;
+
+/* Keeps the first problem, without the step's base name in front of it (the
+ * caller names the path as the user gave it). */
+static void keep_problem(void *arg, const char *line) {
+  first_problem_t *fp = arg;
+  if (!fp->why || !fp->len || fp->why[0]) return;
+  const char *colon = strstr(line, ": ");
+  snprintf(fp->why, fp->len, "%s", colon ? colon + 2 : line);
+}
+
+/* --resume PATH with a --ckpt-dir: steps of the directory off PATH's
+ * lineage are refused or moved aside (bt_ckpt_resume_settle). Returns an
+ * exit code. */
+static int settle_conflicts(run_args_t *a, const bt_ckpt_step_t *from) {
+  char msg[1024] = "";
+  int rc = bt_ckpt_resume_settle(a->o.ckpt_dir, from, a->ck.resume_path, a->ck.move_aside, msg, sizeof msg);
+  if (msg[0]) fprintf(stderr, "baton run: %s\n", msg);
+  return rc == 0 ? 0 : rc == 1 ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
+}
+
+/* Decides where the job starts (--resume PATH, else the newest committed
+ * step of --ckpt-dir that verifies, else step 0) and which job it is: a
+ * job continuing its directory keeps its id, `--resume PATH` and a fresh
+ * start make a new one. The model comes from the checkpoint (adopt_model).
+ * Called with the directory locked. Returns an exit code. */
+static int pick_start(run_args_t *a, start_t *s) {
+  bt_ckpt_step_t st;
+  memset(&st, 0, sizeof st);
+  memset(s, 0, sizeof *s);
+  s->lin.parent_step = -1;
+  int rc = 0, opened = 0;
+  const char *where = a->ck.resume_path;
+  if (a->ck.resume_path) {
+    char why[512] = "";
+    first_problem_t fp = {why, sizeof why};
+    int orc = bt_ckpt_step_open(a->ck.resume_path, BT_CKPT_CHECK_CRC, &st, keep_problem, &fp);
+    if (orc) {
+      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies: %s\n",
+              a->ck.resume_path, why[0] ? why : bt_strerror(orc));
       return BT_SUP_EXIT_USAGE;
     }
-  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
-    fprintf(stderr, "baton run: --ckpt-dir %s holds another model (checkpoint vs now: %s)\n", root, err);
-    return BT_SUP_EXIT_USAGE;
+    opened = 1;
+  } else if (a->o.ckpt_dir) {
+    where = a->o.ckpt_dir;
+    int prc = bt_ckpt_open_latest(a->o.ckpt_dir, BT_CKPT_CHECK_CRC, &st);
+    if (prc && prc != -ENOENT) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc));
+      return BT_SUP_EXIT_FAILED;
+    }
+    opened = prc == 0;
+    if (opened && a->ck.resume == BT_CKPT_RESUME_NEVER) {
+      fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
+              (long long)st.step);
+      rc = BT_SUP_EXIT_USAGE;
+      goto out;
+    }
   }
-  a->cfg.model = theirs.model;
-  return 0;
+  if (!opened) {
+    bt_ckpt_job_new(s->lin.job);
+    return 0;
+  }
+  /* The model first: a refusal must come before any step is moved. */
+  if ((rc = adopt_model(a, st.man.meta.model_config ? st.man.meta.model_config : "", where))) goto out;
+  if (a->ck.resume_path && a->o.ckpt_dir && (rc = settle_conflicts(a, &st))) goto out;
+  if (!a->ck.resume_path && bt_ckpt_job_valid(st.man.lineage.job))
+    snprintf(s->lin.job, sizeof s->lin.job, "%s", st.man.lineage.job); /* the same job goes on */
+  else
+    bt_ckpt_job_new(s->lin.job);
+  snprintf(s->lin.parent_job, sizeof s->lin.parent_job, "%s", st.man.lineage.job);
+  s->lin.parent_step = st.step;
+  s->step = st.step;
+  snprintf(s->dir, sizeof s->dir, "%s", st.dir);
+out:
+  bt_ckpt_step_close(&st);
+  return rc;
 }
 
 /* What one failure cost, for the event log and the summary. */
@@ -504,12 +585,12 @@ typedef struct {
   char tail[4096];
   double detect_s, detect_latency_s, stopped_s, ready_s, resumed_s;
   int64_t lost;
+  int respawned;               /* the next incarnation started workers */
 } failure_t;
 
 static void job_event_failure(run_args_t *a, const char *name, const failure_t *f, int64_t restore,
                               const bt_recovery_decision_t *d, uint32_t stages) {
-  if (!a->o.events_path) return;
-  FILE *ev = fopen(a->o.events_path, "a");
+  FILE *ev = a->o.events_file; /* the supervisor writes into the same handle */
   if (!ev) return;
   bt_json_t j;
   bt_json_init(&j);
@@ -532,23 +613,36 @@ static void job_event_failure(run_args_t *a, const char *name, const failure_t *
     bt_json_kstr(&j, "why", d->why);
   }
   bt_json_obj_end(&j);
-  if (!bt_json_error(&j)) fprintf(ev, "%s\n", bt_json_cstr(&j));
+  if (!bt_json_error(&j)) {
+    fprintf(ev, "%s\n", bt_json_cstr(&j));
+    fflush(ev);
+  }
   bt_json_free(&j);
-  fclose(ev);
 }
 
 /* The account at the end of a job that had failures. */
 static void print_summary(const failure_t *f, int n, double end_s) {
   if (n == 0) return;
   double lost_s = 0;
-  int64_t steps = 0;
+  int64_t steps = 0, dropped = 0;
+  int restarts = 0;
   for (int i = 0; i < n; i++) {
     lost_s += (f[i].resumed_s > 0 ? f[i].resumed_s : end_s) - f[i].detect_s + f[i].detect_latency_s;
-    steps += f[i].lost;
+    /* A restart is a respawn: one stopped during its back-off never ran,
+     * and the steps past its checkpoint were dropped, not replayed. */
+    restarts += f[i].respawned;
+    if (f[i].respawned)
+      steps += f[i].lost;
+    else
+      dropped += f[i].lost;
   }
-  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed, %.1f s lost\n", n,
-          n == 1 ? "" : "s", f[n - 1].resumed_s > 0 ? n : n - 1, (f[n - 1].resumed_s > 0 ? n : n - 1) == 1 ? "" : "s",
-          (long long)steps, steps == 1 ? "" : "s", lost_s);
+  char extra[96] = "";
+  if (dropped > 0)
+    snprintf(extra, sizeof extra, ", %lld step%s past the last commit not kept", (long long)dropped,
+             dropped == 1 ? "" : "s");
+  fprintf(stderr, "baton: summary: %d failure%s, %d restart%s, %lld step%s replayed%s, %.1f s lost\n", n,
+          n == 1 ? "" : "s", restarts, restarts == 1 ? "" : "s", (long long)steps, steps == 1 ? "" : "s", extra,
+          lost_s);
   for (int i = 0; i < n; i++)
     fprintf(stderr, "baton:   %d. stage %d (pid %d): %s; detected in %.2f s, stopped in %.2f s%s\n", i + 1,
             f[i].stage, f[i].pid, f[i].reason, f[i].detect_latency_s, f[i].stopped_s - f[i].detect_s,
@@ -563,15 +657,43 @@ static void print_summary(const failure_t *f, int n, double end_s) {
   }
 }
 
+/* The end of a job that is done, preempted or killed: the hash or the
+ * reason, and the exit code. The last step is always saved: when it did
+ * not commit, the job is done but its final state is lost, and scripts
+ * must be able to tell (BT_EXIT_UNCOMMITTED, said last). */
+static int job_over(run_args_t *a, const bt_sup_result_t *res, int rc, int64_t restore) {
+  if (res->end == BT_SUP_END_DONE && rc == BT_SUP_EXIT_OK && res->have_hash) {
+    char hex[33];
+    bt_hash_hex(res->hash, hex);
+    printf("hash %s\n", hex);
+    fflush(stdout);
+  } else if (res->end != BT_SUP_END_DONE && res->failed_stage < 0 && res->reason[0])
+    fprintf(stderr, "baton run: %s\n", res->reason);
+  if (res->end != BT_SUP_END_DONE) return rc;
+  if (rc == BT_SUP_EXIT_OK && a->output_error) rc = BT_SUP_EXIT_FAILED; /* said when it happened */
+  int64_t newest = res->committed_step > restore ? res->committed_step : restore;
+  if (rc == BT_SUP_EXIT_OK && a->o.ckpt_dir && newest < a->cfg.run.steps) {
+    snprintf(a->closing, sizeof a->closing,
+             "baton run: finished step %lld, but its checkpoint was not committed: the newest committed "
+             "step is %lld (%s)\n",
+             (long long)a->cfg.run.steps, (long long)newest, res->ckpt_error[0] ? res->ckpt_error : "no save reported");
+    rc = BT_EXIT_UNCOMMITTED;
+  }
+  return rc;
+}
+
 /* Runs incarnations until the job is done, preempted or given up: after
  * each failure the restart policy decides, and the next incarnation
  * restores the newest committed step (or --resume PATH while nothing newer
  * is committed). Prints the account of the failures at the end. Returns
  * the exit code. */
-static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, const char *restore_dir,
-                            int64_t path_step, int given_layout, const char *fault_env, const char *compress_env) {
+static int run_incarnations(run_args_t *a, formation_t *form, const start_t *start, int given_layout,
+                            const char *faults) {
   bt_config_t *cfg = &a->cfg;
-  char restore_env[4096 + 32] = "";
+  char restore_dir[PATH_MAX];
+  int64_t restore = start->step;
+  snprintf(restore_dir, sizeof restore_dir, "%s", start->dir);
+  a->o.lineage = start->lin;
   failure_t *fails = NULL;
   int nfail = 0, rc = BT_SUP_EXIT_FAILED;
   bt_recovery_t rec;
@@ -583,19 +705,9 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     o->nstages = (uint32_t)form->p;
     o->chunks = (uint32_t)form->v;
     o->worker_argv = form->wargv;
-    o->stage_layers = (const char *const *)form->layers;
     o->sched = &form->sched;
-    const char *extra_env[5];
-    int ne = 0;
-    if (restore_dir) {
-      snprintf(restore_env, sizeof restore_env, "BATON_RESTORE_DIR=%s", restore_dir);
-      extra_env[ne++] = restore_env;
-    }
-    if (a->csv_arg) extra_env[ne++] = a->csv_env;
-    if (fault_env && inc == 0) extra_env[ne++] = fault_env; /* each fault fires once per job */
-    if (compress_env[0]) extra_env[ne++] = compress_env;
-    extra_env[ne] = NULL;
-    o->extra_env = extra_env;
+    o->restore_dir = restore_dir[0] ? restore_dir : NULL;
+    o->faults = inc == 0 ? faults : NULL; /* each fault fires once per job */
     o->first_step = restore + 1;
     o->last_step = cfg->run.steps;
     o->restore_step = restore;
@@ -622,23 +734,24 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
       rc = src == BT_EARG ? BT_SUP_EXIT_USAGE : BT_SUP_EXIT_FAILED;
       break;
     }
+    if (nfail > 0 && !fails[nfail - 1].respawned) fails[nfail - 1].respawned = res.spawned;
+    a->output_error |= res.output_error;
+    if (res.events_failed) {
+      /* Said by the supervisor; no more lines go there (the job exits 1). */
+      fclose(a->o.events_file);
+      a->o.events_file = NULL;
+      a->o.events_path = NULL;
+    }
     if (nfail > 0 && fails[nfail - 1].resumed_s == 0) {
       fails[nfail - 1].ready_s = res.ready_s;
       fails[nfail - 1].resumed_s = res.first_step_s;
     }
-    if (res.end == BT_SUP_END_DONE) {
-      rc = res.exit_code;
-      if (rc == BT_SUP_EXIT_OK && res.have_hash) {
-        char hex[33];
-        bt_hash_hex(res.hash, hex);
-        printf("hash %s\n", hex);
-        fflush(stdout);
-      }
-      break;
-    }
-    if (res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
-      rc = res.exit_code;
-      if (res.failed_stage < 0 && res.reason[0]) fprintf(stderr, "baton run: %s\n", res.reason);
+    /* Done, preempted or killed: the job is over whatever the restart
+     * policy says (launcher/ending.c decides both). */
+    bt_recovery_decision_t d;
+    if (res.end == BT_SUP_END_DONE || res.end == BT_SUP_END_PREEMPTED || res.end == BT_SUP_END_KILLED) {
+      bt_job_next(&rec, &res, res.steps_done, &d);
+      rc = job_over(a, &res, d.exit_code, restore);
       break;
     }
     /* A failure: account for it, then ask the policy. */
@@ -658,26 +771,20 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
     f->detect_s = res.detect_s;
     f->detect_latency_s = res.detect_latency_s;
     f->stopped_s = bt_clock_s() - epoch;
+    /* The restart restores this job's newest commit, or the step the job
+     * started from while it has none: never a step of another lineage
+     * that happens to be newer in the directory. */
     int64_t progress = res.steps_done, next = 0;
-    if (a->o.ckpt_dir) {
-      int prc3 = bt_recovery_pick(a->o.ckpt_dir, &next, NULL);
-      if (prc3) {
-        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
-        rc = BT_SUP_EXIT_FAILED;
-        break;
-      }
-      progress = next;
+    int prc3 = bt_recovery_restore_point(a->o.ckpt_dir, start->lin.job, start->dir, start->step, restore_dir,
+                                         sizeof restore_dir, &next);
+    if (prc3) {
+      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc3));
+      rc = BT_SUP_EXIT_FAILED;
+      break;
     }
-    /* Nothing newer committed here yet: --resume PATH is still the start. */
-    restore_dir = NULL;
-    if (a->ck.resume_path && next < path_step) {
-      next = path_step;
-      restore_dir = a->ck.resume_path;
-      if (progress < next) progress = next;
-    }
+    if (a->o.ckpt_dir || next > progress) progress = next;
     f->lost = res.steps_done > next ? res.steps_done - next : 0;
-    bt_recovery_decision_t d;
-    bt_recovery_decide(&rec, &res, progress, &d);
+    bt_job_next(&rec, &res, progress, &d);
     if (d.action == BT_RECOVERY_GIVE_UP) {
       job_event_failure(a, "give_up", f, next, &d, (uint32_t)form->p);
       /* With no restarts at all the supervisor's failure report says it all. */
@@ -705,6 +812,12 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
       fprintf(stderr, "baton run: restart %d of at most %d in %.2f s, from step 0 (no checkpoint yet)\n",
               rec.restarts, a->ro.max_restarts, d.backoff_s);
     restore = next;
+    if (strcmp(restore_dir, start->dir)) {
+      /* from one of this job's own commits */
+      snprintf(a->o.lineage.parent_job, sizeof a->o.lineage.parent_job, "%s", start->lin.job);
+      a->o.lineage.parent_step = next;
+    } else
+      a->o.lineage = start->lin;
     backoff = d.backoff_s;
     inc++;
   }
@@ -714,21 +827,19 @@ static int run_incarnations(run_args_t *a, formation_t *form, int64_t restore, c
 }
 
 /* A job whose checkpoint already holds the last step: its hash. */
-static int print_finished(run_args_t *a, int64_t restore, const char *restore_dir) {
+static int print_finished(run_args_t *a, const start_t *start) {
   bt_hash128_t h;
-  char sdir[4096];
-  int hrc = restore_dir ? 0 : bt_ckpt_step_path(a->o.ckpt_dir, restore, 0, sdir, sizeof sdir);
-  if (!hrc) hrc = bt_recovery_hash(restore_dir ? restore_dir : sdir, &h);
+  const char *where = a->ck.resume_path ? start->dir : a->o.ckpt_dir;
+  int hrc = bt_recovery_hash(start->dir, &h);
   if (hrc) {
-    fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", restore_dir ? restore_dir : a->o.ckpt_dir,
-            (long long)restore, bt_strerror(hrc));
+    fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", start->dir, (long long)start->step,
+            bt_strerror(hrc));
     return BT_SUP_EXIT_FAILED;
   }
   char hex[33];
   bt_hash_hex(h, hex);
-  fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n",
-          restore_dir ? restore_dir : a->o.ckpt_dir,
-          (long long)restore, restore > a->cfg.run.steps ? " (past --steps)" : "");
+  fprintf(stderr, "baton run: %s already holds step %lld%s: nothing to train\n", where,
+          (long long)start->step, start->step > a->cfg.run.steps ? " (past --steps)" : "");
   printf("hash %s\n", hex);
   fflush(stdout);
   return BT_SUP_EXIT_OK;
@@ -741,7 +852,8 @@ int bt_cmd_run(int argc, char **argv) {
     return BT_SUP_EXIT_FAILED;
   }
   int rc = BT_SUP_EXIT_USAGE, locked = 0;
-  char err[1024], holder[512] = "", *model_text = NULL, *fault_env = NULL, compress_env[64] = "";
+  char err[1024], holder[512] = "", *fault_env = NULL;
+  start_t start;
   formation_t form;
   memset(&form, 0, sizeof form);
   bt_ckpt_lock_t lock;
@@ -761,6 +873,9 @@ int bt_cmd_run(int argc, char **argv) {
   }
   if (!a->given_schedule)
     snprintf(cfg->run.schedule, sizeof cfg->run.schedule, "%s", cfg->run.chunks > 1 ? "interleaved" : "1f1b");
+  /* The V schedules imply two chunks; a --chunks other than 2 is refused by the builder. */
+  if (!a->given_chunks && (!strcmp(cfg->run.schedule, "zb-v") || !strcmp(cfg->run.schedule, "dualpipev")))
+    cfg->run.chunks = 2;
   if (cfg->run.stages > BT_MAX_STAGES) {
     fprintf(stderr, "baton run: --stages %d: at most %d\n", cfg->run.stages, BT_MAX_STAGES);
     goto out;
@@ -785,48 +900,23 @@ int bt_cmd_run(int argc, char **argv) {
    * is rarely what anyone wants by default: then a failure ends the job
    * unless --max-restarts asks otherwise. */
   if (a->ro.max_restarts < 0) a->ro.max_restarts = a->o.ckpt_dir ? 10 : 0;
-  int64_t restore = 0, path_step = 0;
-  const char *restore_dir = NULL; /* BATON_RESTORE_DIR: restore from --resume PATH */
-  if (a->ck.resume_path) {
-    int orc = bt_recovery_open_step(a->ck.resume_path, &path_step, &model_text);
-    if (orc) {
-      fprintf(stderr, "baton run: --resume %s: not a committed checkpoint step that verifies (%s)\n", a->ck.resume_path,
-              bt_strerror(orc));
-      goto out;
-    }
-    if ((rc = adopt_model(a, model_text ? model_text : "", a->ck.resume_path))) goto out;
-    rc = BT_SUP_EXIT_USAGE;
-    free(model_text);
-    model_text = NULL;
-  }
   if (a->o.ckpt_dir) {
     /* One job per directory, for the whole job: every incarnation writes
      * into it. A lock left by a killed supervisor is taken over. */
     int lrc = bt_ckpt_lock_acquire(a->o.ckpt_dir, &lock, holder, sizeof holder);
     if (lrc) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc), holder[0] ? ": " : "",
-              holder);
+      if (lrc != BT_ELOCKED && holder[0]) /* the reason says it all */
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, holder);
+      else
+        fprintf(stderr, "baton run: --ckpt-dir %s: %s%s%s\n", a->o.ckpt_dir, bt_strerror(lrc),
+                holder[0] ? ": " : "", holder);
       goto out;
     }
     locked = 1;
-    int prc2 = a->ck.resume_path ? 0 : bt_recovery_pick(a->o.ckpt_dir, &restore, &model_text);
-    if (prc2) {
-      fprintf(stderr, "baton run: --ckpt-dir %s: %s\n", a->o.ckpt_dir, bt_strerror(prc2));
-      rc = BT_SUP_EXIT_FAILED;
-      goto out;
-    }
-    if (restore > 0 && a->ck.resume == BT_CKPT_RESUME_NEVER) {
-      fprintf(stderr, "baton run: --ckpt-dir %s holds step %lld and --resume never was given\n", a->o.ckpt_dir,
-              (long long)restore);
-      goto out;
-    }
-    if (restore > 0 && (rc = adopt_model(a, model_text ? model_text : "", a->o.ckpt_dir))) goto out;
-    rc = BT_SUP_EXIT_USAGE;
+    a->o.lock = &lock;
   }
-  if (a->ck.resume_path) {
-    restore = path_step;
-    restore_dir = a->ck.resume_path;
-  }
+  if ((rc = pick_start(a, &start))) goto out;
+  rc = BT_SUP_EXIT_USAGE;
   if (bt_config_finish(cfg, err, sizeof err) < 0) {
     fprintf(stderr, "baton run: %s\n", err);
     goto out;
@@ -852,40 +942,55 @@ int bt_cmd_run(int argc, char **argv) {
     }
     fclose(f);
   }
+  /* One writer of the events for the whole job: this handle, which every
+   * incarnation's supervisor and the restart account share. */
+  if (a->o.events_path && !(a->o.events_file = fopen(a->o.events_path, "w"))) {
+    fprintf(stderr, "baton run: --events %s: %s\n", a->o.events_path, strerror(errno));
+    goto out;
+  }
   if (strcmp(cfg->run.backend, "cpu") && (rc = probe_backend(cfg->run.backend))) goto out;
   rc = BT_SUP_EXIT_USAGE;
   int given_layout = cfg->run.layout[0] != 0;
   if ((rc = formation_plan(a, &form))) goto out;
-  if (restore >= cfg->run.steps) {
-    rc = print_finished(a, restore, restore_dir);
+  if (start.dir[0] && start.step >= cfg->run.steps) {
+    rc = print_finished(a, &start);
     goto out;
   }
-  if (restore > 0)
-    fprintf(stderr, "baton run: resuming from %s step %lld\n", restore_dir ? restore_dir : a->o.ckpt_dir,
-            (long long)restore);
+  if (start.dir[0])
+    fprintf(stderr, "baton run: resuming from %s step %lld\n", a->ck.resume_path ? start.dir : a->o.ckpt_dir,
+            (long long)start.step);
   if (a->nfaults) {
     size_t len = 1;
     for (int i = 0; i < a->nfaults; i++) len += strlen(a->faults[i]) + 1;
-    if (!(fault_env = malloc(len + sizeof "BATON_INJECT_FAULTS="))) {
+    if (!(fault_env = malloc(len))) {
       rc = out_of_memory();
       goto out;
     }
-    strcpy(fault_env, "BATON_INJECT_FAULTS=");
+    fault_env[0] = 0;
     for (int i = 0; i < a->nfaults; i++) {
       if (i) strcat(fault_env, ";");
       strcat(fault_env, a->faults[i]);
     }
   }
-  if (a->ck.opts.deflate > 0)
-    snprintf(compress_env, sizeof compress_env, "BATON_CKPT_COMPRESS=%d", a->ck.opts.deflate);
+  a->o.ckpt_compress = a->ck.opts.deflate;
+  a->o.schedule_csv = a->csv_arg ? a->csv_path : NULL;
   /* A closed stdout must not kill the supervisor mid-job with children
    * left behind; write errors are ignored instead. */
   signal(SIGPIPE, SIG_IGN);
-  rc = run_incarnations(a, &form, restore, restore_dir, path_step, given_layout, fault_env, compress_env);
+  rc = run_incarnations(a, &form, &start, given_layout, fault_env);
+  if (locked) {
+    /* Every worker is gone and we hold the lock: a step directory without
+     * a manifest now can never be completed. */
+    int removed = 0, drc = bt_ckpt_remove_debris(a->o.ckpt_dir, &removed);
+    if (drc < 0) bt_warn("--ckpt-dir %s: %s", a->o.ckpt_dir, bt_strerror(drc));
+    if (removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed, removed == 1 ? "y" : "ies");
+  }
+  if (a->closing[0]) fputs(a->closing, stderr);
 out:
   formation_free(&form);
   if (locked) bt_ckpt_lock_release(&lock);
-  free(model_text);
+  if (a->o.events_file) fclose(a->o.events_file);
   free(fault_env);
   free(a);
   return rc;

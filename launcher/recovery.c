@@ -106,19 +106,22 @@ void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t pr
   r->stages--;
 }
 
-int bt_recovery_pick(const char *root, int64_t *step, char **model_text) {
-  *step = 0;
-  if (model_text) *model_text = NULL;
+int bt_recovery_restore_point(const char *root, const char *job, const char *start_dir, int64_t start_step,
+                               char *dir, size_t dirlen, int64_t *step) {
   bt_ckpt_step_t st;
   memset(&st, 0, sizeof st);
-  int rc = bt_ckpt_open_latest(root, BT_CKPT_CHECK_CRC, &st);
-  if (rc == -ENOENT) return 0;
-  if (rc) return rc;
-  *step = st.step;
-  if (model_text && st.man.meta.model_config && !(*model_text = strdup(st.man.meta.model_config)))
-    rc = -ENOMEM;
-  bt_ckpt_step_close(&st);
-  return rc;
+  int rc = root ? bt_ckpt_job_pick(root, job, INT64_MAX, &st) : -ENOENT;
+  if (rc == 0) {
+    /* Never behind the start: the job's own steps all come after it. */
+    *step = st.step;
+    snprintf(dir, dirlen, "%s", st.dir);
+    bt_ckpt_step_close(&st);
+    return 0;
+  }
+  if (rc != -ENOENT) return rc;
+  *step = start_step;
+  snprintf(dir, dirlen, "%s", start_dir ? start_dir : "");
+  return 0;
 }
 
 /* Hashes the parameters of one shard into recs (grown as needed). */
@@ -162,23 +165,6 @@ out:
   free(buf);
   free(t);
   bt_ckpt_shard_close(sh);
-  return rc;
-}
-
-static void log_problem(void *arg, const char *line) {
-  (void)arg; /* the line names the path itself */
-  bt_warn("%s", line);
-}
-
-int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text) {
-  bt_ckpt_step_t st;
-  memset(&st, 0, sizeof st);
-  *model_text = NULL;
-  int rc = bt_ckpt_step_open(step_dir, BT_CKPT_CHECK_CRC, &st, log_problem, (void *)step_dir);
-  if (rc) return rc;
-  *step = st.step;
-  if (st.man.meta.model_config && !(*model_text = strdup(st.man.meta.model_config))) rc = -ENOMEM;
-  bt_ckpt_step_close(&st);
   return rc;
 }
 

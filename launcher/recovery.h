@@ -10,6 +10,7 @@
  */
 #ifndef BT_LAUNCHER_RECOVERY_H
 #define BT_LAUNCHER_RECOVERY_H
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/hash.h"
@@ -58,18 +59,15 @@ typedef struct {
 void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t progress_step,
                         bt_recovery_decision_t *d);
 
-/* The newest committed step of `root` that verifies (CRC level; a newer one
- * that fails is skipped with a warning saying why). *step = 0 when there is
- * none; *model_text (may be NULL) gets the checkpoint's model
- * configuration, malloc'ed. 0 or a negative code. */
-int bt_recovery_pick(const char *root, int64_t *step, char **model_text);
+/* The step a restart of job `job` restores (checkpoint/lineage.c): the
+ * newest step of `root` (may be NULL) that the job committed and that
+ * verifies, else the step the job started from (`start_dir`, `start_step`;
+ * "" and 0 for a fresh start). Its directory goes to `dir` ("" for step 0).
+ * Steps of other jobs in `root` are never chosen. 0 or a negative code. */
+int bt_recovery_restore_point(const char *root, const char *job, const char *start_dir, int64_t start_step,
+                               char *dir, size_t dirlen, int64_t *step);
 
 /* The parameter hash (DESIGN §8) of a committed step directory. */
 int bt_recovery_hash(const char *step_dir, bt_hash128_t *out);
-
-/* Opens a committed step directory (`--resume PATH`) at CRC level: *step
- * and *model_text (malloc'ed) from its manifest. BT_ENOTCKPT, BT_ECORRUPT,
- * ... with one line per problem logged. */
-int bt_recovery_open_step(const char *step_dir, int64_t *step, char **model_text);
 
 #endif

@@ -17,13 +17,15 @@
  * parse model flags: `baton run` (launcher/cmd_run.c) does, and hands the
  * worker command line over in bt_sup_opts_t.
  *
- * It never includes kernels/ or worker/ (DESIGN.md §1); the worker exit
- * codes it interprets are mirrored below from worker/control.h.
+ * Its files are split by job (launcher/sup_internal.h lists them). It never
+ * includes kernels/ or worker/ (DESIGN.md §1); the worker exit codes it
+ * interprets are mirrored below from worker/control.h.
  */
 #ifndef BT_LAUNCHER_SUPERVISOR_H
 #define BT_LAUNCHER_SUPERVISOR_H
 #include <stdint.h>
 
+#include "checkpoint/ckpt.h"
 #include "common/frame.h"
 #include "common/hash.h"
 #include "schedules/schedule.h"
@@ -67,11 +69,14 @@ typedef struct {
   uint32_t nstages;            /* worker processes, 1..BT_MAX_STAGES */
   uint32_t chunks;             /* virtual stages per worker (BATON_CHUNKS) */
   char *const *worker_argv;    /* program and its arguments, NULL-terminated */
-  /* BATON_LAYERS of each stage ("lo-hi,lo-hi": global layers per chunk);
-   * NULL entries or a NULL array leave it unset. */
-  const char *const *stage_layers;
   const char *ckpt_dir;        /* BATON_CKPT_DIR (the checkpoint root), or NULL */
-  int64_t restore_step;        /* START.restore_step: load ckpt_dir/step-S first (0: fresh) */
+  struct bt_ckpt_lock_s *lock; /* the job's lock on ckpt_dir, re-checked at each commit (may be NULL) */
+  const char *restore_dir;     /* BATON_RESTORE_DIR: the step directory restored first, or NULL */
+  const char *faults;          /* BATON_INJECT_FAULTS, or NULL */
+  const char *schedule_csv;    /* BATON_SCHEDULE_CSV (absolute), or NULL */
+  int ckpt_compress;           /* BATON_CKPT_COMPRESS: deflate level 0..9 */
+  int64_t restore_step;        /* START.restore_step: load the step in BATON_RESTORE_DIR first (0: fresh) */
+  bt_ckpt_lineage_t lineage;   /* the job and the step restored, recorded by every commit */
   int64_t ckpt_every;          /* START.ckpt_every (0: only the last step) */
   int keep_last;               /* retention after each commit (bt_ckpt_retain) */
   int64_t keep_every;
@@ -96,6 +101,8 @@ typedef struct {
   const char *metrics_path;    /* JSON lines per step, or NULL */
   const char *trace_path;      /* Chrome trace JSON, or NULL */
   const char *events_path;     /* JSON lines: spawns, readiness, failures, stops, the end */
+  void *events_file;           /* a FILE * the caller opened for the whole job (the one writer of
+                                  the events; used instead of events_path, never closed here) */
   int want_hash;               /* collect HASHES and combine them */
   int progress;                /* print progress on stdout */
 } bt_sup_opts_t;
@@ -120,6 +127,11 @@ typedef struct {
   double stopped_s;            /*   every worker gone, */
   double first_step_s;         /*   the first step after the restore finished (0: none) */
   double ready_s;              /*   every stage ready (0: never) */
+  int spawned;                 /* workers were started (0: stopped during the back-off) */
+  char ckpt_error[600];        /* the latest failed save or commit ("" if none) */
+  int output_error;            /* a write to --metrics, --events or --trace failed (said once);
+                                  training went on, the job's exit says so (1) */
+  int events_failed;           /* writing to opts.events_file failed: its owner closes it */
 } bt_sup_result_t;
 
 /* Runs the job to its end; prints forwarded output, progress and, on

@@ -1,7 +1,9 @@
 /* comm.h - the messages a schedule implies, derived from compute actions.
  *
- * Nobody writes communication by hand: the worker, the simulator and the
- * checks all call bt_comm_of() so they agree on who sends what to whom.
+ * Nobody writes communication by hand: the worker (worker/pipeline.c), the
+ * supervisor's hang report and the schedule checks (schedule.c) call
+ * bt_comm_of() so they agree on who sends what to whom; the simulator
+ * (sim.c) applies the same rule to an action's inputs itself.
  * The rule (DESIGN.md §3, §4):
  *   F(k,i), k > 0      needs the activation of (k-1,i) from worker_of(k-1)
  *   F(k,i), k < last   then sends its activation to worker_of(k+1)

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/model.h"
+#include "schedules/check.h"
 #include "schedules/csv.h"
 
 int bt_plan_is_builder(const char *name) {
@@ -43,7 +44,7 @@ int bt_plan_schedule(const bt_config_t *cfg, const char *csv_path, bt_schedule_t
       return BT_EARG;
     }
   } else {
-    bt_errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1) nor a CSV file",
+    bt_errf(err, errlen, "--schedule %s: not a schedule name (gpipe, 1f1b, interleaved, zb-h1, zb-v, dualpipev) nor a CSV file",
          r->schedule);
     return BT_EARG;
   }

@@ -46,6 +46,11 @@ int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t 
   if (!row) return -ENOMEM;
   fprintf(f, "one slot = %g%s%s; '-' = still running, '.' = idle\n", q,
           o->unit && *o->unit ? " " : " time units", o->unit ? o->unit : "");
+  if (o->vshape)
+    fprintf(f,
+            "V placement: worker s runs virtual stages s (upper case, down the V) and %d-s (lower case, "
+            "back up); '(' before an F: it and the B after it are an overlapped F&B pair\n",
+            2 * o->p - 1);
   for (int w = 0; w < o->p; w++) {
     for (long c = 0; c < cols; c++) {
       memset(row + (size_t)c * cw, ' ', cw);
@@ -58,12 +63,16 @@ int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t 
       if (c1 <= c0) c1 = c0 + 1;
       if (c1 > cols) c1 = cols;
       size_t l = strlen(bt_action_format(&b[j].act, label, sizeof label));
+      if (o->vshape && b[j].act.stage >= o->p)
+        for (size_t i = 0; i < l; i++) label[i] = (char)(label[i] >= 'A' && label[i] <= 'Z' ? label[i] + 32 : label[i]);
       memset(row + (size_t)c0 * cw, ' ', cw);
       memcpy(row + (size_t)c0 * cw, label, l);
       for (long c = c0 + 1; c < c1; c++) {
         memset(row + (size_t)c * cw, '-', cw - 1);
         row[(size_t)c * cw + cw - 1] = ' ';
       }
+      if (o->vshape && b[j].act.overlap && c0 > 0 && row[(size_t)c0 * cw - 1] == ' ')
+        row[(size_t)c0 * cw - 1] = '(';
     }
     size_t end = width;
     while (end > 0 && row[end - 1] == ' ') end--;
@@ -149,6 +158,11 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
             lx, fill, lx + 18, type_label[t]);
     lx += 30 + 7.0 * strlen(type_label[t]);
   }
+  if (o->vshape)
+    fprintf(f,
+            "<text class=\"vshape\" x=\"%g\" y=\"62\">V placement: worker s holds virtual stages s (chunk 0, "
+            "the way down) and %d-s (chunk 1, the way back up); outlined: an overlapped F&amp;B pair</text>\n",
+            left, 2 * o->p - 1);
   if (o->v > 1) {
     fprintf(f, "<text x=\"%g\" y=\"45\">chunks:</text>\n", lx);
     lx += 52;
@@ -181,17 +195,20 @@ int bt_render_svg(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *
     const bt_box_t *x = &b[j];
     int t = x->act.type >= 0 && x->act.type < BT_ACT_NTYPES ? x->act.type : 0;
     int v = o->v > 0 ? o->v : 1;
-    int chunk = o->p > 0 ? x->act.stage / o->p : 0;
+    int chunk = o->p > 0 ? x->act.stage / o->p : 0; /* also right for the V: stage s < p is chunk 0 */
     double sh = shade_of(chunk < v ? chunk : v - 1, v);
     colour(fill, sizeof fill, t, sh);
     double bx = left + (x->start - t0) * scale, bw = (x->end - x->start) * scale;
     double y = top + x->worker * (lane_h + gap);
     bt_action_format(&x->act, name, sizeof name);
+    /* An overlapped pair: outline the F and the B that follows it. */
+    int paired = x->act.overlap || (j > 0 && b[j - 1].act.overlap && b[j - 1].worker == x->worker);
     fprintf(f,
-            "<rect class=\"act %c\" data-action=\"%s\" x=\"%.2f\" y=\"%g\" width=\"%.2f\" "
-            "height=\"%g\" fill=\"%s\" stroke=\"#ffffff\" stroke-width=\"1\"><title>%s on worker "
+            "<rect class=\"act %c%s\" data-action=\"%s\" x=\"%.2f\" y=\"%g\" width=\"%.2f\" "
+            "height=\"%g\" fill=\"%s\" stroke=\"%s\" stroke-width=\"%s\"><title>%s on worker "
             "%d: %.6g to %.6g%s%s</title></rect>\n",
-            bt_act_letter(t), name, bx, y + 1, bw, lane_h - 2, fill, name, x->worker, x->start - t0,
+            bt_act_letter(t), paired ? " overlap" : "", name, bx, y + 1, bw, lane_h - 2, fill,
+            paired ? "#000000" : "#ffffff", paired ? "1.5" : "1", name, x->worker, x->start - t0,
             x->end - t0, o->unit && *o->unit ? " " : "", o->unit ? o->unit : "");
     if (bw >= 10)
       fprintf(f, "<text x=\"%.2f\" y=\"%g\" fill=\"%s\">%d</text>\n", bx + bw / 2,

@@ -21,11 +21,17 @@ typedef struct {
   int v;             /* chunks per worker, for shading: chunk = stage / p */
   const char *title; /* first line of the SVG; NULL for none */
   const char *unit;  /* time unit for the axis ("" for simulated units) */
+  int vshape;        /* V placement (zb-v, dualpipev): the grid writes the
+                        second chunk's actions in lower case and both
+                        drawings say which stages each worker holds, so the
+                        forwards read down the V and back up, as in the
+                        papers' figures; overlapped F&B pairs are outlined */
 } bt_render_opts_t;
 
 /* Workers × time slots, one slot the shortest box's duration, each action's
  * name in its first slot, '-' while it runs, '.' where the worker idles.
  * A grid wider than max_cols slots is replaced by one line saying so.
+ * With vshape, "7f0 7i0" are the actions of the second chunk.
  * 0 or -EIO. */
 int bt_render_grid(FILE *f, const bt_box_t *b, size_t n, const bt_render_opts_t *o, int max_cols);
 

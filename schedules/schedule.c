@@ -1,7 +1,9 @@
-/* schedule.c - actions, the four builders, and the structural checks.
+/* schedule.c - actions, placement, the builders and the action index.
  *
  * Builders write each worker's list directly, in the order the worker will
- * run it; nothing here knows about time (sim.c) or bytes (the worker).
+ * run it; nothing here knows about time (sim.c), messages (comm.c) or
+ * bytes (the worker). The checks that need time and messages are check.c,
+ * above the simulator.
  */
 #include "schedules/schedule.h"
 
@@ -12,10 +14,10 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "schedules/comm.h"
-#include "schedules/sim.h"
 
-const char *const bt_sched_names[] = {"gpipe", "1f1b", "interleaved", "zb-h1", NULL};
+const char *const bt_sched_names[] = {"gpipe", "1f1b", "interleaved", "zb-h1", "zb-v", "dualpipev", NULL};
+
+static int is_v_name(const char *name) { return !strcmp(name, "zb-v") || !strcmp(name, "dualpipev"); }
 
 char bt_act_letter(int type) {
   static const char letters[BT_ACT_NTYPES] = {'F', 'B', 'I', 'W'};
@@ -44,7 +46,7 @@ static int parse_index(const char **p, int32_t *out) {
 }
 
 int bt_action_parse(const char *s, bt_action_t *out) {
-  bt_action_t a;
+  bt_action_t a = {0};
   if (!s || parse_index(&s, &a.stage)) return BT_EFORMAT;
   switch (*s) {
     case 'F': a.type = BT_ACT_F; break;
@@ -66,7 +68,7 @@ int bt_sched_alloc(bt_schedule_t *s, const char *name, int p, int v, int m, size
   s->v = v;
   s->m = m;
   s->off = calloc((size_t)p + 1, sizeof *s->off);
-  s->acts = malloc((total ? total : 1) * sizeof *s->acts);
+  s->acts = calloc(total ? total : 1, sizeof *s->acts);
   if (!s->off || !s->acts) {
     bt_sched_free(s);
     return -ENOMEM;
@@ -77,7 +79,74 @@ int bt_sched_alloc(bt_schedule_t *s, const char *name, int p, int v, int m, size
 void bt_sched_free(bt_schedule_t *s) {
   free(s->acts);
   free(s->off);
+  free(s->place);
+  free(s->chunk);
+  free(s->stage_at);
   memset(s, 0, sizeof *s);
+}
+
+void bt_sched_v_placement(int p, int32_t *place) {
+  for (int k = 0; k < 2 * p; k++) place[k] = k < p ? k : 2 * p - 1 - k;
+}
+
+int bt_sched_is_v(const bt_schedule_t *s) {
+  if (s->v != 2 || !s->place) return 0;
+  for (int k = 0; k < 2 * s->p; k++)
+    if (s->place[k] != (k < s->p ? k : 2 * s->p - 1 - k)) return 0;
+  return 1;
+}
+
+int bt_sched_set_placement(bt_schedule_t *s, const int32_t *place, char *err, size_t errlen) {
+  int V = bt_sched_nstages(s), plain = 1;
+  int32_t *pl = NULL, *ch = NULL, *at = NULL;
+  int *held = calloc((size_t)s->p, sizeof *held);
+  int rc = 0;
+  if (!held) return -ENOMEM;
+  for (int k = 0; k < V; k++) {
+    if (place[k] < 0 || place[k] >= s->p) {
+      bt_errf(err, errlen, "virtual stage %d placed on worker %d, outside 0..%d", k, (int)place[k], s->p - 1);
+      rc = BT_ESCHEDULE;
+      goto done;
+    }
+    plain &= place[k] == k % s->p;
+    held[place[k]]++;
+  }
+  for (int w = 0; w < s->p; w++)
+    if (held[w] != s->v) {
+      bt_errf(err, errlen, "worker %d holds %d virtual stages, but every worker must hold %d (%d stages on %d workers)",
+              w, held[w], s->v, V, s->p);
+      rc = BT_ESCHEDULE;
+      goto done;
+    }
+  free(s->place);
+  free(s->chunk);
+  free(s->stage_at);
+  s->place = s->chunk = s->stage_at = NULL;
+  if (plain) goto done;
+  pl = malloc((size_t)V * sizeof *pl);
+  ch = malloc((size_t)V * sizeof *ch);
+  at = malloc((size_t)V * sizeof *at);
+  if (!pl || !ch || !at) {
+    rc = -ENOMEM;
+    goto done;
+  }
+  memset(held, 0, (size_t)s->p * sizeof *held);
+  for (int k = 0; k < V; k++) {
+    int w = place[k], c = held[w]++;
+    pl[k] = w;
+    ch[k] = c;
+    at[w * s->v + c] = k;
+  }
+  s->place = pl;
+  s->chunk = ch;
+  s->stage_at = at;
+  pl = ch = at = NULL;
+done:
+  free(pl);
+  free(ch);
+  free(at);
+  free(held);
+  return rc;
 }
 
 int bt_sched_group_size(int p, int m) {
@@ -94,6 +163,15 @@ typedef struct {
 
 static void push(builder_t *b, int stage, int type, int mb) {
   b->s->acts[b->n++] = (bt_action_t){.stage = stage, .mb = mb, .type = type};
+}
+
+/* push() for the V builders, which construct with at least 2p - 1
+ * micro-batches and drop those past m: every action of a dropped
+ * micro-batch depends only on actions of that same micro-batch, so the
+ * remaining order stays complete and deadlock-free. */
+static void push_v(builder_t *b, int stage, int type, int mb, int overlap) {
+  if (mb >= b->s->m) return;
+  b->s->acts[b->n++] = (bt_action_t){.stage = stage, .mb = mb, .type = type, .overlap = overlap};
 }
 
 static void build_gpipe(builder_t *b, int s) {
@@ -154,11 +232,123 @@ static void build_interleaved(builder_t *b, int r, int *tab_mb, int *tab_chunk) 
   }
 }
 
+/* ZB-V (Qi et al., the zero-bubble repository; PyTorch's
+ * ScheduleZBVZeroBubble) on worker r, chunk 0 = virtual stage r and chunk 1
+ * = 2p - 1 - r. Warm-up: 2(p - r) - 1 forwards of chunk 0, then r pairs
+ * F1 F0, then p - r rounds F1 I1 W1; steady state: F0 I0 W0 F1 I1 W1 per
+ * micro-batch; cool-down: r pairs I0 I1, p - r pairs I0 W0, then the
+ * pending W of chunk 1 and chunk 0. Built for n = max(m, 2p - 1)
+ * micro-batches and filtered to m, as PyTorch does. */
+static void build_zbv(builder_t *b, int r) {
+  int p = b->s->p, m = b->s->m, n = m > 2 * p - 1 ? m : 2 * p - 1;
+  int s0 = r, s1 = 2 * p - 1 - r;
+  int f0 = 0, f1 = 0, b0 = 0, b1 = 0;
+  for (int i = 0; i < 2 * (p - r) - 1; i++) push_v(b, s0, BT_ACT_F, f0++, 0);
+  for (int i = 0; i < r; i++) {
+    push_v(b, s1, BT_ACT_F, f1++, 0);
+    push_v(b, s0, BT_ACT_F, f0++, 0);
+  }
+  for (int i = 0; i < p - r; i++) {
+    push_v(b, s1, BT_ACT_F, f1++, 0);
+    push_v(b, s1, BT_ACT_I, b1, 0);
+    push_v(b, s1, BT_ACT_W, b1++, 0);
+  }
+  while (f1 < f0 || f0 < n) {
+    if (f0 < n) push_v(b, s0, BT_ACT_F, f0++, 0);
+    push_v(b, s0, BT_ACT_I, b0, 0);
+    push_v(b, s0, BT_ACT_W, b0++, 0);
+    push_v(b, s1, BT_ACT_F, f1++, 0);
+    push_v(b, s1, BT_ACT_I, b1, 0);
+    push_v(b, s1, BT_ACT_W, b1++, 0);
+  }
+  int w0 = b0, w1 = b1;
+  for (int i = 0; i < r; i++) {
+    push_v(b, s0, BT_ACT_I, b0++, 0);
+    push_v(b, s1, BT_ACT_I, b1++, 0);
+  }
+  for (int i = 0; i < p - r; i++) {
+    push_v(b, s0, BT_ACT_I, b0++, 0);
+    push_v(b, s0, BT_ACT_W, w0++, 0);
+  }
+  while (w1 < b1) push_v(b, s1, BT_ACT_W, w1++, 0);
+  while (w0 < b0) push_v(b, s0, BT_ACT_W, w0++, 0);
+}
+
+/* DualPipeV (DeepSeek's DualPipe folded onto p ranks; PyTorch's
+ * ScheduleDualPipeV) on worker r, needing m >= 2p. Eight phases: F0 alone,
+ * F0 F1 pairs, I1 W F1 (zero bubble), the main phase of overlapped
+ * F0&B1 / F1&B0 pairs, B1 then F1&B0, B1 B0 (switching to I halves at the
+ * middle so their W fill the tail), W B0, and the remaining W. A W queue
+ * keeps each stage's weight gradients in micro-batch order. */
+typedef struct {
+  builder_t *b;
+  int st[2];          /* virtual stages of chunk 0 and 1 */
+  int f[2], bw[2];    /* next forward, next backward (B or I) micro-batch */
+  int *qs, *qm;       /* pending W: stage, micro-batch */
+  int qhead, qtail;
+} dpv_t;
+
+static void dpv_f(dpv_t *d, int c, int overlap) { push_v(d->b, d->st[c], BT_ACT_F, d->f[c]++, overlap); }
+
+static void dpv_b(dpv_t *d, int c, int split) {
+  int mb = d->bw[c]++;
+  push_v(d->b, d->st[c], split ? BT_ACT_I : BT_ACT_B, mb, 0);
+  if (split) {
+    d->qs[d->qtail] = d->st[c];
+    d->qm[d->qtail++] = mb;
+  }
+}
+
+static void dpv_w(dpv_t *d) {
+  if (d->qhead == d->qtail) return;
+  push_v(d->b, d->qs[d->qhead], BT_ACT_W, d->qm[d->qhead], 0);
+  d->qhead++;
+}
+
+static void build_dualpipev(builder_t *b, int r, int *qs, int *qm) {
+  int p = b->s->p, m = b->s->m;
+  dpv_t d = {.b = b, .st = {r, 2 * p - 1 - r}, .qs = qs, .qm = qm};
+  for (int i = 0; i < (p - r - 1) * 2; i++) dpv_f(&d, 0, 0);
+  for (int i = 0; i < r + 1; i++) {
+    dpv_f(&d, 0, 0);
+    dpv_f(&d, 1, 0);
+  }
+  for (int i = 0; i < p - r - 1; i++) {
+    dpv_b(&d, 1, 1);
+    dpv_w(&d);
+    dpv_f(&d, 1, 0);
+  }
+  for (int i = 0; i < m - 2 * p + r + 1; i++) {
+    /* The last rank does not overlap its first pair: a smaller bubble. */
+    dpv_f(&d, 0, !(i == 0 && r == p - 1));
+    dpv_b(&d, 1, 0);
+    dpv_f(&d, 1, 1);
+    dpv_b(&d, 0, 0);
+  }
+  for (int i = 0; i < p - r - 1; i++) {
+    dpv_b(&d, 1, 0);
+    dpv_f(&d, 1, 1);
+    dpv_b(&d, 0, 0);
+  }
+  int zb = 0, n6 = r + 1;
+  for (int i = 0; i < n6; i++) {
+    if (i == n6 / 2 && r % 2 == 1) zb = 1;
+    dpv_b(&d, 1, zb);
+    if (i == n6 / 2 && r % 2 == 0) zb = 1;
+    dpv_b(&d, 0, zb);
+  }
+  for (int i = 0; i < p - r - 1; i++) {
+    dpv_w(&d);
+    dpv_b(&d, 0, zb);
+  }
+  while (d.qhead < d.qtail) dpv_w(&d);
+}
+
 static int check_params(const char *name, int p, int v, int m, char *err, size_t errlen) {
   int known = 0;
   for (int i = 0; bt_sched_names[i]; i++) known |= !strcmp(name, bt_sched_names[i]);
   if (!known) {
-    bt_errf(err, errlen, "unknown schedule '%s': use gpipe, 1f1b, interleaved or zb-h1", name);
+    bt_errf(err, errlen, "unknown schedule '%s': use gpipe, 1f1b, interleaved, zb-h1, zb-v or dualpipev", name);
     return BT_EARG;
   }
   if (p < 1 || p > BT_SCHED_MAX_STAGES) {
@@ -171,8 +361,22 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
          BT_SCHED_MAX_MICROBATCHES, m, 4 * p);
     return BT_EARG;
   }
-  int interleaved = !strcmp(name, "interleaved");
-  if (!interleaved && v != 1) {
+  int interleaved = !strcmp(name, "interleaved"), vshape = is_v_name(name);
+  if (vshape && v != 2) {
+    bt_errf(err, errlen,
+            "%s places two chunks on each stage in a V (stage s holds virtual stages s and 2p-1-s): "
+            "chunks must be 2 (got %d); use --chunks 2",
+            name, v);
+    return BT_EARG;
+  }
+  if (!strcmp(name, "dualpipev") && m < 2 * p) {
+    bt_errf(err, errlen,
+            "dualpipev needs at least as many micro-batches as virtual stages, m >= 2p "
+            "(got m=%d, p=%d); try --microbatches %d, or --schedule zb-v, which takes any m",
+            m, p, 2 * p);
+    return BT_EARG;
+  }
+  if (!interleaved && !vshape && v != 1) {
     bt_errf(err, errlen,
          "%s places one chunk on each stage: chunks must be 1 (got %d); "
          "use --schedule interleaved for more",
@@ -186,14 +390,14 @@ static int check_params(const char *name, int p, int v, int m, char *err, size_t
          BT_SCHED_MAX_CHUNKS, v);
     return BT_EARG;
   }
-  if (m < p) {
+  if (m < p && !vshape) {
     bt_errf(err, errlen,
          "%s needs at least as many micro-batches as stages, m >= p "
          "(got m=%d, p=%d); try --microbatches %d",
          name, m, p, p);
     return BT_EARG;
   }
-  size_t per = (size_t)v * (size_t)m * (strcmp(name, "zb-h1") ? 2 : 3);
+  size_t per = (size_t)v * (size_t)m * (strcmp(name, "zb-h1") && !vshape ? 2 : 3);
   if (per * (size_t)p > BT_SCHED_MAX_ACTIONS) {
     bt_errf(err, errlen,
          "%s with p=%d, v=%d, m=%d has more than %zu actions; try fewer "
@@ -208,19 +412,29 @@ int bt_sched_build(const char *name, int p, int v, int m, bt_schedule_t *out, ch
                    size_t errlen) {
   memset(out, 0, sizeof *out);
   int *tab = NULL;
+  int32_t *place = NULL;
   int rc = check_params(name, p, v, m, err, errlen);
   if (rc) goto done;
-  int split = !strcmp(name, "zb-h1");
-  size_t per = (size_t)v * (size_t)m * (split ? 3 : 2);
+  int split = !strcmp(name, "zb-h1"), zbv = !strcmp(name, "zb-v"), dpv = !strcmp(name, "dualpipev");
+  /* Split backwards need I and W; dualpipev mixes B and I/W. */
+  size_t per = (size_t)v * (size_t)m * (split || zbv || dpv ? 3 : 2);
   rc = bt_sched_alloc(out, name, p, v, m, per * (size_t)p);
   if (rc) goto done;
   int interleaved = !strcmp(name, "interleaved");
-  if (interleaved) {
+  if (interleaved || dpv) {
     tab = malloc(2 * (size_t)m * (size_t)v * sizeof *tab);
     if (!tab) {
       rc = -ENOMEM;
       goto done;
     }
+  }
+  if (zbv || dpv) {
+    if (!(place = malloc(2 * (size_t)p * sizeof *place))) {
+      rc = -ENOMEM;
+      goto done;
+    }
+    bt_sched_v_placement(p, place);
+    if ((rc = bt_sched_set_placement(out, place, err, errlen)) < 0) goto done;
   }
   builder_t b = {.s = out, .n = 0};
   for (int w = 0; w < p; w++) {
@@ -229,11 +443,16 @@ int bt_sched_build(const char *name, int p, int v, int m, bt_schedule_t *out, ch
       build_gpipe(&b, w);
     else if (interleaved)
       build_interleaved(&b, w, tab, tab + (size_t)m * v);
+    else if (zbv)
+      build_zbv(&b, w);
+    else if (dpv)
+      build_dualpipev(&b, w, tab, tab + (size_t)m * v);
     else
       build_1f1b(&b, w, split);
   }
   out->off[p] = b.n;
 done:
+  free(place);
   free(tab);
   if (rc) {
     if (rc == -ENOMEM) bt_errf(err, errlen, "out of memory building %s", name);
@@ -295,6 +514,13 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
         rc = BT_ESCHEDULE;
         break;
       }
+      if (a->overlap && (a->type != BT_ACT_F || j + 1 >= bt_sched_len(s, w) ||
+                         (bt_sched_at(s, w, j + 1)->type != BT_ACT_B && bt_sched_at(s, w, j + 1)->type != BT_ACT_I))) {
+        bt_errf(err, errlen, "worker %d position %zu: %s is marked as the forward of an overlapped pair, but no "
+                "backward follows it", w, j, bt_action_format(a, a1, sizeof a1));
+        rc = BT_ESCHEDULE;
+        break;
+      }
       idx[key] = (uint32_t)(s->off[w] + j);
     }
   if (rc)
@@ -304,145 +530,3 @@ int bt_sched_index(const bt_schedule_t *s, uint32_t **out, char *err, size_t err
   return rc;
 }
 
-/* Every (virtual stage, micro-batch) has one F and one backward. */
-static int check_complete(const bt_schedule_t *s, const uint32_t *idx, char *err, size_t errlen) {
-  int V = bt_sched_nstages(s);
-  char a1[32], a2[32];
-  for (int k = 0; k < V; k++) {
-    int w = bt_sched_worker_of(s, k);
-    for (int i = 0; i < s->m; i++) {
-      uint32_t f = idx[bt_sched_key(s, k, BT_ACT_F, i)];
-      uint32_t b = idx[bt_sched_key(s, k, BT_ACT_B, i)];
-      uint32_t in = idx[bt_sched_key(s, k, BT_ACT_I, i)];
-      uint32_t wg = idx[bt_sched_key(s, k, BT_ACT_W, i)];
-      bt_action_t fa = {.stage = k, .mb = i, .type = BT_ACT_F};
-      if (f == UINT32_MAX) {
-        bt_errf(err, errlen, "worker %d: virtual stage %d micro-batch %d has no forward (%s)", w, k, i,
-             bt_action_format(&fa, a1, sizeof a1));
-        return BT_ESCHEDULE;
-      }
-      if (b != UINT32_MAX && (in != UINT32_MAX || wg != UINT32_MAX)) {
-        uint32_t other = in != UINT32_MAX ? in : wg;
-        bt_errf(err, errlen, "worker %d position %zu: %s duplicates the backward %s at position %zu",
-             w, (size_t)other - s->off[w], bt_action_format(&s->acts[other], a1, sizeof a1),
-             bt_action_format(&s->acts[b], a2, sizeof a2), (size_t)b - s->off[w]);
-        return BT_ESCHEDULE;
-      }
-      if (b == UINT32_MAX && in == UINT32_MAX && wg == UINT32_MAX) {
-        bt_errf(err, errlen,
-             "worker %d position %zu: %s has no backward (%dB%d, or %dI%d then "
-             "%dW%d)",
-             w, (size_t)f - s->off[w], bt_action_format(&fa, a1, sizeof a1), k, i, k, i, k, i);
-        return BT_ESCHEDULE;
-      }
-      if (b == UINT32_MAX && (in == UINT32_MAX) != (wg == UINT32_MAX)) {
-        uint32_t have = in != UINT32_MAX ? in : wg;
-        bt_errf(err, errlen, "worker %d position %zu: %s has no matching %d%c%d", w,
-             (size_t)have - s->off[w], bt_action_format(&s->acts[have], a1, sizeof a1), k,
-             in != UINT32_MAX ? 'W' : 'I', i);
-        return BT_ESCHEDULE;
-      }
-      if (b == UINT32_MAX && wg < in) {
-        bt_errf(err, errlen, "worker %d position %zu: %s comes before its %s (position %zu)", w,
-             (size_t)wg - s->off[w], bt_action_format(&s->acts[wg], a1, sizeof a1),
-             bt_action_format(&s->acts[in], a2, sizeof a2), (size_t)in - s->off[w]);
-        return BT_ESCHEDULE;
-      }
-    }
-  }
-  return 0;
-}
-
-int bt_sched_validate(const bt_schedule_t *s, char *err, size_t errlen) {
-  uint32_t *idx = NULL;
-  int rc = bt_sched_index(s, &idx, err, errlen);
-  if (rc) goto done;
-  rc = check_complete(s, idx, err, errlen);
-  if (rc) goto done;
-  /* The dependency order is checked by running the schedule under the
-   * communication rule: it completes exactly when the per-worker orders and
-   * the data dependencies admit one global order. */
-  bt_sim_costs_t c;
-  bt_sim_costs_default(&c);
-  rc = bt_sim_walk(s, idx, &c, NULL, err, errlen);
-done:
-  free(idx);
-  return rc;
-}
-
-int bt_sched_check_microbatch_order(const bt_schedule_t *s, char *err, size_t errlen) {
-  int V = bt_sched_nstages(s);
-  int *next = calloc((size_t)V, sizeof *next);
-  if (!next) {
-    bt_errf(err, errlen, "out of memory");
-    return 0;
-  }
-  int ok = 1;
-  char a1[32];
-  for (int w = 0; w < s->p && ok; w++)
-    for (size_t j = 0; j < bt_sched_len(s, w); j++) {
-      const bt_action_t *a = bt_sched_at(s, w, j);
-      if (a->type != BT_ACT_B && a->type != BT_ACT_W) continue;
-      if (a->mb != next[a->stage]) {
-        bt_errf(err, errlen,
-             "worker %d position %zu: %s accumulates weight gradients of virtual "
-             "stage %d before micro-batch %d",
-             w, j, bt_action_format(a, a1, sizeof a1), a->stage, next[a->stage]);
-        ok = 0;
-        break;
-      }
-      next[a->stage]++;
-    }
-  free(next);
-  return ok;
-}
-
-int bt_sched_check_channel_order(const bt_schedule_t *s, char *err, size_t errlen) {
-  /* With placement k % p every channel has one receiver per (sender, kind):
-   * activations go to the next worker, gradients to the previous. So it is
-   * enough to number the sends of each (sender, kind) and check that the
-   * receiver consumes them in that numbering. */
-  int V = bt_sched_nstages(s), p = s->p, ok = 1;
-  size_t nkey = 2 * (size_t)V * (size_t)s->m;
-  uint32_t *seq = malloc(nkey * sizeof *seq);
-  uint32_t *count = calloc(4 * (size_t)p, sizeof *count); /* sent, received per kind */
-  if (!seq || !count) {
-    bt_errf(err, errlen, "out of memory");
-    ok = 0;
-    goto done;
-  }
-  bt_comm_t c;
-  for (int w = 0; w < p; w++)
-    for (size_t j = 0; j < bt_sched_len(s, w); j++) {
-      bt_comm_of(s, w, j, 0, &c);
-      for (int q = 0; q < c.nsend; q++) {
-        const bt_tag_t *t = &c.send[q].tag;
-        seq[((size_t)t->mb * V + t->stage) * 2 + t->kind] = count[2 * w + t->kind]++;
-      }
-    }
-  for (int w = 0; w < p && ok; w++)
-    for (size_t j = 0; j < bt_sched_len(s, w); j++) {
-      bt_comm_of(s, w, j, 0, &c);
-      for (int q = 0; q < c.nrecv && ok; q++) {
-        const bt_msg_t *msg = &c.recv[q];
-        const bt_tag_t *t = &msg->tag;
-        uint32_t want = count[2 * (size_t)p + 2 * msg->peer + t->kind]++;
-        uint32_t got = seq[((size_t)t->mb * V + t->stage) * 2 + t->kind];
-        if (got != want) {
-          char a1[32];
-          bt_errf(err, errlen,
-               "worker %d position %zu: %s receives the %s of virtual stage %d "
-               "micro-batch %d from worker %d as message %u of that channel, but it was sent "
-               "as message %u",
-               w, j, bt_action_format(bt_sched_at(s, w, j), a1, sizeof a1),
-               bt_msg_kind_name(t->kind), t->stage, t->mb, msg->peer, want, got);
-          ok = 0;
-        }
-      }
-      if (!ok) break;
-    }
-done:
-  free(count);
-  free(seq);
-  return ok;
-}

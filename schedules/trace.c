@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "schedules/readall.h"
+#include "common/file.h"
 
 #define MAX_DEPTH 64
 
@@ -319,7 +319,7 @@ int bt_trace_read(const char *path, bt_trace_t *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
   char *buf = NULL;
   size_t len = 0;
-  int rc = bt_sched_read_file(path, &buf, &len);
+  int rc = bt_file_read(path, BT_FILE_TRACE, &buf, &len);
   if (rc) {
     snprintf(err, errlen, "cannot read %s: %s", path, bt_strerror(rc));
     return rc;

@@ -34,8 +34,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "worker/stage.h"
+#include "worker/transport_nccl.h"
 
 /* ---- helpers ---- */
 
@@ -407,7 +410,7 @@ Test(cuda, no_gpu_gives_one_line_naming_what_is_missing) {
   int rc = bt_backend_create("cuda", 0, &be, why, sizeof why);
   if (rc == 0) {
     bt_backend_destroy(be);
-    cr_skip_test("a CUDA device is present, so the no-GPU message cannot be seen here");
+    cr_skip_test("a CUDA device is present, so the no-GPU message cannot be seen here (by design on a GPU node)");
   }
   cr_assert_eq(rc, BT_EBACKEND, "rc %d (%s): %s", rc, bt_strerror(rc), why);
   assert_one_line(why);
@@ -439,7 +442,7 @@ Test(cuda, cpu_backend_works_after_cuda_fails) {
   char why[512];
   if (bt_backend_create("cuda", 0, &be, why, sizeof why) == 0) {
     bt_backend_destroy(be);
-    cr_skip_test("a CUDA device is present");
+    cr_skip_test("a CUDA device is present (by design on a GPU node)");
   }
   cr_assert_eq(bt_backend_create("cpu", 0, &cpu, why, sizeof why), 0, "%s", why);
   float x[6] = {1, 2, 3, 4, 5, 6}, w[2 * 3] = {1, 0, 0, 0, 1, 1}, out[4];
@@ -449,4 +452,83 @@ Test(cuda, cpu_backend_works_after_cuda_fails) {
   cr_assert_eq(out[2], 4.0f);
   cr_assert_eq(out[3], 11.0f);
   bt_backend_destroy(cpu);
+}
+
+/* NCCL is loaded only by a run that uses it: creating the CUDA backend
+ * (whether or not a GPU is there) maps libbaton_cuda.so and never NCCL, so
+ * the compute backend works where NCCL is missing or cannot load. */
+Test(cuda, the_backend_does_not_load_nccl) {
+  point_at_built_library();
+  if (!built_library_exists()) cr_skip_test("built without CUDA: no library to load");
+  bt_backend_t *be = NULL;
+  char why[512];
+  if (bt_backend_create("cuda", 0, &be, why, sizeof why) == 0) bt_backend_destroy(be);
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert(f);
+  char line[1024];
+  int cuda = 0, nccl = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strstr(line, "libbaton_cuda.so")) cuda = 1;
+    if (strstr(line, "libnccl") || strstr(line, "libbaton_nccl.so")) nccl = 1;
+  }
+  fclose(f);
+  cr_assert(cuda, "libbaton_cuda.so was not loaded (%s)", why);
+  cr_assert_not(nccl, "creating the CUDA backend loaded NCCL");
+}
+
+/* Host copies larger than the 4 MiB bounce buffer, to and from pageable
+ * memory (through the bounce buffer, every piece's wait bounded) and
+ * page-locked memory (directly), arrive exactly. */
+Test(cuda, host_copies_through_the_bounce_buffer_are_exact) {
+  pair_t p = backends_or_skip();
+  bt_backend_t *g = p.gpu;
+  const size_t n = ((size_t)9 << 20) + 3;
+  uint8_t *src = brand(n, 256), *back = calloc(1, n);
+  cr_assert(back);
+  void *dev = NULL;
+  cr_assert_eq(g->ops->alloc(g, &dev, n), 0);
+  cr_assert_eq(g->ops->to_device(g, dev, src, n), 0);
+  cr_assert_eq(g->ops->to_host(g, back, dev, n), 0);
+  cr_assert_eq(memcmp(src, back, n), 0, "pageable round trip differs");
+  void *pinned = NULL;
+  cr_assert_eq(bt_tx_stage_alloc(g, n, &pinned), 0);
+  cr_assert_eq(g->ops->to_host(g, pinned, dev, n), 0);
+  cr_assert_eq(memcmp(src, pinned, n), 0, "page-locked copy differs");
+  bt_tx_stage_free(g, pinned);
+  g->ops->free(g, dev);
+  free(src);
+  free(back);
+  backends_free(&p);
+}
+
+/* After seal the CUDA backend allocates nothing: a stage trains 2 steps
+ * with the allocation counter unchanged, and alloc is refused. */
+Test(cuda, a_sealed_backend_allocates_nothing_in_training) {
+  pair_t p = backends_or_skip();
+  bt_backend_t *g = p.gpu;
+  bt_config_t c;
+  bt_config_defaults(&c);
+  c.model.layers = 2;
+  c.model.dim = 64;
+  c.model.microbatches = 2;
+  c.model.mb_tokens = 32;
+  bt_layer_range_t r = {0, c.model.layers + 1};
+  bt_stage_t *st = NULL;
+  char err[256] = "";
+  cr_assert_eq(bt_stage_create(g, &c.model, &r, 1, &st, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(bt_stage_seal(st), 0);
+  uint64_t sealed = g->allocs;
+  for (int s = 0; s < 2; s++) {
+    cr_assert_eq(bt_stage_begin_step(st, s), 0);
+    for (int mb = 0; mb < 2; mb++) cr_assert_eq(bt_stage_forward(st, 0, mb), 0);
+    for (int mb = 0; mb < 2; mb++) cr_assert_eq(bt_stage_backward(st, 0, mb), 0);
+    cr_assert_eq(bt_stage_optimizer_step(st), 0);
+  }
+  cr_assert_eq(g->ops->sync(g), 0);
+  cr_assert_eq(g->allocs, sealed, "%llu device allocations during training",
+               (unsigned long long)(g->allocs - sealed));
+  void *d = NULL;
+  cr_assert_eq(g->ops->alloc(g, &d, 64), BT_EUNSUPPORTED);
+  bt_stage_destroy(st);
+  backends_free(&p);
 }

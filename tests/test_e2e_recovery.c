@@ -385,7 +385,7 @@ Test(recovery, a_model_flag_that_differs_from_the_checkpoint_is_refused) {
   const char *sup[] = {"--ckpt-dir", ckpt_path, "--stages", "2", "--dim", "48", "--steps", "8", NULL};
   build_argv(argv, "run", 8, sup, quick);
   cr_assert_eq(run_argv(argv, 30000), BT_EXIT_USAGE);
-  assert_err_has("holds another model (checkpoint vs now: dim: 32 vs 48)");
+  assert_err_has("holds another model: --dim: the checkpoint has 32, the command line says 48");
 }
 
 /* Damages the shard of stage 0 of committed step `step`. */

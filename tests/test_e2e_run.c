@@ -241,6 +241,31 @@ Test(run, beating_worker_without_progress_is_detected) {
   assert_workers_gone(3, 2000);
 }
 
+/* NCCL's set-up is a phase of its own (BT_PHASE_SETUP) with its own
+ * deadline, BATON_NCCL_SETUP_MS: 3 s of set-up outlasts the first-step
+ * allowance of a 0.5 s progress timeout (1 s) but not a 10 s set-up
+ * deadline; with a 1 s deadline the stage is named and killed. */
+Test(run, nccl_setup_has_its_own_deadline) {
+  setenv("BATON_NCCL_SETUP_MS", "10000", 1);
+  const char *args[] = {"--stages", "2", "--steps", "3", "--no-progress", "--progress-timeout", "0.5",
+                        "--", "--mode", "slow-setup", "--fail-stage", "1", "--setup-ms", "3000", NULL};
+  int rc = run_to_end(args, 60000);
+  unsetenv("BATON_NCCL_SETUP_MS");
+  cr_assert_eq(rc, 0, "a 3 s set-up within a 10 s deadline failed the job");
+}
+
+Test(run, nccl_setup_past_its_deadline_is_named) {
+  setenv("BATON_NCCL_SETUP_MS", "1000", 1);
+  const char *args[] = {"--stages", "2", "--steps", "1000", "--no-progress", "--progress-timeout", "0.5",
+                        "--", "--mode", "slow-setup", "--fail-stage", "1", "--setup-ms", "60000", NULL};
+  int rc = run_to_end(args, 60000);
+  unsetenv("BATON_NCCL_SETUP_MS");
+  cr_assert_eq(rc, 1);
+  assert_contains(err_path, "baton: stage 1 failed: no progress for ");
+  assert_contains(err_path, "setting up NCCL (killed)");
+  assert_workers_gone(2, 2000);
+}
+
 Test(run, sigint_stops_cleanly_and_leaves_no_process) {
   char events[320];
   snprintf(events, sizeof events, "%s/events.jsonl", dir);

@@ -299,3 +299,66 @@ Test(schedule_cli, unwritable_output_gives_exit_1) {
   free(err);
   cr_assert_eq(run("--schedule 1f1b --stages 2 --microbatches 2 --csv-out no/such/dir/x.csv"), 1);
 }
+
+Test(schedule_cli, v_schedules_default_to_two_chunks_and_match_their_closed_form) {
+  const struct {
+    const char *name;
+    int p, m;
+  } cases[] = {{"zb-v", 4, 3}, {"zb-v", 4, 9}, {"dualpipev", 3, 7}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char args[256], code[1200];
+    snprintf(args, sizeof args, "--schedule %s --stages %d --microbatches %d --json", cases[i].name, cases[i].p,
+             cases[i].m);
+    cr_assert_eq(run(args), 0, "%s", args);
+    snprintf(code, sizeof code,
+             "import json\n"
+             "d = json.load(open('out'))\n"
+             "p, m = %d, %d\n"
+             "idle = max(p - 1, 2 * (2 * p - 1 - m)) if '%s' == 'zb-v' else p - 1\n"
+             "assert d['chunks'] == 2, d\n"
+             "assert d['idle'] == [idle] * p, (d['idle'], idle)\n"
+             "assert d['closed_form_bubble_fraction'] == idle / (6 * m + idle), d\n"
+             "assert d['microbatch_order'] is True and d['channel_order'] is True\n",
+             cases[i].p, cases[i].m, cases[i].name);
+    expect_python(code);
+  }
+  cr_assert_eq(run("--schedule zb-v --stages 2 --microbatches 3"), 0);
+  char *out = file_in_dir("out");
+  cr_assert(strstr(out, "V placement: worker s runs virtual stages s (upper case"), "%s", out);
+  cr_assert(strstr(out, "w0  | 0F0 0F1 0F2 3f0 3i0 3w0"), "%s", out);
+  free(out);
+}
+
+Test(schedule_cli, csv_notations_comms_and_unsupported_actions) {
+  /* earlier notation out, back in, current notation out: the same file as
+   * writing the current notation directly */
+  cr_assert_eq(run("--schedule zb-v --stages 3 --microbatches 5 --csv-out e.csv --csv-notation earlier"), 0);
+  cr_assert_eq(run("--csv-in e.csv --csv-out c.csv"), 0);
+  cr_assert_eq(run("--schedule zb-v --stages 3 --microbatches 5 --csv-out d.csv"), 0);
+  expect_python(
+      "e, c, d = (open(f).read() for f in ('e.csv', 'c.csv', 'd.csv'))\n"
+      "assert c == d, (c, d)\n"
+      "assert 'I' not in e and 'B' in e and 'I' in c\n");
+  /* a comms file written, read back and checked */
+  cr_assert_eq(run("--schedule dualpipev --stages 2 --microbatches 4 --csv-out m.csv --comms"), 0);
+  cr_assert_eq(run("--csv-in m.csv --json"), 0);
+  expect_python(
+      "m = open('m.csv').read()\n"
+      "assert 'RECV_F' in m and 'SEND_B' in m and 'OVERLAP_F_B' in m, m\n");
+  /* FSDP actions: refused, or dropped with one warning line */
+  char path[300];
+  snprintf(path, sizeof path, "%s/fsdp.csv", dir);
+  spit(path, "0UNSHARD,0F0,0B0,0RESHARD\n");
+  expect_bad("--csv-in fsdp.csv", "0UNSHARD is an FSDP action");
+  cr_assert_eq(run("--csv-in fsdp.csv --skip-unsupported"), 0);
+  char *err = file_in_dir("err");
+  cr_assert(strstr(err, "warning: fsdp.csv: dropped 2 UNSHARD/RESHARD/REDUCE_GRAD cells (first at line 1 column 1: "
+                        "0UNSHARD)\n"),
+            "%s", err);
+  free(err);
+  expect_bad("--schedule 1f1b --stages 2 --microbatches 2 --comms", "--comms and --csv-notation go with --csv-out");
+  expect_bad("--schedule 1f1b --stages 2 --microbatches 2 --csv-out x.csv --csv-notation old", "current or earlier");
+  expect_bad("--schedule 1f1b --stages 2 --microbatches 2 --skip-unsupported", "goes with --csv-in");
+  expect_bad("--schedule zb-v --stages 2 --chunks 3 --microbatches 2", "use --chunks 2");
+  expect_bad("--schedule dualpipev --stages 2 --microbatches 3", "m >= 2p");
+}

@@ -338,7 +338,7 @@ Test(train, resuming_from_a_checkpoint_gives_the_same_bits) {
   /* Another model in the same directory: refused, naming the setting. */
   const char *a4[] = {"--layers", "2", "--dim", "48", "--mb-tokens", "32", "--steps", "20",
                       "--ckpt-dir", dir, NULL};
-  expect_usage_error(a4, "dim: 32 vs 48");
+  expect_usage_error(a4, "--dim: the checkpoint has 32, the command line says 48");
   result_free(&r1);
   result_free(&r2);
   result_free(&r3);

@@ -513,7 +513,7 @@ Test(frame, string_and_count_limits_are_enforced) {
   cr_assert_null(ho.recs);
 
   bt_buf_reset(&b);
-  bt_msg_heartbeat_t hb = {.stage = 0, .phase = BT_PHASE_IDLE + 1}, hbo;
+  bt_msg_heartbeat_t hb = {.stage = 0, .phase = BT_PHASE_CONNECT + 1}, hbo;
   bt_msg_encode_heartbeat(&b, &hb);
   f = parse_one(&b, BT_MSG_HEARTBEAT);
   cr_assert_eq(bt_msg_decode_heartbeat(&f, &hbo), BT_EFORMAT, "unknown phase accepted");

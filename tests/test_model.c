@@ -600,3 +600,98 @@ Test(stage, actions_out_of_step_are_refused) {
   bt_stage_destroy(st);
   bt_backend_destroy(be);
 }
+
+/* ---- set-up ends: nothing is allocated in training ---- */
+
+static void train_steps(bt_stage_t *st, int M, int steps) {
+  for (int s = 0; s < steps; s++) {
+    cr_assert_eq(bt_stage_begin_step(st, s), 0);
+    for (int mb = 0; mb < M; mb++) cr_assert_eq(bt_stage_forward(st, 0, mb), 0);
+    for (int mb = 0; mb < M; mb++) cr_assert_eq(bt_stage_backward(st, 0, mb), 0);
+    cr_assert_eq(bt_stage_optimizer_step(st), 0);
+  }
+}
+
+/* On CUDA an allocation (or the cudaFree of a scratch that grows) in a
+ * step synchronises the whole device and can deadlock against NCCL's
+ * kernels; the CPU backend keeps the same rules and the same counter, so
+ * the rule is checked here. */
+Test(model, a_sealed_stage_allocates_nothing_in_training) {
+  bt_model_config_t m = tiny(2);
+  m.dim = 32;
+  /* Unsealed, the first step grows the scratch: the counter sees it. */
+  bt_backend_t *be = cpu();
+  bt_stage_t *st = whole(be, &m);
+  uint64_t before = be->allocs;
+  train_steps(st, m.microbatches, 1);
+  cr_assert_gt(be->allocs, before, "an unsealed step allocated nothing: the counter is blind");
+  bt_stage_destroy(st);
+  bt_backend_destroy(be);
+
+  be = cpu();
+  st = whole(be, &m);
+  before = be->allocs;
+  cr_assert_eq(bt_stage_seal(st), 0);
+  cr_assert(be->sealed);
+  cr_assert_eq(be->allocs, before + 1, "seal should size the scratch once: %llu allocations",
+               (unsigned long long)(be->allocs - before));
+  uint64_t sealed = be->allocs;
+  train_steps(st, m.microbatches, 3);
+  cr_assert_eq(be->allocs, sealed, "%llu allocations during 3 steps after set-up",
+               (unsigned long long)(be->allocs - sealed));
+  /* And an allocation after set-up is refused, not performed. */
+  void *p = NULL;
+  cr_assert_eq(be->ops->alloc(be, &p, 64), BT_EUNSUPPORTED);
+  cr_assert_null(p);
+  cr_assert_eq(be->allocs, sealed);
+  bt_stage_destroy(st);
+  bt_backend_destroy(be);
+}
+
+Test(model, the_scratch_bound_covers_every_shape_of_the_model) {
+  /* Unsealed runs at several shapes: whatever the ops grew the scratch
+   * to, seal's bound is at least as large, so a sealed run never needs
+   * more. */
+  const int dims[] = {8, 24, 64};
+  const int contexts[] = {1, 3};
+  for (int i = 0; i < 3; i++)
+    for (int k = 0; k < 2; k++) {
+      bt_model_config_t m = tiny(1);
+      m.dim = dims[i];
+      m.context = contexts[k];
+      bt_backend_t *be = cpu();
+      bt_stage_t *st = whole(be, &m);
+      cr_assert_eq(bt_stage_seal(st), 0, "D=%d K=%d", m.dim, m.context);
+      train_steps(st, m.microbatches, 1);
+      bt_stage_destroy(st);
+      bt_backend_destroy(be);
+    }
+}
+
+/* --math against BATON_CUDA_MATH: a backend that reports the conflict
+ * (the CUDA backend's set_math returns BT_ECONFIG when the variable names
+ * another mode) makes the stage refuse with one line naming both. */
+static int conflicting_set_math(bt_backend_t *be, const char *mode) {
+  (void)be, (void)mode;
+  return BT_ECONFIG;
+}
+
+Test(model, math_conflicting_with_baton_cuda_math_is_refused_in_one_line) {
+  bt_backend_t *be = cpu();
+  bt_backend_ops_t ops = *be->ops;
+  const bt_backend_ops_t *orig = be->ops;
+  ops.set_math = conflicting_set_math;
+  be->ops = &ops;
+  setenv("BATON_CUDA_MATH", "tf32", 1);
+  bt_model_config_t m = tiny(1);
+  bt_layer_range_t r = {0, m.layers + 1};
+  bt_stage_t *st = NULL;
+  char err[256] = "";
+  int rc = bt_stage_create(be, &m, &r, 1, &st, err, sizeof err);
+  unsetenv("BATON_CUDA_MATH");
+  cr_assert_eq(rc, BT_ECONFIG, "got %d", rc);
+  cr_assert_null(st);
+  cr_assert_str_eq(err, "--math fp32 conflicts with BATON_CUDA_MATH=tf32: give one of them");
+  be->ops = orig;
+  bt_backend_destroy(be);
+}

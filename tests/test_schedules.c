@@ -9,19 +9,28 @@
 #include "schedules/comm.h"
 #include "schedules/csv.h"
 #include "schedules/render.h"
+#include "schedules/check.h"
 #include "schedules/schedule.h"
 #include "schedules/sim.h"
 #include "schedules/trace.h"
 
 /* The grid of DESIGN §3's closed forms: p 1..16, v 1..4 (v > 1 only for
- * interleaved), m from p to 8p. `stride` thins m for the costlier checks. */
+ * interleaved, 2 for the V schedules), m from the least each schedule
+ * takes (p; 1 for zb-v, 2p for dualpipev) to 8p. `stride` thins m for the
+ * costlier checks. */
 typedef void (*grid_fn)(const char *name, int p, int v, int m, void *ctx);
 
+static int is_v(const char *name) { return !strcmp(name, "zb-v") || !strcmp(name, "dualpipev"); }
+
+static int least_m(const char *name, int p) {
+  return !strcmp(name, "zb-v") ? 1 : !strcmp(name, "dualpipev") ? 2 * p : p;
+}
+
 static void for_grid(const char *name, int stride, grid_fn fn, void *ctx) {
-  int il = !strcmp(name, "interleaved");
+  int il = !strcmp(name, "interleaved"), vs = is_v(name);
   for (int p = 1; p <= 16; p++)
-    for (int v = il ? 2 : 1; v <= (il ? 4 : 1); v++)
-      for (int m = p; m <= 8 * p; m += (m % p == 0 ? 1 : stride)) fn(name, p, v, m, ctx);
+    for (int v = il || vs ? 2 : 1; v <= (il ? 4 : vs ? 2 : 1); v++)
+      for (int m = least_m(name, p); m <= 8 * p; m += (m % p == 0 ? 1 : stride)) fn(name, p, v, m, ctx);
 }
 
 static void build_ok(const char *name, int p, int v, int m, bt_schedule_t *s) {
@@ -115,6 +124,13 @@ static void check_closed_form(const char *name, int p, int v, int m, void *ctx) 
   if (!strcmp(name, "zb-h1")) {
     idle = (p - 1) * (F + I - W);
     bubble = (double)(p - 1) / (3.0 * m + p - 1);
+  } else if (is_v(name)) {
+    /* docs/schedules.md: every worker busy 6m (F, I, W or F, B on two
+     * chunks), idle p - 1 once the V is full, m >= 2p - 1 for zb-v; fewer
+     * micro-batches leave 2 slots per missing one. */
+    double ramp = (p - 1) * F, fill = 2.0 * (2 * p - 1 - m) * F;
+    idle = !strcmp(name, "zb-v") && fill > ramp ? fill : ramp;
+    bubble = idle / (6.0 * m + idle);
   } else {
     idle = (p - 1) * (F + B);
     bubble = (double)(p - 1) / ((double)v * m + p - 1);
@@ -126,6 +142,12 @@ static void check_closed_form(const char *name, int p, int v, int m, void *ctx) 
                p, v, m, r.bubble_fraction, bubble);
   if (!strcmp(name, "gpipe"))
     cr_assert_eq(r.peak[0], m, "gpipe p=%d m=%d peak %d", p, m, r.peak[0]);
+  else if (is_v(name))
+    /* In chunks, half a stage each: zb-v holds p stages' worth like 1f1b
+     * and zb-h1, dualpipev half a stage more. */
+    for (int w = 0; w < p; w++)
+      cr_assert_eq(r.peak[w], m >= 2 * p ? 2 * p + !strcmp(name, "dualpipev") : r.peak[w],
+                   "%s p=%d m=%d worker %d peak %d", name, p, m, w, r.peak[w]);
   else if (strcmp(name, "interleaved"))
     cr_assert_eq(r.peak[0], p, "%s p=%d m=%d peak %d", name, p, m, r.peak[0]);
   bt_sim_result_free(&r);
@@ -138,6 +160,32 @@ Test(closed_form, gpipe_and_1f1b) {
 }
 
 Test(closed_form, zb_h1) { for_grid("zb-h1", 1, check_closed_form, NULL); }
+
+Test(closed_form, zb_v_every_m_from_1) { for_grid("zb-v", 1, check_closed_form, NULL); }
+
+Test(closed_form, dualpipev_from_m_2p) { for_grid("dualpipev", 1, check_closed_form, NULL); }
+
+Test(closed_form, v_peaks_against_1f1b_and_zb_h1) {
+  /* Stage-equivalents (a V chunk is half a stage): zb-v = 1f1b = zb-h1 = p
+   * on the first worker; dualpipev p + 1/2. */
+  for (int p = 2; p <= 8; p++) {
+    int m = 4 * p, peak[4];
+    const char *names[] = {"1f1b", "zb-h1", "zb-v", "dualpipev"};
+    for (int i = 0; i < 4; i++) {
+      bt_schedule_t s;
+      bt_sim_result_t r;
+      build_ok(names[i], p, is_v(names[i]) ? 2 : 1, m, &s);
+      sim_unit(&s, &r);
+      peak[i] = r.peak[0];
+      bt_sim_result_free(&r);
+      bt_sched_free(&s);
+    }
+    cr_assert_eq(peak[0], p);
+    cr_assert_eq(peak[1], p);
+    cr_assert_eq(peak[2], 2 * peak[0], "p=%d zb-v %d chunks vs 1f1b %d stages", p, peak[2], peak[0]);
+    cr_assert_eq(peak[3], 2 * peak[0] + 1, "p=%d dualpipev %d", p, peak[3]);
+  }
+}
 
 Test(closed_form, interleaved_including_m_not_a_multiple_of_p) {
   for_grid("interleaved", 1, check_closed_form, NULL);
@@ -172,8 +220,9 @@ static void check_valid(const char *name, int p, int v, int m, void *ctx) {
    * p = 2 and m odd: the group size N keeps send and receive orders equal. */
   cr_assert(bt_sched_check_channel_order(&s, err, sizeof err), "%s p=%d v=%d m=%d: %s", name, p, v,
             m, err);
-  size_t per = (size_t)v * m * (strcmp(name, "zb-h1") ? 2 : 3);
-  for (int w = 0; w < p; w++) cr_assert_eq(bt_sched_len(&s, w), per);
+  size_t per = (size_t)v * m * (strcmp(name, "zb-h1") && strcmp(name, "zb-v") ? 2 : 3);
+  if (strcmp(name, "dualpipev")) /* mixes B and I, W */
+    for (int w = 0; w < p; w++) cr_assert_eq(bt_sched_len(&s, w), per);
   bt_sched_free(&s);
 }
 
@@ -486,8 +535,9 @@ Test(csv, round_trip_of_every_builder) {
   for (int i = 0; bt_sched_names[i]; i++)
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
       int il = !strcmp(bt_sched_names[i], "interleaved");
+      if (sizes[k][2] < least_m(bt_sched_names[i], sizes[k][0])) continue;
       bt_schedule_t s, t;
-      build_ok(bt_sched_names[i], sizes[k][0], il ? 3 : 1, sizes[k][2], &s);
+      build_ok(bt_sched_names[i], sizes[k][0], il ? 3 : is_v(bt_sched_names[i]) ? 2 : 1, sizes[k][2], &s);
       char *text = csv_text(&s), err[512] = "";
       cr_assert_eq(bt_sched_csv_parse(text, strlen(text), &t, err, sizeof err), 0, "%s", err);
       cr_assert_eq(t.p, s.p);
@@ -496,6 +546,10 @@ Test(csv, round_trip_of_every_builder) {
       cr_assert_eq(t.off[t.p], s.off[s.p]);
       for (int w = 0; w < s.p; w++) cr_assert_eq(t.off[w], s.off[w]);
       cr_assert_eq(memcmp(t.acts, s.acts, s.off[s.p] * sizeof *s.acts), 0);
+      for (int k = 0; k < bt_sched_nstages(&s); k++) {
+        cr_assert_eq(bt_sched_worker_of(&t, k), bt_sched_worker_of(&s, k), "%s stage %d", s.name, k);
+        cr_assert_eq(bt_sched_chunk_of(&t, k), bt_sched_chunk_of(&s, k), "%s stage %d", s.name, k);
+      }
       free(text);
       bt_sched_free(&t);
       bt_sched_free(&s);
@@ -551,9 +605,10 @@ Test(csv, malformed_is_rejected_with_line_and_column) {
       {",,\n,\n", "no actions"},
       {"0F0,0X1\n1F0\n", "line 1 column 2: '0X1'"},
       {"0F0,0B0\n1F0,1B0;1F1\n", "line 2 column 2"},
-      {"0F0,1F0\n1B0\n", "belongs to worker 1"},
+      {"0F0,1F0\n1B0\n", "line 2 column 1: 1B0 puts virtual stage 1 on worker 1, but line 1 column 2 (1F0) puts it on worker 0"},
       {"0F0,2F0\n1F0\n", "multiple of the worker count"},
-      {"0F0,2F0\n1F0\n3F0\n", "belongs to worker 2"},
+      {"0F0,2F0\n1F0\n3F0\n", "multiple of the worker count"},
+      {"0F0,1F0,2F0\n3F0\n", "worker 0 holds 3 virtual stages"},
       {"0F0,\"1F0\"\n", "line 1 column 2"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -30,10 +30,12 @@ static const uint8_t token[16] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe
 /* Set by the tests that run over Unix sockets (opts.local) instead of TCP;
  * every test runs in its own process. */
 static int g_local;
+/* The acceptor's handshake deadline (ms); a test may lengthen it. */
+static int64_t g_handshake_ms = 500;
 
 static bt_tx_t *mk(int rank, int nranks, const int *peers, int npeers) {
   bt_tx_socket_opts_t o = {.rank = rank, .nranks = nranks, .peers = peers, .npeers = npeers,
-                           .token = token, .token_len = sizeof token, .handshake_ms = 500,
+                           .token = token, .token_len = sizeof token, .handshake_ms = g_handshake_ms,
                            .local = g_local};
   bt_tx_t *tx = NULL;
   int rc = bt_tx_socket_create(&o, &tx);
@@ -581,6 +583,56 @@ Test(transport, connections_without_the_token_are_refused_and_the_job_goes_on) {
 Test(transport, local_connections_without_the_token_are_refused_and_the_job_goes_on) {
   g_local = 1;
   refuse_without_token();
+}
+
+/* Hundreds of silent connections held open before the real peer dials:
+ * the handshake slots are bounded and the oldest gives way, so the peer
+ * still connects (well within its deadline) and every silent one is
+ * refused in the end, counted, not logged one by one. */
+static void silent_flood_before_connect(void) {
+  enum { FLOOD = 200 };
+  int p0[] = {1}, p1[] = {0};
+  /* Silent connections would hold their slots for 30 s, longer than the
+   * peer's 15 s connect deadline: only giving way to newcomers lets it in. */
+  g_handshake_ms = 30000;
+  bt_tx_t *tx[2] = {NULL, mk(1, 2, p1, 1)};
+  const char *addr = bt_tx_socket_address(tx[1]);
+  int fds[FLOOD], n = 0;
+  for (int i = 0; i < FLOOD; i++) {
+    int fd = raw_connect(addr);
+    if (fd >= 0) fds[n++] = fd;
+  }
+  cr_assert_geq(n, 100, "only %d flood connections were made", n);
+  tx[0] = mk(0, 2, p0, 1);
+  const char *addrs[2] = {bt_tx_socket_address(tx[0]), addr};
+  for (int i = 0; i < 2; i++) {
+    int rc = bt_tx_socket_connect(tx[i], addrs, bt_deadline_ms(15000));
+    cr_assert_eq(rc, 0, "connect rank %d: %s", i, bt_strerror(rc));
+  }
+  uint8_t m[64], r[64];
+  bt_tag_t t = tag(1, BT_MSG_ACTIVATION, 0, 0);
+  fill(m, sizeof m, t);
+  bt_tx_req_t *q;
+  cr_assert_eq(bt_tx_irecv(tx[1], r, sizeof r, 0, t, &q), 0);
+  cr_assert_eq(bt_tx_isend(tx[0], m, sizeof m, 1, t, NULL), 0);
+  wait_ok(tx[1], q);
+  check(r, sizeof r, t);
+  /* All but the slots' worth were dropped for newcomers, the peer's own
+   * connection among the newcomers. */
+  bt_tx_stats_t st;
+  bt_tx_stats(tx[1], &st);
+  cr_assert_geq(st.refused + 32, (uint64_t)n, "%llu of %d silent connections refused", (unsigned long long)st.refused,
+                n);
+  for (int i = 0; i < n; i++) close(fds[i]);
+  bt_tx_destroy(tx[0]);
+  bt_tx_destroy(tx[1]);
+}
+
+Test(transport, a_flood_of_silent_connections_does_not_keep_the_peer_out) { silent_flood_before_connect(); }
+
+Test(transport, local_a_flood_of_silent_connections_does_not_keep_the_peer_out) {
+  g_local = 1;
+  silent_flood_before_connect();
 }
 
 Test(transport, unexpected_and_mismatched_messages_are_tag_errors) {

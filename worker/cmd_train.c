@@ -41,6 +41,7 @@
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/data.h"
+#include "common/deadlines.h"
 #include "common/error.h"
 #include "common/hash.h"
 #include "common/json.h"
@@ -50,6 +51,7 @@
 #include "kernels/backend.h"
 #include "launcher/commands.h"
 #include "worker/stage.h"
+#include "worker/stage_ckpt.h"
 
 /* How many final steps the closing "final loss" line averages: one step's
  * loss is a mean over only M*T tokens and jitters. */
@@ -119,6 +121,10 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
       a->hash = 1;
       continue;
     }
+    if (!strncmp(arg, "--hash=", 7)) {
+      fprintf(stderr, "baton train: --hash takes no value\n");
+      return 2;
+    }
     if (strncmp(arg, "--", 2)) {
       fprintf(stderr, "baton train: unexpected argument '%s' (try --help)\n", arg);
       return 2;
@@ -130,6 +136,13 @@ static int parse_args(int argc, char **argv, train_args_t *a) {
     if (nl >= sizeof name) nl = sizeof name - 1;
     memcpy(name, arg, nl);
     name[nl] = 0;
+    int known = !strcmp(name, "--metrics") || bt_ckpt_flags_known(name) || !strcmp(name, "--print-every") ||
+                bt_config_has_flag(BT_CONFIG_MODEL, name) || !strcmp(name, "--steps") ||
+                !strcmp(name, "--backend");
+    if (!known) {
+      fprintf(stderr, "baton train: unknown option '%s' (try --help)\n", name);
+      return 2;
+    }
     if (eq) value = eq + 1;
     else if (i + 1 < argc) value = argv[++i];
     else value = NULL;
@@ -188,48 +201,18 @@ typedef struct {
   bt_ckpt_lock_t lock;
   int locked;
   bt_ckpt_writer_t *writer;
-  bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
-  size_t n;
+  bt_stage_ckpt_t sc;       /* the stage's tensors and texts (worker/stage_ckpt.h) */
   int64_t pending;         /* saved, not yet committed; -1 none */
-  char *model_text, *run_text;
   bt_ckpt_retention_t keep;
   bt_ckpt_step_t src;      /* the step resumed from, while src_open */
   int src_open;
   const char *src_root;    /* root to fall back in when loading src fails;
                               NULL for a step directory named by --resume */
+  bt_ckpt_lineage_t lin;   /* the job and the step resumed from, in every commit */
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
-#define CKPT_TIMEOUT_MS (10 * 60 * 1000)
-
-static int fill_tensor(void *arg, size_t i, float *dst) { return bt_stage_tensor_get(arg, i, dst); }
-
-static int ckpt_describe(ckpt_t *ck, bt_stage_t *st) {
-  ck->n = bt_stage_tensor_count(st);
-  ck->desc = calloc(ck->n, sizeof *ck->desc);
-  if (!ck->desc) return -ENOMEM;
-  for (size_t i = 0; i < ck->n; i++) {
-    bt_stage_tensor_t t;
-    bt_ckpt_tensor_t *d = &ck->desc[i];
-    int rc = bt_stage_tensor(st, i, &t);
-    if (rc) return rc;
-    d->layer = (uint32_t)t.layer;
-    d->index = (uint32_t)t.index;
-    snprintf(d->name, sizeof d->name, "%s", t.name);
-    /* bt_tensor_kind_t and bt_ckpt_kind_t number param, m, v alike. */
-    d->kind = t.kind;
-    d->ndim = t.ndim;
-    for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
-  }
-  return 0;
-}
-
-static char *config_text(const bt_config_t *c, int part) {
-  size_t n = bt_config_to_text(c, part, NULL, 0);
-  char *s = malloc(n + 1);
-  if (s) bt_config_to_text(c, part, s, n + 1);
-  return s;
-}
+#define CKPT_TIMEOUT_MS BT_DEADLINE_TRAIN_CKPT_MS
 
 /* Locks the directory for the whole run. Returns an exit code: 2 (after
  * one line naming the holder) for a directory another job holds. */
@@ -240,9 +223,15 @@ static int ckpt_lock(ckpt_t *ck, const train_args_t *a) {
   ck->keep = bt_ckpt_flags_retention(&a->ck);
   int rc = bt_ckpt_lock_acquire(ck->root, &ck->lock, holder, sizeof holder);
   if (rc) {
-    fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
-            holder[0] ? ": " : "", holder);
-    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST ? 2 : 1;
+    if (rc != BT_ELOCKED && holder[0]) /* the reason says it all */
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, holder);
+    else
+      fprintf(stderr, "baton train: --ckpt-dir %s: %s%s%s\n", ck->root, bt_strerror(rc),
+              holder[0] ? ": " : "", holder);
+    return rc == BT_ELOCKED || rc == -EACCES || rc == -ENOTDIR || rc == -EEXIST || rc == -ENOENT ||
+                   rc == -EROFS
+               ? 2
+               : 1;
   }
   ck->locked = 1;
   return 0;
@@ -316,9 +305,11 @@ static int open_path(ckpt_t *ck, const char *path) {
   return code;
 }
 
+static int adopt_model(train_args_t *a, const char *text, const char *where);
+
 /* Finds the state the run starts from, as --resume says; leaves ck->src
  * open when there is one. Returns an exit code. */
-static int ckpt_find(ckpt_t *ck, const train_args_t *a) {
+static int ckpt_find(ckpt_t *ck, train_args_t *a) {
   int64_t *steps = NULL;
   size_t ns = 0;
   int none = 0, code = 0, rc;
@@ -340,161 +331,79 @@ static int ckpt_find(ckpt_t *ck, const train_args_t *a) {
     code = ns ? 2 : 0;
     free(steps);
     return code;
-  default:
+  default: {
     if ((code = open_path(ck, a->ck.resume_path))) return code;
-    /* Steps newer than the one resumed from belong to a future this run
-     * replaces: a later auto resume would pick them over ours, and saving
-     * the same step number again would collide. */
-    if ((rc = bt_ckpt_list_steps(ck->root, &steps, &ns))) {
-      fprintf(stderr, "baton train: --ckpt-dir %s: %s\n", ck->root, bt_strerror(rc));
-      return 1;
-    }
-    if (ns && steps[0] > ck->src.step) {
-      fprintf(stderr, "baton train: --resume %s is at step %lld but --ckpt-dir %s already holds "
-              "step %lld; use another --ckpt-dir, or move the newer steps away\n",
-              a->ck.resume_path, (long long)ck->src.step, ck->root, (long long)steps[0]);
-      code = 2;
-    }
-    free(steps);
-    return code;
+    /* Steps newer than the one resumed from, or of another lineage,
+     * belong to a future this run replaces: a later auto resume would pick
+     * them over ours, and saving the same step number again would collide.
+     * The model is checked first: a refusal must come before any move. */
+    if ((code = adopt_model(a, ck->src.man.meta.model_config ? ck->src.man.meta.model_config : "",
+                            ck->src.dir)))
+      return code;
+    char msg[1024] = "";
+    rc = bt_ckpt_resume_settle(ck->root, &ck->src, a->ck.resume_path, a->ck.move_aside, msg, sizeof msg);
+    if (msg[0]) fprintf(stderr, "baton train: %s\n", msg);
+    return rc == 0 ? 0 : rc == 1 ? 2 : 1;
+  }
   }
 }
 
-/* The value of `key` in canonical text, as "key=VALUE\n": *len its length,
- * NULL when absent. */
-static const char *text_value(const char *text, const char *key, size_t *len) {
-  size_t kl = strlen(key);
-  for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    if (!strncmp(p, key, kl) && p[kl] == '=') {
-      *len = strcspn(p + kl + 1, "\n");
-      return p + kl + 1;
-    }
-  }
-  return NULL;
-}
-
-static int given_flag(const train_args_t *a, const char *key) {
-  for (int i = 0; i < a->nmodel; i++) {
-    const char *n = a->model_name[i];
-    if (!strncmp(n, "--", 2)) n += 2;
-    if (!strcmp(n, key)) return 1;
-  }
-  return 0;
-}
-
-/* One clause per differing key, "--dim: the checkpoint has 32, the command
- * line says 48" for flags the user gave, "data-crc: the checkpoint has X,
- * now Y" for what was derived (a data file that changed). */
-static void explain_diff(const train_args_t *a, const char *theirs, const char *mine, char *out,
-                         size_t outlen) {
-  size_t used = 0;
-  out[0] = 0;
-  for (const char *p = theirs; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    char key[64];
-    size_t kl = strcspn(p, "=\n"), tl, ml = 0;
-    if (p[kl] != '=' || kl >= sizeof key) continue;
-    memcpy(key, p, kl);
-    key[kl] = 0;
-    const char *tv = text_value(theirs, key, &tl), *mv = text_value(mine, key, &ml);
-    if (mv && tl == ml && !memcmp(tv, mv, tl)) continue;
-    int w = given_flag(a, key)
-                ? snprintf(out + used, outlen - used,
-                           "%s--%s: the checkpoint has %.*s, the command line says %.*s",
-                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "")
-                : snprintf(out + used, outlen - used, "%s%s: the checkpoint has %.*s, now %.*s",
-                           used ? "; " : "", key, (int)tl, tv, (int)ml, mv ? mv : "");
-    if (w < 0 || (size_t)w >= outlen - used) break;
-    used += (size_t)w;
+/* The lineage of this run's commits (checkpoint/lineage.c): continuing a
+ * directory (--resume auto) keeps its job; --resume PATH, never, or a
+ * fresh directory make a new job; the parent is the step resumed from. */
+static void ckpt_lineage(ckpt_t *ck, const train_args_t *a) {
+  ck->lin.parent_step = -1;
+  if (ck->src_open && a->ck.resume == BT_CKPT_RESUME_AUTO && bt_ckpt_job_valid(ck->src.man.lineage.job))
+    snprintf(ck->lin.job, sizeof ck->lin.job, "%s", ck->src.man.lineage.job);
+  else
+    bt_ckpt_job_new(ck->lin.job);
+  if (ck->src_open) {
+    snprintf(ck->lin.parent_job, sizeof ck->lin.parent_job, "%s", ck->src.man.lineage.job);
+    ck->lin.parent_step = ck->src.step;
   }
 }
 
-/* Takes the model configuration from the checkpoint text: the flags given
- * on the command line are applied over it and must not change it. Returns
- * an exit code (2 for another model, after one line naming each value). */
+/* Takes the model configuration from the checkpoint text, the flags
+ * given on the command line applied over it (bt_config_match_checkpoint,
+ * the rule `baton run` and the worker use too). Returns an exit code: 2
+ * for another model or data, after one line naming each value. */
 static int adopt_model(train_args_t *a, const char *text, const char *where) {
-  bt_config_t theirs, mine;
-  char err[1024] = "", why[2048] = "";
-  char *t1 = NULL, *t2 = NULL;
-  int code = 2;
-  if (bt_config_from_text(&theirs, text, err, sizeof err)) {
-    fprintf(stderr, "baton train: %s: unreadable model configuration: %s\n", where, err);
-    return 1;
-  }
-  mine = theirs;
-  for (int i = 0; i < a->nmodel; i++)
-    if (bt_config_model_flag(&mine, a->model_name[i], a->model_value[i], err, sizeof err)) {
-      fprintf(stderr, "baton train: %s\n", err);
-      return 2;
-    }
-  /* Resolves the data file again: its size and CRC tell whether it is
-   * still the file the checkpoint was trained on. */
-  if (bt_config_finish(&mine, err, sizeof err)) {
-    fprintf(stderr, "baton train: the model of %s: %s\n", where, err);
-    return 2;
-  }
-  if (!(t1 = config_text(&theirs, BT_CONFIG_MODEL)) || !(t2 = config_text(&mine, BT_CONFIG_MODEL))) {
-    fprintf(stderr, "baton train: %s\n", bt_strerror(-ENOMEM));
-    code = 1;
-    goto out;
-  }
-  if (bt_config_model_diff(&theirs.model, &mine.model, err, sizeof err)) {
-    explain_diff(a, t1, t2, why, sizeof why);
-    fprintf(stderr, "baton train: %s (%s holds another model; checkpoint vs now: %s)\n", why, where,
-            err);
-    goto out;
-  }
-  a->cfg.model = mine.model;
-  code = 0;
-out:
-  free(t1);
-  free(t2);
-  return code;
+  char err[2048] = "";
+  const char *names[MAX_MODEL_FLAGS];
+  for (int i = 0; i < a->nmodel; i++) names[i] = a->model_name[i];
+  int rc = bt_config_match_checkpoint(&a->cfg, text, names, a->model_value, a->nmodel, err, sizeof err);
+  if (rc == BT_ECONFIG) fprintf(stderr, "baton train: %s holds another model: %s\n", where, err);
+  else if (rc == BT_EFORMAT) fprintf(stderr, "baton train: %s: %s\n", where, err);
+  else if (rc) fprintf(stderr, "baton train: %s\n", err);
+  return rc == 0 ? 0 : rc == BT_EFORMAT ? 1 : 2;
 }
 
 /* The state of the stage from ck->src (or, when that fails for a reason
  * other than the model, from the previous committed step of its root).
  * *start gets the step to train next. Returns an exit code. */
 static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
-  size_t total = 0;
-  int rc;
-  for (size_t i = 0; i < ck->n; i++) total += bt_ckpt_numel(&ck->desc[i]);
-  float *host = malloc((total ? total : 1) * sizeof(float));
-  bt_ckpt_tensor_t *want = malloc((ck->n ? ck->n : 1) * sizeof *want);
-  if (!host || !want) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  size_t off = 0;
-  for (size_t i = 0; i < ck->n; i++) {
-    want[i] = ck->desc[i];
-    want[i].data = host + off;
-    off += bt_ckpt_numel(&ck->desc[i]);
-  }
-  rc = bt_ckpt_step_load(&ck->src, want, ck->n);
-  if (rc && rc != BT_ECONFIG && ck->src_root) {
-    bt_warn("checkpoint: loading %s failed (%s); trying the previous committed step", ck->src.dir,
+  int rc = bt_stage_ckpt_load(&ck->sc, st, &ck->src);
+  /* Falling back stays on the lineage: the previous step of the same job
+   * (steps written before lineage existed fall back among themselves). */
+  while (rc && rc != BT_ECONFIG && ck->src_root) {
+    char job[BT_CKPT_JOB_LEN + 1];
+    int64_t failed = ck->src.step;
+    snprintf(job, sizeof job, "%s", ck->src.man.lineage.job);
+    bt_warn("checkpoint: loading %s failed (%s); trying the previous committed step of this job", ck->src.dir,
             bt_strerror(rc));
     bt_ckpt_step_close(&ck->src);
     ck->src_open = 0;
-    if ((rc = bt_ckpt_restore(ck->src_root, want, ck->n, &ck->src)) == 0) ck->src_open = 1;
+    if ((rc = bt_ckpt_job_pick(ck->src_root, job, failed, &ck->src)) < 0) break;
+    ck->src_open = 1;
+    ck->lin.parent_step = ck->src.step;
+    rc = bt_stage_ckpt_load(&ck->sc, st, &ck->src);
   }
-  if (rc) goto out;
-  for (size_t i = 0; i < ck->n && !rc; i++) rc = bt_stage_tensor_set(st, i, want[i].data);
-  /* `baton train` and every worker step AdamW once per step: another
-   * count means the shard was not written by this code. */
-  if (!rc && ck->src.man.meta.adam_t != ck->src.man.meta.step) rc = BT_ECORRUPT;
-  if (!rc) {
-    bt_stage_set_opt_step(st, ck->src.man.meta.adam_t);
-    *start = ck->src.man.meta.step;
-  }
-out:
-  free(want);
-  free(host);
   if (rc) {
-    fprintf(stderr, "baton train: %s: cannot restore: %s\n",
-            ck->src_open ? ck->src.dir : ck->root, bt_strerror(rc));
+    fprintf(stderr, "baton train: %s: cannot restore: %s\n", ck->src_open ? ck->src.dir : ck->root,
+            bt_strerror(rc));
     return rc == BT_ECONFIG ? 2 : 1;
   }
+  *start = ck->src.man.meta.step;
   return 0;
 }
 
@@ -503,20 +412,23 @@ out:
  * rather than page faults. Returns a negative code on failure. */
 static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
   int rc;
-  if (!(ck->model_text = config_text(&a->cfg, BT_CONFIG_MODEL)) ||
-      !(ck->run_text = config_text(&a->cfg, BT_CONFIG_RUN)))
-    return -ENOMEM;
   if ((rc = bt_ckpt_writer_create(&ck->writer, ck->root, &a->ck.opts, NULL, NULL))) return rc;
-  return bt_ckpt_writer_reserve(ck->writer, ck->desc, ck->n, CKPT_TIMEOUT_MS);
+  return bt_ckpt_writer_reserve(ck->writer, ck->sc.desc, ck->sc.n, CKPT_TIMEOUT_MS);
 }
 
 static void ckpt_close(ckpt_t *ck) {
   bt_ckpt_writer_destroy(ck->writer);
   if (ck->src_open) bt_ckpt_step_close(&ck->src);
-  if (ck->locked) bt_ckpt_lock_release(&ck->lock);
-  free(ck->desc);
-  free(ck->model_text);
-  free(ck->run_text);
+  if (ck->locked) {
+    /* The writer is joined and we hold the lock: a step directory without
+     * a manifest (a failed save) can never be completed now. */
+    int removed = 0;
+    if (bt_ckpt_remove_debris(ck->root, &removed) == 0 && removed > 0)
+      bt_info("checkpoint: removed %d step director%s that never committed", removed,
+              removed == 1 ? "y" : "ies");
+    bt_ckpt_lock_release(&ck->lock);
+  }
+  bt_stage_ckpt_free(&ck->sc);
 }
 
 /* Commits the pending save once the writer is done with it (waits at most
@@ -529,7 +441,7 @@ static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
   if (rc) return rc;
   if (last.rc) return last.rc;
   if (last.step != ck->pending) return BT_EARG;
-  if ((rc = bt_ckpt_commit(ck->root, ck->pending, &last.shard, 1))) return rc;
+  if ((rc = bt_ckpt_commit_lineage(ck->root, ck->pending, &last.shard, 1, &ck->lin))) return rc;
   /* Retention failing costs disk, not correctness: warn and go on. */
   int removed = 0;
   if ((rc = bt_ckpt_retain(ck->root, &ck->keep, ck->pending, &removed)))
@@ -540,25 +452,10 @@ static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
 
 /* Saves the state after `done` updates: the copy into the writer's
  * snapshot is all training waits for. */
-static int ckpt_save(ckpt_t *ck, bt_stage_t *st, const bt_model_config_t *m, int64_t done) {
+static int ckpt_save(ckpt_t *ck, bt_stage_t *st, int64_t done) {
   int rc = ckpt_commit_pending(ck, CKPT_TIMEOUT_MS);
   if (rc) return rc;
-  size_t bad = 0;
-  if ((rc = bt_stage_count_nonfinite(st, &bad))) return rc;
-  if (bad) return BT_ENONFINITE;
-  bt_ckpt_meta_t meta = {
-      .step = done,
-      .stage = 0,
-      .stages = 1,
-      .chunks = 1,
-      .layer_count = (uint32_t)bt_model_layer_count(m),
-      .seed = (uint64_t)m->seed,
-      .adam_t = bt_stage_opt_step(st),
-      .model_config = ck->model_text,
-      .run_settings = ck->run_text,
-  };
-  rc = bt_ckpt_save_async_fill(ck->writer, &meta, ck->desc, ck->n, fill_tensor, st,
-                               CKPT_TIMEOUT_MS);
+  rc = bt_stage_ckpt_save(&ck->sc, st, ck->writer, done, NULL, NULL, CKPT_TIMEOUT_MS, NULL);
   if (!rc) ck->pending = done;
   return rc;
 }
@@ -586,17 +483,17 @@ static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, doubl
   bt_json_knum(j, "elapsed_s", elapsed);
   bt_json_obj_end(j);
   if (bt_json_error(j)) return bt_json_error(j);
-  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0) return -EIO;
+  errno = 0;
+  if (fprintf(f, "%s\n", bt_json_cstr(j)) < 0 || fflush(f) != 0) return errno ? -errno : -EIO;
   return 0;
 }
 
 /* The parameter hash of every layer of the stage. */
 static int stage_hash(bt_stage_t *st, char hex[33]) {
-  size_t n = bt_stage_param_tensor_count(st), got = 0;
-  bt_hash_rec_t *recs = calloc(n ? n : 1, sizeof *recs);
-  if (!recs) return -ENOMEM;
+  bt_hash_rec_t *recs = NULL;
+  size_t got = 0;
   bt_hash128_t h;
-  int rc = bt_stage_hash_records(st, recs, n, &got);
+  int rc = bt_stage_ckpt_hash(st, &recs, &got);
   if (!rc) rc = bt_hash_combine(recs, got, &h);
   if (!rc) bt_hash_hex(h, hex);
   free(recs);
@@ -647,6 +544,7 @@ int bt_cmd_train(int argc, char **argv) {
   bt_backend_t *be = NULL;
   bt_stage_t *st = NULL;
   FILE *metrics = NULL;
+  int metrics_failed = 0;
   ckpt_t ck;
   memset(&ck, 0, sizeof ck);
   bt_json_t j;
@@ -664,11 +562,10 @@ int bt_cmd_train(int argc, char **argv) {
     /* The model comes from the checkpoint when there is one, so the
      * directory is read before anything is sized. */
     if ((code = ckpt_lock(&ck, &a)) || (code = ckpt_find(&ck, &a))) goto out;
-    if (ck.src_open && (code = adopt_model(&a, ck.src.man.meta.model_config
-                                                   ? ck.src.man.meta.model_config
-                                                   : "",
-                                           ck.src.dir)))
+    if (ck.src_open && a.ck.resume != BT_CKPT_RESUME_PATH &&
+        (code = adopt_model(&a, ck.src.man.meta.model_config ? ck.src.man.meta.model_config : "", ck.src.dir)))
       goto out;
+    ckpt_lineage(&ck, &a);
     code = 1;
   }
   if (a.metrics) {
@@ -690,10 +587,16 @@ int bt_cmd_train(int argc, char **argv) {
     code = rc == -ENOMEM ? 1 : 2;
     goto out;
   }
+  /* Set-up ends here: no step allocates (or, on CUDA, frees) memory. */
+  if ((rc = bt_stage_seal(st)) < 0) {
+    fprintf(stderr, "baton train: sizing the backend's scratch memory: %s\n", bt_strerror(rc));
+    code = 1;
+    goto out;
+  }
   const int64_t steps = a.cfg.run.steps;
   int64_t start = 0;
   if (a.ck.dir) {
-    if ((rc = ckpt_describe(&ck, st))) {
+    if ((rc = bt_stage_ckpt_init(&ck.sc, st, &a.cfg, 0, 1, 1))) {
       fprintf(stderr, "baton train: %s\n", bt_strerror(rc));
       goto out;
     }
@@ -755,8 +658,13 @@ int bt_cmd_train(int argc, char **argv) {
       double dt = now - ts;
       rc = write_metrics(metrics, &j, s + 1, loss, lr, dt > 0 ? tokens / dt : 0, now - t0);
       if (rc) {
-        fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, bt_strerror(rc));
-        goto out;
+        /* As in `baton run`: said once, training goes on, the exit says so. */
+        fprintf(stderr, "baton train: --metrics %s: %s: no more lines are written there; the job will "
+                "exit 1\n", a.metrics, bt_strerror(rc));
+        fclose(metrics);
+        metrics = NULL;
+        metrics_failed = 1;
+        rc = 0;
       }
     }
     if ((s + 1) % a.print_every == 0 || s + 1 == steps) {
@@ -770,7 +678,7 @@ int bt_cmd_train(int argc, char **argv) {
     if (a.ck.dir) {
       /* The last step is always saved; others every --ckpt-every. */
       int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
-      rc = due ? ckpt_save(&ck, st, m, s + 1) : ckpt_commit_pending(&ck, 0);
+      rc = due ? ckpt_save(&ck, st, s + 1) : ckpt_commit_pending(&ck, 0);
       if (rc) {
         code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
@@ -792,7 +700,7 @@ done:
     }
     printf("hash %s\n", hex);
   }
-  code = 0;
+  code = metrics_failed ? 1 : 0;
 out:
   if (a.ck.dir) ckpt_close(&ck);
   if (metrics && fclose(metrics) != 0 && code == 0) {

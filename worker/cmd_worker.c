@@ -4,7 +4,7 @@
  * shared table of common/config.h, the layout already resolved to counts,
  * a CSV schedule as `--schedule=csv` with its absolute path in
  * BATON_SCHEDULE_CSV) and the stage, the control fd and the
- * job token through BATON_* variables (worker/control.h). First thing, the
+ * job token through BATON_* variables (the table of common/workerenv.h). First thing, the
  * worker ties its life to the supervisor's (bt_control_guard); then it
  * parses, opens the control channel and runs worker/pipeline.c.
  *
@@ -25,22 +25,22 @@
 #include "worker/pipeline.h"
 
 static void usage(FILE *f) {
+  char contract[8192];
+  bt_worker_env_help(contract, sizeof contract);
   fprintf(f,
           "usage: baton worker [model and run options of `baton run`]\n"
           "       baton worker --probe BACKEND\n\n"
-          "One pipeline stage. Started by `baton run`, which sets BATON_STAGE,\n"
-          "BATON_STAGES, BATON_CONTROL_FD, BATON_SUPERVISOR_PID and BATON_JOB_TOKEN;\n"
-          "not meant to be run by hand. Also read: BATON_CKPT_DIR (checkpoint root),\n"
-          "BATON_PEER_TIMEOUT_MS (transport deadline), BATON_HEARTBEAT_MS,\n"
-          "BATON_RESTART_COUNT, BATON_INJECT_FAULTS (';'-separated fault specs),\n"
-          "BATON_CKPT_COMPRESS (deflate level), BATON_RESTORE_DIR (a step directory).\n\n"
+          "One pipeline stage. Started by `baton run`, which hands it the variables\n"
+          "and START fields below; not meant to be run by hand.\n\n"
+          "%s\n"
           "exit codes: 0 done, 1 internal error, 2 bad usage, 3 retryable (peer lost,\n"
           "deadline, transport), 4 fatal (bad configuration, no usable checkpoint),\n"
           "5 stopped by the supervisor, 6 the supervisor is gone, 7 non-finite\n"
           "parameters at a checkpoint\n\n"
           "--probe BACKEND (cpu, cuda): whether this process can create the backend,\n"
           "for `baton run` to ask before spawning (the launcher does not link the\n"
-          "backends): exit 0 and `ok`, or one line saying why not and exit 2\n");
+          "backends): exit 0 and `ok`, or one line saying why not and exit 2\n",
+          contract);
 }
 
 /* `baton worker --probe BACKEND`: creates the backend on device 0 and
@@ -136,7 +136,7 @@ int bt_cmd_worker(int argc, char **argv) {
     code = BT_WEXIT_ORPHAN;
     goto out;
   }
-  code = bt_pipeline_run(cfg, getenv("BATON_SCHEDULE_CSV"), &env, ctl);
+  code = bt_pipeline_run(cfg, env.schedule_csv[0] ? env.schedule_csv : NULL, &env, ctl);
 out:
   bt_control_close(ctl);
   free(cfg);

@@ -66,73 +66,11 @@ int bt_control_guard(void) {
   return 0;
 }
 
-static int env_i64(const char *name, int64_t lo, int64_t hi, int64_t dflt, int required, int64_t *out) {
-  const char *s = getenv(name);
-  if (!s) {
-    if (required) {
-      bt_error("%s is not set (workers are started by `baton run`)", name);
-      return BT_EARG;
-    }
-    *out = dflt;
-    return 0;
-  }
-  if (bt_parse_i64(s, lo, hi, out) < 0) {
-    bt_error("%s: bad value '%s'", name, s);
-    return BT_EARG;
-  }
-  return 0;
-}
-
 int bt_control_env(bt_control_env_t *e) {
-  memset(e, 0, sizeof *e);
-  int64_t v;
-  int rc;
-  if ((rc = env_i64("BATON_CONTROL_FD", 0, 1 << 20, 0, 1, &v)) < 0) return rc;
-  e->fd = (int)v;
-  if ((rc = env_i64("BATON_SUPERVISOR_PID", 1, INT32_MAX, 0, 1, &v)) < 0) return rc;
-  e->supervisor_pid = (long)v;
-  if ((rc = env_i64("BATON_STAGES", 1, BT_MAX_STAGES, 0, 1, &v)) < 0) return rc;
-  e->nstages = (uint32_t)v;
-  if ((rc = env_i64("BATON_STAGE", 0, e->nstages - 1, 0, 1, &v)) < 0) return rc;
-  e->stage = (uint32_t)v;
-  if ((rc = env_i64("BATON_CHUNKS", 1, 1024, 1, 0, &v)) < 0) return rc;
-  e->chunks = (uint32_t)v;
-  if ((rc = env_i64("BATON_RESTART_COUNT", 0, INT32_MAX, 0, 0, &v)) < 0) return rc;
-  e->restart = (uint32_t)v;
-  if ((rc = env_i64("BATON_HEARTBEAT_MS", 1, 3600 * 1000, 1000, 0, &e->heartbeat_ms)) < 0) return rc;
-  if ((rc = env_i64("BATON_PEER_TIMEOUT_MS", 1, INT64_C(1) << 40, 120000, 0, &e->peer_timeout_ms)) < 0)
-    return rc;
-  const char *s = getenv("BATON_JOB_TOKEN");
-  if (s) snprintf(e->token, sizeof e->token, "%s", s);
-  s = getenv("BATON_LAYERS");
-  if (s) snprintf(e->layers, sizeof e->layers, "%s", s);
-  s = getenv("BATON_CKPT_DIR");
-  if (s && strlen(s) >= sizeof e->ckpt_dir) {
-    bt_error("BATON_CKPT_DIR: path too long");
-    return BT_EARG;
-  }
-  if (s) snprintf(e->ckpt_dir, sizeof e->ckpt_dir, "%s", s);
-  s = getenv("BATON_INJECT_FAULTS");
-  if (s && strlen(s) >= sizeof e->faults) {
-    bt_error("BATON_INJECT_FAULTS: too long");
-    return BT_EARG;
-  }
-  if (s) snprintf(e->faults, sizeof e->faults, "%s", s);
-  s = getenv("BATON_RESTORE_DIR");
-  if (s && strlen(s) >= sizeof e->restore_dir) {
-    bt_error("BATON_RESTORE_DIR: path too long");
-    return BT_EARG;
-  }
-  if (s) snprintf(e->restore_dir, sizeof e->restore_dir, "%s", s);
-  if ((rc = env_i64("BATON_CKPT_COMPRESS", 0, 9, 0, 0, &v)) < 0) return rc;
-  e->ckpt_compress = (int)v;
-  s = getenv("BATON_DATA_PLANE");
-  if (s && strcmp(s, "unix") && strcmp(s, "tcp")) {
-    bt_error("BATON_DATA_PLANE: expected unix or tcp, got '%s'", s);
-    return BT_EARG;
-  }
-  e->data_plane_tcp = s && !strcmp(s, "tcp");
-  return 0;
+  char err[512];
+  int rc = bt_worker_env_read(e, err, sizeof err);
+  if (rc < 0) bt_error("%s", err);
+  return rc;
 }
 
 /* Writes one whole frame; the lock keeps frames of the heartbeat thread and

@@ -22,31 +22,15 @@
 
 #include "common/exitcodes.h"
 #include "common/frame.h"
+#include "common/workerenv.h"
 
 /* Worker exit codes (BT_WEXIT_*): the contract with the supervisor lives in
  * common/exitcodes.h, which both sides include. */
 
-/* What the supervisor tells a worker through its environment. */
-typedef struct {
-  int fd;                 /* BATON_CONTROL_FD */
-  long supervisor_pid;    /* BATON_SUPERVISOR_PID */
-  uint32_t stage;         /* BATON_STAGE */
-  uint32_t nstages;       /* BATON_STAGES */
-  uint32_t chunks;        /* BATON_CHUNKS */
-  uint32_t restart;       /* BATON_RESTART_COUNT */
-  int64_t heartbeat_ms;   /* BATON_HEARTBEAT_MS (default 1000) */
-  int64_t peer_timeout_ms;/* BATON_PEER_TIMEOUT_MS (default 120000): transport deadline */
-  char token[65];         /* BATON_JOB_TOKEN (hex, may be empty) */
-  char layers[256];       /* BATON_LAYERS: "lo-hi,lo-hi" global layer range per chunk */
-  char ckpt_dir[4096];    /* BATON_CKPT_DIR: the checkpoint root ("" when none) */
-  char faults[1024];      /* BATON_INJECT_FAULTS: ';'-separated specs (incarnation 0 only) */
-  int ckpt_compress;      /* BATON_CKPT_COMPRESS: deflate level 0..9 of the shards */
-  char restore_dir[4096]; /* BATON_RESTORE_DIR: a committed step directory to restore
-                             START.restore_step from instead of CKPT_DIR/step-S ("": none) */
-  int data_plane_tcp;     /* BATON_DATA_PLANE: "unix" (default; every stage of a job
-                             runs on this host, and bench_transport measured abstract
-                             Unix sockets faster than loopback TCP) or "tcp" */
-} bt_control_env_t;
+/* The worker's environment: the table of common/workerenv.h, the one
+ * contract the supervisor, the worker, the tests' fake worker and
+ * `baton worker --help` share. */
+typedef bt_worker_env_t bt_control_env_t;
 
 /* First thing a worker does, before anything that can take time:
  * PR_SET_PDEATHSIG(SIGKILL), then checks that its parent is still

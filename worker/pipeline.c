@@ -11,6 +11,7 @@
 #include "checkpoint/ckpt.h"
 #include "common/clock.h"
 #include "common/crc.h"
+#include "common/deadlines.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/model.h"
@@ -19,6 +20,7 @@
 #include "schedules/plan.h"
 #include "worker/faults.h"
 #include "worker/stage.h"
+#include "worker/stage_ckpt.h"
 #include "worker/transport.h"
 #include "worker/transport_nccl.h"
 
@@ -29,9 +31,6 @@
 #define STOP_SETTLE_MS 1000
 /* The same for TRACE frames (an event is under 50 bytes on the wire). */
 #define TRACE_EVS_PER_FRAME 8192
-/* How long a snapshot may wait for the previous save, and the worker for
- * its last save before exiting: a save that takes longer is a broken disk. */
-#define CKPT_TIMEOUT_MS (10 * 60 * 1000)
 
 /* ---------- the run ---------- */
 
@@ -60,9 +59,7 @@ typedef struct {
   size_t ntwins;
   /* checkpoints: NULL writer when the job has no checkpoint directory */
   bt_ckpt_writer_t *writer;
-  bt_ckpt_tensor_t *desc;  /* every tensor of the stage, data NULL */
-  size_t ndesc;
-  char *model_text, *run_text;
+  bt_stage_ckpt_t sc;       /* the stage's tensors and texts (worker/stage_ckpt.h) */
   int64_t ckpt_handled;    /* the last CKPT_AT step acted on (saved or late) */
   char err[512];
 } pipe_t;
@@ -99,33 +96,42 @@ static int exit_code_of(int rc) {
  * activation from virtual stage k feeds k+1; a gradient from k feeds k-1. */
 static float *recv_buf(pipe_t *w, const bt_tag_t *t) {
   int k = t->kind == BT_MSG_ACTIVATION ? t->stage + 1 : t->stage - 1;
-  int c = k / w->p;
+  int c = bt_sched_chunk_of(&w->sched, k);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_in(w->st, c, t->mb) : bt_stage_grad_in(w->st, c, t->mb);
 }
 
 static float *send_buf(pipe_t *w, const bt_tag_t *t) {
-  int c = t->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, t->stage);
   return t->kind == BT_MSG_ACTIVATION ? bt_stage_act_out(w->st, c, t->mb) : bt_stage_grad_out(w->st, c, t->mb);
 }
 
-/* Consecutive virtual stages on this same worker (p = 1 with chunks) pass
- * the tensor in memory: the schedule derives no message for them. */
+/* Consecutive virtual stages on this same worker (p = 1 with chunks, the
+ * turn of a V placement on the last stage) pass the tensor in memory: the
+ * schedule derives no message for them, so the transport never sees it. */
 static int hand_off_locally(pipe_t *w, const bt_action_t *a) {
   size_t bytes = bt_stage_act_bytes(w->st);
+  const bt_schedule_t *s = &w->sched;
   int k = a->stage;
-  if (a->type == BT_ACT_F && k + 1 < w->nv && (k + 1) % w->p == w->me) {
-    float *src = bt_stage_act_out(w->st, k / w->p, a->mb), *dst = bt_stage_act_in(w->st, (k + 1) / w->p, a->mb);
+  if (bt_log_get_level() >= BT_LOG_DEBUG &&
+      ((a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) ||
+       ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me)))
+    bt_debug("%c%d of micro-batch %d: handed to virtual stage %d in memory",
+             a->type == BT_ACT_F ? 'F' : 'B', k, a->mb, a->type == BT_ACT_F ? k + 1 : k - 1);
+  if (a->type == BT_ACT_F && k + 1 < w->nv && bt_sched_worker_of(s, k + 1) == w->me) {
+    float *src = bt_stage_act_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_act_in(w->st, bt_sched_chunk_of(s, k + 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
-  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && (k - 1) % w->p == w->me) {
-    float *src = bt_stage_grad_out(w->st, k / w->p, a->mb), *dst = bt_stage_grad_in(w->st, (k - 1) / w->p, a->mb);
+  if ((a->type == BT_ACT_B || a->type == BT_ACT_I) && k > 0 && bt_sched_worker_of(s, k - 1) == w->me) {
+    float *src = bt_stage_grad_out(w->st, bt_sched_chunk_of(s, k), a->mb);
+    float *dst = bt_stage_grad_in(w->st, bt_sched_chunk_of(s, k - 1), a->mb);
     return w->be->ops->copy(w->be, dst, src, bytes);
   }
   return 0;
 }
 
 static int compute(pipe_t *w, const bt_action_t *a) {
-  int c = a->stage / w->p;
+  int c = bt_sched_chunk_of(&w->sched, a->stage);
   switch (a->type) {
   case BT_ACT_F: return bt_stage_forward(w->st, c, a->mb);
   case BT_ACT_B: return bt_stage_backward(w->st, c, a->mb);
@@ -212,6 +218,12 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
       void *buf = wire_buf(w, dev);
       /* the host twin of (chunk, mb) stays untouched until the step ends */
       rc = w->twins ? bt_tx_stage_out(w->be, buf, dev, bytes) : 0;
+      if (rc == 0 && bt_log_get_level() >= BT_LOG_DEBUG) {
+        char tag[96], an[32];
+        bt_tag_str(&cm.send[s].tag, tag, sizeof tag);
+        bt_debug("step %lld: %s sends %s to stage %d", (long long)step, bt_action_format(a, an, sizeof an), tag,
+                 cm.send[s].peer);
+      }
       if (rc == 0) rc = bt_tx_isend(w->tx, buf, bytes, cm.send[s].peer, cm.send[s].tag, NULL);
       if (rc < 0) {
         bt_errf(w->err, sizeof w->err, "step %lld: sending to stage %d: %s", (long long)step, cm.send[s].peer,
@@ -251,10 +263,9 @@ static int run_step(pipe_t *w, int64_t step, double *busy_s) {
 }
 
 static int send_hashes(pipe_t *w, int64_t step) {
-  size_t n = bt_stage_param_tensor_count(w->st), got = 0;
-  bt_hash_rec_t *recs = calloc(n ? n : 1, sizeof *recs);
-  if (!recs) return -ENOMEM;
-  int rc = bt_stage_hash_records(w->st, recs, n, &got);
+  bt_hash_rec_t *recs = NULL;
+  size_t got = 0;
+  int rc = bt_stage_ckpt_hash(w->st, &recs, &got);
   for (size_t off = 0; rc == 0 && off < got; off += HASH_RECS_PER_FRAME) {
     size_t k = got - off < HASH_RECS_PER_FRAME ? got - off : HASH_RECS_PER_FRAME;
     bt_msg_hashes_t h = {.stage = (uint32_t)w->me, .step = step, .n = (uint32_t)k, .recs = recs + off};
@@ -287,8 +298,8 @@ static int find_peers(pipe_t *w, int *peers, int *npeers) {
 static int pick_device(pipe_t *w) {
   char why[512] = "";
   int count = 0;
-  while (count < 1024 && bt_tx_nccl_available(count, count ? NULL : why, sizeof why) == 0) count++;
-  if (count == 0) {
+  /* The CUDA runtime alone: NCCL is loaded only if the job uses it. */
+  if (bt_backend_cuda_devices(&count, why, sizeof why) < 0 || count == 0) {
     bt_errf(w->err, sizeof w->err, "--backend cuda: %s", why[0] ? why : "no CUDA device");
     return BT_EBACKEND;
   }
@@ -315,9 +326,35 @@ static int gpu_identity(pipe_t *w) {
   } else {
     snprintf(w->gpu, sizeof w->gpu, "%s", name);
   }
-  if (w->me == 0 && (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0)
-    bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
-  return rc;
+  /* Stage 0 hosts NCCL's bootstrap. Where NCCL cannot load here, the id
+   * stays all zero, which tells every worker to use sockets. */
+  if (w->me == 0) {
+    char why[512] = "";
+    if (bt_tx_nccl_available(w->device, why, sizeof why) == 0 &&
+        (rc = bt_tx_nccl_unique_id(w->nccl_id)) < 0) {
+      bt_errf(w->err, sizeof w->err, "NCCL unique id: %s", bt_strerror(rc));
+      return rc;
+    }
+    if (why[0]) bt_warn("%s", why);
+  }
+  return 0;
+}
+
+/* BATON_NCCL_SETUP_MS: how long creating the NCCL communicators may take
+ * (default 120 s); the supervisor allows a stage in BT_PHASE_SETUP as
+ * long. */
+static int nccl_setup_ms(pipe_t *w, int64_t *ms) {
+  const char *e = getenv("BATON_NCCL_SETUP_MS");
+  *ms = 120000;
+  if (!e || !*e) return 0;
+  char *end;
+  long long v = strtoll(e, &end, 10);
+  if (*end || v <= 0) {
+    bt_errf(w->err, sizeof w->err, "BATON_NCCL_SETUP_MS=%s is not a positive number of milliseconds", e);
+    return BT_EARG;
+  }
+  *ms = v;
+  return 0;
 }
 
 static int setup(pipe_t *w, int *first, int *last) {
@@ -338,7 +375,7 @@ static int setup(pipe_t *w, int *first, int *last) {
   }
   bt_layer_range_t ranges[BT_SCHED_MAX_CHUNKS];
   for (int c = 0; c < w->v; c++) {
-    int k = c * w->p + w->me;
+    int k = bt_sched_stage_of(&w->sched, w->me, c);
     ranges[c].first = first[k];
     ranges[c].last = last[k];
     if (ranges[c].last >= bt_model_layer_count(&cfg->model) - 1) w->holds_head = 1;
@@ -377,13 +414,21 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
   for (int i = 0; i < w->p; i++) names[i] = start->gpus[i];
   char why[512] = "";
   int rc;
-  if (bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+  static const uint8_t no_id[BT_TX_NCCL_ID_BYTES];
+  int have_id = memcmp(start->nccl_id, no_id, sizeof no_id) != 0;
+  if (!have_id) snprintf(why, sizeof why, "stage 0 cannot load NCCL");
+  if (have_id && bt_tx_nccl_choose(names, w->p, why, sizeof why) == 1) {
+    int64_t setup_ms;
+    if ((rc = nccl_setup_ms(w, &setup_ms)) < 0) return rc;
     bt_tx_destroy(w->tx);
     w->tx = NULL;
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_SETUP);
     bt_tx_nccl_opts_t no = {.rank = w->me, .nranks = w->p, .device = w->device, .id = start->nccl_id,
-                            .peers = w->peers, .npeers = w->npeers, .init_ms = w->env->peer_timeout_ms};
+                            .peers = w->peers, .npeers = w->npeers, .init_ms = setup_ms,
+                            .stream = w->be->ops->stream ? w->be->ops->stream(w->be) : NULL};
     if ((rc = bt_tx_nccl_create(&no, &w->tx, why, sizeof why)) < 0)
       bt_errf(w->err, sizeof w->err, "NCCL transport: %s", why[0] ? why : bt_strerror(rc));
+    bt_control_progress(w->ctl, start->first_step - 1, 0, BT_PHASE_INIT);
     *use_sockets = 0;
     return rc;
   }
@@ -411,13 +456,6 @@ static int choose_transport(pipe_t *w, const bt_msg_start_t *start, int *use_soc
 
 /* ---------- checkpoints ---------- */
 
-static char *config_text(const bt_config_t *c, int part) {
-  size_t n = bt_config_to_text(c, part, NULL, 0);
-  char *s = malloc(n + 1);
-  if (s) bt_config_to_text(c, part, s, n + 1);
-  return s;
-}
-
 /* Runs on the writer's thread when a save ends: SHARD_DURABLE, or ERROR
  * for a failed save (not fatal: that step just never commits). The control
  * sends take the frame lock, so this may race the main thread's sends. */
@@ -439,7 +477,7 @@ static void ckpt_done(void *arg, const bt_ckpt_result_t *r) {
 
 static int fill_tensor(void *arg, size_t i, float *dst) {
   pipe_t *w = arg;
-  bt_faults_fill(&w->faults, i, w->ndesc);
+  bt_faults_fill(&w->faults, i, w->sc.n);
   return bt_stage_tensor_get(w->st, i, dst);
 }
 
@@ -447,60 +485,41 @@ static int fill_tensor(void *arg, size_t i, float *dst) {
  * restore) and makes the writer when there is a checkpoint directory. */
 static int ckpt_setup(pipe_t *w) {
   if (!w->env->ckpt_dir[0] && !w->env->restore_dir[0]) return 0;
-  w->ndesc = bt_stage_tensor_count(w->st);
-  w->desc = calloc(w->ndesc ? w->ndesc : 1, sizeof *w->desc);
-  w->model_text = config_text(w->cfg, BT_CONFIG_MODEL);
-  w->run_text = config_text(w->cfg, BT_CONFIG_RUN);
-  if (!w->desc || !w->model_text || !w->run_text) return -ENOMEM;
-  for (size_t i = 0; i < w->ndesc; i++) {
-    bt_stage_tensor_t t;
-    bt_ckpt_tensor_t *d = &w->desc[i];
-    int rc = bt_stage_tensor(w->st, i, &t);
-    if (rc) return rc;
-    d->layer = (uint32_t)t.layer;
-    d->index = (uint32_t)t.index;
-    snprintf(d->name, sizeof d->name, "%s", t.name);
-    /* bt_tensor_kind_t and bt_ckpt_kind_t number param, m, v alike. */
-    d->kind = t.kind;
-    d->ndim = t.ndim;
-    for (int k = 0; k < t.ndim; k++) d->dims[k] = (uint64_t)t.shape[k];
-  }
+  int rc = bt_stage_ckpt_init(&w->sc, w->st, w->cfg, (uint32_t)w->me, (uint32_t)w->p, (uint32_t)w->v);
+  if (rc < 0) return rc;
   /* byte shuffle helps deflate on float data; with no deflate it is moot */
   bt_ckpt_opts_t opts = {.deflate = w->env->ckpt_compress, .shuffle = w->env->ckpt_compress > 0};
   if (!w->env->ckpt_dir[0]) return 0;
-  int rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
+  rc = bt_ckpt_writer_create(&w->writer, w->env->ckpt_dir, &opts, ckpt_done, w);
   if (rc < 0) {
     bt_errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
   }
   /* Fault in the snapshot now, so the first save costs training a memcpy. */
-  if ((rc = bt_ckpt_writer_reserve(w->writer, w->desc, w->ndesc, CKPT_TIMEOUT_MS)) < 0)
+  if ((rc = bt_ckpt_writer_reserve(w->writer, w->sc.desc, w->sc.n, w->env->ckpt_timeout_ms)) < 0)
     bt_errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
   return rc;
 }
 
 /* Loads this stage's layers (any split: the checkpoint module reads them
  * from whichever shards hold them), the AdamW state and the step counter
- * from ROOT/step-S, or from BATON_RESTORE_DIR (`baton run --resume PATH`)
- * when set. The supervisor chose S after verifying it. */
+ * from the step directory BATON_RESTORE_DIR, the one restore source. The
+ * supervisor chose it on the job's lineage after verifying it; START's
+ * restore_step must be its step. */
 static int ckpt_restore(pipe_t *w, int64_t step) {
   char dir[4096];
   bt_ckpt_step_t cs;
   memset(&cs, 0, sizeof cs);
-  float *host = NULL;
-  bt_ckpt_tensor_t *want = NULL;
   bt_config_t *theirs = calloc(1, sizeof *theirs);
   int rc, opened = 0;
   if (!theirs) return -ENOMEM;
-  if (w->env->restore_dir[0]) {
-    snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
-  } else if (!w->env->ckpt_dir[0]) {
-    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_CKPT_DIR is not set", (long long)step);
+  if (!w->env->restore_dir[0]) {
+    bt_errf(w->err, sizeof w->err, "START names step %lld to restore but BATON_RESTORE_DIR is not set",
+            (long long)step);
     rc = BT_EARG;
     goto out;
-  } else if ((rc = bt_ckpt_step_path(w->env->ckpt_dir, step, 0, dir, sizeof dir)) < 0) {
-    goto out;
   }
+  snprintf(dir, sizeof dir, "%s", w->env->restore_dir);
   if ((rc = bt_ckpt_step_open(dir, BT_CKPT_CHECK_CHEAP, &cs, NULL, NULL)) < 0) {
     bt_errf(w->err, sizeof w->err, "no usable checkpoint %s: %s", dir, bt_strerror(rc));
     goto out;
@@ -514,8 +533,10 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  if (bt_config_model_diff(&theirs->model, &w->cfg->model, why, sizeof why)) {
-    bt_errf(w->err, sizeof w->err, "%s holds another model (checkpoint vs now: %s)", dir, why);
+  /* The rule `baton run` applied before spawning (common/config.c): the
+   * data by its content, whatever its path. */
+  if (bt_config_model_match(&theirs->model, &w->cfg->model, NULL, 0, why, sizeof why)) {
+    bt_errf(w->err, sizeof w->err, "%s holds another model: %s", dir, why);
     rc = BT_ECONFIG;
     goto out;
   }
@@ -525,32 +546,13 @@ static int ckpt_restore(pipe_t *w, int64_t step) {
     rc = BT_ECORRUPT;
     goto out;
   }
-  size_t total = 0;
-  for (size_t i = 0; i < w->ndesc; i++) total += bt_ckpt_numel(&w->desc[i]);
-  host = malloc((total ? total : 1) * sizeof *host);
-  want = malloc((w->ndesc ? w->ndesc : 1) * sizeof *want);
-  if (!host || !want) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  size_t off = 0;
-  for (size_t i = 0; i < w->ndesc; i++) {
-    want[i] = w->desc[i];
-    want[i].data = host + off;
-    off += bt_ckpt_numel(&w->desc[i]);
-  }
-  if ((rc = bt_ckpt_step_load(&cs, want, w->ndesc)) < 0) {
+  if ((rc = bt_stage_ckpt_load(&w->sc, w->st, &cs)) < 0) {
     bt_errf(w->err, sizeof w->err, "loading %s: %s", dir, bt_strerror(rc));
     goto out;
   }
-  for (size_t i = 0; i < w->ndesc && rc == 0; i++) rc = bt_stage_tensor_set(w->st, i, want[i].data);
-  if (rc < 0) goto out;
-  bt_stage_set_opt_step(w->st, step);
   bt_info("restored step %lld from %s", (long long)step, dir);
 out:
   if (opened) bt_ckpt_step_close(&cs);
-  free(want);
-  free(host);
   free(theirs);
   return rc;
 }
@@ -559,28 +561,15 @@ out:
  * Non-finite parameters are fatal (a restart would replay the same bits);
  * any other failure is reported with ERROR and training goes on. */
 static int ckpt_save(pipe_t *w, int64_t step) {
-  size_t bad = 0;
-  int rc = bt_stage_count_nonfinite(w->st, &bad);
-  if (rc < 0) return rc;
-  if (bad) {
-    bt_errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
-    return BT_ENONFINITE;
-  }
-  bt_ckpt_meta_t meta = {
-      .step = step,
-      .stage = (uint32_t)w->me,
-      .stages = (uint32_t)w->p,
-      .chunks = (uint32_t)w->v,
-      .layer_count = (uint32_t)bt_model_layer_count(&w->cfg->model),
-      .seed = (uint64_t)w->cfg->model.seed,
-      .adam_t = bt_stage_opt_step(w->st),
-      .model_config = w->model_text,
-      .run_settings = w->run_text,
-  };
   /* Phase CKPT: the supervisor counts a worker copying its snapshot (or
    * waiting for the previous save) as alive though no action moves. */
   bt_control_progress(w->ctl, step, (int64_t)w->nact, BT_PHASE_CKPT);
-  rc = bt_ckpt_save_async_fill(w->writer, &meta, w->desc, w->ndesc, fill_tensor, w, CKPT_TIMEOUT_MS);
+  size_t bad = 0;
+  int rc = bt_stage_ckpt_save(&w->sc, w->st, w->writer, step, fill_tensor, w, w->env->ckpt_timeout_ms, &bad);
+  if (rc == BT_ENONFINITE) {
+    bt_errf(w->err, sizeof w->err, "step %lld: %zu non-finite parameters; not saving", (long long)step, bad);
+    return rc;
+  }
   if (rc < 0) {
     char text[256];
     snprintf(text, sizeof text, "checkpoint of step %lld not started: %s", (long long)step, bt_strerror(rc));
@@ -617,9 +606,12 @@ static int ckpt_drain(pipe_t *w) {
   if (!w->writer) return 0;
   bt_control_progress(w->ctl, bt_stage_opt_step(w->st), (int64_t)w->nact, BT_PHASE_CKPT);
   bt_ckpt_result_t last;
-  int rc = bt_ckpt_writer_wait(w->writer, CKPT_TIMEOUT_MS, &last);
+  /* BATON_CKPT_TIMEOUT_MS (common/deadlines.c): shorter than the
+   * supervisor's allowance, so this line, not a kill, says what happened. */
+  int rc = bt_ckpt_writer_wait(w->writer, w->env->ckpt_timeout_ms, &last);
   if (rc == BT_ETIMEOUT) {
-    bt_errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %d s", CKPT_TIMEOUT_MS / 1000);
+    bt_errf(w->err, sizeof w->err, "the last checkpoint save did not finish in %.1f s",
+            (double)w->env->ckpt_timeout_ms / 1000.0);
     return rc;
   }
   return 0;
@@ -646,14 +638,19 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     goto done;
   }
   char why[256] = "";
-  /* A hang outlasts the supervisor's progress timeout by far (the peer
-   * timeout is twice it) but still ends. */
-  if ((rc = bt_faults_init(&w.faults, env->faults, w.me, 4 * env->peer_timeout_ms, why, sizeof why)) < 0) {
+  /* An injected hang outlasts the transport deadline but still ends. */
+  if ((rc = bt_faults_init(&w.faults, env->faults, w.me, bt_deadlines_fault_hang_ms(env->peer_timeout_ms), why,
+                           sizeof why)) < 0) {
     bt_errf(w.err, sizeof w.err, "BATON_INJECT_FAULTS: %s", why);
     goto done;
   }
   if ((rc = setup(&w, first, last)) < 0) goto done;
   if ((rc = ckpt_setup(&w)) < 0) goto done;
+  /* Set-up ends here: no step allocates (or, on CUDA, frees) memory. */
+  if ((rc = bt_stage_seal(w.st)) < 0) {
+    bt_errf(w.err, sizeof w.err, "sizing the backend's scratch memory: %s", bt_strerror(rc));
+    goto done;
+  }
   if ((rc = bt_control_send_ready_gpu(ctl, bt_tx_socket_address(w.tx), w.gpu, w.cuda && w.me == 0 ? w.nccl_id : NULL)) < 0)
     goto done;
   /* The supervisor's start-up timeout and our death signal bound this; the
@@ -662,24 +659,17 @@ int bt_pipeline_run(const bt_config_t *cfg, const char *csv_path, const bt_contr
     bt_errf(w.err, sizeof w.err, "no START from the supervisor: %s", bt_strerror(rc));
     goto done;
   }
+  /* The contract's bounds and relations (common/workerenv.h). */
+  if ((rc = bt_worker_start_check(start, env, w.err, sizeof w.err)) < 0) goto done;
   if (start->restore_step > 0) {
-    if (start->first_step != start->restore_step + 1) {
-      bt_errf(w.err, sizeof w.err, "START: first step %lld after restoring step %lld", (long long)start->first_step,
-           (long long)start->restore_step);
-      rc = BT_EARG;
-      goto done;
-    }
     bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_INIT);
     if ((rc = ckpt_restore(&w, start->restore_step)) < 0) goto done;
-  } else if (start->first_step != 1) {
-    bt_errf(w.err, sizeof w.err, "START: first step %lld without a step to restore", (long long)start->first_step);
-    rc = BT_EARG;
-    goto done;
   }
   int use_sockets = 1;
   if ((rc = choose_transport(&w, start, &use_sockets)) < 0) goto done;
   const char *addrs[BT_MAX_STAGES];
   for (int i = 0; i < w.p; i++) addrs[i] = start->addrs[i];
+  if (use_sockets) bt_control_progress(ctl, start->restore_step, 0, BT_PHASE_CONNECT);
   if (use_sockets && (rc = bt_tx_socket_connect(w.tx, addrs, peer_deadline(&w))) < 0) {
     bt_errf(w.err, sizeof w.err, "connecting to the peers: %s", bt_strerror(rc));
     goto done;
@@ -747,9 +737,7 @@ done:
   for (size_t i = 0; i < w.ntwins; i++) bt_tx_stage_free(w.be, w.twins[i].host);
   free(w.twins);
   free(w.peers);
-  free(w.desc);
-  free(w.model_text);
-  free(w.run_text);
+  bt_stage_ckpt_free(&w.sc);
   bt_stage_destroy(w.st);
   if (w.be) bt_backend_destroy(w.be);
   bt_sched_free(&w.sched);

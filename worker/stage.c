@@ -53,7 +53,12 @@ int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer
   /* The math mode is part of the model configuration (§8): a backend left
    * in another mode would give other bits. */
   if (be->ops->set_math && (rc = be->ops->set_math(be, m->math))) {
-    if (err && errlen) snprintf(err, errlen, "--math %s: %s", m->math, bt_strerror(rc));
+    const char *env = getenv("BATON_CUDA_MATH");
+    if (err && errlen && rc == BT_ECONFIG)
+      snprintf(err, errlen, "--math %s conflicts with BATON_CUDA_MATH=%s: give one of them",
+               m->math, env ? env : "");
+    else if (err && errlen)
+      snprintf(err, errlen, "--math %s: %s", m->math, bt_strerror(rc));
     goto fail;
   }
   st->chunks = calloc((size_t)nchunks, sizeof *st->chunks);
@@ -117,6 +122,12 @@ int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer
 fail:
   bt_stage_destroy(st);
   return rc;
+}
+
+int bt_stage_seal(bt_stage_t *st) {
+  bt_backend_t *be = st->be;
+  if (be->sealed) return 0;
+  return be->ops->seal ? be->ops->seal(be, bt_model_scratch_floats(&st->model)) : 0;
 }
 
 void bt_stage_destroy(bt_stage_t *st) {

@@ -54,6 +54,11 @@ typedef struct {
 int bt_stage_create(bt_backend_t *be, const bt_model_config_t *m, const bt_layer_range_t *chunks,
                     int nchunks, bt_stage_t **out, char *err, size_t errlen);
 void bt_stage_destroy(bt_stage_t *st);
+/* Ends set-up on the stage's backend (bt_backend_ops_t.seal): the scratch
+ * is sized for this model and nothing is allocated any more, so no step
+ * ever allocates or frees device memory. Call once every stage of the
+ * backend exists; 0 or a negative code. */
+int bt_stage_seal(bt_stage_t *st);
 
 int bt_stage_nchunks(const bt_stage_t *st);
 /* The stage's data source (entropies for reports); NULL when no chunk holds

@@ -157,7 +157,7 @@ typedef struct {
   const char *advertise_host;/* the host others dial; NULL: bind_host, or this host's name
                                 when bound to the wildcard address */
   int64_t handshake_ms;      /* an accepted connection must present its token within this
-                                time (0: 5000) */
+                                time (0: 2000) */
 } bt_tx_socket_opts_t;
 
 /* Listens on an ephemeral port (port 0), or on a kernel-named abstract Unix

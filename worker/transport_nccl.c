@@ -2,8 +2,10 @@
  * the channel design, what is checked and what was tested).
  *
  * Everything that touches NCCL or CUDA goes through the table of
- * kernels/cuda/nccl_dev.h, found in libbaton_cuda.so at run time; this
+ * kernels/cuda/nccl_dev.h, found in libbaton_nccl.so at run time; this
  * file holds the channels, the tag checks, the requests and the deadlines.
+ * The staging helpers for the socket fallback and the GPU's name need only
+ * the CUDA runtime: they use libbaton_cuda.so, never NCCL.
  */
 #include "worker/transport_nccl.h"
 
@@ -69,6 +71,8 @@ typedef struct {
   int broken; /* the code every request fails with once the transport broke */
   int64_t closed_step; /* INT64_MIN until the first end_step */
   int64_t enqueue_ms;
+  void *stream; /* the compute stream transfers are ordered with (NULL: none) */
+  int splits;   /* communicator splits made at creation */
   bt_tx_stats_t st;
 } nccl_tx_t;
 
@@ -86,7 +90,7 @@ static const bt_nccl_dev_t *dev_table(char *why, size_t why_len) {
   bt_nccl_dev_get_fn get;
   memcpy(&get, &sym, sizeof get);
   const bt_nccl_dev_t *d = get(BT_NCCL_DEV_VERSION);
-  if (!d) snprintf(why, why_len, "NCCL transport: libbaton_cuda.so is of another version");
+  if (!d) snprintf(why, why_len, "NCCL transport: libbaton_nccl.so is of another version");
   return d;
 }
 
@@ -124,13 +128,19 @@ void bt_tx_nccl_versions(char *out, size_t cap) {
 
 /* ---- breaking ---- */
 
-/* Aborts every communicator: every NCCL kernel of this transport stops and
- * every request fails with `code` from now on. Aborting also fails the
- * peers' operations on these communicators, so the neighbours stop too
- * instead of waiting for their own deadlines. */
+/* Stops every communicator: every NCCL kernel of this transport ends and
+ * every request fails with `code` from now on. Every communicator is
+ * revoked before any is aborted: ncclCommAbort frees memory, which
+ * synchronises the device, which would wait for the kernels of the
+ * communicators not yet stopped — spinning for peers that never come.
+ * Aborting does NOT tell the peer processes (NCCL promises nothing of the
+ * kind): a neighbour's operations fail at its own deadline, or when the
+ * supervisor, told of our failure, stops it. */
 static void break_all(nccl_tx_t *t, int code) {
   if (t->broken) return;
   t->broken = code;
+  for (int i = 0; i < t->nchans; i++) t->dev->comm_revoke(t->chans[i].comm);
+  if (t->world) t->dev->comm_revoke(t->world);
   for (int i = 0; i < t->nchans; i++) t->dev->comm_abort(t->chans[i].comm);
   t->dev->comm_abort(t->world);
 }
@@ -226,7 +236,7 @@ static int loopback_pair(nccl_tx_t *t, chan_t *ch) {
     hdr_t h;
     hdr_of(&h, &s->tag, s->bytes);
     bt_nccl_op_t *op = NULL;
-    int rc = t->dev->post(ch->comm, &h, s->sbuf, rv->rbuf, s->bytes, ch->comm_peer,
+    int rc = t->dev->post(ch->comm, &h, s->sbuf, rv->rbuf, s->bytes, ch->comm_peer, t->stream,
                           bt_deadline_ms(t->enqueue_ms), &op);
     if (rc < 0) return rc;
     /* One op completes both: the receive owns it, the send follows it. */
@@ -268,6 +278,13 @@ static int progress(nccl_tx_t *t, bt_tx_req_t *r) {
       /* Nothing more on this transport can be trusted. */
       break_all(t, BT_ETAG);
       finish(t, r, BT_ETAG);
+      return 1;
+    }
+    /* The kernels that read the buffer are queued after this on the
+     * compute stream: order them after the transfer on the device. */
+    if ((rc = t->dev->op_join(r->op, t->stream)) < 0) {
+      break_all(t, BT_ECUDA);
+      finish(t, r, t->broken);
       return 1;
     }
   }
@@ -338,7 +355,7 @@ static int post(nccl_tx_t *t, int dir, const void *sbuf, void *rbuf, size_t byte
     hdr_t h;
     hdr_of(&h, &tag, bytes);
     rc = t->dev->post(ch->comm, dir == DIR_SEND ? &h : NULL, sbuf, rbuf, bytes, ch->comm_peer,
-                      bt_deadline_ms(t->enqueue_ms), &r->op);
+                      t->stream, bt_deadline_ms(t->enqueue_ms), &r->op);
     if (rc < 0) {
       free(r);
       break_all(t, rc == BT_ETIMEOUT ? BT_ETIMEOUT : BT_ENCCL);
@@ -502,6 +519,16 @@ static const bt_tx_ops_t nccl_ops = {
 
 /* ---- creation ---- */
 
+/* The ring's edges e_i = (i, i+1 mod p) and their colouring into rounds
+ * in which no rank is on two edges (so one split makes the channels of a
+ * whole round): even edges, odd edges, and for odd p > 2 the edge that
+ * closes the ring alone. */
+int bt_tx_nccl_ring_edges(int p) { return p > 2 ? p : p == 2 ? 1 : 0; }
+
+int bt_tx_nccl_ring_rounds(int p) { return p > 2 ? (p % 2 ? 3 : 2) : p == 2 ? 1 : 0; }
+
+int bt_tx_nccl_edge_round(int i, int p) { return (p > 2 && p % 2 && i == p - 1) ? 2 : i % 2; }
+
 static int lists(const bt_tx_nccl_opts_t *o, int peer) {
   for (int i = 0; i < o->npeers; i++)
     if (o->peers[i] == peer) return 1;
@@ -520,7 +547,7 @@ static int warm_up(nccl_tx_t *t, chan_t *ch, uint64_t deadline) {
   static uint8_t none;
   bt_nccl_op_t *op = NULL;
   int rc = t->dev->post(ch->comm, sends ? &h : NULL, NULL, recvs ? (void *)&none : NULL, 0,
-                        ch->comm_peer, deadline, &op);
+                        ch->comm_peer, t->stream, deadline, &op);
   if (rc < 0) return rc;
   long ns = 1000;
   while ((rc = t->dev->op_test(ch->comm, op)) == 0) {
@@ -542,23 +569,25 @@ static int warm_up(nccl_tx_t *t, chan_t *ch, uint64_t deadline) {
   return rc < 0 ? rc : 0;
 }
 
-/* Splits one channel off the world: every rank calls it, the two ends
- * with a colour. */
-static int add_chan(nccl_tx_t *t, const bt_tx_nccl_opts_t *o, int a, int b, int kind,
+/* One split of the world that every rank calls: the ends of ring edge
+ * `edge` (sender a, receiver b; edge < 0: this rank is on no edge of the
+ * round) take the edge's index as colour and get their channel, every
+ * other rank takes no colour. */
+static int add_chan(nccl_tx_t *t, const bt_tx_nccl_opts_t *o, int edge, int a, int b, int kind,
                     uint64_t deadline, char *why, size_t why_len) {
   int me = o->rank;
-  int loop = a == b;
-  int member = loop ? (a == me && lists(o, me)) : ((me == a && lists(o, b)) || (me == b && lists(o, a)));
+  int member = edge >= 0 && ((me == a && lists(o, b)) || (me == b && lists(o, a)));
   bt_nccl_comm_t *c = NULL;
-  int rc = t->dev->comm_split(t->world, member ? 0 : -1, me, deadline, &c);
+  t->splits++;
+  int rc = t->dev->comm_split(t->world, member ? edge : -1, me, deadline, &c);
   if (rc < 0) {
-    snprintf(why, why_len, "NCCL transport: ncclCommSplit for ranks %d and %d: %s", a, b,
+    snprintf(why, why_len, "NCCL transport: ncclCommSplit %d (ring edge %d): %s", t->splits, edge,
              bt_strerror(rc));
     return rc;
   }
   if (!member) return 0;
   int size = 0, crank = 0;
-  if ((rc = t->dev->comm_size(c, &size, &crank)) < 0 || size != (loop ? 1 : 2)) {
+  if ((rc = t->dev->comm_size(c, &size, &crank)) < 0 || size != 2) {
     t->dev->comm_destroy(c, deadline);
     if (rc < 0) {
       snprintf(why, why_len, "NCCL transport: channel with rank %d: %s", me == a ? b : a,
@@ -572,10 +601,10 @@ static int add_chan(nccl_tx_t *t, const bt_tx_nccl_opts_t *o, int a, int b, int 
   chan_t *ch = &t->chans[t->nchans++];
   ch->peer = me == a ? b : a;
   ch->kind = kind;
-  ch->loopback = loop;
+  ch->loopback = 0;
   ch->dir = me == a ? DIR_SEND : DIR_RECV;
   ch->comm = c;
-  ch->comm_peer = loop ? 0 : 1 - crank;
+  ch->comm_peer = 1 - crank;
   rc = warm_up(t, ch, deadline);
   if (rc < 0)
     snprintf(why, why_len, "NCCL transport: connecting to rank %d: %s", ch->peer,
@@ -597,12 +626,18 @@ int bt_tx_nccl_create_with(const bt_nccl_dev_t *d, const bt_tx_nccl_opts_t *o, b
     snprintf(why, why_len, "NCCL transport: bad options");
     return BT_EARG;
   }
-  for (int i = 0; i < o->npeers; i++)
-    if (o->peers[i] < 0 || o->peers[i] >= o->nranks) {
-      snprintf(why, why_len, "NCCL transport: peer %d is not a rank of %d", o->peers[i],
-               o->nranks);
+  for (int i = 0; i < o->npeers; i++) {
+    int q = o->peers[i], n = o->nranks;
+    if (q < 0 || q >= n) {
+      snprintf(why, why_len, "NCCL transport: peer %d is not a rank of %d", q, n);
       return BT_EARG;
     }
+    if (q != o->rank && q != (o->rank + 1) % n && q != (o->rank + n - 1) % n) {
+      snprintf(why, why_len, "NCCL transport: peer %d is not a ring neighbour of rank %d "
+               "(channels exist between ring neighbours only)", q, o->rank);
+      return BT_EARG;
+    }
+  }
   *out = NULL;
   if (!d && !(d = dev_table(why, why_len))) return BT_EBACKEND;
   int device = bt_cuda_resolve_device(o->device);
@@ -629,6 +664,8 @@ int bt_tx_nccl_create_with(const bt_nccl_dev_t *d, const bt_tx_nccl_opts_t *o, b
   t->chans = chans;
   t->closed_step = INT64_MIN;
   t->enqueue_ms = o->enqueue_ms > 0 ? o->enqueue_ms : 60000;
+  t->stream = o->stream;
+  uint64_t t0 = bt_clock_ns();
   uint64_t deadline = bt_deadline_ms(o->init_ms > 0 ? o->init_ms : 120000);
 
   rc = d->comm_init(device, o->nranks, o->id, o->rank, deadline, &t->world);
@@ -638,18 +675,26 @@ int bt_tx_nccl_create_with(const bt_nccl_dev_t *d, const bt_tx_nccl_opts_t *o, b
     goto fail;
   }
   /* The fixed order every rank follows (a Megatron deadlock came from pair
-   * communicators created lazily in different orders). */
-  for (int a = 0; a < o->nranks; a++)
-    for (int b = a + 1; b < o->nranks; b++)
-      for (int kind = BT_MSG_ACTIVATION; kind <= BT_MSG_GRADIENT; kind++)
-        for (int dir = 0; dir < 2; dir++) {
-          int from = dir ? b : a, to = dir ? a : b;
-          if ((rc = add_chan(t, o, from, to, kind, deadline, why, why_len)) < 0) goto fail;
-        }
+   * communicators created lazily in different orders): for each round of
+   * the ring's edge colouring, each kind, each direction, one split that
+   * makes the channels of every edge of that round at once. */
+  int p = o->nranks, nedges = bt_tx_nccl_ring_edges(p), rounds = bt_tx_nccl_ring_rounds(p);
+  for (int round = 0; round < rounds; round++)
+    for (int kind = BT_MSG_ACTIVATION; kind <= BT_MSG_GRADIENT; kind++)
+      for (int dir = 0; dir < 2; dir++) {
+        int edge = -1;
+        for (int i = 0; i < nedges && edge < 0; i++)
+          if (bt_tx_nccl_edge_round(i, p) == round && (i == o->rank || (i + 1) % p == o->rank))
+            edge = i;
+        int a = edge < 0 ? -1 : edge, b = edge < 0 ? -1 : (edge + 1) % p;
+        int from = dir ? b : a, to = dir ? a : b;
+        if ((rc = add_chan(t, o, edge, from, to, kind, deadline, why, why_len)) < 0) goto fail;
+      }
   /* Loopback channels: one split per kind, each rank its own colour. */
   for (int kind = BT_MSG_ACTIVATION; kind <= BT_MSG_GRADIENT; kind++) {
     bt_nccl_comm_t *c = NULL;
     int member = lists(o, o->rank);
+    t->splits++;
     rc = d->comm_split(t->world, member ? o->rank : -1, 0, deadline, &c);
     if (rc < 0) {
       snprintf(why, why_len, "NCCL transport: loopback channel: %s", bt_strerror(rc));
@@ -667,6 +712,8 @@ int bt_tx_nccl_create_with(const bt_nccl_dev_t *d, const bt_tx_nccl_opts_t *o, b
       goto fail;
     }
   }
+  bt_info("NCCL transport: rank %d of %d, %d channels from %d communicator splits, set up "
+          "in %.2f s", o->rank, p, t->nchans, t->splits, (double)(bt_clock_ns() - t0) * 1e-9);
   *out = &t->base;
   return 0;
 fail:
@@ -684,6 +731,11 @@ int bt_tx_nccl_choose(const char *const *gpu_of_rank, int nranks, char *why, siz
   for (int a = 0; a < nranks; a++)
     for (int b = a + 1; b < nranks; b++)
       if (gpu_of_rank[a] && gpu_of_rank[b] && !strcmp(gpu_of_rank[a], gpu_of_rank[b])) {
+        /* BATON_NCCL_SHARED_GPU=1 tries NCCL anyway, for an NCCL that lets
+         * two ranks share a device (scripts/gpu-check.sh tests whether the
+         * node's does; NCCL 2.28 says "Duplicate GPU detected"). */
+        const char *force = getenv("BATON_NCCL_SHARED_GPU");
+        if (force && !strcmp(force, "1")) continue;
         snprintf(why, why_len, "ranks %d and %d share GPU %s (NCCL refuses two ranks on one "
                  "device)", a, b, gpu_of_rank[a]);
         return 0;
@@ -691,14 +743,23 @@ int bt_tx_nccl_choose(const char *const *gpu_of_rank, int nranks, char *why, siz
   return 1;
 }
 
-int bt_tx_nccl_gpu_name(int device, char *out, size_t cap) {
+/* A function of libbaton_cuda.so (the CUDA runtime only, never NCCL). */
+static void *cuda_fn(const char *name) {
   char why[512];
-  const bt_nccl_dev_t *d = dev_table(why, sizeof why);
-  if (!d) return BT_EBACKEND;
+  void *sym = bt_cuda_lib_symbol(name, why, sizeof why);
+  if (!sym) bt_error("%s", why);
+  return sym;
+}
+
+int bt_tx_nccl_gpu_name(int device, char *out, size_t cap) {
+  void *sym = cuda_fn("bt_cuda_device_bus_id");
+  if (!sym) return BT_EBACKEND;
+  int (*bus_id)(int, char *, size_t);
+  memcpy(&bus_id, &sym, sizeof bus_id);
   char host[256], bus[64];
   if (gethostname(host, sizeof host) != 0) return -errno;
   host[sizeof host - 1] = '\0';
-  int rc = d->device_bus_id(bt_cuda_resolve_device(device), bus, sizeof bus);
+  int rc = bus_id(bt_cuda_resolve_device(device), bus, sizeof bus);
   if (rc < 0) return rc;
   int n = snprintf(out, cap, "%s/%s", host, bus);
   return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
@@ -713,13 +774,11 @@ int bt_tx_stage_alloc(bt_backend_t *be, size_t bytes, void **host) {
     *host = malloc(bytes ? bytes : 1);
     return *host ? 0 : -ENOMEM;
   }
-  char why[512];
-  const bt_nccl_dev_t *d = dev_table(why, sizeof why);
-  if (!d) {
-    bt_error("%s", why);
-    return BT_EBACKEND;
-  }
-  return d->host_alloc(host, bytes);
+  void *sym = cuda_fn("bt_cuda_host_alloc");
+  if (!sym) return BT_EBACKEND;
+  int (*host_alloc)(void **, size_t);
+  memcpy(&host_alloc, &sym, sizeof host_alloc);
+  return host_alloc(host, bytes);
 }
 
 void bt_tx_stage_free(bt_backend_t *be, void *host) {
@@ -728,10 +787,12 @@ void bt_tx_stage_free(bt_backend_t *be, void *host) {
     free(host);
     return;
   }
-  char why[512];
-  const bt_nccl_dev_t *d = dev_table(why, sizeof why);
   /* The library was loaded to allocate, so it is there to free. */
-  if (d) d->host_free(host);
+  void *sym = cuda_fn("bt_cuda_host_free");
+  if (!sym) return;
+  void (*host_free)(void *);
+  memcpy(&host_free, &sym, sizeof host_free);
+  host_free(host);
 }
 
 int bt_tx_stage_out(bt_backend_t *be, void *host, const void *dev, size_t bytes) {

@@ -3,9 +3,19 @@
  *
  * What it is for: moving activations and gradients between the GPUs of a
  * pipeline without staging them through host memory. Buffers are device
- * pointers from the CUDA backend. All NCCL and CUDA calls go through
- * libbaton_cuda.so (kernels/cuda/nccl_dev.h), which `baton` loads on
- * demand, so this file builds and links where there is no CUDA at all.
+ * pointers from the CUDA backend. All NCCL calls go through
+ * libbaton_nccl.so (kernels/cuda/nccl_dev.h), which `baton` loads only
+ * when a run uses NCCL, so this file builds and links where there is no
+ * CUDA at all, and the CUDA backend runs where NCCL cannot load.
+ *
+ * Ordering with the compute stream (opts.stream, the backend's
+ * ops->stream()). A send reads a buffer that kernels queued just before
+ * it are still writing, and a receive posted at the start of a step may
+ * overwrite a buffer that the previous step's kernels still read. So every
+ * post records an event on the compute stream and makes the channel's
+ * stream wait for it, and every completed receive makes the compute stream
+ * wait for the channel's completion event: producer before transfer before
+ * consumer, on the device, with no host-wide sync on the hot path.
  *
  * Channels. NCCL has no tags, and operations on one communicator run in
  * the order they were issued. So every (sender, receiver, kind) — the
@@ -30,19 +40,38 @@
  * Waiting. Every wait polls cudaEventQuery and ncclCommGetAsyncError
  * against its deadline (1 us doubling to 200 us between polls). On a
  * deadline or any NCCL or CUDA error every communicator of the transport is
- * aborted (ncclCommAbort) and every request fails: BT_ETIMEOUT or BT_ENCCL
+ * revoked (ncclCommRevoke, where the NCCL has it), then every one aborted
+ * (ncclCommAbort), and every request fails: BT_ETIMEOUT or BT_ENCCL
  * (BT_ECUDA), which the worker reports as "retryable". After that the
  * transport is broken; destroy it. Unlike the socket transport, a request
- * that timed out is not "still pending": its communicator is gone.
+ * that timed out is not "still pending": its communicator is gone. NCCL
+ * does not tell the peer of an abort: the peer's operations end at its
+ * own deadline (or when the supervisor stops it).
  *
  * Creation is collective over all ranks: the world communicator
- * (ncclCommInitRankConfig, non-blocking, polled), then for every pair of
- * ranks a < b in increasing order and for kind activation then gradient,
- * direction a->b then b->a, one ncclCommSplit that every rank calls (colour
- * only for the two ends that list each other as peers), each followed by
- * a one-header exchange on the new channel, so NCCL's lazy connection
- * set-up happens there, in the same order on every rank, and never during
- * training. p·(p−1)·2 splits: fine for pipeline sizes (p = 8: 112).
+ * (ncclCommInitRankConfig, non-blocking, polled), then the channels of the
+ * ring's edges e_i = (i, i+1 mod p) — pipeline peers are ring neighbours
+ * (a peer that is not is BT_EARG). The edges are coloured into rounds in
+ * which no rank is on two edges: even edges, odd edges, and for odd p > 2
+ * the edge that closes the ring alone. For each round, each kind
+ * (activation, gradient) and each direction (i -> i+1, then back) every
+ * rank calls ncclCommSplit once, the two ends of that round's edge with
+ * the edge's index as colour, so one split makes one channel per edge of
+ * the round. Each split is followed by a one-header exchange on the new
+ * channels, so NCCL's lazy connection set-up happens there and never in
+ * training. Splits: 4 per round plus 2 loopback ones — 10 for any even
+ * p > 2, 14 for odd p > 2 (it was 2p(p−1)+2: 114 at p = 8).
+ *
+ * Why the order is the same on every rank: the sequence of splits depends
+ * on p alone, so the k-th split call of every rank is the same split (as
+ * NCCL requires of a collective); within a round the edges are disjoint,
+ * so a warm-up exchange waits only for the other end of its own edge,
+ * which runs the same split at the same position; and within a channel
+ * (one sender, one receiver, one kind) messages are enqueued in send order
+ * on one side and post order on the other, which
+ * bt_sched_check_channel_order() proves equal. The deadline for all of it
+ * is opts.init_ms: the worker passes BATON_NCCL_SETUP_MS (default 120 s),
+ * reports the phase as BT_PHASE_SETUP, and logs the time taken.
  *
  * Concurrency (NCCL's guide warns that communicators used concurrently on
  * one device can deadlock when their kernels are launched in different
@@ -81,9 +110,16 @@ typedef struct {
   int npeers;
   int64_t init_ms;         /* deadline for creating every communicator (0: 120000) */
   int64_t enqueue_ms;      /* deadline for NCCL to accept one send or receive (0: 60000) */
+  void *stream;            /* the compute stream (be->ops->stream(be)); NULL: none */
 } bt_tx_nccl_opts_t;
 
-/* Whether NCCL can be used here: libbaton_cuda.so loads, a driver and the
+/* The ring's edge colouring (see Creation above): edges of p ranks, rounds,
+ * and the round of edge i. */
+int bt_tx_nccl_ring_edges(int p);
+int bt_tx_nccl_ring_rounds(int p);
+int bt_tx_nccl_edge_round(int i, int p);
+
+/* Whether NCCL can be used here: libbaton_nccl.so (and NCCL) loads, a driver and the
  * device exist. 0, or BT_EBACKEND with one line in why naming what is
  * missing ("NCCL transport: no CUDA driver ..."). */
 int bt_tx_nccl_available(int device, char *why, size_t why_len);
@@ -100,7 +136,7 @@ int bt_tx_nccl_unique_id(uint8_t out[BT_TX_NCCL_ID_BYTES]);
 int bt_tx_nccl_create(const bt_tx_nccl_opts_t *opts, bt_tx_t **out, char *why, size_t why_len);
 
 /* The same over a device table of the caller's (dev NULL: the one in
- * libbaton_cuda.so): tests run the transport's logic — channels, creation
+ * libbaton_nccl.so): tests run the transport's logic — channels, creation
  * order, tag checks, deadlines, aborts — over a CPU imitation of NCCL. */
 int bt_tx_nccl_create_with(const bt_nccl_dev_t *dev, const bt_tx_nccl_opts_t *opts, bt_tx_t **out,
                            char *why, size_t why_len);

@@ -73,9 +73,16 @@ enum { HS_HDR = 16, ACK_LEN = 8, MSG_HDR = 32 };
 /* No tensor of this model comes near it; a larger length is a corrupt
  * stream, and refusing it keeps a bad header from allocating the heap away. */
 #define MAX_MESSAGE (1ull << 34)
-/* Accepted connections still in their handshake; more are refused at once,
- * so a flood of silent connections cannot starve the real peers. */
-enum { MAX_PENDING = 16 };
+/* Accepted connections still in their handshake. When every slot is taken
+ * the oldest is dropped for the newcomer, and each slot has a short
+ * deadline: a flood of silent connections can delay a real peer by a retry,
+ * never lock it out (the dialer sends its handshake right after connecting,
+ * so it is usually read in the same call as the accept). */
+enum { MAX_PENDING = 32 };
+/* Why a connection was refused: each reason is logged once, then counted. */
+typedef enum {
+  R_ERRNO, R_CLOSED, R_NOT_BATON, R_VERSION, R_TOKEN, R_RANK, R_DUP, R_ACK, R_LATE, R_EVICTED, R_UID, R_NREASONS
+} refusal_t;
 /* Bytes read from one peer per wake-up before the others get their turn. */
 #define READ_BUDGET (16u << 20)
 /* The most one read or write moves in one system call. */
@@ -154,6 +161,7 @@ typedef struct {
   held_t *held;
   pending_t pend[MAX_PENDING];
   int npend;
+  uint64_t refusals[R_NREASONS]; /* by reason: the first of each is logged */
   int have_min_step;
   int64_t min_step; /* the open step after bt_tx_end_step() */
   uint64_t sends_pending;
@@ -561,12 +569,37 @@ static void tune_socket(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof user_timeout_ms);
 }
 
-static void refuse(sock_tx_t *t, int k, const char *why) {
-  pending_t *pc = &t->pend[k];
-  bt_warn("transport: refused a connection from %s: %s", pc->who, why);
-  close(pc->fd);
+/* Counts a refusal; only the first of its reason is logged (a flood of
+ * hundreds would otherwise drown the job's log), the rest at destroy. */
+static void note_refusal(sock_tx_t *t, refusal_t r, const char *who, const char *why) {
+  if (t->refusals[r]++ == 0)
+    bt_warn("transport: refused a connection from %s: %s (further refusals for this reason are counted)", who,
+            why);
   t->st.refused++;
+}
+
+static void refuse(sock_tx_t *t, int k, refusal_t r, const char *why) {
+  pending_t *pc = &t->pend[k];
+  note_refusal(t, r, pc->who, why);
+  epoll_ctl(t->epfd, EPOLL_CTL_DEL, pc->fd, NULL);
+  close(pc->fd);
   t->pend[k] = t->pend[--t->npend];
+}
+
+static int do_handshake(sock_tx_t *t, int k);
+
+/* On a Unix socket the kernel says who connected: only this user's
+ * processes (the job's workers run as its user) get to send a byte. */
+static int peer_uid_ok(int fd, char *why, size_t len) {
+  struct ucred cred;
+  socklen_t cl = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+    snprintf(why, len, "SO_PEERCRED: %s", strerror(errno));
+    return 0;
+  }
+  if (cred.uid == geteuid()) return 1;
+  snprintf(why, len, "pid %d of uid %u is not this job's user", (int)cred.pid, (unsigned)cred.uid);
+  return 0;
 }
 
 static void do_accept(sock_tx_t *t) {
@@ -592,12 +625,18 @@ static void do_accept(sock_tx_t *t) {
       port = ntohs(a->sin6_port);
     } else if (ss.ss_family == AF_UNIX) {
       snprintf(host, sizeof host, "local");
+      char why[96];
+      if (!peer_uid_ok(fd, why, sizeof why)) {
+        note_refusal(t, R_UID, "local", why);
+        close(fd);
+        continue;
+      }
     }
     if (t->npend == MAX_PENDING) {
-      bt_warn("transport: refused a connection from %s:%d: too many connections in handshake", host, port);
-      close(fd);
-      t->st.refused++;
-      continue;
+      int oldest = 0;
+      for (int k = 1; k < t->npend; k++)
+        if (t->pend[k].deadline < t->pend[oldest].deadline) oldest = k;
+      refuse(t, oldest, R_EVICTED, "every handshake slot taken: the oldest silent connection dropped");
     }
     pending_t *pc = &t->pend[t->npend++];
     memset(pc, 0, sizeof *pc);
@@ -605,7 +644,12 @@ static void do_accept(sock_tx_t *t) {
     pc->deadline = bt_deadline_ms(t->handshake_ms);
     snprintf(pc->who, sizeof pc->who, "%s:%d", host, port);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = ev_data(EV_PEND, fd)};
-    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) refuse(t, t->npend - 1, strerror(errno));
+    if (epoll_ctl(t->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      refuse(t, t->npend - 1, R_ERRNO, strerror(errno));
+      continue;
+    }
+    /* Whatever the dialer sent already is read now (non-blocking). */
+    do_handshake(t, t->npend - 1);
   }
 }
 
@@ -628,26 +672,26 @@ static int do_handshake(sock_tx_t *t, int k) {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      refuse(t, k, strerror(errno));
+      refuse(t, k, R_ERRNO, strerror(errno));
       return 1;
     }
     if (n == 0) {
-      refuse(t, k, "closed before presenting the job token");
+      refuse(t, k, R_CLOSED, "closed before presenting the job token");
       return 1;
     }
     pc->got += (size_t)n;
     if (pc->got >= 4 && ld32(pc->buf) != HS_MAGIC) {
-      refuse(t, k, "not a baton handshake");
+      refuse(t, k, R_NOT_BATON, "not a baton handshake");
       return 1;
     }
     if (pc->got >= HS_HDR && need == HS_HDR) {
       size_t tl = (size_t)(pc->buf[6] | pc->buf[7] << 8);
       if ((pc->buf[4] | pc->buf[5] << 8) != HS_VERSION) {
-        refuse(t, k, "unknown handshake version");
+        refuse(t, k, R_VERSION, "unknown handshake version");
         return 1;
       }
       if (tl != t->token_len) {
-        refuse(t, k, "wrong job token");
+        refuse(t, k, R_TOKEN, "wrong job token");
         return 1;
       }
       need += tl;
@@ -655,7 +699,7 @@ static int do_handshake(sock_tx_t *t, int k) {
   }
   uint32_t from = ld32(pc->buf + 8), to = ld32(pc->buf + 12);
   if (!token_eq(pc->buf + HS_HDR, t->token, t->token_len)) {
-    refuse(t, k, "wrong job token");
+    refuse(t, k, R_TOKEN, "wrong job token");
     return 1;
   }
   if (to != (uint32_t)t->base.rank || from >= (uint32_t)t->base.nranks ||
@@ -663,12 +707,12 @@ static int do_handshake(sock_tx_t *t, int k) {
     char why[96];
     snprintf(why, sizeof why, "rank %u dialed rank %u, not a peer that dials rank %d", from, to,
              t->base.rank);
-    refuse(t, k, why);
+    refuse(t, k, R_RANK, why);
     return 1;
   }
   peer_t *p = &t->peers[from];
   if (p->fd >= 0 || p->err) {
-    refuse(t, k, "that rank is already connected");
+    refuse(t, k, R_DUP, "that rank is already connected");
     return 1;
   }
   uint8_t ack[ACK_LEN];
@@ -680,7 +724,7 @@ static int do_handshake(sock_tx_t *t, int k) {
   do w = send(pc->fd, ack, sizeof ack, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (w < 0 && errno == EINTR);
   if (w != (ssize_t)sizeof ack) {
-    refuse(t, k, "could not acknowledge");
+    refuse(t, k, R_ACK, "could not acknowledge");
     return 1;
   }
   tune_socket(pc->fd);
@@ -771,7 +815,7 @@ static void *progress_main(void *arg) {
       if (t->pend[k].deadline <= now) {
         char why[64];
         snprintf(why, sizeof why, "no job token within %lld ms", (long long)t->handshake_ms);
-        refuse(t, k, why);
+        refuse(t, k, R_LATE, why);
       } else {
         k++;
       }
@@ -1008,6 +1052,19 @@ static void sock_destroy(bt_tx_t *tx) {
     close(p->fd);
   }
   for (int k = 0; k < t->npend; k++) close(t->pend[k].fd);
+  static const char *const names[R_NREASONS] = {
+      "socket errors", "closed early", "not baton", "wrong version", "wrong token", "wrong rank",
+      "duplicate rank", "no ack", "no token in time", "dropped for newer", "other users"};
+  char sum[512] = "";
+  size_t used = 0;
+  uint64_t total = 0;
+  for (int r = 0; r < R_NREASONS; r++) {
+    total += t->refusals[r];
+    if (t->refusals[r] && used < sizeof sum)
+      used += (size_t)snprintf(sum + used, sizeof sum - used, "%s%s %llu", used ? ", " : "", names[r],
+                               (unsigned long long)t->refusals[r]);
+  }
+  if (total > 1) bt_warn("transport: refused %llu connections in all (%s)", (unsigned long long)total, sum);
   if (t->listen_fd >= 0) close(t->listen_fd);
   if (t->wake_fd >= 0) close(t->wake_fd);
   if (t->epfd >= 0) close(t->epfd);
@@ -1118,7 +1175,7 @@ int bt_tx_socket_create(const bt_tx_socket_opts_t *o, bt_tx_t **out) {
   t->epfd = -1;
   memcpy(t->token, o->token, o->token_len);
   t->token_len = o->token_len;
-  t->handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 5000;
+  t->handshake_ms = o->handshake_ms > 0 ? o->handshake_ms : 2000;
   pthread_mutex_init(&t->mu, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/gelu.h"
 
@@ -44,29 +45,47 @@ typedef struct cpu_state {
   size_t scratch_floats;
 } cpu_state_t;
 
-/* A scratch buffer of at least n floats, grown on demand and kept. */
-static int scratch_get(bt_backend_t *be, size_t n, float **out) {
+/* Grows the scratch to n floats; refused once the backend is sealed. */
+static int scratch_grow(bt_backend_t *be, size_t n) {
   cpu_state_t *st = be->impl;
   if (st->scratch_floats < n) {
+    if (be->sealed) {
+      bt_error("CPU backend: an op needs %zu scratch floats, %zu were reserved at set-up", n,
+               st->scratch_floats);
+      return BT_EUNSUPPORTED;
+    }
     void *p = NULL;
     if (posix_memalign(&p, ALIGN, n * sizeof(float)) != 0) return -ENOMEM;
     free(st->scratch);
     st->scratch = p;
     st->scratch_floats = n;
+    be->allocs++;
   }
-  *out = st->scratch;
+  return 0;
+}
+
+/* A scratch buffer of at least n floats, grown before seal() and kept. */
+static int scratch_get(bt_backend_t *be, size_t n, float **out) {
+  int rc = scratch_grow(be, n);
+  if (rc < 0) return rc;
+  *out = ((cpu_state_t *)be->impl)->scratch;
   return 0;
 }
 
 /* ---- memory: host memory, 64-byte aligned so loops vectorise cleanly ---- */
 
 static int cpu_alloc(bt_backend_t *be, void **ptr, size_t bytes) {
+  if (be->sealed) {
+    bt_error("CPU backend: an allocation of %zu bytes after set-up", bytes);
+    return BT_EUNSUPPORTED;
+  }
   void *p = NULL;
   /* posix_memalign(0) may hand back NULL; callers expect a pointer. */
   size_t want = bytes ? bytes : 1;
   if (posix_memalign(&p, ALIGN, want) != 0) return -ENOMEM;
   memset(p, 0, want);
   *ptr = p;
+  be->allocs++;
   return 0;
 }
 
@@ -407,6 +426,14 @@ static int cpu_set_math(bt_backend_t *be, const char *mode) {
 
 static const char *cpu_math_mode(bt_backend_t *be) { return "fp32"; }
 
+static void *cpu_stream(bt_backend_t *be) { return NULL; }
+
+static int cpu_seal(bt_backend_t *be, size_t scratch_floats) {
+  int rc = scratch_grow(be, scratch_floats);
+  if (rc == 0) be->sealed = 1;
+  return rc;
+}
+
 static void cpu_destroy(bt_backend_t *be) {
   if (!be) return;
   cpu_state_t *st = be->impl;
@@ -443,6 +470,8 @@ static const bt_backend_ops_t cpu_ops = {
     .destroy = cpu_destroy,
     .set_math = cpu_set_math,
     .math_mode = cpu_math_mode,
+    .stream = cpu_stream,
+    .seal = cpu_seal,
 };
 
 int bt_backend_cpu_create(bt_backend_t **out) {

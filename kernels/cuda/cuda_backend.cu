@@ -19,8 +19,18 @@
  * micro-batches means the same thing on both backends.
  *
  * Waiting: to_host, to_device and sync poll the stream with a deadline
- * (BATON_CUDA_SYNC_TIMEOUT seconds, default 600) and return BT_ETIMEOUT
- * rather than block forever on a hung kernel.
+ * (BATON_CUDA_SYNC_TIMEOUT seconds, default 60) and return BT_ETIMEOUT
+ * rather than block forever on a hung kernel. A copy between the device
+ * and pageable host memory would block inside cudaMemcpyAsync, outside any
+ * deadline, so such copies go through a page-locked bounce buffer made at
+ * creation, one bounded wait per piece; page-locked destinations (the
+ * pipeline's staging twins) are copied directly.
+ *
+ * Memory after set-up: seal() sizes the scratch for the model and from
+ * then on nothing is allocated or freed until destroy. cudaMalloc and
+ * cudaFree synchronise the whole device, including NCCL kernels that wait
+ * for a peer which waits for us: a scratch that grew mid-step (256·D
+ * floats for the head, then 4·D² for a block) hung 1F1B on two GPUs.
  *
  * Not here: NCCL (worker/transport_nccl), which this library links for the
  * transport's later use; the choice between backends (kernels/backend.c).
@@ -43,6 +53,7 @@ extern "C" {
 }
 
 #define WORKSPACE_BYTES ((size_t)32 << 20)
+#define BOUNCE_BYTES ((size_t)4 << 20) /* page-locked staging for pageable host copies */
 #define THREADS 256
 #define ROWS_PER_BLOCK 4 /* warp-per-row kernels: 4 warps, 128 threads */
 #define MAX_BLOCKS 65535
@@ -82,6 +93,7 @@ typedef struct cuda_state {
   float *scratch;             /* parameter-gradient sums before the "+=" */
   size_t scratch_floats;
   unsigned long long *counter; /* count_nonfinite's result, on the device */
+  void *bounce;               /* BOUNCE_BYTES of page-locked host memory */
   int tf32;
   double sync_timeout_s;
 } cuda_state_t;
@@ -130,11 +142,16 @@ static unsigned grid_for(size_t n, unsigned threads) {
   return (unsigned)(b < MAX_BLOCKS ? b : MAX_BLOCKS);
 }
 
-/* A scratch buffer of at least n floats. Growing waits for the stream
- * first: queued kernels may still read the old buffer. */
-static int scratch_get(bt_backend_t *be, size_t n, float **out) {
+/* Grows the scratch to n floats: only before seal(). Growing waits for
+ * the stream first: queued kernels may still read the old buffer. */
+static int scratch_grow(bt_backend_t *be, size_t n) {
   cuda_state_t *st = state(be);
   if (st->scratch_floats < n) {
+    if (be->sealed) {
+      bt_error("CUDA backend: an op needs %zu scratch floats, %zu were reserved at set-up "
+               "(growing it now would cudaFree mid-step)", n, st->scratch_floats);
+      return BT_EUNSUPPORTED;
+    }
     int rc = stream_wait(st);
     if (rc < 0) return rc;
     CUDA_TRY(cudaFree(st->scratch));
@@ -142,8 +159,15 @@ static int scratch_get(bt_backend_t *be, size_t n, float **out) {
     st->scratch_floats = 0;
     CUDA_TRY(cudaMalloc((void **)&st->scratch, n * sizeof(float)));
     st->scratch_floats = n;
+    be->allocs++;
   }
-  *out = st->scratch;
+  return 0;
+}
+
+static int scratch_get(bt_backend_t *be, size_t n, float **out) {
+  int rc = scratch_grow(be, n);
+  if (rc < 0) return rc;
+  *out = state(be)->scratch;
   return 0;
 }
 
@@ -369,6 +393,11 @@ static __global__ void count_nonfinite_kernel(unsigned long long *count, const f
 /* ---- memory ---- */
 
 static int cu_alloc(bt_backend_t *be, void **ptr, size_t bytes) {
+  if (be->sealed) {
+    bt_error("CUDA backend: an allocation of %zu bytes after set-up (cudaMalloc mid-training)",
+             bytes);
+    return BT_EUNSUPPORTED;
+  }
   int rc = enter(be);
   if (rc < 0) return rc;
   void *p = NULL;
@@ -379,6 +408,7 @@ static int cu_alloc(bt_backend_t *be, void **ptr, size_t bytes) {
     return cuda_check(e, __FILE__, __LINE__, "cudaMemsetAsync");
   }
   *ptr = p;
+  be->allocs++;
   return 0;
 }
 
@@ -391,19 +421,57 @@ static void cu_free(bt_backend_t *be, void *ptr) {
   cuda_check(cudaFree(ptr), __FILE__, __LINE__, "cudaFree");
 }
 
+/* Whether host memory is page-locked (cudaMallocHost or registered): a
+ * copy to or from it is truly asynchronous. */
+static int page_locked(const void *p) {
+  cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return a.type == cudaMemoryTypeHost;
+}
+
 static int cu_to_host(bt_backend_t *be, void *host_dst, const void *src, size_t bytes) {
   int rc = enter(be);
   if (rc < 0 || !bytes) return rc;
-  CUDA_TRY(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, state(be)->stream));
-  return stream_wait(state(be));
+  cuda_state_t *st = state(be);
+  if (page_locked(host_dst)) {
+    CUDA_TRY(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, st->stream));
+    return stream_wait(st);
+  }
+  /* Pageable: piece by piece through the bounce buffer, each piece's wait
+   * bounded (a direct copy would block in the call, with no deadline). */
+  for (size_t off = 0; off < bytes; off += BOUNCE_BYTES) {
+    size_t n = bytes - off < BOUNCE_BYTES ? bytes - off : BOUNCE_BYTES;
+    CUDA_TRY(cudaMemcpyAsync(st->bounce, (const char *)src + off, n, cudaMemcpyDeviceToHost,
+                             st->stream));
+    if ((rc = stream_wait(st)) < 0) return rc;
+    memcpy((char *)host_dst + off, st->bounce, n);
+  }
+  return 0;
 }
 
 static int cu_to_device(bt_backend_t *be, void *dst, const void *host_src, size_t bytes) {
   int rc = enter(be);
   if (rc < 0 || !bytes) return rc;
-  CUDA_TRY(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, state(be)->stream));
-  /* The caller may reuse host_src as soon as this returns. */
-  return stream_wait(state(be));
+  cuda_state_t *st = state(be);
+  /* The caller may reuse host_src as soon as this returns: every path
+   * waits for its copies. */
+  if (page_locked(host_src)) {
+    CUDA_TRY(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, st->stream));
+    return stream_wait(st);
+  }
+  for (size_t off = 0; off < bytes; off += BOUNCE_BYTES) {
+    size_t n = bytes - off < BOUNCE_BYTES ? bytes - off : BOUNCE_BYTES;
+    /* The previous piece's copy has finished (waited below), so the
+     * bounce buffer is free to refill. */
+    memcpy(st->bounce, (const char *)host_src + off, n);
+    CUDA_TRY(cudaMemcpyAsync((char *)dst + off, st->bounce, n, cudaMemcpyHostToDevice,
+                             st->stream));
+    if ((rc = stream_wait(st)) < 0) return rc;
+  }
+  return 0;
 }
 
 static int cu_copy(bt_backend_t *be, void *dst, const void *src, size_t bytes) {
@@ -619,9 +687,13 @@ static int cu_count_nonfinite(bt_backend_t *be, const float *x, size_t n, size_t
     CUDA_TRY(cudaMemsetAsync(st->counter, 0, sizeof *st->counter, st->stream));
     count_nonfinite_kernel<<<grid_for(n, THREADS), THREADS, 0, st->stream>>>(st->counter, x, n);
     LAUNCH_TRY();
-    CUDA_TRY(cudaMemcpyAsync(&c, st->counter, sizeof c, cudaMemcpyDeviceToHost, st->stream));
+    /* Into the page-locked bounce buffer: a copy to the stack (pageable)
+     * would block outside the deadline. */
+    CUDA_TRY(cudaMemcpyAsync(st->bounce, st->counter, sizeof c, cudaMemcpyDeviceToHost,
+                             st->stream));
     rc = stream_wait(st);
     if (rc < 0) return rc;
+    memcpy(&c, st->bounce, sizeof c);
   }
   *count = (size_t)c;
   return 0;
@@ -643,12 +715,32 @@ static int apply_math(cuda_state_t *st, const char *mode) {
   return 0;
 }
 
+/* BATON_CUDA_MATH sets the mode at creation (for programs without a model
+ * configuration, such as the benchmarks); a different mode asked for
+ * afterwards (--math) is a conflict, BT_ECONFIG, never a silent override. */
 static int cu_set_math(bt_backend_t *be, const char *mode) {
+  const char *env = getenv("BATON_CUDA_MATH");
+  if (mode && env && *env && strcmp(env, mode) != 0) return BT_ECONFIG;
   int rc = enter(be);
   return rc < 0 ? rc : apply_math(state(be), mode);
 }
 
 static const char *cu_math_mode(bt_backend_t *be) { return state(be)->tf32 ? "tf32" : "fp32"; }
+
+/* ---- streams and set-up ---- */
+
+static void *cu_stream(bt_backend_t *be) { return (void *)state(be)->stream; }
+
+static int cu_seal(bt_backend_t *be, size_t scratch_floats) {
+  int rc = enter(be);
+  if (rc < 0) return rc;
+  if ((rc = scratch_grow(be, scratch_floats)) < 0) return rc;
+  /* Everything queued so far (zeroing, initial parameters) is done before
+   * the first step starts timing anything. */
+  if ((rc = stream_wait(state(be))) < 0) return rc;
+  be->sealed = 1;
+  return 0;
+}
 
 /* ---- life cycle ---- */
 
@@ -657,6 +749,7 @@ static const char *cu_math_mode(bt_backend_t *be) { return state(be)->tf32 ? "tf
 static void state_release(cuda_state_t *st) {
   if (st->stream && stream_wait(st) < 0) return;
   if (st->counter) cudaFree(st->counter);
+  if (st->bounce) cudaFreeHost(st->bounce);
   if (st->scratch) cudaFree(st->scratch);
   if (st->blas) cublasDestroy(st->blas);
   if (st->workspace) cudaFree(st->workspace);
@@ -707,6 +800,8 @@ static void cuda_ops_init(void) {
   o->destroy = cu_destroy;
   o->set_math = cu_set_math;
   o->math_mode = cu_math_mode;
+  o->stream = cu_stream;
+  o->seal = cu_seal;
 }
 
 /* Finds the device, or says in one line why there is none. */
@@ -735,18 +830,66 @@ static int pick_device(int device, char *why, size_t why_len) {
   }
   /* A kernel built for other architectures fails only at its first launch;
    * ask now, so the message can say how to rebuild. */
+  e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
+    /* Busy or prohibited compute mode, out of memory for the context, a
+     * driver fault: say which, not a guess. */
+    cudaGetLastError();
+    snprintf(why, why_len, "cannot use CUDA device %d: %s (%s)", device, cudaGetErrorString(e),
+             cudaGetErrorName(e));
+    return BT_EBACKEND;
+  }
   cudaFuncAttributes fa;
-  if (cudaSetDevice(device) != cudaSuccess ||
-      cudaFuncGetAttributes(&fa, (const void *)add_kernel) != cudaSuccess) {
+  e = cudaFuncGetAttributes(&fa, (const void *)add_kernel);
+  if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction ||
+      e == cudaErrorUnsupportedPtxVersion) {
     cudaDeviceProp p;
     int major = 0, minor = 0;
     if (cudaGetDeviceProperties(&p, device) == cudaSuccess) major = p.major, minor = p.minor;
     cudaGetLastError();
     snprintf(why, why_len,
-             "no kernel image for CUDA device %d (sm_%d%d); rebuild with -DBATON_CUDA_ARCHS=%d%d",
-             device, major, minor, major, minor);
+             "no kernel image for CUDA device %d (sm_%d%d): %s; rebuild with "
+             "-DBATON_CUDA_ARCHS=%d%d",
+             device, major, minor, cudaGetErrorString(e), major, minor);
     return BT_EBACKEND;
   }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    snprintf(why, why_len, "CUDA device %d: %s (%s)", device, cudaGetErrorString(e),
+             cudaGetErrorName(e));
+    return BT_EBACKEND;
+  }
+  return 0;
+}
+
+/* ---- helpers the worker needs without NCCL (kernels/backend.h) ---- */
+
+extern "C" __attribute__((visibility("default"))) int bt_cuda_device_count(int *count) {
+  *count = 0;
+  cudaError_t e = cudaGetDeviceCount(count);
+  if (e == cudaErrorNoDevice) return *count = 0, 0;
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    *count = 0;
+    return BT_EBACKEND;
+  }
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) int bt_cuda_host_alloc(void **ptr, size_t bytes) {
+  *ptr = NULL;
+  CUDA_TRY(cudaMallocHost(ptr, bytes ? bytes : 1));
+  return 0;
+}
+
+extern "C" __attribute__((visibility("default"))) void bt_cuda_host_free(void *ptr) {
+  if (ptr) cudaFreeHost(ptr);
+}
+
+extern "C" __attribute__((visibility("default"))) int bt_cuda_device_bus_id(int device, char *out,
+                                                                             size_t cap) {
+  if (cap > 0x7fffffff) cap = 0x7fffffff;
+  CUDA_TRY(cudaDeviceGetPCIBusId(out, (int)cap, device));
   return 0;
 }
 
@@ -771,7 +914,7 @@ extern "C" __attribute__((visibility("default"))) int bt_backend_cuda_create(int
     goto fail;
   }
   st->device = device;
-  st->sync_timeout_s = 600.0;
+  st->sync_timeout_s = 60.0;
   if (tmo && *tmo) {
     char *end;
     double s = strtod(tmo, &end);
@@ -807,6 +950,9 @@ extern "C" __attribute__((visibility("default"))) int bt_backend_cuda_create(int
   CREATE_TRY(cuda_check(cudaMalloc((void **)&st->counter, sizeof *st->counter), __FILE__,
                         __LINE__, "cudaMalloc(counter)"),
              "counter");
+  CREATE_TRY(cuda_check(cudaMallocHost(&st->bounce, BOUNCE_BYTES), __FILE__, __LINE__,
+                        "cudaMallocHost(bounce)"),
+             "page-locked bounce buffer");
 #undef CREATE_TRY
   rc = apply_math(st, math && *math ? math : "fp32");
   if (rc < 0) {

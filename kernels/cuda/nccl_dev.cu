@@ -11,9 +11,22 @@
  * until ncclSuccess, an error or the deadline; on an error or the deadline
  * the communicator is aborted, so no later call can hang in it.
  *
+ * Ordering with the compute stream: a post records an event on the
+ * caller's compute stream and makes the channel's stream wait for it, and
+ * op_join makes the compute stream wait for a receive's completion event,
+ * so kernels and transfers are ordered on the device, never by a host
+ * sync. Aborting: ncclCommRevoke (found with dlsym, NCCL 2.28 and later)
+ * first on every communicator, then ncclCommAbort (the transport does the
+ * order; see comm_revoke in nccl_dev.h).
+ *
+ * This file is its own library, libbaton_nccl.so, loaded only when a run
+ * uses NCCL: the compute backend (libbaton_cuda.so) works where NCCL is
+ * absent or cannot load.
+ *
  * Not here: tags, channel order, requests (worker/transport_nccl.c).
  */
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -46,6 +59,7 @@ struct bt_nccl_comm {
 
 struct bt_nccl_op {
   bt_nccl_comm_t *comm;
+  cudaEvent_t ready; /* on the compute stream: the buffer's producers are done */
   cudaEvent_t done;
   uint8_t *hhdr_recv; /* where the received header lands (pinned) */
 };
@@ -252,7 +266,7 @@ static int dev_comm_size(bt_nccl_comm_t *c, int *nranks, int *rank) {
 }
 
 static int dev_post(bt_nccl_comm_t *c, const void *send_hdr, const void *send_buf,
-                    void *recv_buf, size_t bytes, int peer, uint64_t deadline,
+                    void *recv_buf, size_t bytes, int peer, void *after, uint64_t deadline,
                     bt_nccl_op_t **out) {
   *out = NULL;
   if (c->broken) return BT_ENCCL;
@@ -265,9 +279,28 @@ static int dev_post(bt_nccl_comm_t *c, const void *send_hdr, const void *send_bu
   if (!op) return -ENOMEM;
   int rc = cuda_check(cudaEventCreateWithFlags(&op->done, cudaEventDisableTiming), __FILE__,
                       __LINE__, "cudaEventCreateWithFlags");
+  if (rc == 0)
+    rc = cuda_check(cudaEventCreateWithFlags(&op->ready, cudaEventDisableTiming), __FILE__,
+                    __LINE__, "cudaEventCreateWithFlags");
   if (rc < 0) {
+    if (op->done) cudaEventDestroy(op->done);
     free(op);
     return rc;
+  }
+  /* Everything the compute stream has queued so far (the kernels writing
+   * the send buffer, or still reading the receive buffer) comes first. */
+  if (after) {
+    rc = cuda_check(cudaEventRecord(op->ready, (cudaStream_t)after), __FILE__, __LINE__,
+                    "cudaEventRecord(compute)");
+    if (rc == 0)
+      rc = cuda_check(cudaStreamWaitEvent(c->stream, op->ready, 0), __FILE__, __LINE__,
+                      "cudaStreamWaitEvent(channel)");
+    if (rc < 0) {
+      cudaEventDestroy(op->ready);
+      cudaEventDestroy(op->done);
+      free(op);
+      return rc;
+    }
   }
   size_t slot = (size_t)(c->next++ % BT_NCCL_MAX_INFLIGHT) * 2 * BT_NCCL_HDR_BYTES;
   uint8_t *hs = c->hhdr + slot, *hr = hs + BT_NCCL_HDR_BYTES;
@@ -312,6 +345,7 @@ static int dev_post(bt_nccl_comm_t *c, const void *send_hdr, const void *send_bu
     rc = cuda_check(cudaEventRecord(op->done, c->stream), __FILE__, __LINE__, "cudaEventRecord");
   if (rc < 0) {
     abort_comm(c);
+    cudaEventDestroy(op->ready);
     cudaEventDestroy(op->done);
     free(op);
     return rc;
@@ -324,14 +358,16 @@ static int dev_post(bt_nccl_comm_t *c, const void *send_hdr, const void *send_bu
 static int dev_op_test(bt_nccl_comm_t *c, bt_nccl_op_t *op) {
   if (c->broken) return BT_ENCCL;
   cudaError_t e = cudaEventQuery(op->done);
-  if (e == cudaSuccess) return 1;
-  if (e != cudaErrorNotReady) {
+  if (e != cudaSuccess && e != cudaErrorNotReady) {
     cuda_check(e, __FILE__, __LINE__, "cudaEventQuery");
     abort_comm(c);
     return BT_ECUDA;
   }
-  /* Still running: a peer that failed or aborted shows here, not in the
-   * event, which would never complete. */
+  /* Done or not, the communicator's health is asked first: a completed
+   * event is trusted only from a healthy communicator (an operation that
+   * NCCL failed may still let its kernel, and so the event, finish). A
+   * peer that failed shows here too, not in the event, which would then
+   * never complete. */
   ncclResult_t st = ncclSuccess;
   ncclResult_t r = ncclCommGetAsyncError(c->comm, &st);
   if (r != ncclSuccess) st = r;
@@ -340,6 +376,12 @@ static int dev_op_test(bt_nccl_comm_t *c, bt_nccl_op_t *op) {
     abort_comm(c);
     return BT_ENCCL;
   }
+  return e == cudaSuccess ? 1 : 0;
+}
+
+static int dev_op_join(bt_nccl_op_t *op, void *stream) {
+  if (!stream) return 0;
+  CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, op->done, 0));
   return 0;
 }
 
@@ -348,8 +390,39 @@ static const void *dev_op_header(bt_nccl_op_t *op) { return op->hhdr_recv; }
 static void dev_op_free(bt_nccl_op_t *op) {
   if (!op) return;
   if (op->comm->inflight) op->comm->inflight--;
+  cudaEventDestroy(op->ready);
   cudaEventDestroy(op->done);
   free(op);
+}
+
+/* ncclCommRevoke exists from NCCL 2.28 on: looked up in the NCCL this
+ * library was loaded with, so an older one still loads (and aborts
+ * without revoking first). */
+typedef ncclResult_t (*revoke_fn)(ncclComm_t, int);
+
+static revoke_fn find_revoke(void) {
+  static int looked;
+  static revoke_fn fn;
+  if (looked) return fn;
+  looked = 1;
+  Dl_info info;
+  void *h = NULL;
+  /* The NCCL that ncclCommAbort came from, already loaded. */
+  if (dladdr((void *)ncclCommAbort, &info) && info.dli_fname)
+    h = dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD);
+  void *sym = h ? dlsym(h, "ncclCommRevoke") : NULL;
+  memcpy(&fn, &sym, sizeof fn);
+  return fn;
+}
+
+static int dev_comm_revoke(bt_nccl_comm_t *c) {
+  if (!c || c->broken || !c->comm) return 0;
+  revoke_fn revoke = find_revoke();
+  if (!revoke) return BT_EUNSUPPORTED;
+  cudaSetDevice(c->device);
+  /* Non-blocking communicators may answer "in progress": the abort that
+   * follows ends it either way. */
+  return nccl_check(revoke(c->comm, 0), c->comm, __FILE__, __LINE__, "ncclCommRevoke");
 }
 
 static void dev_comm_abort(bt_nccl_comm_t *c) {
@@ -398,10 +471,11 @@ static int dev_device_bus_id(int device, char *out, size_t cap) {
 /* In the order of bt_nccl_dev_t's members (C++17: no designated
  * initialisers). */
 static const bt_nccl_dev_t dev_table = {
-    BT_NCCL_DEV_VERSION, dev_versions,   dev_probe,        dev_unique_id,
-    dev_comm_init,       dev_comm_split, dev_comm_size,    dev_post,
-    dev_op_test,         dev_op_header,  dev_op_free,      dev_comm_abort,
-    dev_comm_destroy,    dev_host_alloc, dev_host_free,    dev_device_bus_id,
+    BT_NCCL_DEV_VERSION, dev_versions,   dev_probe,       dev_unique_id,
+    dev_comm_init,       dev_comm_split, dev_comm_size,   dev_post,
+    dev_op_test,         dev_op_join,    dev_op_header,   dev_op_free,
+    dev_comm_revoke,     dev_comm_abort, dev_comm_destroy, dev_host_alloc,
+    dev_host_free,       dev_device_bus_id,
 };
 
 extern "C" __attribute__((visibility("default"))) const bt_nccl_dev_t *bt_nccl_dev_get(

@@ -30,7 +30,7 @@
 extern "C" {
 #endif
 
-#define BT_NCCL_DEV_VERSION 1
+#define BT_NCCL_DEV_VERSION 2
 #define BT_NCCL_ID_BYTES 128 /* sizeof(ncclUniqueId), checked at build time */
 #define BT_NCCL_HDR_BYTES 32 /* the header sent ahead of every message */
 #define BT_NCCL_MAX_INFLIGHT 4096 /* ops of one communicator not yet freed */
@@ -73,18 +73,38 @@ typedef struct {
    * Receiving: recv_buf, and the header lands in the op (op_header).
    * Either side may be absent; both together form one group, which is how
    * a rank sends to itself. BT_EUNSUPPORTED when more than
-   * BT_NCCL_MAX_INFLIGHT ops of this communicator are not yet freed. */
+   * BT_NCCL_MAX_INFLIGHT ops of this communicator are not yet freed.
+   * `after` (a compute stream, or NULL): the transfer starts only after
+   * everything queued on it so far — an event recorded there, waited for
+   * by the channel's stream — so a send never reads a buffer its producing
+   * kernels are still writing, and a receive never overwrites one that
+   * earlier kernels still read. No host synchronisation. */
   int (*post)(bt_nccl_comm_t *c, const void *send_hdr, const void *send_buf, void *recv_buf,
-              size_t bytes, int peer, uint64_t deadline, bt_nccl_op_t **op);
+              size_t bytes, int peer, void *after, uint64_t deadline, bt_nccl_op_t **op);
 
   /* 1 done, 0 pending, BT_ENCCL / BT_ECUDA when the communicator or the
-   * stream failed (the communicator is aborted then). Never blocks. */
+   * stream failed (the communicator is aborted then). A completed event
+   * is trusted only once ncclCommGetAsyncError says the communicator is
+   * healthy (an aborted operation may complete its event with garbage).
+   * Never blocks. */
   int (*op_test)(bt_nccl_comm_t *c, bt_nccl_op_t *op);
+  /* Makes `stream` (a compute stream) wait for the op's completion event:
+   * the kernels that read a received buffer run after it has landed. */
+  int (*op_join)(bt_nccl_op_t *op, void *stream);
   /* The header a completed receive brought (BT_NCCL_HDR_BYTES). */
   const void *(*op_header)(bt_nccl_op_t *op);
   void (*op_free)(bt_nccl_op_t *op);
 
-  /* ncclCommAbort: every pending operation ends (with an error), now. */
+  /* ncclCommRevoke (NCCL 2.28 and later, looked up at run time; 0 when it
+   * ran, BT_EUNSUPPORTED where this NCCL lacks it): stops the
+   * communicator's operations without freeing anything. Revoking every
+   * communicator before aborting any matters: ncclCommAbort frees memory,
+   * which synchronises the device, which waits for the kernels of the
+   * communicators not yet aborted (spinning for a peer that will never
+   * come). Aborting does NOT tell the peer process: its operations on the
+   * same communicator fail only at its own deadline. */
+  int (*comm_revoke)(bt_nccl_comm_t *c);
+  /* ncclCommAbort: every pending operation of THIS process ends, now. */
   void (*comm_abort)(bt_nccl_comm_t *c);
   /* Finalizes (polled to the deadline) and destroys; aborts instead when
    * the communicator failed, or when finalizing does not end in time. */

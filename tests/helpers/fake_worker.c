@@ -7,12 +7,14 @@
  * `baton run … --`:
  *
  *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
- *                   | slow-start | no-hash | ckpt-late
+ *                   | slow-start | no-hash | ckpt-late | slow-setup
  *   --fail-stage S  the stage that misbehaves (default: every stage)
  *   --at-step N     the step at which it does (default 2)
  *   --code X        exit code for --mode exit (default 4)
  *   --step-ms MS    time one step takes (default 20)
  *   --start-ms MS   slow-start: sleep this long before HELLO (default 5000)
+ *   --setup-ms MS   slow-setup: after START, report BT_PHASE_SETUP (NCCL's
+ *                   set-up) and stay in it this long (default 3000)
  *
  * With BATON_CKPT_DIR every stage writes a real (tiny) shard through the
  * checkpoint module after the step a CKPT_AT names and after the last
@@ -45,7 +47,7 @@
 typedef struct {
   const char *mode;
   int fail_stage; /* -1: all */
-  int64_t at_step, code, step_ms, start_ms;
+  int64_t at_step, code, step_ms, start_ms, setup_ms;
 } fake_opts_t;
 
 static int parse_args(int argc, char **argv, fake_opts_t *o) {
@@ -55,6 +57,7 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
   o->code = 4;
   o->step_ms = 20;
   o->start_ms = 5000;
+  o->setup_ms = 3000;
   for (int i = 1; i < argc; i++) {
     /* `baton run` passes its whole configuration as --key=value: not ours */
     if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=')) continue;
@@ -71,18 +74,21 @@ static int parse_args(int argc, char **argv, fake_opts_t *o) {
     else if (!strcmp(a, "--code")) o->code = x;
     else if (!strcmp(a, "--step-ms")) o->step_ms = x;
     else if (!strcmp(a, "--start-ms")) o->start_ms = x;
+    else if (!strcmp(a, "--setup-ms")) o->setup_ms = x;
     else return BT_EARG;
   }
   return 0;
 }
 
+/* The contract's variables as this worker received them (the table of
+ * common/workerenv.h), the torchrun names and BATON_FAKE_MARKER, a variable
+ * of the supervisor's own environment that must pass through. */
 static void print_env(void) {
   static const char *const names[] = {
-      "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-      "BATON_RESTART_COUNT", "BATON_STAGE", "BATON_STAGES", "BATON_CHUNKS", "BATON_LAYERS",
-      "BATON_CKPT_DIR", "BATON_CONTROL_FD", "BATON_SUPERVISOR_PID", "BATON_JOB_TOKEN",
-      "BATON_FAKE_MARKER", "BATON_INJECT_FAULTS", "BATON_CKPT_COMPRESS", "BATON_RESTORE_DIR",
-      "BATON_PEER_TIMEOUT_MS", "BATON_HEARTBEAT_MS"};
+#define X(kind, var, ...) #var,
+      BT_WORKER_ENV(X)
+#undef X
+      "BATON_FAKE_MARKER"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     const char *v = getenv(names[i]);
     if (v) printf("env %s=%s\n", names[i], v);
@@ -162,10 +168,19 @@ int main(int argc, char **argv) {
       return BT_WEXIT_FATAL;
     }
   }
+  char why[512];
+  if (bt_worker_start_check(start, &env, why, sizeof why) < 0) {
+    fprintf(stderr, "fake_worker: %s\n", why);
+    return BT_WEXIT_FATAL;
+  }
   int64_t first = start->first_step, last = start->last_step;
   free(start);
+  if (me && !strcmp(o.mode, "slow-setup")) {
+    bt_control_progress(c, first - 1, 0, BT_PHASE_SETUP);
+    bt_sleep_ms(o.setup_ms);
+  }
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
-  const char *root = getenv("BATON_CKPT_DIR");
+  const char *root = env.ckpt_dir[0] ? env.ckpt_dir : NULL;
   int64_t seen_at = -1, save_at = -1;
   int lied = 0;
   for (int64_t step = first; step <= last || ignore_stop; step++) {

@@ -18,9 +18,10 @@
 #include "common/error.h"
 #include "common/json.h"
 #include "common/parse.h"
-#include "launcher/commands.h"
+#include "schedules/cmd.h"
 #include "schedules/csv.h"
 #include "schedules/render.h"
+#include "schedules/check.h"
 #include "schedules/schedule.h"
 #include "schedules/sim.h"
 #include "schedules/trace.h"
@@ -32,20 +33,21 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: baton schedule --schedule NAME --stages P [--chunks V] --microbatches M\n"
           "                      [--costs F,B,I,W[,T]] [--stage-cost K:F,B,I,W]...\n"
-          "                      [--csv-out FILE] [--svg FILE] [--json]\n"
-          "       baton schedule --csv-in FILE [--stages P] [--chunks V] [--microbatches M]\n"
-          "                      [--costs F,B,I,W[,T]] [--stage-cost K:F,B,I,W]...\n"
-          "                      [--csv-out FILE] [--svg FILE] [--json]\n"
+          "                      [--csv-out FILE [--csv-notation N] [--comms]] [--svg FILE] [--json]\n"
+          "       baton schedule --csv-in FILE [--skip-unsupported] [--stages P] [--chunks V]\n"
+          "                      [--microbatches M] [--costs F,B,I,W[,T]] [--stage-cost K:F,B,I,W]...\n"
+          "                      [--csv-out FILE [--csv-notation N] [--comms]] [--svg FILE] [--json]\n"
           "       baton schedule --from-trace FILE [--svg FILE] [--json]\n"
           "\n"
           "Builds (or reads) a pipeline schedule, checks it, simulates it with the\n"
           "workers' communication rule and prints a grid and a summary.\n"
           "\n"
-          "  --schedule NAME      gpipe, 1f1b, interleaved (interleaved 1F1B) or zb-h1\n"
+          "  --schedule NAME      gpipe, 1f1b, interleaved (interleaved 1F1B), zb-h1, zb-v\n"
+          "                       or dualpipev (the last two in a V placement)\n"
           "  --stages P           pipeline stages (workers), >= 1\n"
-          "  --chunks V           chunks per stage: 1, or >= 2 for interleaved (default 1,\n"
-          "                       2 for interleaved)\n"
-          "  --microbatches M     micro-batches per step, >= P\n"
+          "  --chunks V           chunks per stage: 1, or >= 2 for interleaved, 2 for zb-v\n"
+          "                       and dualpipev (default 1, 2 for those three)\n"
+          "  --microbatches M     micro-batches per step: >= P; zb-v any, dualpipev >= 2P\n"
           "  --costs F,B,I,W[,T]  time of one action of each type (per chunk) and of one\n"
           "                       transfer between workers (default 1,2,1,1,0)\n"
           "  --stage-cost K:F,B,I,W  the costs of virtual stage K alone (K a number or\n"
@@ -54,6 +56,13 @@ static void usage(FILE *f) {
           "                       row per worker, empty cell = idle slot); stages, chunks\n"
           "                       and micro-batches are inferred and must match if given\n"
           "  --csv-out FILE       write the schedule as such a CSV\n"
+          "  --csv-notation N     current (F I W B, the default) or earlier (F, B = input\n"
+          "                       half, W, BW = full backward) for --csv-out; --csv-in\n"
+          "                       detects the notation and refuses a file mixing both\n"
+          "  --comms              --csv-out also writes SEND_F/RECV_F/SEND_B/RECV_B cells\n"
+          "                       (PyTorch's _comms files; --csv-in checks them if present)\n"
+          "  --skip-unsupported   --csv-in drops UNSHARD, RESHARD and REDUCE_GRAD cells\n"
+          "                       with a warning instead of refusing the file\n"
           "  --from-trace FILE    draw and measure a real run's Chrome trace (--trace of\n"
           "                       `baton run`): complete events named like 2F0, tid = worker\n"
           "  --svg FILE           draw the timeline as SVG\n"
@@ -69,6 +78,7 @@ typedef struct {
   const char *name, *csv_in, *csv_out, *svg, *trace;
   int p, v, m;
   int has_costs, json;
+  int comms, notation, given_notation, skip_unsupported; /* CSV options */
   bt_sim_costs_t costs;
   int nstage; /* --stage-cost overrides */
   struct {
@@ -101,9 +111,17 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       o->json = 1;
       continue;
     }
+    if (!strcmp(arg, "--comms")) {
+      o->comms = 1;
+      continue;
+    }
+    if (!strcmp(arg, "--skip-unsupported")) {
+      o->skip_unsupported = 1;
+      continue;
+    }
     static const char *const with_value[] = {
         "--schedule", "--stages",  "--chunks", "--microbatches", "--costs", "--stage-cost",
-        "--csv-in",   "--csv-out", "--svg",    "--from-trace",   NULL};
+        "--csv-in",   "--csv-out", "--svg",    "--from-trace",   "--csv-notation", NULL};
     size_t flen = strcspn(arg, "=");
     int known = 0;
     for (int k = 0; with_value[k]; k++)
@@ -123,6 +141,14 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       o->csv_in = val;
     } else if (!strcmp(flag, "--csv-out")) {
       o->csv_out = val;
+    } else if (!strcmp(flag, "--csv-notation")) {
+      if (!strcmp(val, "current"))
+        o->notation = BT_CSV_CURRENT;
+      else if (!strcmp(val, "earlier"))
+        o->notation = BT_CSV_EARLIER;
+      else
+        return bad("--csv-notation is current or earlier (got '%s')", val);
+      o->given_notation = 1;
     } else if (!strcmp(flag, "--svg")) {
       o->svg = val;
     } else if (!strcmp(flag, "--from-trace")) {
@@ -178,8 +204,11 @@ static int parse_args(int argc, char **argv, opts_t *o) {
   if (o->name) {
     if (o->p < 0) return bad("--schedule needs --stages P");
     if (o->m < 0) return bad("--schedule needs --microbatches M");
-    if (o->v < 0) o->v = !strcmp(o->name, "interleaved") ? 2 : 1;
+    if (o->v < 0)
+      o->v = !strcmp(o->name, "interleaved") || !strcmp(o->name, "zb-v") || !strcmp(o->name, "dualpipev") ? 2 : 1;
   }
+  if ((o->comms || o->given_notation) && !o->csv_out) return bad("--comms and --csv-notation go with --csv-out FILE");
+  if (o->skip_unsupported && !o->csv_in) return bad("--skip-unsupported goes with --csv-in FILE");
   return 0;
 }
 
@@ -193,6 +222,13 @@ static double closed_form(const opts_t *o, const bt_schedule_t *s) {
     return -1;
   double p = s->p, m = s->m, v = s->v;
   if (!strcmp(s->name, "zb-h1")) return (p - 1) / (3 * m + p - 1);
+  if (!strcmp(s->name, "zb-v") || !strcmp(s->name, "dualpipev")) {
+    /* docs/schedules.md: idle p - 1 per worker (zb-v: 2(2p - 1 - m) when
+     * more), busy 6m. */
+    double idle = p - 1, fill = 2 * (2 * p - 1 - m);
+    if (!strcmp(s->name, "zb-v") && fill > idle) idle = fill;
+    return idle / (6 * m + idle);
+  }
   return (p - 1) / (v * m + p - 1);
 }
 
@@ -298,7 +334,14 @@ static int run_trace(const opts_t *o) {
   char title[256];
   snprintf(title, sizeof title, "trace %s: %d workers, %zu actions, bubble fraction %.4f", o->trace,
            t.p, t.n, r.bubble_fraction);
-  bt_render_opts_t ro = {.p = t.p, .v = t.v, .title = title, .unit = "us"};
+  /* A trace of a V run (every action on the worker the V gives its stage)
+   * is drawn as one. */
+  int vshape = t.v == 2 && t.p > 1;
+  for (size_t i = 0; vshape && i < t.n; i++) {
+    int k = t.boxes[i].act.stage;
+    vshape = t.boxes[i].worker == (k < t.p ? k : 2 * t.p - 1 - k);
+  }
+  bt_render_opts_t ro = {.p = t.p, .v = t.v, .title = title, .unit = "us", .vshape = vshape};
   if (o->svg && (code = write_svg(o->svg, t.boxes, t.n, &ro))) goto done;
   if (o->json) {
     bt_json_obj_begin(&j);
@@ -332,7 +375,11 @@ static int run_schedule(opts_t *o) {
   bt_json_init(&j);
   const char *src = o->csv_in ? o->csv_in : o->name;
   if (o->csv_in) {
-    rc = bt_sched_csv_read(o->csv_in, &s, err, sizeof err);
+    bt_csv_opts_t co = {.skip_unsupported = o->skip_unsupported};
+    rc = bt_sched_csv_read_opts(o->csv_in, &co, &s, err, sizeof err);
+    if (!rc && co.skipped)
+      fprintf(stderr, "baton schedule: warning: %s: dropped %d UNSHARD/RESHARD/REDUCE_GRAD cell%s (first at %s)\n",
+              o->csv_in, co.skipped, co.skipped == 1 ? "" : "s", co.first_skipped);
     if (!rc) {
       const char *what = NULL;
       int given = 0, got = 0;
@@ -368,7 +415,8 @@ static int run_schedule(opts_t *o) {
   double closed = closed_form(o, &s);
   if (o->csv_out) {
     FILE *f = fopen(o->csv_out, "w");
-    int wrc = f ? bt_sched_csv_write(&s, f) : -errno;
+    bt_csv_opts_t wo = {.notation = o->notation, .comms = o->comms};
+    int wrc = f ? bt_sched_csv_write_opts(&s, &wo, f) : -errno;
     if (f && fclose(f) != 0 && !wrc) wrc = -errno;
     if (wrc) {
       fprintf(stderr, "baton schedule: cannot write %s: %s\n", o->csv_out, bt_strerror(wrc));
@@ -379,7 +427,7 @@ static int run_schedule(opts_t *o) {
   char title[256];
   snprintf(title, sizeof title, "%s: %d stages, %d chunk%s, %d micro-batches; bubble fraction %.4f",
            s.name, s.p, s.v, s.v == 1 ? "" : "s", s.m, r.bubble_fraction);
-  bt_render_opts_t ro = {.p = s.p, .v = s.v, .title = title, .unit = ""};
+  bt_render_opts_t ro = {.p = s.p, .v = s.v, .title = title, .unit = "", .vshape = bt_sched_is_v(&s)};
   if (o->svg && (code = write_svg(o->svg, boxes, nb, &ro))) goto done;
   if (o->json) {
     bt_json_obj_begin(&j);

@@ -1,0 +1,241 @@
+/* sup_spawn.c - starting the workers: the environment of each (the table
+ * of common/workerenv.h), uv_spawn with the control socketpair on fd 3,
+ * and forwarding their stdout and stderr line by line as "[stage S] ...",
+ * keeping the tail of stderr for the failure report. Part of the
+ * supervisor (sup_internal.h). */
+#include "launcher/sup_internal.h"
+
+extern char **environ;
+
+static void keep_tail(worker_t *w, const char *line, size_t n) {
+  if (n >= TAIL_LEN) n = TAIL_LEN - 1;
+  memcpy(w->tail[w->tail_pos], line, n);
+  w->tail[w->tail_pos][n] = 0;
+  w->tail_pos = (w->tail_pos + 1) % BT_SUP_TAIL_LINES;
+  if (w->tail_n < BT_SUP_TAIL_LINES) w->tail_n++;
+}
+
+static void emit_line(worker_t *w, int is_err, const char *line, size_t n) {
+  char out[LINE_MAX_BYTES + 32];
+  int k = snprintf(out, sizeof out, "[stage %u] ", w->stage);
+  if (n > sizeof out - (size_t)k - 1) n = sizeof out - (size_t)k - 1;
+  memcpy(out + k, line, n);
+  out[k + n] = '\n';
+  sup_clear_progress(w->sup);
+  /* One write per line, so lines of different stages never interleave. */
+  sup_write_all(is_err ? STDERR_FILENO : STDOUT_FILENO, out, (size_t)k + n + 1);
+  if (is_err) keep_tail(w, line, n);
+}
+
+static void flush_lines(worker_t *w, int is_err, int at_eof) {
+  linebuf_t *lb = is_err ? &w->lerr : &w->lout;
+  size_t start = 0;
+  for (size_t i = 0; i < lb->len; i++) {
+    if (lb->buf[i] != '\n') continue;
+    emit_line(w, is_err, lb->buf + start, i - start);
+    start = i + 1;
+  }
+  /* A full buffer without a newline, or the last bytes before EOF, still
+   * make a line rather than being lost. */
+  if ((start == 0 && lb->len == sizeof lb->buf) || (at_eof && start < lb->len)) {
+    emit_line(w, is_err, lb->buf + start, lb->len - start);
+    start = lb->len;
+  }
+  memmove(lb->buf, lb->buf + start, lb->len - start);
+  lb->len -= start;
+}
+
+static void on_out_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  worker_t *w = h->data;
+  linebuf_t *lb = h == (uv_handle_t *)&w->err ? &w->lerr : &w->lout;
+  *buf = uv_buf_init(lb->buf + lb->len, (unsigned)(sizeof lb->buf - lb->len));
+}
+
+static void on_out_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
+  worker_t *w = st->data;
+  int is_err = st == (uv_stream_t *)&w->err;
+  if (nread < 0) {
+    flush_lines(w, is_err, 1);
+    if (is_err) sup_close_handle((uv_handle_t *)&w->err, &w->err_open);
+    else sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
+    return;
+  }
+  (is_err ? &w->lerr : &w->lout)->len += (size_t)nread;
+  flush_lines(w, is_err, 0);
+}
+
+/* 1 when kv names one of the extra variables. */
+static int is_extra(const char *kv, const char *const *extra) {
+  for (size_t i = 0; extra && extra[i]; i++) {
+    const char *eq = strchr(extra[i], '=');
+    size_t len = eq ? (size_t)(eq - extra[i]) + 1 : strlen(extra[i]);
+    if (!strncmp(kv, extra[i], len)) return 1;
+  }
+  return 0;
+}
+
+/* The worker's environment: the table of common/workerenv.h first, then
+ * the extras, then the supervisor's own minus any variable we set (a stale
+ * RANK from an outer launcher must not win). */
+static char **build_env(sup_t *s, uint32_t stage) {
+  size_t n = 0, nextra = 0, nours = bt_worker_env_count();
+  while (environ[n]) n++;
+  while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
+  char **env = calloc(n + nextra + nours + 1, sizeof *env);
+  if (!env) return NULL;
+  const bt_sup_opts_t *o = s->o;
+  bt_worker_env_t we;
+  bt_worker_env_defaults(&we);
+  we.rank = we.local_rank = we.stage = stage;
+  we.world_size = we.local_world_size = we.nstages = s->n;
+  snprintf(we.master_addr, sizeof we.master_addr, "127.0.0.1");
+  we.fd = 3;
+  we.supervisor_pid = (long)getpid();
+  we.chunks = o->chunks;
+  we.restart = o->restart_count;
+  snprintf(we.token, sizeof we.token, "%s", s->token);
+  we.heartbeat_ms = s->dl.heartbeat_ms;
+  we.peer_timeout_ms = s->dl.peer_ms;
+  we.ckpt_timeout_ms = s->dl.ckpt_wait_ms;
+  /* lengths were checked in bt_supervisor_run */
+  snprintf(we.ckpt_dir, sizeof we.ckpt_dir, "%s", o->ckpt_dir ? o->ckpt_dir : "");
+  snprintf(we.restore_dir, sizeof we.restore_dir, "%s", o->restore_dir ? o->restore_dir : "");
+  snprintf(we.faults, sizeof we.faults, "%s", o->faults ? o->faults : "");
+  snprintf(we.schedule_csv, sizeof we.schedule_csv, "%s", o->schedule_csv ? o->schedule_csv : "");
+  we.ckpt_compress = o->ckpt_compress;
+  int got = bt_worker_env_format(&we, env, nours);
+  if (got < 0) {
+    free(env);
+    return NULL;
+  }
+  size_t k = (size_t)got;
+  int fail = 0;
+  for (size_t i = 0; i < nextra; i++)
+    if ((env[k] = strdup(o->extra_env[i]))) k++;
+    else fail = 1;
+  for (size_t i = 0; i < n; i++)
+    if (!bt_worker_env_is_ours(environ[i]) && !is_extra(environ[i], o->extra_env) && (env[k] = strdup(environ[i])))
+      k++;
+  if (fail) {
+    for (size_t i = 0; i < k; i++) free(env[i]);
+    free(env);
+    return NULL;
+  }
+  return env;
+}
+
+static void free_env(char **env) {
+  if (!env) return;
+  for (size_t i = 0; env[i]; i++) free(env[i]);
+  free(env);
+}
+
+static int spawn_worker(sup_t *s, worker_t *w) {
+  int rc = 0, sv[2] = {-1, -1};
+  char **env = NULL;
+  /* CLOEXEC on both ends: only this worker may inherit its end (libuv dup2s
+   * it to fd 3, which clears the flag in the child alone). */
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+    rc = -errno;
+    goto out;
+  }
+  if ((rc = uv_pipe_init(&s->loop, &w->out, 0)) < 0) goto out;
+  w->out_open = 1;
+  w->out.data = w;
+  if ((rc = uv_pipe_init(&s->loop, &w->err, 0)) < 0) goto out;
+  w->err_open = 1;
+  w->err.data = w;
+  if ((rc = uv_pipe_init(&s->loop, &w->ctl, 0)) < 0) goto out;
+  w->ctl_open = 1;
+  w->ctl.data = w;
+  if ((rc = uv_pipe_open(&w->ctl, sv[0])) < 0) goto out;
+  sv[0] = -1; /* the pipe handle owns it now */
+  if (!(env = build_env(s, w->stage))) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  uv_stdio_container_t stdio[4] = {
+      {.flags = UV_IGNORE},
+      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->out},
+      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->err},
+      {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+  };
+  uv_process_options_t po = {
+      .exit_cb = sup_on_exit_cb,
+      .file = s->o->worker_argv[0],
+      .args = (char **)s->o->worker_argv,
+      .env = env,
+      .flags = UV_PROCESS_DETACHED,
+      .stdio_count = 4,
+      .stdio = stdio,
+  };
+  w->proc.data = w;
+  /* uv_spawn initialises the handle before it can fail, so even a failed
+   * spawn leaves a handle to close. */
+  w->proc_open = 1;
+  if ((rc = uv_spawn(&s->loop, &w->proc, &po)) < 0) goto out;
+  w->pid = w->proc.pid;
+  w->state = W_SPAWNED;
+  bt_info("started stage %u (pid %d)", w->stage, w->pid);
+  bt_json_t j;
+  if (sup_event_begin(s, &j, "spawn")) {
+    bt_json_kint(&j, "stage", w->stage);
+    bt_json_kint(&j, "pid", w->pid);
+    sup_event_end(s, &j);
+  }
+  uv_read_start((uv_stream_t *)&w->out, on_out_alloc, on_out_read);
+  uv_read_start((uv_stream_t *)&w->err, on_out_alloc, on_out_read);
+  uv_read_start((uv_stream_t *)&w->ctl, sup_on_ctl_alloc, sup_on_ctl_read);
+out:
+  if (sv[0] >= 0) close(sv[0]);
+  if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
+  free_env(env);
+  if (rc < 0) {
+    sup_close_handle((uv_handle_t *)&w->proc, &w->proc_open);
+    sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
+    sup_close_handle((uv_handle_t *)&w->err, &w->err_open);
+    sup_close_handle((uv_handle_t *)&w->ctl, &w->ctl_open);
+  }
+  return rc;
+}
+
+void sup_make_token(char out[33]) {
+  uint8_t r[16] = {0};
+  ssize_t got = 0;
+  while (got < (ssize_t)sizeof r) {
+    ssize_t k = getrandom(r + got, sizeof r - (size_t)got, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    got += k;
+  }
+  if (got < (ssize_t)sizeof r) {
+    /* No entropy source: still unique per job, if guessable. */
+    uint64_t t = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    memcpy(r, &t, sizeof t);
+  }
+  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+void sup_spawn_all(sup_t *s) {
+  s->res->spawned = 1;
+  uv_update_time(&s->loop);
+  s->start_ms = sup_now_ms(s);
+  for (uint32_t i = 0; i < s->n; i++) {
+    worker_t *w = &s->w[i];
+    w->last_beat_ms = s->start_ms;
+    int src = spawn_worker(s, w);
+    if (src < 0) {
+      bt_error("cannot start stage %u (%s): %s", i, s->o->worker_argv[0], bt_strerror(src));
+      w->state = W_EXITED;
+      s->exited++;
+      w->fail = F_EXIT;
+      w->fail_ms = sup_now_ms(s);
+      snprintf(w->fail_reason, sizeof w->fail_reason, "could not be started: %s", bt_strerror(src));
+      for (uint32_t k = i + 1; k < s->n; k++) s->exited++;
+      sup_kill_all(s);
+      sup_begin_stop(s, 1, 0);
+      break;
+    }
+  }
+  sup_maybe_finish(s);
+}
