@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""torch_model.py - baton's model in PyTorch, for bench_gpu's comparison.
+"""torch_model.py - baton's model in PyTorch, for bench_gpu's and bench_train's comparisons.
 
 The same model and step as `baton train` (DESIGN.md §2), float32, on one
-GPU: K position-specific embedding tables (K, 256, D) summed over the
+GPU (--device cuda, the default) or on the CPU with --threads threads
+(--device cpu, one thread by default, as baton's one OpenBLAS thread): K position-specific embedding tables (K, 256, D) summed over the
 previous K bytes; L blocks x + W2·gelu(W1·LN(x) + b1) + b2 with exact
 (erf) GELU and LayerNorm eps 1e-5; head LN + Wout (256, D) without bias;
 softmax cross-entropy; the loss of a step is the mean over all M·T tokens
@@ -17,12 +18,13 @@ cost there counts against baton).
 TF32 is off unless --tf32 (baton's --math fp32 is the default).
 
 Prints a short table and, last, one JSON line with tokens_per_s (of the
-median step, each step timed to a device sync); without
-torch or a GPU it prints {"skipped": "reason"} and exits 0.
+median step, each step timed to a device sync); without torch (or, for
+cuda, without a GPU) it prints {"skipped": "reason"} and exits 0. It
+installs nothing.
 
-usage: torch_model.py [--dim 1024] [--layers 8] [--context 4]
-                      [--microbatches 4] [--mb-tokens 512] [--steps 20]
-                      [--warmup-steps 3] [--tf32]
+usage: torch_model.py [--device cuda|cpu] [--threads 1] [--dim 1024]
+                      [--layers 8] [--context 4] [--microbatches 4]
+                      [--mb-tokens 512] [--steps 20] [--warmup-steps 3] [--tf32]
 """
 import argparse
 import json
@@ -33,6 +35,8 @@ import time
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (--device cpu)")
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--context", type=int, default=4)
@@ -51,13 +55,22 @@ def main():
     except ImportError as e:
         print(json.dumps({"skipped": "no torch: %s" % e}))
         return 0
-    if not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"skipped": "torch sees no CUDA device"}))
         return 0
 
-    torch.backends.cuda.matmul.allow_tf32 = a.tf32
-    torch.backends.cudnn.allow_tf32 = a.tf32
-    dev = torch.device("cuda")
+    if a.device == "cpu":
+        # OpenBLAS under Debian's torch keeps its own pool: callers that
+        # want one thread also set OPENBLAS_NUM_THREADS=1 (bench_train does).
+        torch.set_num_threads(a.threads)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
+    dev = torch.device(a.device)
+
+    def sync():
+        if a.device == "cuda":
+            torch.cuda.synchronize()
     D, L, K, M, T = a.dim, a.layers, a.context, a.microbatches, a.mb_tokens
     H = 4 * D
     g = torch.Generator(device="cpu").manual_seed(1)
@@ -120,7 +133,7 @@ def main():
 
     for s in range(a.warmup_steps):
         step(s)
-    torch.cuda.synchronize()
+    sync()
     # One time per step, each ended by a device sync, and the median of
     # them: bench_gpu compares it with the median step of baton train.
     times = []
@@ -128,14 +141,15 @@ def main():
     for s in range(a.warmup_steps, a.warmup_steps + a.steps):
         ts = time.perf_counter()
         loss = step(s)
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - ts)
     dt = time.perf_counter() - t0
     times.sort()
     n = len(times)
     med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
     tps = M * T / med
-    name = torch.cuda.get_device_name(0)
+    name = torch.cuda.get_device_name(0) if a.device == "cuda" else \
+        "cpu, %d thread(s)" % torch.get_num_threads()
     print("torch %s, %s, D=%d L=%d K=%d M=%d T=%d, tf32 %s" %
           (torch.__version__, name, D, L, K, M, T, "on" if a.tf32 else "off"))
     print("%d timed steps in %.3f s: %.0f tokens/s at the median step (last loss %.4f)" %

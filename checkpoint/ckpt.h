@@ -159,8 +159,9 @@ typedef struct {
  * order): checks each shard's size and root attributes (same step, same
  * configuration, stages and chunks, one report per stage) and that every
  * global layer 0..layer_count-1 is held by exactly one shard
- * (BT_ECORRUPT naming the gap or duplicate); reads every parameter back
- * (BT_ENONFINITE on NaN or Inf, BT_ECRC on a damaged dataset); removes stray files from
+ * (BT_ECORRUPT naming the gap or duplicate); reads no tensor (each save
+ * refused NaN/Inf in its snapshot, and a shard changed since no longer
+ * matches the CRC that goes into the manifest); removes stray files from
  * step-S.tmp; writes MANIFEST.json (temp, fsync, rename); renames the
  * directory to step-S; fsyncs ROOT; moves `latest`. Called in-process by
  * `baton train` and by the supervisor with the workers' reports. */
@@ -209,6 +210,10 @@ typedef struct {
   char dir[4096];
   int64_t step;
   bt_ckpt_manifest_t man;
+  /* [shard]: 1 when step_open verified the shard's whole-file CRC, so a
+   * load right after need not check each dataset's CRC over the same bytes
+   * again (the cost of a second pass is what restore's speed is about). */
+  uint8_t file_crc_ok[BT_MAX_STAGES];
 } bt_ckpt_step_t;
 
 /* Reads and verifies one committed step directory (BT_ENOTCKPT when it has
@@ -220,7 +225,7 @@ void bt_ckpt_step_close(bt_ckpt_step_t *st);
 
 /* Fills the data of every wanted tensor (layer, kind, name, shape and index
  * given by the caller) from whichever shard holds its layer, checking the
- * dataset's CRC. A tensor missing from the checkpoint or of another shape
+ * dataset's CRC (unless step_open verified that shard's whole-file CRC). A tensor missing from the checkpoint or of another shape
  * or index gives BT_ECONFIG (the model differs), a damaged one BT_ECRC or
  * BT_EHDF5. Any set of layers: this is resharding. */
 int bt_ckpt_step_load(const bt_ckpt_step_t *st, bt_ckpt_tensor_t *want, size_t n);

@@ -92,4 +92,9 @@ int bt_ckpt_name_ok(const char *name);
 /* The manifest's JSON text (manifest.c). */
 int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *len);
 
+/* bt_ckpt_shard_read, with the dataset CRC check optional (restore skips
+ * it on a shard whose whole-file CRC it has just verified). */
+int bt_ckpt_shard_read_checked(bt_ckpt_shard_t *s, bt_ckpt_tensor_t *t, uint64_t *stored,
+                               int check_crc);
+
 #endif

@@ -212,6 +212,7 @@ static int step_open(const char *step_dir, int level, bt_ckpt_step_t *st, probs_
          * files (a flipped bit can make it loop), and this one is. */
         continue;
       }
+      st->file_crc_ok[i] = 1;
     }
     if (level >= BT_CKPT_CHECK_CRC && shard_wanted(&st->man, i, want, nwant))
       shard_check(st, i, path, level >= BT_CKPT_CHECK_DEEP, pr);
@@ -268,7 +269,7 @@ int bt_ckpt_step_load(const bt_ckpt_step_t *st, bt_ckpt_tensor_t *want, size_t n
           goto out;
         }
       }
-      if ((rc = bt_ckpt_shard_read(sh, t, NULL)) < 0) {
+      if ((rc = bt_ckpt_shard_read_checked(sh, t, NULL, !st->file_crc_ok[si])) < 0) {
         if (rc == BT_ECONFIG)
           bt_error("restore: %s has no tensor '%s'%s of layer %u with %d dims, index %u "
                    "(the model differs from the checkpoint's)",

@@ -29,8 +29,8 @@ typedef struct {
 static void start_next(sup_t *s);
 
 /* On a pool thread: commit (the same function `baton train` calls: it
- * reads the parameters back, the check that keeps NaN out of checkpoints)
- * and retention. Touches nothing of the supervisor but its options. */
+ * checks each shard's size and root attributes; NaN was refused by each
+ * shard's save) and retention. Touches nothing of the supervisor but its options. */
 static void commit_work(uv_work_t *req) {
   commit_job_t *j = req->data;
   const sup_t *s = j->s;

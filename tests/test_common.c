@@ -103,6 +103,26 @@ Test(crc, matches_known_value_and_files) {
   cr_assert_eq(bt_crc32_file(path, &c, &size), -ENOENT);
 }
 
+/* Pieces' CRCs combine into the CRC of the whole, at every split point of
+ * a buffer with a long piece (over 4 GiB is the same code path: z_off_t is
+ * 64 bits), and with empty pieces. */
+Test(crc, combine_equals_the_crc_of_the_concatenation) {
+  enum { N = 3000 };
+  unsigned char *buf = malloc(N);
+  cr_assert(buf);
+  for (int i = 0; i < N; i++) buf[i] = (unsigned char)(i * 131 + 7);
+  uint32_t whole = bt_crc32(0, buf, N);
+  for (int cut = 0; cut <= N; cut += cut < 20 ? 1 : 97) {
+    uint32_t a = bt_crc32(0, buf, (size_t)cut), b = bt_crc32(0, buf + cut, (size_t)(N - cut));
+    cr_assert_eq(bt_crc32_combine(a, b, (uint64_t)(N - cut)), whole, "cut at %d", cut);
+  }
+  /* Three pieces, combined left to right. */
+  uint32_t c = bt_crc32_combine(bt_crc32_combine(bt_crc32(0, buf, 10), bt_crc32(0, buf + 10, 990), 990),
+                                bt_crc32(0, buf + 1000, N - 1000), N - 1000);
+  cr_assert_eq(c, whole);
+  free(buf);
+}
+
 Test(hash, combine_is_independent_of_visit_order) {
   float a[] = {1, 2, 3}, b[] = {4, 5}, c[] = {6};
   bt_hash_rec_t r1[3] = {

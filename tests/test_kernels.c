@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/gelu.h"
 
 /* ---- helpers ---- */
 
@@ -366,6 +367,103 @@ Test(kernels, gelu_matches_reference_and_finite_differences) {
   bt_backend_destroy(be);
 }
 
+/* ---- GELU over the whole float range, against long double ---- */
+
+/* |got - ref| in units of float's spacing at ref (2^-149 below the normal
+ * range); Inf when one is NaN or infinite and the other is not the same. */
+static double ulp_error(float got, long double ref) {
+  if (isnan(ref)) return isnan(got) ? 0 : INFINITY;
+  if (isinf(ref) || isinf(got) || isnan(got)) return (long double)got == ref ? 0 : INFINITY;
+  int e = 0;
+  if (ref != 0) frexpl(ref, &e); /* |ref| = m 2^e, m in [0.5, 1) */
+  int lead = ref != 0 ? e - 1 : -126;
+  long double ulp = ldexpl(1.0L, (lead < -126 ? -126 : lead) - 23);
+  return (double)(fabsl((long double)got - ref) / ulp);
+}
+
+static long double phi_ref(long double x) { return 0.5L * erfcl(-x / sqrtl(2.0L)); }
+
+/* The limits at +-Inf (gelu.h); NaN stays NaN. */
+static long double gelu_ref_ld(float x) {
+  if (isinf(x)) return x > 0 ? (long double)INFINITY : -0.0L;
+  return (long double)x * phi_ref(x);
+}
+
+static long double dgelu_ref_ld(float x) {
+  if (isinf(x)) return x > 0 ? 1.0L : 0.0L;
+  long double X = x;
+  return phi_ref(X) + X * expl(-X * X / 2) / sqrtl(2.0L * 3.14159265358979323846264338327950288L);
+}
+
+/* Every 1021st bit pattern of the 2^32 (all signs and binades, both tails,
+ * subnormals, Inf and NaN) plus the special values themselves. */
+enum { GSTRIDE = 1021 };
+
+static size_t gelu_sweep(float *x) {
+  size_t n = 0;
+  for (uint64_t b = 0; b < (1ull << 32); b += GSTRIDE) {
+    uint32_t u = (uint32_t)b;
+    memcpy(&x[n++], &u, sizeof u);
+  }
+  const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 0x1p-149f, -0x1p-149f,
+                           0x1p-126f, -0x1p-126f, 3.4028235e38f, -3.4028235e38f, -14.2f,
+                           -14.85f, -14.9f, -0.7517915f, 1e-20f, -1e-20f, 5.0f, -5.0f};
+  for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) x[n++] = special[i];
+  return n;
+}
+
+Test(kernels, gelu_forward_within_ulp_bound_over_the_float_range, .timeout = 120) {
+  bt_backend_t *be = cpu();
+  size_t cap = (1ull << 32) / GSTRIDE + 64;
+  float *x = malloc(cap * sizeof *x), *out = malloc(cap * sizeof *out);
+  cr_assert(x && out);
+  size_t n = gelu_sweep(x);
+  cr_assert_eq(be->ops->gelu_forward(be, out, x, n), 0);
+  double worst = 0;
+  float at = 0;
+  for (size_t i = 0; i < n; i++) {
+    double e = ulp_error(out[i], gelu_ref_ld(x[i]));
+    if (e > worst) worst = e, at = x[i];
+  }
+  cr_log_info("gelu forward: max %.6f ulp at x = %a over %zu inputs", worst, at, n);
+  cr_assert(worst <= BT_GELU_ULP_BOUND, "gelu(%a) off by %.4f ulp > %.2f", at, worst,
+            BT_GELU_ULP_BOUND);
+  float lim[2] = {-INFINITY, INFINITY}, got[2];
+  cr_assert_eq(be->ops->gelu_forward(be, got, lim, 2), 0);
+  cr_assert(got[0] == 0 && signbit(got[0]) && got[1] == INFINITY, "gelu(-+Inf) = %g %g", got[0],
+            got[1]);
+  free(x), free(out);
+  bt_backend_destroy(be);
+}
+
+Test(kernels, gelu_backward_within_ulp_bound_over_the_float_range, .timeout = 120) {
+  bt_backend_t *be = cpu();
+  size_t cap = (1ull << 32) / GSTRIDE + 64;
+  float *x = malloc(cap * sizeof *x), *dout = malloc(cap * sizeof *dout);
+  float *dinp = malloc(cap * sizeof *dinp);
+  cr_assert(x && dout && dinp);
+  size_t n = gelu_sweep(x);
+  rng_state = 21;
+  /* dout = 1 on even elements (gelu' itself), random on odd ones. */
+  for (size_t i = 0; i < n; i++) dout[i] = i % 2 ? 4 * rnd() : 1.0f;
+  cr_assert_eq(be->ops->gelu_backward(be, dinp, x, dout, n), 0);
+  double worst = 0;
+  float at = 0;
+  for (size_t i = 0; i < n; i++) {
+    double e = ulp_error(dinp[i], dgelu_ref_ld(x[i]) * dout[i]);
+    if (e > worst) worst = e, at = x[i];
+  }
+  cr_log_info("gelu backward: max %.6f ulp at x = %a over %zu inputs", worst, at, n);
+  cr_assert(worst <= BT_GELU_ULP_BOUND, "gelu'(%a) off by %.4f ulp > %.2f", at, worst,
+            BT_GELU_ULP_BOUND);
+  float lim[3] = {-INFINITY, INFINITY, NAN}, ones[3] = {1, 1, 1}, got[3];
+  cr_assert_eq(be->ops->gelu_backward(be, got, lim, ones, 3), 0);
+  cr_assert(got[0] == 0 && got[1] == 1 && isnan(got[2]), "gelu'(-Inf, Inf, NaN) = %g %g %g",
+            got[0], got[1], got[2]);
+  free(x), free(dout), free(dinp);
+  bt_backend_destroy(be);
+}
+
 Test(kernels, residual_and_accumulate_add_elementwise) {
   rng_state = 8;
   bt_backend_t *be = cpu();
@@ -548,6 +646,37 @@ Test(kernels, weight_gradients_accumulate_exactly) {
   free(inp), free(dout), free(dln), free(w1), free(b1), free(w2), free(b2), free(g0), free(g0b);
   free(w3), free(b3), free(mean), free(rstd), free(lnout), free(lw), free(lb), free(ctx), free(e1);
   free(e2);
+  bt_backend_destroy(be);
+}
+
+/* At the model's sizes (T = 128 and 256 rows, widths 128 and 512) the
+ * weight gradient is one sgemm accumulating into dweight: still exactly
+ * g0 + (one call from zero), and twice one call from zero. */
+Test(kernels, direct_weight_gradient_is_grad_plus_sum_at_model_sizes) {
+  rng_state = 12;
+  bt_backend_t *be = cpu();
+  const int shapes[][3] = {{128, 128, 512}, {128, 512, 128}, {256, 512, 2048}, {256, 128, 256}};
+  for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+    int N = shapes[k][0], C = shapes[k][1], OC = shapes[k][2];
+    size_t nw = (size_t)OC * C;
+    float *inp = frand((size_t)N * C), *dout = frand((size_t)N * OC);
+    float *w1 = fzeros(nw), *w2 = fzeros(nw), *g0 = frand(nw), *w3 = malloc(nw * sizeof *w3);
+    float *b1 = fzeros(OC), *b2 = fzeros(OC);
+    cr_assert(w3);
+    memcpy(w3, g0, nw * sizeof *w3);
+    cr_assert_eq(be->ops->matmul_backward_weight(be, w1, b1, dout, inp, N, C, OC), 0);
+    cr_assert_eq(be->ops->matmul_backward_weight(be, w2, b2, dout, inp, N, C, OC), 0);
+    cr_assert_eq(be->ops->matmul_backward_weight(be, w2, b2, dout, inp, N, C, OC), 0);
+    cr_assert_eq(be->ops->matmul_backward_weight(be, w3, NULL, dout, inp, N, C, OC), 0);
+    for (size_t i = 0; i < nw; i++) {
+      cr_assert_eq(w2[i], 2 * w1[i], "N=%d C=%d OC=%d dweight[%zu] %.9g != 2 * %.9g", N, C, OC,
+                   i, w2[i], w1[i]);
+      cr_assert_eq(w3[i], g0[i] + w1[i], "N=%d C=%d OC=%d dweight[%zu] %.9g != %.9g + %.9g", N,
+                   C, OC, i, w3[i], g0[i], w1[i]);
+    }
+    for (int i = 0; i < OC; i++) cr_assert_eq(b2[i], 2 * b1[i]);
+    free(inp), free(dout), free(w1), free(w2), free(g0), free(w3), free(b1), free(b2);
+  }
   bt_backend_destroy(be);
 }
 

@@ -10,11 +10,17 @@
  * backend is created (openblas_set_num_threads(1)), so the environment's
  * OPENBLAS_NUM_THREADS changes nothing; with -ffp-contract=off and no
  * -ffast-math every loop below rounds the same way on every run. Parameter
- * gradients are summed over rows in increasing row order into a scratch
- * buffer, then added to the caller's gradient ONCE: so "+=" over
- * micro-batches is exactly "gradient + this micro-batch's sum", and two
- * calls from a zero gradient give exactly twice one call (OpenBLAS, left to
- * accumulate into C itself with beta = 1, adds its K-blocks one by one).
+ * gradients are summed over rows in increasing row order, then added to the
+ * caller's gradient ONCE: so "+=" over micro-batches is exactly "gradient +
+ * this micro-batch's sum", and two calls from a zero gradient give exactly
+ * twice one call. For a matrix product of up to DIRECT_WGRAD_MAX_ROWS rows
+ * that is one sgemm with beta = 1 (a single K-block); beyond, OpenBLAS
+ * would add its K-blocks one by one, so the sum goes to a scratch buffer.
+ *
+ * Speed without giving up one binary for every node: this directory is
+ * built with -O3 -fno-math-errno -fno-trapping-math (neither changes a
+ * result), and the hot elementwise loops (GELU, AdamW) are cloned for
+ * AVX-512, AVX2 and plain x86-64 with target_clones, picked at load time.
  *
  * Not here: threads. A backend is used by one thread at a time (its scratch
  * buffer is shared by its ops); a process that computes on two threads
@@ -29,6 +35,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/gelu.h"
 
 #define LN_EPS 1e-5f
 #define ALIGN 64
@@ -258,10 +265,39 @@ static int cpu_matmul_backward_input(bt_backend_t *be, float *dinp, const float 
   return 0;
 }
 
+/* Up to this many rows the weight gradient is ONE sgemm with beta = 1,
+ * accumulating straight into dweight: OpenBLAS's K-block (GEMM_Q, above
+ * 256 for sgemm on the x86-64 cores OpenBLAS 0.3 tunes) then spans all N
+ * rows, so the product is summed whole before the single add, which is
+ * exactly "dweight + this micro-batch's sum" (tests/test_kernels.c checks
+ * it at N = 128 and 256 on the machine that runs it). Larger N would be split into K-blocks added one by one, so it
+ * keeps the scratch-then-add path. */
+#define DIRECT_WGRAD_MAX_ROWS 256
+
+static void bias_grad(float *dbias, float *sb, const float *dout, int N, int OC) {
+  memset(sb, 0, (size_t)OC * sizeof(float));
+  for (int n = 0; n < N; n++) {
+    const float *g = dout + (size_t)n * OC;
+    for (int j = 0; j < OC; j++) sb[j] += g[j];
+  }
+  for (int j = 0; j < OC; j++) dbias[j] += sb[j];
+}
+
 static int cpu_matmul_backward_weight(bt_backend_t *be, float *dweight, float *dbias,
                                       const float *dout, const float *inp, int N, int C, int OC) {
   if (N < 0 || C < 1 || OC < 1) return BT_EARG;
   if (N == 0) return 0;
+  float *s;
+  if (N <= DIRECT_WGRAD_MAX_ROWS) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f,
+                dweight, C);
+    if (dbias) {
+      int rc = scratch_get(be, (size_t)OC, &s);
+      if (rc < 0) return rc;
+      bias_grad(dbias, s, dout, N, OC);
+    }
+    return 0;
+  }
   /* The product goes through the scratch buffer in bands of output rows
    * about 128 KiB large, each added to dweight while it is still in cache:
    * a whole (OC, C) scratch would be written, then read back from memory.
@@ -270,7 +306,6 @@ static int cpu_matmul_backward_weight(bt_backend_t *be, float *dweight, float *d
   int band = 32768 / C;
   band = band < 16 ? 16 : band / 16 * 16;
   if (band > OC) band = OC;
-  float *s;
   int rc = scratch_get(be, (size_t)band * C + (size_t)OC, &s);
   if (rc < 0) return rc;
   for (int o = 0; o < OC; o += band) {
@@ -281,38 +316,21 @@ static int cpu_matmul_backward_weight(bt_backend_t *be, float *dweight, float *d
     size_t nb = (size_t)rows * C;
     for (size_t i = 0; i < nb; i++) dw[i] += s[i];
   }
-  if (dbias) {
-    float *sb = s + (size_t)band * C;
-    memset(sb, 0, (size_t)OC * sizeof(float));
-    for (int n = 0; n < N; n++) {
-      const float *g = dout + (size_t)n * OC;
-      for (int j = 0; j < OC; j++) sb[j] += g[j];
-    }
-    for (int j = 0; j < OC; j++) dbias[j] += sb[j];
-  }
+  if (dbias) bias_grad(dbias, s + (size_t)band * C, dout, N, OC);
   return 0;
 }
 
-/* ---- GELU, exact (erf) form, as PyTorch's default ---- */
+/* ---- GELU, exact (erf) form, as PyTorch's default: kernels/cpu/gelu.c
+ * (computed in double, vectorised; the accuracy bound is in gelu.h) ---- */
 
 static int cpu_gelu_forward(bt_backend_t *be, float *out, const float *inp, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
-  }
+  bt_cpu_gelu_forward(out, inp, n);
   return 0;
 }
 
 static int cpu_gelu_backward(bt_backend_t *be, float *dinp, const float *inp, const float *dout,
                              size_t n) {
-  /* 1 / sqrt(2 pi), rounded once to float. */
-  const float inv_sqrt_2pi = 0.3989422804014327f;
-  for (size_t i = 0; i < n; i++) {
-    float x = inp[i];
-    float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
-    float pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
-    dinp[i] = (cdf + x * pdf) * dout[i];
-  }
+  bt_cpu_gelu_backward(dinp, inp, dout, n);
   return 0;
 }
 
@@ -372,8 +390,10 @@ static int cpu_crossentropy_backward(bt_backend_t *be, float *dlogits, const flo
   return 0;
 }
 
-/* ---- AdamW (decoupled weight decay), as llm.c and PyTorch write it ---- */
+/* ---- AdamW (decoupled weight decay), as llm.c and PyTorch write it;
+ * cloned per ISA like GELU (the same IEEE operations on every path) ---- */
 
+__attribute__((target_clones("avx512f", "avx2", "default")))
 static int cpu_adamw_update(bt_backend_t *be, float *params, float *m, float *v,
                             const float *grads, size_t n, float lr, float beta1, float beta2,
                             float eps, float weight_decay, float bias_correction1,
