@@ -266,6 +266,22 @@ Test(run, nccl_setup_past_its_deadline_is_named) {
   assert_workers_gone(2, 2000);
 }
 
+/* A stage still connecting to its peers when the progress allowance runs
+ * out is a start-up failure, said as such (who did not connect), not a
+ * hang in computing. */
+Test(run, a_stage_that_never_connects_is_a_start_up_failure) {
+  const char *args[] = {"--stages", "3", "--steps", "10", "--no-progress", "--progress-timeout", "0.5",
+                        "--", "--mode", "no-connect", "--fail-stage", "2", NULL};
+  cr_assert_eq(run_to_end(args, 60000), 1);
+  assert_contains(err_path, "baton: stage 2 failed: start-up: stage 2 did not connect to its peers within ");
+  char *err = bt_proc_slurp(err_path);
+  cr_assert_not_null(err);
+  int hang = strstr(err, "computing (killed)") != NULL;
+  free(err);
+  cr_assert(!hang, "a start-up failure was reported as a hang in computing");
+  assert_workers_gone(3, 2000);
+}
+
 Test(run, sigint_stops_cleanly_and_leaves_no_process) {
   char events[320];
   snprintf(events, sizeof events, "%s/events.jsonl", dir);

@@ -8,6 +8,7 @@
  *
  *   --mode M        normal | crash | exit | freeze | noprogress | ignore-stop
  *                   | slow-start | no-hash | ckpt-late | slow-setup
+ *                   | no-connect
  *   --fail-stage S  the stage that misbehaves (default: every stage)
  *   --at-step N     the step at which it does (default 2)
  *   --code X        exit code for --mode exit (default 4)
@@ -15,6 +16,10 @@
  *   --start-ms MS   slow-start: sleep this long before HELLO (default 5000)
  *   --setup-ms MS   slow-setup: after START, report BT_PHASE_SETUP (NCCL's
  *                   set-up) and stay in it this long (default 3000)
+ *
+ * In mode no-connect the misbehaving stage reports BT_PHASE_CONNECT after
+ * START (connecting to its peers) and stays there, heartbeating, until it
+ * is killed: what a data plane held by strangers looks like.
  *
  * With BATON_CKPT_DIR every stage writes a real (tiny) shard through the
  * checkpoint module after the step a CKPT_AT names and after the last
@@ -178,6 +183,10 @@ int main(int argc, char **argv) {
   if (me && !strcmp(o.mode, "slow-setup")) {
     bt_control_progress(c, first - 1, 0, BT_PHASE_SETUP);
     bt_sleep_ms(o.setup_ms);
+  }
+  if (me && !strcmp(o.mode, "no-connect")) {
+    bt_control_progress(c, first - 1, 0, BT_PHASE_CONNECT);
+    for (;;) bt_sleep_ms(1000); /* heartbeats come from the control thread */
   }
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
   const char *root = env.ckpt_dir[0] ? env.ckpt_dir : NULL;
