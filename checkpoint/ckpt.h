@@ -138,6 +138,13 @@ int bt_ckpt_save_async_fill(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
 int bt_ckpt_writer_wait(bt_ckpt_writer_t *w, int64_t timeout_ms, bt_ckpt_result_t *last);
 /* Lets the in-flight save finish, stops the thread, frees everything. */
 void bt_ckpt_writer_destroy(bt_ckpt_writer_t *w);
+/* Called on the writer thread after dataset i (0-based) of the n in the
+ * shard of `step` is written into its temporary file, before HDF5 flushes
+ * or closes it: fault injection (worker/faults.c) dies here to leave a torn
+ * shard. It must not touch the file. */
+typedef void (*bt_ckpt_write_hook_fn)(void *arg, int64_t step, size_t i, size_t n);
+/* Sets the hook (NULL: none); call before the first save. */
+void bt_ckpt_writer_set_hook(bt_ckpt_writer_t *w, bt_ckpt_write_hook_fn fn, void *arg);
 
 /* Lineage (checkpoint/lineage.c): the job that committed a step and the
  * step its incarnation restored from. A job id is 32 lowercase hex digits,

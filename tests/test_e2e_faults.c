@@ -159,6 +159,27 @@ Test(faults, slow_keeps_the_hash) { survives(2, "slow@stage=1,step=3,ms=5"); }
 
 Test(faults, ckpt_die_keeps_the_hash) { survives(2, "ckpt-die@stage=1,step=10"); }
 
+/* Dying mid-write of the shard of step 10 (ckpt-every 5) leaves a torn
+ * stage-001 file in step-00000010.tmp/: the restart restores step 5, the
+ * last committed one, never the torn file, and still ends on train's hash. */
+Test(faults, ckpt_die_mid_write_restores_the_previous_commit) {
+  survives(2, "ckpt-die@stage=1,step=10,at=write");
+  cr_assert(file_has(err_path, "dying in the middle of writing the shard of step 10"),
+            "the worker did not die writing the shard of step 10");
+  char *ev = bt_proc_slurp(events_path);
+  cr_assert_not_null(ev);
+  const char *restart = strstr(ev, "\"event\":\"restart\"");
+  const char *restore = restart ? strstr(restart, "\"restore_step\":") : NULL;
+  const char *commit10 = strstr(ev, "\"step\":10,\"result\":\"committed\"");
+  static char msg[16384];
+  snprintf(msg, sizeof msg, "%s", ev);
+  int restored = restore ? atoi(restore + strlen("\"restore_step\":")) : -1;
+  int torn_committed = commit10 && restart && commit10 < restart;
+  free(ev);
+  cr_assert_eq(restored, 5, "the restart did not restore step 5:\n%s", msg);
+  cr_assert_not(torn_committed, "step 10 committed before the restart:\n%s", msg);
+}
+
 /* A small deterministic generator (splitmix64): the same seed gives the
  * same faults on every machine. */
 static uint64_t next_rand(uint64_t *s) {

@@ -495,6 +495,7 @@ static int ckpt_setup(pipe_t *w) {
     bt_errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
   }
+  bt_ckpt_writer_set_hook(w->writer, bt_faults_write, &w->faults);
   /* Fault in the snapshot now, so the first save costs training a memcpy. */
   if ((rc = bt_ckpt_writer_reserve(w->writer, w->sc.desc, w->sc.n, w->env->ckpt_timeout_ms)) < 0)
     bt_errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
