@@ -254,6 +254,19 @@ int bt_ckpt_open_latest(const char *root, int level, bt_ckpt_step_t *st);
  * only find the step (all shards checked). On success *st stays open. */
 int bt_ckpt_restore(const char *root, bt_ckpt_tensor_t *want, size_t n, bt_ckpt_step_t *st);
 
+/* ---- the parameter hash (hash.c) ---- */
+
+/* The parameter hash (DESIGN.md §8, the one `baton train --hash` prints)
+ * of the parameters in shard files, read from disk with each dataset's CRC
+ * checked. A shard or tensor that cannot be read is one line to `problem`
+ * (may be NULL) and the others are still read; the first problem's code is
+ * returned. Parameters that share a layer and index: BT_ECORRUPT. */
+int bt_ckpt_hash_files(const char *const *files, size_t n, bt_hash128_t *out,
+                       bt_ckpt_problem_fn problem, void *arg);
+/* The same over every shard of a committed step directory, verified at
+ * CRC level first. */
+int bt_ckpt_step_hash(const char *step_dir, bt_hash128_t *out);
+
 /* ---- lineage (lineage.c) ---- */
 
 /* A fresh job id: 32 hex digits from getrandom (time and pid without it). */

@@ -831,7 +831,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
 static int print_finished(run_args_t *a, const start_t *start) {
   bt_hash128_t h;
   const char *where = a->ck.resume_path ? start->dir : a->o.ckpt_dir;
-  int hrc = bt_recovery_hash(start->dir, &h);
+  int hrc = bt_ckpt_step_hash(start->dir, &h);
   if (hrc) {
     fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", start->dir, (long long)start->step,
             bt_strerror(hrc));
