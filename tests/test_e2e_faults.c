@@ -46,21 +46,9 @@ static const char *const model[] = {"--layers", "4", "--dim", "32", "--mb-tokens
 /* Runs argv (NULL-terminated) to the end with fresh out/err files; returns
  * the exit code. Dying of a signal or running past the limit fails. */
 static int run_argv(char **argv, int timeout_ms) {
-  unlink(out_path);
-  unlink(err_path);
-  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
-  cr_assert_gt(pid, 0, "spawn failed: %s", strerror(-pid));
-  int st = 0;
-  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
-    /* copied out first: a failed assertion leaves the function for good */
-    static char msg[16384];
-    char *err = bt_proc_slurp(err_path);
-    snprintf(msg, sizeof msg, "%s", err ? err : "");
-    free(err);
-    cr_assert_fail("%s %s did not end within %d ms; stderr:\n%s", argv[0], argv[1], timeout_ms, msg);
-  }
-  cr_assert(WIFEXITED(st), "%s %s died of signal %d", argv[0], argv[1], WTERMSIG(st));
-  return WEXITSTATUS(st);
+  int code = bt_e2e_run(&e2e, argv, NULL, NULL, timeout_ms);
+  cr_assert_lt(code, 128, "%s %s died of signal %d", argv[0], argv[1], code - 128);
+  return code;
 }
 
 /* The `hash <32 hex>` line of out_path into hex; fails the test without. */
