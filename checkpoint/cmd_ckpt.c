@@ -21,12 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoint/cmd.h"
 #include "checkpoint/internal.h"
 #include "common/clock.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/parse.h"
-#include "launcher/commands.h"
 
 enum { EXIT_SOUND = 0, EXIT_PROBLEM = 1, EXIT_USAGE = 2 };
 enum { P_STEP, P_ROOT, P_SHARD };

@@ -28,7 +28,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/parse.h"
-#include "launcher/commands.h"
+#include "launcher/cmd.h"
 #include "launcher/ending.h"
 #include "launcher/plan.h"
 #include "launcher/recovery.h"

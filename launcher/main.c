@@ -1,12 +1,17 @@
 /* main.c - the `baton` executable: dispatches to a subcommand.
  *
  * The only place besides tests that exits. Exit codes of the commands are
- * documented in README.md; bad usage is always 2.
+ * documented in README.md; bad usage is always 2. Each module declares its
+ * own entry in its cmd.h; this file is the one place in launcher/ allowed
+ * to include worker/ (for worker/cmd.h alone: cmake/layers.cmake).
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "launcher/commands.h"
+#include "checkpoint/cmd.h"
+#include "launcher/cmd.h"
+#include "schedules/cmd.h"
+#include "worker/cmd.h"
 
 static const struct {
   const char *name;

@@ -1,6 +1,6 @@
 /* cmd.h - `baton schedule`: build or read, check, simulate and draw a
  * schedule without running anything. The entry point lives with the module
- * it drives (launcher/commands.h lists every subcommand).
+ * it drives; launcher/main.c includes it with the other modules' cmd.h.
  */
 #ifndef BT_SCHEDULES_CMD_H
 #define BT_SCHEDULES_CMD_H

@@ -49,7 +49,7 @@
 #include "common/model.h"
 #include "common/parse.h"
 #include "kernels/backend.h"
-#include "launcher/commands.h"
+#include "worker/cmd.h"
 #include "worker/stage.h"
 #include "worker/stage_ckpt.h"
 

@@ -20,7 +20,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/backend.h"
-#include "launcher/commands.h"
+#include "worker/cmd.h"
 #include "worker/control.h"
 #include "worker/pipeline.h"
 
