@@ -138,6 +138,13 @@ int bt_ckpt_save_async_fill(bt_ckpt_writer_t *w, const bt_ckpt_meta_t *meta,
 int bt_ckpt_writer_wait(bt_ckpt_writer_t *w, int64_t timeout_ms, bt_ckpt_result_t *last);
 /* Lets the in-flight save finish, stops the thread, frees everything. */
 void bt_ckpt_writer_destroy(bt_ckpt_writer_t *w);
+/* Called on the writer thread after dataset i (0-based) of the n in the
+ * shard of `step` is written into its temporary file, before HDF5 flushes
+ * or closes it: fault injection (worker/faults.c) dies here to leave a torn
+ * shard. It must not touch the file. */
+typedef void (*bt_ckpt_write_hook_fn)(void *arg, int64_t step, size_t i, size_t n);
+/* Sets the hook (NULL: none); call before the first save. */
+void bt_ckpt_writer_set_hook(bt_ckpt_writer_t *w, bt_ckpt_write_hook_fn fn, void *arg);
 
 /* Lineage (checkpoint/lineage.c): the job that committed a step and the
  * step its incarnation restored from. A job id is 32 lowercase hex digits,
@@ -246,6 +253,19 @@ int bt_ckpt_open_latest(const char *root, int level, bt_ckpt_step_t *st);
  * must still be present with its size). `want` may be NULL with n 0 to
  * only find the step (all shards checked). On success *st stays open. */
 int bt_ckpt_restore(const char *root, bt_ckpt_tensor_t *want, size_t n, bt_ckpt_step_t *st);
+
+/* ---- the parameter hash (hash.c) ---- */
+
+/* The parameter hash (DESIGN.md §8, the one `baton train --hash` prints)
+ * of the parameters in shard files, read from disk with each dataset's CRC
+ * checked. A shard or tensor that cannot be read is one line to `problem`
+ * (may be NULL) and the others are still read; the first problem's code is
+ * returned. Parameters that share a layer and index: BT_ECORRUPT. */
+int bt_ckpt_hash_files(const char *const *files, size_t n, bt_hash128_t *out,
+                       bt_ckpt_problem_fn problem, void *arg);
+/* The same over every shard of a committed step directory, verified at
+ * CRC level first. */
+int bt_ckpt_step_hash(const char *step_dir, bt_hash128_t *out);
 
 /* ---- lineage (lineage.c) ---- */
 

@@ -801,31 +801,23 @@ out:
 
 /* ---- hash ---- */
 
+static void print_line(void *arg, const char *line) {
+  (void)arg;
+  printf("%s\n", line);
+}
+
 static int cmd_hash(const char *path) {
   source_t s;
-  items_t it = {0};
-  bt_hash_rec_t *recs = NULL;
+  const char **files = NULL;
+  bt_hash128_t h;
   int ex = source_open(path, BT_CKPT_CHECK_CRC, &s);
   if (ex) goto out;
-  if (list_all(&s, 1, &it) < 0 || !(recs = calloc(it.n ? it.n : 1, sizeof *recs))) {
+  if (!(files = calloc((size_t)s.nfiles, sizeof *files))) {
     ex = EXIT_PROBLEM;
     goto out;
   }
-  for (size_t i = 0; i < it.n; i++) {
-    float *data;
-    if (read_item(&it, i, &data, NULL) < 0) continue;
-    recs[i].layer = it.v[i].t.layer;
-    recs[i].index = it.v[i].t.index;
-    snprintf(recs[i].name, sizeof recs[i].name, "%s", it.v[i].t.name);
-    recs[i].h = bt_hash_tensor(data, bt_ckpt_numel(&it.v[i].t));
-  }
-  if (it.problems) {
-    ex = EXIT_PROBLEM;
-    goto out;
-  }
-  bt_hash128_t h;
-  if (bt_hash_combine(recs, it.n, &h) < 0) {
-    printf("%s: two parameter tensors share a layer and index\n", path);
+  for (int f = 0; f < s.nfiles; f++) files[f] = s.files[f];
+  if (bt_ckpt_hash_files(files, (size_t)s.nfiles, &h, print_line, NULL) < 0) {
     ex = EXIT_PROBLEM;
     goto out;
   }
@@ -833,8 +825,7 @@ static int cmd_hash(const char *path) {
   bt_hash_hex(h, hex);
   printf("hash %s\n", hex);
 out:
-  free(recs);
-  items_free(&it);
+  free(files);
   source_free(&s);
   return ex;
 }

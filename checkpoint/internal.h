@@ -89,6 +89,12 @@ void bt_ckpt_test_stop(const char *phase, int stage);
 int bt_ckpt_dataset_path(const bt_ckpt_tensor_t *t, char *out, size_t size);
 int bt_ckpt_name_ok(const char *name);
 
+/* bt_ckpt_save with a hook called after each dataset is written (the
+ * writer thread's; NULL: none). */
+int bt_ckpt_save_hooked(const char *root, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
+                        size_t n, const bt_ckpt_opts_t *opts, bt_ckpt_write_hook_fn hook,
+                        void *hook_arg, bt_msg_shard_t *report);
+
 /* The manifest's JSON text (manifest.c). */
 int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *len);
 

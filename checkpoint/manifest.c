@@ -3,18 +3,18 @@
  * The manifest is what makes a step real: the shard list (names relative to
  * the step directory, so a copied step still verifies, with sizes and
  * whole-file CRCs), the layer-to-shard map and the configuration text. The
- * reader accepts exactly the shape the writer produces (keys in order,
- * nothing missing or extra, integers only) and no other JSON: it is not a
- * JSON library and a hand-edited manifest is a corrupt one.
+ * reader (on the shared strict reader, common/jsonread.h) accepts exactly
+ * the shape the writer produces (keys in order, nothing missing or extra,
+ * integers only) and no other JSON: a hand-edited manifest is a corrupt one.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "checkpoint/internal.h"
 #include "common/json.h"
+#include "common/jsonread.h"
 
 #define MANIFEST_MAX (256u << 20)
 
@@ -87,244 +87,67 @@ int bt_ckpt_manifest_format(const bt_ckpt_manifest_t *m, char **text, size_t *le
   return rc;
 }
 
-/* ---- the strict reader ---- */
+/* ---- the strict reader (on common/jsonread.h) ---- */
 
-typedef struct {
-  const char *base, *p, *end;
-  char *err;
-  size_t errlen;
-  int failed;
-} rd_t;
+static int comma(bt_jr_t *r) { return bt_jr_expect(r, ','); }
 
-__attribute__((format(printf, 2, 3))) static int fail(rd_t *r, const char *fmt, ...) {
-  if (!r->failed && r->err && r->errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->err, r->errlen, fmt, ap);
-    va_end(ap);
-  }
-  r->failed = 1;
-  return BT_EFORMAT;
+static int knum_i(bt_jr_t *r, const char *k, int64_t lo, int64_t hi, int64_t *out) {
+  int rc = bt_jr_key(r, k);
+  return rc < 0 ? rc : bt_jr_int(r, k, lo, hi, out);
 }
 
-static void ws(rd_t *r) {
-  while (r->p < r->end && (*r->p == ' ' || *r->p == '\n' || *r->p == '\r' || *r->p == '\t')) r->p++;
+static int knum_u(bt_jr_t *r, const char *k, uint64_t *out) {
+  int rc = bt_jr_key(r, k);
+  return rc < 0 ? rc : bt_jr_u64(r, k, UINT64_MAX, out);
 }
 
-static int expect(rd_t *r, char c) {
-  ws(r);
-  if (r->p >= r->end || *r->p != c) return fail(r, "expected '%c' at byte %td", c, r->p - r->base);
-  r->p++;
-  return 0;
-}
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* A JSON string into a malloc'ed buffer. */
-static int str(rd_t *r, char **out) {
-  ws(r);
-  if (r->p >= r->end || *r->p != '"') return fail(r, "expected a string");
-  r->p++;
-  size_t cap = 64, n = 0;
-  char *b = malloc(cap);
-  if (!b) return -ENOMEM;
-  for (;;) {
-    if (r->p >= r->end) {
-      free(b);
-      return fail(r, "unterminated string");
-    }
-    unsigned char c = (unsigned char)*r->p++;
-    if (c == '"') break;
-    char tmp[4];
-    size_t k = 1;
-    if (c < 0x20) {
-      free(b);
-      return fail(r, "control character in a string");
-    }
-    if (c != '\\') {
-      tmp[0] = (char)c;
-    } else {
-      if (r->p >= r->end) {
-        free(b);
-        return fail(r, "unterminated escape");
-      }
-      char e = *r->p++;
-      switch (e) {
-      case '"': tmp[0] = '"'; break;
-      case '\\': tmp[0] = '\\'; break;
-      case '/': tmp[0] = '/'; break;
-      case 'n': tmp[0] = '\n'; break;
-      case 'r': tmp[0] = '\r'; break;
-      case 't': tmp[0] = '\t'; break;
-      case 'b': tmp[0] = '\b'; break;
-      case 'f': tmp[0] = '\f'; break;
-      case 'u': {
-        unsigned v = 0;
-        for (int i = 0; i < 4; i++) {
-          int h = r->p < r->end ? hexval(*r->p++) : -1;
-          if (h < 0) {
-            free(b);
-            return fail(r, "bad \\u escape");
-          }
-          v = v * 16 + (unsigned)h;
-        }
-        if (v == 0 || (v >= 0xd800 && v <= 0xdfff)) {
-          free(b);
-          return fail(r, "unsupported \\u escape");
-        }
-        if (v < 0x80) {
-          tmp[0] = (char)v;
-        } else if (v < 0x800) {
-          tmp[0] = (char)(0xc0 | (v >> 6));
-          tmp[1] = (char)(0x80 | (v & 0x3f));
-          k = 2;
-        } else {
-          tmp[0] = (char)(0xe0 | (v >> 12));
-          tmp[1] = (char)(0x80 | ((v >> 6) & 0x3f));
-          tmp[2] = (char)(0x80 | (v & 0x3f));
-          k = 3;
-        }
-        break;
-      }
-      default:
-        free(b);
-        return fail(r, "bad escape '\\%c'", e);
-      }
-    }
-    if (n + k + 1 > cap) {
-      cap *= 2;
-      char *nb = realloc(b, cap);
-      if (!nb) {
-        free(b);
-        return -ENOMEM;
-      }
-      b = nb;
-    }
-    memcpy(b + n, tmp, k);
-    n += k;
-  }
-  b[n] = 0;
-  *out = b;
-  return 0;
-}
-
-static int key(rd_t *r, const char *name) {
-  char *k = NULL;
-  int rc = str(r, &k);
-  if (rc < 0) return rc;
-  if (strcmp(k, name) != 0) {
-    rc = fail(r, "expected key \"%s\", found \"%.40s\"", name, k);
-    free(k);
-    return rc;
-  }
-  free(k);
-  return expect(r, ':');
-}
-
-/* An integer in [lo, hi], written as JSON writes integers (no leading
- * zeros, no fraction or exponent). */
-static int num(rd_t *r, const char *what, int64_t lo, uint64_t hi, int64_t *sv, uint64_t *uv) {
-  ws(r);
-  int neg = 0;
-  if (r->p < r->end && *r->p == '-') {
-    neg = 1;
-    r->p++;
-  }
-  if (r->p >= r->end || *r->p < '0' || *r->p > '9') return fail(r, "%s: expected an integer", what);
-  if (*r->p == '0' && r->p + 1 < r->end && r->p[1] >= '0' && r->p[1] <= '9')
-    return fail(r, "%s: leading zero", what);
-  uint64_t v = 0;
-  while (r->p < r->end && *r->p >= '0' && *r->p <= '9') {
-    unsigned d = (unsigned)(*r->p++ - '0');
-    if (v > (UINT64_MAX - d) / 10) return fail(r, "%s: out of range", what);
-    v = v * 10 + d;
-  }
-  if (r->p < r->end && (*r->p == '.' || *r->p == 'e' || *r->p == 'E'))
-    return fail(r, "%s: not an integer", what);
-  if (neg) {
-    if (lo >= 0 || v > (uint64_t)INT64_MAX + 1 || -(int64_t)(v - 1) - 1 < lo)
-      return fail(r, "%s: out of range", what);
-    if (sv) *sv = -(int64_t)(v - 1) - 1;
-    if (uv) return fail(r, "%s: out of range", what);
-    return 0;
-  }
-  if (v > hi) return fail(r, "%s: out of range", what);
-  if (sv) *sv = (int64_t)v;
-  if (uv) *uv = v;
-  return 0;
-}
-
-static int knum_i(rd_t *r, const char *k, int64_t lo, int64_t hi, int64_t *out) {
-  int rc = key(r, k);
-  if (rc < 0) return rc;
-  if ((rc = num(r, k, lo, (uint64_t)hi, out, NULL)) < 0) return rc;
-  return 0;
-}
-
-static int comma(rd_t *r) { return expect(r, ','); }
-
-/* 1 when the next key is `name` (nothing consumed). */
-static int next_key_is(rd_t *r, const char *name) {
-  ws(r);
-  size_t n = strlen(name);
-  return r->end - r->p > (ptrdiff_t)(n + 1) && r->p[0] == '"' && !memcmp(r->p + 1, name, n) &&
-         r->p[n + 1] == '"';
+static int kstr(bt_jr_t *r, const char *k, char **out) {
+  int rc = bt_jr_key(r, k);
+  return rc < 0 ? rc : bt_jr_str_dup(r, out);
 }
 
 /* A job id ("" or 32 lowercase hex digits) into out. */
-static int job_id(rd_t *r, const char *what, char out[BT_CKPT_JOB_LEN + 1]) {
-  char *s = NULL;
-  int rc = str(r, &s);
+static int job_id(bt_jr_t *r, const char *what, char out[BT_CKPT_JOB_LEN + 1]) {
+  char s[BT_CKPT_JOB_LEN + 2];
+  int fits;
+  int rc = bt_jr_str(r, s, sizeof s, &fits);
   if (rc < 0) return rc;
-  if (s[0] && !bt_ckpt_job_valid(s)) {
-    free(s);
-    return fail(r, "%s: not a job id", what);
-  }
-  snprintf(out, BT_CKPT_JOB_LEN + 1, "%s", s);
-  free(s);
+  if (!fits || (s[0] && !bt_ckpt_job_valid(s))) return bt_jr_fail(r, "%s: not a job id", what);
+  memcpy(out, s, strlen(s) + 1); /* fits: at most BT_CKPT_JOB_LEN + 1 bytes */
   return 0;
 }
 
 /* "job":"…","parent":null|{"job":"…","step":N} — absent in manifests
  * written before lineage existed (then job "" and no parent). */
-static int lineage(rd_t *r, bt_ckpt_lineage_t *l) {
+static int lineage(bt_jr_t *r, bt_ckpt_lineage_t *l) {
   int rc;
-  if (!next_key_is(r, "job")) return 0;
-  if ((rc = key(r, "job")) < 0 || (rc = job_id(r, "job", l->job)) < 0) return rc;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "parent")) < 0) return rc;
-  ws(r);
-  if (r->end - r->p >= 4 && !memcmp(r->p, "null", 4)) {
-    r->p += 4;
-    return comma(r);
-  }
-  if ((rc = expect(r, '{')) < 0 || (rc = key(r, "job")) < 0 ||
+  if (!bt_jr_next_key_is(r, "job")) return 0;
+  if ((rc = bt_jr_key(r, "job")) < 0 || (rc = job_id(r, "job", l->job)) < 0) return rc;
+  if ((rc = comma(r)) < 0 || (rc = bt_jr_key(r, "parent")) < 0) return rc;
+  if (bt_jr_peek(r) == 'n') return bt_jr_literal(r, "null") < 0 ? BT_EFORMAT : comma(r);
+  if ((rc = bt_jr_expect(r, '{')) < 0 || (rc = bt_jr_key(r, "job")) < 0 ||
       (rc = job_id(r, "parent job", l->parent_job)) < 0)
     return rc;
   if ((rc = comma(r)) < 0 || (rc = knum_i(r, "step", 0, INT64_MAX, &l->parent_step)) < 0) return rc;
-  if ((rc = expect(r, '}')) < 0) return rc;
+  if ((rc = bt_jr_expect(r, '}')) < 0) return rc;
   return comma(r);
 }
 
-static int parse(rd_t *r, bt_ckpt_manifest_t *m) {
+static int parse(bt_jr_t *r, bt_ckpt_manifest_t *m) {
   int rc;
   int64_t v;
   char *s = NULL;
-  if ((rc = expect(r, '{')) < 0) return rc;
-  if ((rc = key(r, "format")) < 0 || (rc = str(r, &s)) < 0) return rc;
+  if ((rc = bt_jr_expect(r, '{')) < 0) return rc;
+  if ((rc = kstr(r, "format", &s)) < 0) return rc;
   if (strcmp(s, "baton-checkpoint") != 0) {
     free(s);
-    return fail(r, "format is not baton-checkpoint");
+    return bt_jr_fail(r, "format is not baton-checkpoint");
   }
   free(s);
   if ((rc = comma(r)) < 0 || (rc = knum_i(r, "version", 0, INT32_MAX, &v)) < 0) return rc;
   m->version = (int)v;
   if (v != BT_CKPT_FORMAT_VERSION) {
-    fail(r, "format version %lld, this baton reads %d", (long long)v, BT_CKPT_FORMAT_VERSION);
+    bt_jr_fail(r, "format version %lld, this baton reads %d", (long long)v, BT_CKPT_FORMAT_VERSION);
     return BT_EVERSION;
   }
   if ((rc = comma(r)) < 0 || (rc = knum_i(r, "step", 0, INT64_MAX, &m->meta.step)) < 0) return rc;
@@ -335,60 +158,51 @@ static int parse(rd_t *r, bt_ckpt_manifest_t *m) {
   if ((rc = comma(r)) < 0 || (rc = knum_i(r, "layer_count", 1, BT_CKPT_MAX_LAYERS, &v)) < 0)
     return rc;
   m->meta.layer_count = (uint32_t)v;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "seed")) < 0 ||
-      (rc = num(r, "seed", 0, UINT64_MAX, NULL, &m->meta.seed)) < 0)
-    return rc;
+  if ((rc = comma(r)) < 0 || (rc = knum_u(r, "seed", &m->meta.seed)) < 0) return rc;
   if ((rc = comma(r)) < 0 || (rc = knum_i(r, "adam_t", INT64_MIN, INT64_MAX, &m->meta.adam_t)) < 0)
     return rc;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "model_config")) < 0 ||
-      (rc = str(r, &m->meta.model_config)) < 0)
-    return rc;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "run_settings")) < 0 ||
-      (rc = str(r, &m->meta.run_settings)) < 0)
-    return rc;
+  if ((rc = comma(r)) < 0 || (rc = kstr(r, "model_config", &m->meta.model_config)) < 0) return rc;
+  if ((rc = comma(r)) < 0 || (rc = kstr(r, "run_settings", &m->meta.run_settings)) < 0) return rc;
   if ((rc = comma(r)) < 0 || (rc = lineage(r, &m->lineage)) < 0) return rc;
-  if ((rc = key(r, "shards")) < 0 || (rc = expect(r, '[')) < 0) return rc;
+  if ((rc = bt_jr_key(r, "shards")) < 0 || (rc = bt_jr_expect(r, '[')) < 0) return rc;
   m->shards = calloc(m->meta.stages, sizeof *m->shards);
   if (!m->shards) return -ENOMEM;
   for (uint32_t i = 0; i < m->meta.stages; i++) {
     bt_ckpt_shard_info_t *sh = &m->shards[i];
     if (i > 0 && (rc = comma(r)) < 0) return rc;
-    if ((rc = expect(r, '{')) < 0) return rc;
+    if ((rc = bt_jr_expect(r, '{')) < 0) return rc;
     if ((rc = knum_i(r, "stage", 0, (int64_t)m->meta.stages - 1, &v)) < 0) return rc;
     sh->stage = (uint32_t)v;
-    if ((rc = comma(r)) < 0 || (rc = key(r, "file")) < 0 || (rc = str(r, &s)) < 0) return rc;
+    if ((rc = comma(r)) < 0 || (rc = kstr(r, "file", &s)) < 0) return rc;
     /* Names are relative to the step directory: never a path elsewhere. */
     if (!s[0] || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, "..") ||
         strlen(s) >= sizeof sh->file) {
       free(s);
-      return fail(r, "shard %u: bad file name", i);
+      return bt_jr_fail(r, "shard %u: bad file name", i);
     }
     snprintf(sh->file, sizeof sh->file, "%s", s);
     free(s);
-    if ((rc = comma(r)) < 0 || (rc = key(r, "size")) < 0 ||
-        (rc = num(r, "size", 0, UINT64_MAX, NULL, &sh->size)) < 0)
-      return rc;
+    if ((rc = comma(r)) < 0 || (rc = knum_u(r, "size", &sh->size)) < 0) return rc;
     if ((rc = comma(r)) < 0 || (rc = knum_i(r, "crc", 0, UINT32_MAX, &v)) < 0) return rc;
     sh->crc = (uint32_t)v;
-    if ((rc = expect(r, '}')) < 0) return rc;
+    if ((rc = bt_jr_expect(r, '}')) < 0) return rc;
     for (uint32_t k = 0; k < i; k++)
       if (m->shards[k].stage == sh->stage || !strcmp(m->shards[k].file, sh->file))
-        return fail(r, "shard %u: stage or file listed twice", i);
+        return bt_jr_fail(r, "shard %u: stage or file listed twice", i);
   }
   m->nshards = m->meta.stages;
-  if ((rc = expect(r, ']')) < 0) return rc;
-  if ((rc = comma(r)) < 0 || (rc = key(r, "layers")) < 0 || (rc = expect(r, '[')) < 0) return rc;
+  if ((rc = bt_jr_expect(r, ']')) < 0) return rc;
+  if ((rc = comma(r)) < 0 || (rc = bt_jr_key(r, "layers")) < 0 || (rc = bt_jr_expect(r, '[')) < 0)
+    return rc;
   m->layer_shard = calloc(m->meta.layer_count, sizeof *m->layer_shard);
   if (!m->layer_shard) return -ENOMEM;
   for (uint32_t l = 0; l < m->meta.layer_count; l++) {
     if (l > 0 && (rc = comma(r)) < 0) return rc;
-    if ((rc = num(r, "layers", 0, m->nshards - 1, &v, NULL)) < 0) return rc;
+    if ((rc = bt_jr_int(r, "layers", 0, (int64_t)m->nshards - 1, &v)) < 0) return rc;
     m->layer_shard[l] = (uint32_t)v;
   }
-  if ((rc = expect(r, ']')) < 0 || (rc = expect(r, '}')) < 0) return rc;
-  ws(r);
-  if (r->p != r->end) return fail(r, "trailing bytes after the manifest");
-  return 0;
+  if ((rc = bt_jr_expect(r, ']')) < 0 || (rc = bt_jr_expect(r, '}')) < 0) return rc;
+  return bt_jr_end(r);
 }
 
 int bt_ckpt_manifest_read(const char *path, bt_ckpt_manifest_t *m, char *err, size_t errlen) {
@@ -402,8 +216,8 @@ int bt_ckpt_manifest_read(const char *path, bt_ckpt_manifest_t *m, char *err, si
     if (err) snprintf(err, errlen, "%s", bt_strerror(rc));
     return rc;
   }
-  rd_t r = {.base = text, .p = text, .end = text + len, .err = err, .errlen = errlen};
-  if (memchr(text, 0, len)) rc = fail(&r, "NUL byte in the manifest");
+  bt_jr_t r;
+  rc = bt_jr_init(&r, "manifest", text, len, MANIFEST_MAX, err, errlen);
   if (rc == 0) rc = parse(&r, m);
   if (rc < 0) bt_ckpt_manifest_free(m);
   free(text);

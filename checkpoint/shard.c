@@ -308,6 +308,11 @@ static int write_root_attrs(hid_t file, const bt_ckpt_meta_t *m, const uint32_t 
   return attr_write(file, "layers", H5T_STD_U32LE, H5T_NATIVE_UINT32, 1, nl, layers);
 }
 
+typedef struct {
+  bt_ckpt_write_hook_fn fn;
+  void *arg;
+} hook_t;
+
 /* errno named in HDF5's innermost message ("errno = 28, ..."), or 0. */
 static int h5_errno(void) {
   const char *p = strstr(bt_h5_last_error(), "errno = ");
@@ -318,7 +323,7 @@ static int h5_errno(void) {
  * errno HDF5 names (ENOSPC, EIO, EDQUOT) is returned as -errno. */
 static int write_h5(const char *tmp, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
                     size_t n, const bt_ckpt_opts_t *opts, const uint32_t *layers, size_t nl,
-                    hsize_t *h5size, extent_t *ext) {
+                    const hook_t *hook, hsize_t *h5size, extent_t *ext) {
   int rc = 0;
   hid_t fapl = -1, file = -1, g = -1;
   H5_TRY_ID(fapl, H5Pcreate(H5P_FILE_ACCESS));
@@ -332,8 +337,10 @@ static int write_h5(const char *tmp, const bt_ckpt_meta_t *meta, const bt_ckpt_t
   H5_TRY_ID(g, H5Gcreate2(file, "/optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   H5Gclose(g);
   g = -1;
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     if ((rc = write_dataset(file, tmp, &t[i], opts, &ext[i])) < 0) goto out;
+    if (hook->fn) hook->fn(hook->arg, meta->step, i, n);
+  }
   H5_TRY(H5Fflush(file, H5F_SCOPE_GLOBAL));
   H5_TRY(H5Fget_filesize(file, h5size));
 out:
@@ -473,7 +480,8 @@ static int enough_space(const char *dir, const bt_ckpt_tensor_t *t, size_t n) {
  * the final file's. The CRC is computed once: each tensor's while it is
  * written, combined with the metadata's after the fsync. */
 static int shard_write(const char *path, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
-                       size_t n, const bt_ckpt_opts_t *opts, uint64_t *size, uint32_t *crc) {
+                       size_t n, const bt_ckpt_opts_t *opts, const hook_t *hook, uint64_t *size,
+                       uint32_t *crc) {
   char tmp[PATH_MAX], dir[PATH_MAX];
   uint32_t *layers = NULL;
   size_t nl = 0;
@@ -492,7 +500,7 @@ static int shard_write(const char *path, const bt_ckpt_meta_t *meta, const bt_ck
   if (!(ext = calloc(n ? n : 1, sizeof *ext))) return -ENOMEM;
   if ((rc = layers_of(t, n, &layers, &nl)) < 0) goto out;
   if ((rc = enough_space(dir, t, n)) < 0) goto out;
-  if ((rc = write_h5(tmp, meta, t, n, opts, layers, nl, &h5size, ext)) < 0) goto out;
+  if ((rc = write_h5(tmp, meta, t, n, opts, layers, nl, hook, &h5size, ext)) < 0) goto out;
   /* Re-check the size: a write HDF5 thought succeeded must have landed. */
   if (stat(tmp, &st) < 0) {
     rc = -errno;
@@ -523,6 +531,13 @@ out:
 
 int bt_ckpt_save(const char *root, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
                  size_t n, const bt_ckpt_opts_t *opts, bt_msg_shard_t *report) {
+  return bt_ckpt_save_hooked(root, meta, t, n, opts, NULL, NULL, report);
+}
+
+int bt_ckpt_save_hooked(const char *root, const bt_ckpt_meta_t *meta, const bt_ckpt_tensor_t *t,
+                        size_t n, const bt_ckpt_opts_t *opts, bt_ckpt_write_hook_fn hook_fn,
+                        void *hook_arg, bt_msg_shard_t *report) {
+  const hook_t hook = {hook_fn, hook_arg};
   char dir[PATH_MAX], path[PATH_MAX], name[64];
   int rc;
   bt_h5_thread_init();
@@ -546,7 +561,7 @@ int bt_ckpt_save(const char *root, const bt_ckpt_meta_t *meta, const bt_ckpt_ten
   bt_ckpt_shard_name(meta->stage, meta->stages, name, sizeof name);
   if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -ENAMETOOLONG;
   memset(report, 0, sizeof *report);
-  if ((rc = shard_write(path, meta, t, n, opts, &report->size, &report->crc)) < 0) {
+  if ((rc = shard_write(path, meta, t, n, opts, &hook, &report->size, &report->crc)) < 0) {
     bt_error("checkpoint: saving %s failed: %s", path, bt_strerror(rc));
     return rc;
   }

@@ -29,6 +29,8 @@ struct bt_ckpt_writer {
   bt_ckpt_opts_t opts;
   bt_ckpt_done_fn done;
   void *arg;
+  bt_ckpt_write_hook_fn hook;
+  void *hook_arg;
   int busy;               /* a snapshot is queued or being written */
   int quit;
   int have_last;
@@ -75,7 +77,8 @@ static void *writer_main(void *p) {
     /* The snapshot is ours while busy: save_async waits for !busy first. */
     bt_ckpt_result_t r = {.step = w->meta.step};
     double t0 = bt_clock_s();
-    r.rc = bt_ckpt_save(w->root, &w->meta, w->t, w->n, &w->opts, &r.shard);
+    r.rc = bt_ckpt_save_hooked(w->root, &w->meta, w->t, w->n, &w->opts, w->hook, w->hook_arg,
+                               &r.shard);
     r.write_s = bt_clock_s() - t0;
     H5Eclear2(H5E_DEFAULT);
     if (w->done) w->done(w->arg, &r);
@@ -123,6 +126,14 @@ out:
     free(w);
   }
   return rc;
+}
+
+void bt_ckpt_writer_set_hook(bt_ckpt_writer_t *w, bt_ckpt_write_hook_fn fn, void *arg) {
+  /* Under the lock: the thread reads them after taking it for a save. */
+  pthread_mutex_lock(&w->mu);
+  w->hook = fn;
+  w->hook_arg = arg;
+  pthread_mutex_unlock(&w->mu);
 }
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }

@@ -42,7 +42,7 @@ int bt_fault_parse(const char *spec, bt_fault_t *out, char *why, size_t why_len)
   if (!at) return fail(why, why_len, "fault spec '%s': expected KIND@stage=S,step=N", spec);
   *at = '\0';
   bt_fault_t f = {.kind = BT_FAULT_NKINDS_, .stage = -1, .step = -1,
-                  .action = 0, .code = 1, .ms = 100};
+                  .action = 0, .code = 1, .ms = 100, .at = BT_FAULT_AT_SNAPSHOT};
   for (int k = 0; k < BT_FAULT_NKINDS_; k++)
     if (strcmp(buf, kind_names[k]) == 0) f.kind = (bt_fault_kind_t)k;
   if (f.kind == BT_FAULT_NKINDS_)
@@ -71,9 +71,15 @@ int bt_fault_parse(const char *spec, bt_fault_t *out, char *why, size_t why_len)
       if (f.kind != BT_FAULT_SLOW)
         return fail(why, why_len, "fault spec '%s': ms= applies to slow only", spec);
       rc = bt_parse_int(v, 1, 600000, &f.ms);
+    } else if (strcmp(kv, "at") == 0) {
+      if (f.kind != BT_FAULT_CKPT_DIE)
+        return fail(why, why_len, "fault spec '%s': at= applies to ckpt-die only", spec);
+      rc = strcmp(v, "snapshot") == 0 ? (f.at = BT_FAULT_AT_SNAPSHOT, 0)
+           : strcmp(v, "write") == 0  ? (f.at = BT_FAULT_AT_WRITE, 0)
+                                      : BT_EARG;
     } else {
       return fail(why, why_len,
-                  "fault spec '%s': unknown field '%s' (stage, step, action, code, ms)",
+                  "fault spec '%s': unknown field '%s' (stage, step, action, code, ms, at)",
                   spec, kv);
     }
     if (rc) return fail(why, why_len, "fault spec '%s': bad value '%s' for %s", spec, v, kv);
@@ -121,6 +127,8 @@ int bt_fault_format(const bt_fault_t *f, char *buf, size_t len) {
     extra = snprintf(buf + used, len - used, ",code=%d", f->code);
   else if (f->kind == BT_FAULT_SLOW)
     extra = snprintf(buf + used, len - used, ",ms=%d", f->ms);
+  else if (f->kind == BT_FAULT_CKPT_DIE && f->at == BT_FAULT_AT_WRITE)
+    extra = snprintf(buf + used, len - used, ",at=write");
   return extra < 0 ? extra : w + extra;
 }
 

@@ -1,4 +1,5 @@
-/* fault.h - the fault-injection spec: `KIND@stage=S,step=N[,action=J][,code=X][,ms=M]`.
+/* fault.h - the fault-injection spec:
+ * `KIND@stage=S,step=N[,action=J][,code=X][,ms=M][,at=snapshot|write]`.
  *
  * `baton run --inject-fault SPEC` (repeatable) validates its specs with this
  * parser before spawning anything; the supervisor hands them to the first
@@ -14,12 +15,17 @@
  *   hang      stop before posting the next send; heartbeats go on but the
  *             action index stops moving
  *   slow      sleep `ms` (default 100) before every action from then on
- *   ckpt-die  die (SIGKILL) half-way through copying the snapshot of the
- *             first checkpoint at or after `step` (worker/faults.c
- *             bt_faults_fill), before the writer thread writes its shard
+ *   ckpt-die  die (SIGKILL) in the first checkpoint at or after `step`:
+ *             at=snapshot (the default) half-way through copying its
+ *             snapshot (worker/faults.c bt_faults_fill), before the writer
+ *             thread writes anything; at=write on the writer thread once
+ *             half of the shard's datasets are in its temporary file and
+ *             before HDF5 flushes it (bt_faults_write), so a torn shard
+ *             file is really left in step-N.tmp/
  * Fields: stage (0-based worker, required), step (1-based optimizer step,
  * required), action (index into the stage's action list of that step,
- * default 0), code (exit only, 1..255), ms (slow only, 1..600000).
+ * default 0), code (exit only, 1..255), ms (slow only, 1..600000), at
+ * (ckpt-die only, snapshot or write).
  */
 #ifndef BT_COMMON_FAULT_H
 #define BT_COMMON_FAULT_H
@@ -36,6 +42,9 @@ typedef enum {
   BT_FAULT_NKINDS_
 } bt_fault_kind_t;
 
+/* Where a ckpt-die dies. */
+typedef enum { BT_FAULT_AT_SNAPSHOT = 0, BT_FAULT_AT_WRITE = 1 } bt_fault_at_t;
+
 typedef struct {
   bt_fault_kind_t kind;
   int stage;      /* 0-based worker index */
@@ -43,6 +52,7 @@ typedef struct {
   int action;     /* action index within the step (0 = before the first) */
   int code;       /* exit: the exit status */
   int ms;         /* slow: milliseconds of sleep per action */
+  int at;         /* ckpt-die: bt_fault_at_t */
 } bt_fault_t;
 
 /* The most specs one job carries (flags plus env). */

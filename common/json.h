@@ -4,7 +4,8 @@
  * and nesting are tracked for the caller; doubles are written with 17
  * significant digits so they read back exactly; NaN and Inf become null.
  * Errors (out of memory, nesting too deep) are sticky: check bt_json_error()
- * once at the end. It does not parse JSON: see the readers of each format.
+ * once at the end. It does not parse JSON: common/jsonread.h does, for the
+ * readers of each format.
  */
 #ifndef BT_COMMON_JSON_H
 #define BT_COMMON_JSON_H

@@ -96,7 +96,8 @@ static void usage(FILE *f) {
           "  --backoff S             first back-off between restarts (default 0.2,\n"
           "                          doubled each restart, at most 5)\n"
           "  --inject-fault SPEC     KIND@stage=S,step=N[,action=J][,code=X][,ms=M]\n"
-          "                          (crash, exit, freeze, hang, slow, ckpt-die);\n"
+          "                          [,at=snapshot|write] (crash, exit, freeze, hang,\n"
+          "                          slow, ckpt-die);\n"
           "                          repeatable; first incarnation only\n"
           "\n"
           "Exit codes: 0 done (or already done), 1 a worker failed and no restart was\n"
@@ -830,7 +831,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
 static int print_finished(run_args_t *a, const start_t *start) {
   bt_hash128_t h;
   const char *where = a->ck.resume_path ? start->dir : a->o.ckpt_dir;
-  int hrc = bt_recovery_hash(start->dir, &h);
+  int hrc = bt_ckpt_step_hash(start->dir, &h);
   if (hrc) {
     fprintf(stderr, "baton run: %s: cannot hash step %lld: %s\n", start->dir, (long long)start->step,
             bt_strerror(hrc));

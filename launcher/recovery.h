@@ -1,7 +1,7 @@
 /* recovery.h - what `baton run` does between incarnations (DESIGN.md §7):
  * the restart policy (budget, back-off, the no-progress breaker, retiring
- * failing slots), the choice of the checkpoint to restore, and the hash of
- * a finished job read back from its checkpoint.
+ * failing slots) and the choice of the checkpoint to restore. The hash of
+ * a finished job read back from its checkpoint is bt_ckpt_step_hash.
  *
  * Not here: running an incarnation (supervisor.c) or planning the pipeline
  * (plan.c, cmd_run.c). The policy is a pure function of what the
@@ -13,7 +13,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "common/hash.h"
 #include "launcher/supervisor.h"
 
 typedef struct {
@@ -66,8 +65,5 @@ void bt_recovery_decide(bt_recovery_t *r, const bt_sup_result_t *res, int64_t pr
  * Steps of other jobs in `root` are never chosen. 0 or a negative code. */
 int bt_recovery_restore_point(const char *root, const char *job, const char *start_dir, int64_t start_step,
                                char *dir, size_t dirlen, int64_t *step);
-
-/* The parameter hash (DESIGN §8) of a committed step directory. */
-int bt_recovery_hash(const char *step_dir, bt_hash128_t *out);
 
 #endif

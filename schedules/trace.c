@@ -3,182 +3,25 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
 #include "common/file.h"
-
-#define MAX_DEPTH 64
+#include "common/jsonread.h"
 
 typedef struct {
-  const char *s;
-  size_t len, i;
-  char *err;
-  size_t errlen;
+  bt_jr_t r;
   bt_trace_t *out;
   size_t cap;
 } parser_t;
-
-static int fail(parser_t *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(parser_t *p, const char *fmt, ...) {
-  if (p->err && p->errlen) {
-    int n = snprintf(p->err, p->errlen, "trace byte %zu: ", p->i);
-    if (n > 0 && (size_t)n < p->errlen) {
-      va_list ap;
-      va_start(ap, fmt);
-      vsnprintf(p->err + n, p->errlen - (size_t)n, fmt, ap);
-      va_end(ap);
-    }
-  }
-  return BT_EFORMAT;
-}
-
-static void ws(parser_t *p) {
-  while (p->i < p->len &&
-         (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r'))
-    p->i++;
-}
-
-static int peek(parser_t *p) {
-  ws(p);
-  return p->i < p->len ? (unsigned char)p->s[p->i] : -1;
-}
-
-static int expect(parser_t *p, char c) {
-  if (peek(p) != c) return fail(p, "expected '%c'", c);
-  p->i++;
-  return 0;
-}
-
-/* A JSON string into buf (escapes decoded for ASCII, others as '?');
- * *fits is 0 when it was longer than cap - 1. */
-static int string(parser_t *p, char *buf, size_t cap, int *fits) {
-  if (expect(p, '"')) return BT_EFORMAT;
-  size_t n = 0;
-  *fits = 1;
-  while (p->i < p->len && p->s[p->i] != '"') {
-    char c = p->s[p->i++];
-    if ((unsigned char)c < 0x20) return fail(p, "control character in a string");
-    if (c == '\\') {
-      if (p->i >= p->len) break;
-      char e = p->s[p->i++];
-      switch (e) {
-        case '"':
-        case '\\':
-        case '/': c = e; break;
-        case 'b': c = '\b'; break;
-        case 'f': c = '\f'; break;
-        case 'n': c = '\n'; break;
-        case 'r': c = '\r'; break;
-        case 't': c = '\t'; break;
-        case 'u':
-          for (int k = 0; k < 4; k++, p->i++)
-            if (p->i >= p->len || !strchr("0123456789abcdefABCDEF", p->s[p->i]) || !p->s[p->i])
-              return fail(p, "bad \\u escape");
-          c = '?';
-          break;
-        default: return fail(p, "bad escape '\\%c'", e);
-      }
-    }
-    if (n + 1 < cap)
-      buf[n++] = c;
-    else
-      *fits = 0;
-  }
-  if (p->i >= p->len) return fail(p, "unterminated string");
-  p->i++;
-  if (cap) buf[n] = 0;
-  return 0;
-}
-
-static int digits(parser_t *p) {
-  size_t a = p->i;
-  while (p->i < p->len && p->s[p->i] >= '0' && p->s[p->i] <= '9') p->i++;
-  return p->i > a;
-}
-
-/* A number in JSON's grammar, converted with strtod. */
-static int number(parser_t *p, double *out) {
-  ws(p);
-  size_t a = p->i;
-  if (p->i < p->len && p->s[p->i] == '-') p->i++;
-  size_t first = p->i;
-  if (!digits(p)) return fail(p, "expected a number");
-  if (p->s[first] == '0' && p->i - first > 1)
-    return fail(p, "expected a number without leading zeros");
-  if (p->i < p->len && p->s[p->i] == '.') {
-    p->i++;
-    if (!digits(p)) return fail(p, "expected digits after '.'");
-  }
-  if (p->i < p->len && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
-    p->i++;
-    if (p->i < p->len && (p->s[p->i] == '+' || p->s[p->i] == '-')) p->i++;
-    if (!digits(p)) return fail(p, "expected an exponent");
-  }
-  char tmp[64];
-  size_t n = p->i - a;
-  if (n >= sizeof tmp) return fail(p, "number too long");
-  memcpy(tmp, p->s + a, n);
-  tmp[n] = 0;
-  *out = strtod(tmp, NULL);
-  if (!isfinite(*out)) return fail(p, "number out of range");
-  return 0;
-}
-
-static int literal(parser_t *p, const char *word) {
-  size_t n = strlen(word);
-  if (p->len - p->i < n || memcmp(p->s + p->i, word, n)) return fail(p, "unexpected character");
-  p->i += n;
-  return 0;
-}
-
-static int skip_value(parser_t *p, int depth) {
-  if (depth > MAX_DEPTH) return fail(p, "nested too deeply");
-  int c = peek(p), fits;
-  double d;
-  char dummy[1];
-  switch (c) {
-    case '"': return string(p, dummy, sizeof dummy, &fits);
-    case 't': return literal(p, "true");
-    case 'f': return literal(p, "false");
-    case 'n': return literal(p, "null");
-    case '[':
-      p->i++;
-      if (peek(p) == ']') return p->i++, 0;
-      for (;;) {
-        if (skip_value(p, depth + 1)) return BT_EFORMAT;
-        if (peek(p) == ',') {
-          p->i++;
-          continue;
-        }
-        return expect(p, ']');
-      }
-    case '{':
-      p->i++;
-      if (peek(p) == '}') return p->i++, 0;
-      for (;;) {
-        if (string(p, dummy, sizeof dummy, &fits) || expect(p, ':') || skip_value(p, depth + 1))
-          return BT_EFORMAT;
-        if (peek(p) == ',') {
-          p->i++;
-          continue;
-        }
-        return expect(p, '}');
-      }
-    default:
-      if (c == '-' || (c >= '0' && c <= '9')) return number(p, &d);
-      return fail(p, "expected a value");
-  }
-}
 
 static int add_box(parser_t *p, const bt_box_t *b) {
   if (p->out->n == p->cap) {
     size_t cap = p->cap ? p->cap * 2 : 256;
     bt_box_t *nb = realloc(p->out->boxes, cap * sizeof *nb);
-    if (!nb) return fail(p, "out of memory");
+    if (!nb) return bt_jr_fail(&p->r, "out of memory");
     p->out->boxes = nb;
     p->cap = cap;
   }
@@ -188,111 +31,90 @@ static int add_box(parser_t *p, const bt_box_t *b) {
 
 /* One event object; a complete event named like an action becomes a box. */
 static int event(parser_t *p) {
-  size_t at = p->i;
+  bt_jr_t *r = &p->r;
   char key[16], name[40] = "", ph[8] = "";
   int name_fits = 0, fits;
   double ts = 0, dur = 0, tid = 0, num;
   int has_ts = 0, has_dur = 0, has_tid = 0;
-  if (expect(p, '{')) return BT_EFORMAT;
-  if (peek(p) == '}') {
-    p->i++;
-    return 0;
-  }
-  for (;;) {
-    if (string(p, key, sizeof key, &fits) || expect(p, ':')) return BT_EFORMAT;
-    if (fits && !strcmp(key, "name")) {
-      if (peek(p) != '"') return fail(p, "\"name\" must be a string");
-      if (string(p, name, sizeof name, &name_fits)) return BT_EFORMAT;
-    } else if (fits && !strcmp(key, "ph")) {
-      if (peek(p) != '"') return fail(p, "\"ph\" must be a string");
-      if (string(p, ph, sizeof ph, &fits)) return BT_EFORMAT;
-    } else if (fits && (!strcmp(key, "ts") || !strcmp(key, "dur") || !strcmp(key, "tid"))) {
-      if (number(p, &num)) return BT_EFORMAT;
-      if (key[0] == 't' && key[1] == 's')
-        ts = num, has_ts = 1;
-      else if (key[0] == 'd')
-        dur = num, has_dur = 1;
-      else
-        tid = num, has_tid = 1;
-    } else if (skip_value(p, 2)) {
-      return BT_EFORMAT;
-    }
-    if (peek(p) == ',') {
-      p->i++;
-      continue;
-    }
-    if (expect(p, '}')) return BT_EFORMAT;
-    break;
-  }
-  size_t after = p->i;
+  if (bt_jr_expect(r, '{')) return BT_EFORMAT;
+  size_t at = r->i - 1;
+  if (!bt_jr_accept(r, '}')) do {
+      if (bt_jr_str(r, key, sizeof key, &fits) || bt_jr_expect(r, ':')) return BT_EFORMAT;
+      if (fits && (!strcmp(key, "name") || !strcmp(key, "ph"))) {
+        if (bt_jr_peek(r) != '"') return bt_jr_fail(r, "\"%s\" must be a string", key);
+        int bad = key[0] == 'n' ? bt_jr_str(r, name, sizeof name, &name_fits)
+                                : bt_jr_str(r, ph, sizeof ph, &fits);
+        if (bad) return BT_EFORMAT;
+      } else if (fits && (!strcmp(key, "ts") || !strcmp(key, "dur") || !strcmp(key, "tid"))) {
+        if (bt_jr_num(r, &num)) return BT_EFORMAT;
+        if (key[0] == 't' && key[1] == 's')
+          ts = num, has_ts = 1;
+        else if (key[0] == 'd')
+          dur = num, has_dur = 1;
+        else
+          tid = num, has_tid = 1;
+      } else if (bt_jr_skip(r)) {
+        return BT_EFORMAT;
+      }
+    } while (bt_jr_accept(r, ','));
+  if (bt_jr_expect(r, '}')) return BT_EFORMAT;
+  size_t after = r->i;
   bt_box_t b;
   if (strcmp(ph, "X") || !name_fits || bt_action_parse(name, &b.act)) return 0;
-  p->i = at; /* errors below point at the event's start */
+  r->i = at; /* errors below point at the event's start */
   if (!has_ts || !has_dur || !has_tid)
-    return fail(p, "complete event %s lacks \"%s\"", name,
-                !has_ts    ? "ts"
-                : !has_dur ? "dur"
-                           : "tid");
-  if (dur < 0) return fail(p, "event %s has a negative duration", name);
+    return bt_jr_fail(r, "complete event %s lacks \"%s\"", name,
+                      !has_ts    ? "ts"
+                      : !has_dur ? "dur"
+                                 : "tid");
+  if (dur < 0) return bt_jr_fail(r, "event %s has a negative duration", name);
   if (tid < 0 || tid >= BT_SCHED_MAX_STAGES || tid != floor(tid))
-    return fail(p, "event %s has tid %g: expected a worker number 0..%d", name, tid,
-                BT_SCHED_MAX_STAGES - 1);
+    return bt_jr_fail(r, "event %s has tid %g: expected a worker number 0..%d", name, tid,
+                      BT_SCHED_MAX_STAGES - 1);
   b.worker = (int)tid;
   b.start = ts;
   b.end = ts + dur;
   if (add_box(p, &b)) return BT_EFORMAT;
-  p->i = after;
+  r->i = after;
   return 0;
 }
 
 static int events(parser_t *p) {
-  if (expect(p, '[')) return BT_EFORMAT;
-  if (peek(p) == ']') return p->i++, 0;
-  for (;;) {
+  if (bt_jr_expect(&p->r, '[')) return BT_EFORMAT;
+  if (bt_jr_accept(&p->r, ']')) return 0;
+  do
     if (event(p)) return BT_EFORMAT;
-    if (peek(p) == ',') {
-      p->i++;
-      continue;
-    }
-    return expect(p, ']');
-  }
+  while (bt_jr_accept(&p->r, ','));
+  return bt_jr_expect(&p->r, ']');
 }
 
 int bt_trace_parse(const char *text, size_t len, bt_trace_t *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
-  parser_t p = {.s = text, .len = len, .err = err, .errlen = errlen, .out = out};
-  int rc = 0, seen = 0, fits;
-  if (peek(&p) == '[') {
+  parser_t p = {.out = out};
+  bt_jr_t *r = &p.r;
+  int rc = bt_jr_init(r, "trace", text, len, bt_file_limit(BT_FILE_TRACE), err, errlen), seen = 0;
+  if (rc) goto done;
+  if (bt_jr_peek(r) == '[') {
     rc = events(&p);
     seen = 1;
-  } else {
-    rc = expect(&p, '{');
-    if (!rc && peek(&p) == '}')
-      p.i++;
-    else
-      while (!rc) {
-        char key[16];
-        rc = string(&p, key, sizeof key, &fits) || expect(&p, ':') ? BT_EFORMAT : 0;
-        if (rc) break;
-        if (fits && !strcmp(key, "traceEvents")) {
-          rc = events(&p);
-          seen = 1;
-        } else {
-          rc = skip_value(&p, 1);
-        }
-        if (rc) break;
-        if (peek(&p) == ',') {
-          p.i++;
-          continue;
-        }
-        rc = expect(&p, '}');
-        break;
+  } else if (!(rc = bt_jr_expect(r, '{')) && !bt_jr_accept(r, '}')) {
+    do {
+      char key[16];
+      int fits;
+      if ((rc = bt_jr_str(r, key, sizeof key, &fits)) || (rc = bt_jr_expect(r, ':'))) break;
+      if (fits && !strcmp(key, "traceEvents")) {
+        rc = events(&p);
+        seen = 1;
+      } else {
+        rc = bt_jr_skip(r);
       }
+    } while (!rc && bt_jr_accept(r, ','));
+    if (!rc) rc = bt_jr_expect(r, '}');
   }
-  if (!rc && peek(&p) != -1) rc = fail(&p, "text after the trace");
-  if (!rc && !seen) rc = fail(&p, "no \"traceEvents\" array");
+  if (!rc && bt_jr_peek(r) != -1) rc = bt_jr_fail(r, "text after the trace");
+  if (!rc && !seen) rc = bt_jr_fail(r, "no \"traceEvents\" array");
   if (!rc && out->n == 0)
-    rc = fail(&p, "no complete (\"ph\":\"X\") event named like an action (2F0, 5I3)");
+    rc = bt_jr_fail(r, "no complete (\"ph\":\"X\") event named like an action (2F0, 5I3)");
   if (rc) goto done;
   int maxw = 0, maxk = 0, maxmb = 0;
   double t0 = out->boxes[0].start;

@@ -11,32 +11,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "tests/support/checkpoint_synth.h"
+#include "tests/support/e2e.h"
 
 #define L 13
 
-static char dir[256];
-static char out_path[400], err_path[400];
+static bt_e2e_dirs_t e2e;
+static char *const dir = e2e.dir, *const out_path = e2e.out, *const err_path = e2e.err;
 
 static void setup(void) {
-  ckpt_synth_tmpdir(dir, sizeof dir);
-  cr_assert(dir[0]);
+  bt_e2e_setup(&e2e, "ckpt");
   bt_log_set_level(BT_LOG_ERROR);
-  snprintf(out_path, sizeof out_path, "%s/stdout", dir);
-  snprintf(err_path, sizeof err_path, "%s/stderr", dir);
 }
 
-static void teardown(void) {
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  if (dir[0] && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
-}
+static void teardown(void) { bt_e2e_teardown(&e2e); }
 
 static char out[1 << 16], err[1 << 14];
 
@@ -60,13 +53,9 @@ static int count_lines(const char *s) {
  * hdf5_may_trip, a sanitizer report from inside HDF5 reading a damaged
  * file is tolerated (the library is not ours, and baton contains it). */
 static int ckpt_run(const char *args, int hdf5_may_trip) {
-  const char *bin = getenv("BATON_BIN");
-  cr_assert(bin, "BATON_BIN is not set");
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "timeout 60 '%s' ckpt %s >'%s' 2>'%s'", bin, args, out_path, err_path);
-  int st = system(cmd);
-  cr_assert(WIFEXITED(st), "baton ckpt %s did not exit", args);
-  int code = WEXITSTATUS(st);
+  snprintf(cmd, sizeof cmd, "exec '%s' ckpt %s", bt_e2e_env("BATON_BIN"), args);
+  int code = bt_e2e_sh(&e2e, cmd, 60000);
   slurp(out_path, out, sizeof out);
   slurp(err_path, err, sizeof err);
   /* A sanitizer build's report goes to the child's stderr, not ours. */
@@ -212,13 +201,13 @@ Test(ckpt_cli, h5dump_and_h5py_read_a_shard, .init = setup, .fini = teardown) {
   make_three();
   char shard[600], cmd[2048], raw[700];
   snprintf(shard, sizeof shard, "%s/a/step-00000002/stage-001-of-004.h5", dir);
-  snprintf(cmd, sizeof cmd, "h5dump -A '%s' >'%s' 2>&1", shard, out_path);
-  cr_assert_eq(system(cmd), 0, "h5dump failed");
+  snprintf(cmd, sizeof cmd, "h5dump -A '%s' 2>&1", shard);
+  cr_assert_eq(bt_e2e_sh(&e2e, cmd, 60000), 0, "h5dump failed");
   slurp(out_path, out, sizeof out);
   cr_assert(strstr(out, "000003") && strstr(out, "\"crc\"") && strstr(out, "format_version"),
             "%.2000s", out);
   if (access("/usr/bin/python3", X_OK) != 0 ||
-      system("/usr/bin/python3 -c 'import h5py, numpy' >/dev/null 2>&1") != 0)
+      bt_e2e_sh(&e2e, "/usr/bin/python3 -c 'import h5py, numpy'", 30000) != 0)
     cr_skip_test("no /usr/bin/python3 with h5py and numpy");
   snprintf(raw, sizeof raw, "%s/w1.raw", dir);
   snprintf(cmd, sizeof cmd,
@@ -226,9 +215,9 @@ Test(ckpt_cli, h5dump_and_h5py_read_a_shard, .init = setup, .fini = teardown) {
            "d = f['/layers/000003/W1']; a = numpy.asarray(d[...], dtype='<f4'); "
            "assert a.shape == (32, 8), a.shape; assert int(d.attrs['index']) == 0; "
            "assert int(f.attrs['step']) == 2; open(sys.argv[2], 'wb').write(a.tobytes())\" "
-           "'%s' '%s' 2>'%s'",
-           shard, raw, err_path);
-  int st = system(cmd);
+           "'%s' '%s'",
+           shard, raw);
+  int st = bt_e2e_sh(&e2e, cmd, 60000);
   slurp(err_path, err, sizeof err);
   cr_assert_eq(st, 0, "h5py failed: %s", err);
   ckpt_synth_t sy;
@@ -373,17 +362,13 @@ Test(ckpt_cli, other_format_version_gives_exit_2, .init = setup, .fini = teardow
 /* The hash of a checkpoint `baton train` wrote equals the hash it printed
  * (DESIGN.md §8): the tool needs no model code to get there. */
 Test(ckpt_cli, hash_matches_what_baton_train_printed, .init = setup, .fini = teardown) {
-  const char *bin = getenv("BATON_BIN");
-  cr_assert(bin);
-  char cmd[2048];
-  snprintf(cmd, sizeof cmd,
-           "timeout 120 '%s' train --layers 2 --dim 32 --mb-tokens 32 --steps 4 "
-           "--ckpt-dir '%s/t' --hash >'%s' 2>'%s'",
-           bin, dir, out_path, err_path);
-  int st = system(cmd);
+  char *argv[] = {(char *)bt_e2e_env("BATON_BIN"), "train", "--layers", "2", "--dim", "32",
+                  "--mb-tokens", "32", "--steps", "4", "--ckpt-dir", (char *)bt_e2e_path(&e2e, "t"),
+                  "--hash", NULL};
+  int code = bt_e2e_run(&e2e, argv, NULL, NULL, 120000);
   slurp(out_path, out, sizeof out);
   slurp(err_path, err, sizeof err);
-  cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "baton train failed: %s", err);
+  cr_assert_eq(code, 0, "baton train failed: %s", err);
   const char *h = NULL; /* the last line that starts with "hash " */
   for (const char *p = out; (p = strstr(p, "hash ")); p++)
     if (p == out || p[-1] == '\n') h = p;

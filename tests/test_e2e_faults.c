@@ -46,21 +46,9 @@ static const char *const model[] = {"--layers", "4", "--dim", "32", "--mb-tokens
 /* Runs argv (NULL-terminated) to the end with fresh out/err files; returns
  * the exit code. Dying of a signal or running past the limit fails. */
 static int run_argv(char **argv, int timeout_ms) {
-  unlink(out_path);
-  unlink(err_path);
-  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
-  cr_assert_gt(pid, 0, "spawn failed: %s", strerror(-pid));
-  int st = 0;
-  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
-    /* copied out first: a failed assertion leaves the function for good */
-    static char msg[16384];
-    char *err = bt_proc_slurp(err_path);
-    snprintf(msg, sizeof msg, "%s", err ? err : "");
-    free(err);
-    cr_assert_fail("%s %s did not end within %d ms; stderr:\n%s", argv[0], argv[1], timeout_ms, msg);
-  }
-  cr_assert(WIFEXITED(st), "%s %s died of signal %d", argv[0], argv[1], WTERMSIG(st));
-  return WEXITSTATUS(st);
+  int code = bt_e2e_run(&e2e, argv, NULL, NULL, timeout_ms);
+  cr_assert_lt(code, 128, "%s %s died of signal %d", argv[0], argv[1], code - 128);
+  return code;
 }
 
 /* The `hash <32 hex>` line of out_path into hex; fails the test without. */
@@ -158,6 +146,27 @@ Test(faults, hang_keeps_the_hash) { survives(3, "hang@stage=0,step=9,action=1");
 Test(faults, slow_keeps_the_hash) { survives(2, "slow@stage=1,step=3,ms=5"); }
 
 Test(faults, ckpt_die_keeps_the_hash) { survives(2, "ckpt-die@stage=1,step=10"); }
+
+/* Dying mid-write of the shard of step 10 (ckpt-every 5) leaves a torn
+ * stage-001 file in step-00000010.tmp/: the restart restores step 5, the
+ * last committed one, never the torn file, and still ends on train's hash. */
+Test(faults, ckpt_die_mid_write_restores_the_previous_commit) {
+  survives(2, "ckpt-die@stage=1,step=10,at=write");
+  cr_assert(file_has(err_path, "dying in the middle of writing the shard of step 10"),
+            "the worker did not die writing the shard of step 10");
+  char *ev = bt_proc_slurp(events_path);
+  cr_assert_not_null(ev);
+  const char *restart = strstr(ev, "\"event\":\"restart\"");
+  const char *restore = restart ? strstr(restart, "\"restore_step\":") : NULL;
+  const char *commit10 = strstr(ev, "\"step\":10,\"result\":\"committed\"");
+  static char msg[16384];
+  snprintf(msg, sizeof msg, "%s", ev);
+  int restored = restore ? atoi(restore + strlen("\"restore_step\":")) : -1;
+  int torn_committed = commit10 && restart && commit10 < restart;
+  free(ev);
+  cr_assert_eq(restored, 5, "the restart did not restore step 5:\n%s", msg);
+  cr_assert_not(torn_committed, "step 10 committed before the restart:\n%s", msg);
+}
 
 /* A small deterministic generator (splitmix64): the same seed gives the
  * same faults on every machine. */

@@ -65,20 +65,9 @@ static char *slurp_or_empty(const char *path) {
 
 /* Runs argv to its end with fresh out/err files; returns the exit code. */
 static int run_argv(char **argv, int timeout_ms) {
-  unlink(out_path);
-  unlink(err_path);
-  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
-  cr_assert_gt(pid, 0, "spawn failed: %s", strerror(-pid));
-  int st = 0;
-  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
-    static char msg[16384];
-    char *err = slurp_or_empty(err_path);
-    snprintf(msg, sizeof msg, "%s", err);
-    free(err);
-    cr_assert_fail("%s %s did not end within %d ms; stderr:\n%s", argv[0], argv[1], timeout_ms, msg);
-  }
-  cr_assert(WIFEXITED(st), "%s %s died of signal %d", argv[0], argv[1], WTERMSIG(st));
-  return WEXITSTATUS(st);
+  int code = bt_e2e_run(&e2e, argv, NULL, NULL, timeout_ms);
+  cr_assert_lt(code, 128, "%s %s died of signal %d", argv[0], argv[1], code - 128);
+  return code;
 }
 
 /* Fails with the run's stderr when its exit code is not `want`. */

@@ -7,21 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-static char dir[256];
+#include "tests/support/e2e.h"
 
-static void make_dir(void) {
-  snprintf(dir, sizeof dir, "/tmp/bt_e2e_schedule.XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-}
+static bt_e2e_dirs_t e2e;
+static char *const dir = e2e.dir;
 
-static void remove_dir(void) {
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  cr_assert_eq(system(cmd), 0);
-}
+static void make_dir(void) { bt_e2e_setup(&e2e, "schedule"); }
+static void remove_dir(void) { bt_e2e_teardown(&e2e); }
 
 TestSuite(schedule_cli, .init = make_dir, .fini = remove_dir);
 
@@ -48,13 +42,11 @@ static void spit(const char *path, const char *text) {
 /* Runs `baton schedule ARGS` (ARGS is shell text, run in dir); stdout and
  * stderr land in dir/out and dir/err. Returns the exit code. */
 static int run(const char *args) {
-  const char *bin = getenv("BATON_BIN");
-  cr_assert_not_null(bin, "BATON_BIN is not set");
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "cd '%s' && '%s' schedule %s >out 2>err", dir, bin, args);
-  int st = system(cmd);
-  cr_assert(WIFEXITED(st), "baton did not exit: %s", args);
-  return WEXITSTATUS(st);
+  snprintf(cmd, sizeof cmd, "cd '%s' && exec '%s' schedule %s", dir, bt_e2e_env("BATON_BIN"), args);
+  int code = bt_e2e_sh(&e2e, cmd, 60000);
+  cr_assert_lt(code, 128, "baton died of signal %d: %s", code - 128, args);
+  return code;
 }
 
 /* Runs a Python check with dir as the working directory; 0 when it passed. */
@@ -62,9 +54,11 @@ static int python(const char *code) {
   char path[300], cmd[700];
   snprintf(path, sizeof path, "%s/check.py", dir);
   spit(path, code);
-  snprintf(cmd, sizeof cmd, "cd '%s' && /usr/bin/python3 check.py >pyout 2>&1", dir);
-  int st = system(cmd);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  snprintf(cmd, sizeof cmd, "cd '%s' && exec /usr/bin/python3 check.py", dir);
+  /* not into dir/out: the check reads the output of the run before it */
+  char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+  const char *py = bt_e2e_path(&e2e, "pyout");
+  return bt_e2e_run(&e2e, argv, py, py, 60000);
 }
 
 static char *file_in_dir(const char *name) {

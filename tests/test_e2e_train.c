@@ -2,21 +2,22 @@
  * default run reaching the synthetic stream's entropy rate, learning on a
  * real text file, and bad input refused with exit code 2 and one line. */
 #include <criterion/criterion.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "tests/support/e2e.h"
+#include "tests/support/proc.h"
+
+static bt_e2e_dirs_t e2e;
+
+static void setup(void) { bt_e2e_setup(&e2e, "train"); }
+static void teardown(void) { bt_e2e_teardown(&e2e); }
+
+TestSuite(train, .init = setup, .fini = teardown);
 
 typedef struct {
   int code;      /* exit code, or 128 + signal */
@@ -25,64 +26,33 @@ typedef struct {
 } result_t;
 
 static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  cr_assert(f != NULL, "%s: %s", path, strerror(errno));
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = malloc((size_t)n + 1);
-  size_t got = fread(s, 1, (size_t)n, f);
-  s[got] = 0;
-  fclose(f);
+  char *s = bt_proc_slurp(path);
+  cr_assert(s != NULL, "%s: cannot read", path);
   return s;
 }
 
-/* Runs `baton train ARGS...` with a deadline; stdout and stderr go to files
- * so a chatty child never blocks on a full pipe. */
+/* An empty file in the scratch directory. */
+static const char *scratch(const char *name) {
+  const char *p = bt_e2e_path(&e2e, name);
+  int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  cr_assert_geq(fd, 0, "%s", p);
+  close(fd);
+  return p;
+}
+
+/* Runs `baton train ARGS...` to its end on the shared scaffold (its own
+ * process group, killed in teardown) with a deadline. */
 static result_t run_train(int timeout_s, const char *const *args) {
-  const char *bin = getenv("BATON_BIN");
-  cr_assert(bin != NULL, "BATON_BIN is not set");
-  char outp[] = "/tmp/bt_e2e_train_outXXXXXX", errp[] = "/tmp/bt_e2e_train_errXXXXXX";
-  int ofd = mkstemp(outp), efd = mkstemp(errp);
-  cr_assert(ofd >= 0 && efd >= 0);
   const char *argv[64];
   int n = 0;
-  argv[n++] = bin;
+  argv[n++] = bt_e2e_env("BATON_BIN");
   argv[n++] = "train";
   for (int i = 0; args[i]; i++) argv[n++] = args[i];
   argv[n] = NULL;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, ofd, 1);
-  posix_spawn_file_actions_adddup2(&fa, efd, 2);
-  pid_t pid;
-  int rc = posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  cr_assert_eq(rc, 0, "spawn %s: %s", bin, strerror(rc));
-  close(ofd);
-  close(efd);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  int status = 0;
-  for (;;) {
-    pid_t w = waitpid(pid, &status, WNOHANG);
-    if (w == pid) break;
-    cr_assert(w == 0 || errno == EINTR, "waitpid: %s", strerror(errno));
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (now.tv_sec - t0.tv_sec > timeout_s) {
-      kill(pid, SIGKILL);
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
-      cr_assert_fail("baton train did not finish within %d s", timeout_s);
-    }
-    usleep(20000);
-  }
   result_t r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(outp);
-  r.err = slurp(errp);
-  unlink(outp);
-  unlink(errp);
+  r.code = bt_e2e_run(&e2e, (char *const *)argv, NULL, NULL, timeout_s * 1000);
+  r.out = slurp(e2e.out);
+  r.err = slurp(e2e.err);
   return r;
 }
 
@@ -149,8 +119,7 @@ Test(train, same_configuration_same_hash_other_seed_other_hash) {
 }
 
 Test(train, default_run_reaches_the_entropy_rate_of_the_synthetic_stream) {
-  char metrics[] = "/tmp/bt_e2e_train_metricsXXXXXX";
-  close(mkstemp(metrics));
+  const char *metrics = scratch("metrics");
   const char *a[] = {"--metrics", metrics, NULL};
   result_t r = run_train(540, a);
   cr_assert_eq(r.code, 0, "%s", r.err);
@@ -168,7 +137,6 @@ Test(train, default_run_reaches_the_entropy_rate_of_the_synthetic_stream) {
   cr_assert_leq(final, rate + 0.3, "final loss %.4f, entropy rate %.4f", final, rate);
   cr_assert_lt(final, unigram - 1.0, "final loss %.4f, unigram entropy %.4f", final, unigram);
   cr_assert_gt(first, unigram, "the untrained model should not beat the unigram entropy");
-  unlink(metrics);
   result_free(&r);
 }
 
@@ -176,8 +144,8 @@ Test(train, a_real_text_file_is_learned) {
   /* Real text: the project's own sources, always present. */
   const char *src = getenv("BATON_SOURCE_DIR");
   cr_assert(src != NULL);
-  char data[] = "/tmp/bt_e2e_train_textXXXXXX";
-  int fd = mkstemp(data);
+  const char *data = scratch("text");
+  int fd = open(data, O_WRONLY);
   const char *files[] = {"DESIGN.md", "README.md", "common/config.c", "common/model.c",
                          "common/data.c", "worker/stage.c", "kernels/model.c", "common/json.c"};
   size_t total = 0;
@@ -196,8 +164,7 @@ Test(train, a_real_text_file_is_learned) {
   }
   close(fd);
   cr_assert_gt(total, 20000, "too little text gathered (%zu bytes)", total);
-  char metrics[] = "/tmp/bt_e2e_train_metricsXXXXXX";
-  close(mkstemp(metrics));
+  const char *metrics = scratch("metrics");
   const char *a[] = {"--data", data, "--dim", "64", "--mb-tokens", "64", "--steps", "200",
                      "--metrics", metrics, NULL};
   result_t r = run_train(300, a);
@@ -207,8 +174,6 @@ Test(train, a_real_text_file_is_learned) {
   cr_assert_eq(n, 200);
   double start = mean(loss, 0, 5), end = mean(loss, n - 20, n);
   cr_assert_gt(start - end, 1.0, "loss went from %.3f to %.3f only", start, end);
-  unlink(metrics);
-  unlink(data);
   result_free(&r);
 }
 
@@ -226,9 +191,8 @@ static void expect_usage_error(const char *const *args, const char *mention) {
 }
 
 Test(train, bad_input_exits_2_with_one_line) {
-  char empty[] = "/tmp/bt_e2e_train_emptyXXXXXX", shortf[] = "/tmp/bt_e2e_train_shortXXXXXX";
-  close(mkstemp(empty));
-  int fd = mkstemp(shortf);
+  const char *empty = scratch("empty"), *shortf = scratch("short");
+  int fd = open(shortf, O_WRONLY);
   cr_assert_eq(write(fd, "hello world", 11), 11);
   close(fd);
   const char *cases[][6] = {
@@ -251,8 +215,6 @@ Test(train, bad_input_exits_2_with_one_line) {
                            "stray", "--steps"};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     expect_usage_error(cases[i], mention[i]);
-  unlink(empty);
-  unlink(shortf);
 }
 
 Test(train, cuda_without_a_gpu_is_a_one_line_error) {
@@ -284,9 +246,6 @@ Test(train, help_lists_the_shared_model_flags) {
   result_free(&r);
 }
 
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  return remove(path);
-}
 
 /* The "loss" field of each metrics line, as text, keyed by step. */
 static int loss_texts(const char *path, char texts[][40], int max) {
@@ -304,11 +263,7 @@ static int loss_texts(const char *path, char texts[][40], int max) {
 }
 
 Test(train, resuming_from_a_checkpoint_gives_the_same_bits) {
-  char dir[] = "/tmp/bt_e2e_train_ckptXXXXXX";
-  cr_assert(mkdtemp(dir) != NULL);
-  char m2[] = "/tmp/bt_e2e_train_m2XXXXXX", m3[] = "/tmp/bt_e2e_train_m3XXXXXX";
-  close(mkstemp(m2));
-  close(mkstemp(m3));
+  const char *dir = e2e.ckpt, *m2 = scratch("m2"), *m3 = scratch("m3");
   /* 12 steps with saves at 5, 10 and 12; then on to 20 from step 12. */
   const char *a1[] = {"--layers", "2", "--dim", "32", "--mb-tokens", "32", "--steps", "12",
                       "--ckpt-dir", dir, "--ckpt-every", "5", NULL};
@@ -342,7 +297,4 @@ Test(train, resuming_from_a_checkpoint_gives_the_same_bits) {
   result_free(&r1);
   result_free(&r2);
   result_free(&r3);
-  unlink(m2);
-  unlink(m3);
-  nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }

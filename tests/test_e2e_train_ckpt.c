@@ -10,9 +10,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,9 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/support/e2e.h"
 #include "tests/support/proc.h"
-
-extern char **environ;
 
 #define MODEL "--layers", "3", "--dim", "32", "--mb-tokens", "32", "--seed", "7"
 
@@ -33,33 +30,15 @@ typedef struct {
   char *err; /* stderr */
 } result_t;
 
-static char tmp[] = "/tmp/bt_e2e_train_ckptXXXXXX";
+static bt_e2e_dirs_t e2e;
 
-static void setup(void) {
-  cr_assert(mkdtemp(tmp) != NULL, "mkdtemp: %s", strerror(errno));
-  bt_proc_init();
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(path);
-}
-
-static void teardown(void) {
-  bt_proc_cleanup();
-  nftw(tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
+static void setup(void) { bt_e2e_setup(&e2e, "train_ckpt"); }
+static void teardown(void) { bt_e2e_teardown(&e2e); }
 
 TestSuite(train_ckpt, .init = setup, .fini = teardown);
 
-/* tmp/<name> into a static ring of buffers, for building argv lists. */
-static const char *path_in(const char *name) {
-  static char ring[16][512];
-  static int next;
-  char *p = ring[next++ % 16];
-  snprintf(p, 512, "%s/%s", tmp, name);
-  return p;
-}
+/* The scratch directory's <name>. */
+static const char *path_in(const char *name) { return bt_e2e_path(&e2e, name); }
 
 static char *slurp(const char *path) {
   char *s = bt_proc_slurp(path);
@@ -70,27 +49,16 @@ static char *slurp(const char *path) {
 /* Runs `baton CMD ARGS...` with a deadline; output goes to files so a
  * chatty child never blocks on a full pipe. */
 static result_t run_baton(int timeout_s, const char *cmd, const char *const *args) {
-  const char *bin = getenv("BATON_BIN");
-  cr_assert(bin != NULL, "BATON_BIN is not set");
-  char outp[600], errp[600];
-  static int seq;
-  snprintf(outp, sizeof outp, "%s/run%d.out", tmp, seq);
-  snprintf(errp, sizeof errp, "%s/run%d.err", tmp, seq++);
   const char *argv[64];
   int n = 0;
-  argv[n++] = bin;
+  argv[n++] = bt_e2e_env("BATON_BIN");
   argv[n++] = cmd;
   for (int i = 0; args[i]; i++) argv[n++] = args[i];
   argv[n] = NULL;
-  pid_t pid = bt_proc_spawn((char *const *)argv, NULL, outp, errp);
-  cr_assert(pid > 0, "spawn %s: %s", bin, strerror((int)-pid));
-  int status = 0;
-  int rc = bt_proc_wait(pid, timeout_s * 1000, &status);
-  cr_assert_eq(rc, 0, "baton %s did not finish within %d s", cmd, timeout_s);
   result_t r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = slurp(outp);
-  r.err = slurp(errp);
+  r.code = bt_e2e_run(&e2e, (char *const *)argv, NULL, NULL, timeout_s * 1000);
+  r.out = slurp(e2e.out);
+  r.err = slurp(e2e.err);
   return r;
 }
 
@@ -345,7 +313,7 @@ Test(train_ckpt, resume_from_a_step_directory_or_a_root) {
   const char *missing[] = {"--steps", "30", "--ckpt-dir", path_in("c"), "--resume",
                            path_in("nowhere"), NULL};
   expect_usage_error(missing, "nowhere");
-  const char *empty[] = {"--steps", "30", "--ckpt-dir", path_in("d"), "--resume", tmp, NULL};
+  const char *empty[] = {"--steps", "30", "--ckpt-dir", path_in("d"), "--resume", e2e.dir, NULL};
   expect_usage_error(empty, "neither a step directory");
 }
 
@@ -472,9 +440,9 @@ static const char poison_py[] =
     "open(p, 'w').write(m)\n";
 
 Test(train_ckpt, nonfinite_parameters_at_a_save_exit_3_naming_the_step) {
-  if (system("/usr/bin/python3 -c 'import h5py, numpy' 2>/dev/null") != 0)
+  if (bt_e2e_sh(&e2e, "/usr/bin/python3 -c 'import h5py, numpy'", 30000) != 0)
     cr_skip_test("/usr/bin/python3 cannot import h5py and numpy");
-  const char *src = path_in("src"), *out = path_in("out"), *py = path_in("poison.py");
+  const char *src = path_in("src"), *out = path_in("dst"), *py = path_in("poison.py");
   const char *first[] = {MODEL, "--steps", "10", "--ckpt-dir", src, NULL};
   result_t r = run_train(first);
   cr_assert_eq(r.code, 0, "%s", r.err);
@@ -485,7 +453,7 @@ Test(train_ckpt, nonfinite_parameters_at_a_save_exit_3_naming_the_step) {
   fclose(f);
   char cmd[2048];
   snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s/step-00000010", py, src);
-  cr_assert_eq(system(cmd), 0, "%s failed", cmd);
+  cr_assert_eq(bt_e2e_sh(&e2e, cmd, 60000), 0, "%s failed: %s", cmd, slurp(e2e.err));
   const char *resume[] = {"--steps", "15", "--ckpt-every", "1", "--ckpt-dir", out, "--resume",
                           src, NULL};
   r = run_train(resume);

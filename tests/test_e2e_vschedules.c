@@ -37,20 +37,9 @@ static int run_args(const char *const *args, int timeout_ms) {
   argv[k++] = (char *)bt_e2e_env("BATON_BIN");
   for (int i = 0; args[i] && k < 95; i++) argv[k++] = (char *)args[i];
   argv[k] = NULL;
-  unlink(out_path);
-  unlink(err_path);
-  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
-  cr_assert_gt(pid, 0);
-  int st = 0;
-  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
-    static char msg[16384];
-    char *e = bt_proc_slurp(err_path);
-    snprintf(msg, sizeof msg, "%s", e ? e : "");
-    free(e);
-    cr_assert_fail("baton %s did not end within %d ms:\n%s", args[0], timeout_ms, msg);
-  }
-  cr_assert(WIFEXITED(st), "baton %s died of signal %d", args[0], WTERMSIG(st));
-  return WEXITSTATUS(st);
+  int code = bt_e2e_run(&e2e, argv, NULL, NULL, timeout_ms);
+  cr_assert_lt(code, 128, "baton %s died of signal %d", args[0], code - 128);
+  return code;
 }
 
 /* The last "hash <hex>" line of out_path. */

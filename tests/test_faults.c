@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -32,6 +33,12 @@ Test(fault_spec, defaults_and_kind_specific_fields) {
   cr_assert_eq(f.ms, 250, "ms %d", f.ms);
   cr_assert_eq(bt_fault_parse("exit@stage=0,step=1", &f, NULL, 0), 0);
   cr_assert_eq(f.code, 1, "default code %d", f.code);
+  cr_assert_eq(bt_fault_parse("ckpt-die@stage=0,step=1", &f, NULL, 0), 0);
+  cr_assert_eq(f.at, BT_FAULT_AT_SNAPSHOT, "default at %d", f.at);
+  cr_assert_eq(bt_fault_parse("ckpt-die@stage=0,step=1,at=write", &f, NULL, 0), 0);
+  cr_assert_eq(f.at, BT_FAULT_AT_WRITE, "at %d", f.at);
+  cr_assert_eq(bt_fault_parse("ckpt-die@stage=0,step=1,at=snapshot", &f, NULL, 0), 0);
+  cr_assert_eq(f.at, BT_FAULT_AT_SNAPSHOT, "at %d", f.at);
 }
 
 Test(fault_spec, rejects_bad_specs_naming_the_problem) {
@@ -46,6 +53,8 @@ Test(fault_spec, rejects_bad_specs_naming_the_problem) {
     {"crash@stage=0,step=1,code=3", "code= applies to exit only"},
     {"exit@stage=0,step=1,code=0", "bad value '0' for code"},
     {"crash@stage=0,step=1,ms=3", "ms= applies to slow only"},
+    {"crash@stage=0,step=1,at=write", "at= applies to ckpt-die only"},
+    {"ckpt-die@stage=0,step=1,at=flush", "bad value 'flush' for at"},
     {"crash@stage", "needs a value"},
     {"crash", "expected KIND@"},
     {"", "empty"},
@@ -63,7 +72,8 @@ Test(fault_spec, rejects_bad_specs_naming_the_problem) {
 
 Test(fault_spec, format_round_trips) {
   const char *specs[] = {"crash@stage=2,step=7,action=5", "exit@stage=0,step=1,code=9",
-                         "slow@stage=1,step=4,ms=30", "ckpt-die@stage=1,step=10"};
+                         "slow@stage=1,step=4,ms=30", "ckpt-die@stage=1,step=10",
+                         "ckpt-die@stage=1,step=10,at=write"};
   for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
     bt_fault_t a, b;
     cr_assert_eq(bt_fault_parse(specs[i], &a, NULL, 0), 0);
@@ -73,7 +83,7 @@ Test(fault_spec, format_round_trips) {
     cr_assert_eq(bt_fault_parse(buf, &b, NULL, 0), 0, "'%s' does not parse back", buf);
     /* field by field: the struct has tail padding */
     cr_assert(a.kind == b.kind && a.stage == b.stage && a.step == b.step &&
-                  a.action == b.action && a.code == b.code && a.ms == b.ms,
+                  a.action == b.action && a.code == b.code && a.ms == b.ms && a.at == b.at,
               "'%s' -> '%s' differs", specs[i], buf);
   }
 }
@@ -228,4 +238,83 @@ Test(fault_fire, ckpt_die_kills_halfway_through_the_snapshot) {
   while (waitpid(pid, &st, 0) < 0) cr_assert_eq(errno, EINTR);
   cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %#x", st);
   cr_assert_eq(last, 5, "died at tensor %d of 10, expected 5", last);
+}
+
+/* ---- ckpt-die at=write: a torn shard on disk, never restored ---- */
+
+#include <sys/stat.h>
+
+#include "checkpoint/internal.h"
+#include "tests/support/checkpoint_synth.h"
+
+#define TEAR_LAYERS 40u
+
+/* The child: fires ckpt-die at=write at step 10 and saves step 10 through
+ * a writer whose hook is bt_faults_write, as the pipeline worker does.
+ * It never returns: the fault kills it, or it exits with a code. */
+static void tear_child(const char *root) {
+  bt_faults_t fs;
+  bt_ckpt_writer_t *w = NULL;
+  ckpt_synth_t sy;
+  if (bt_faults_init(&fs, "ckpt-die@stage=0,step=10,at=write", 0, 100, NULL, 0) < 0) _exit(100);
+  bt_faults_write(&fs, 10, 39, 40); /* not fired yet: survives */
+  bt_faults_action(&fs, 10, 0);
+  bt_faults_write(&fs, 9, 39, 40);  /* an earlier step still being written: survives */
+  bt_faults_write(&fs, 10, 0, 40);  /* less than half written: survives */
+  if (ckpt_synth_make(&sy, 0, TEAR_LAYERS, TEAR_LAYERS, 7, 10, 1) < 0) _exit(101);
+  if (bt_ckpt_writer_create(&w, root, NULL, NULL, NULL) < 0) _exit(102);
+  bt_ckpt_writer_set_hook(w, bt_faults_write, &fs);
+  bt_ckpt_meta_t m = ckpt_synth_meta(10, 0, 1, TEAR_LAYERS, 7);
+  if (bt_ckpt_save_async(w, &m, sy.t, sy.n, 10000) < 0) _exit(103);
+  bt_ckpt_result_t r;
+  bt_ckpt_writer_wait(w, 10000, &r);
+  _exit(104); /* the shard was written whole: the fault never fired */
+}
+
+Test(fault_fire, ckpt_die_at_write_leaves_a_torn_shard_that_is_never_restored) {
+  char root[64], torn[256], whole[256], done[256];
+  ckpt_synth_tmpdir(root, sizeof root);
+  cr_assert(root[0], "mkdtemp failed");
+  uint32_t bounds[] = {0, TEAR_LAYERS};
+  cr_assert_eq(ckpt_synth_save_step(root, 5, TEAR_LAYERS, bounds, 1, 7, NULL), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) tear_child(root);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0) cr_assert_eq(errno, EINTR);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "child status %#x (exit %d)", st,
+            WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+
+  /* The torn file is there, holds part of the data, and is no shard. */
+  snprintf(torn, sizeof torn, "%s/step-00000010.tmp/stage-000-of-001.h5.tmp", root);
+  snprintf(whole, sizeof whole, "%s/step-00000005/stage-000-of-001.h5", root);
+  snprintf(done, sizeof done, "%s/step-00000010.tmp/stage-000-of-001.h5", root);
+  struct stat ts, ws;
+  cr_assert_eq(stat(torn, &ts), 0, "no torn shard at %s", torn);
+  cr_assert_eq(stat(whole, &ws), 0);
+  cr_assert_gt(ts.st_size, 0, "the torn shard is empty");
+  cr_assert_lt(ts.st_size, ws.st_size, "torn %lld bytes, a whole shard %lld", (long long)ts.st_size,
+               (long long)ws.st_size);
+  cr_assert_neq(access(done, F_OK), 0, "the torn shard was renamed into place");
+  bt_ckpt_shard_t *sh = NULL;
+  int rc = bt_ckpt_shard_open(torn, &sh);
+  if (rc == 0) bt_ckpt_shard_close(sh);
+  cr_assert_neq(rc, 0, "the torn shard opens as a shard");
+
+  /* Restore takes the previous committed step; step 10 is not listed. */
+  int64_t *steps = NULL;
+  size_t n = 0;
+  cr_assert_eq(bt_ckpt_list_steps(root, &steps, &n), 0);
+  cr_assert_eq(n, 1, "%zu committed steps", n);
+  cr_assert_eq(steps[0], 5, "committed step %lld", (long long)steps[0]);
+  free(steps);
+  ckpt_synth_t want;
+  cr_assert_eq(ckpt_synth_empty(&want, 0, TEAR_LAYERS, TEAR_LAYERS, 1), 0);
+  bt_ckpt_step_t cs;
+  memset(&cs, 0, sizeof cs);
+  cr_assert_eq(bt_ckpt_restore(root, want.t, want.n, &cs), 0);
+  cr_assert_eq(cs.step, 5, "restored step %lld", (long long)cs.step);
+  bt_ckpt_step_close(&cs);
+  ckpt_synth_free(&want);
+  bt_rm_rf(root);
 }

@@ -355,3 +355,14 @@ int bt_control_send_ckpt_late(bt_control_t *c, int64_t step) {
 int64_t bt_control_stop_step(bt_control_t *c) { return atomic_load(&c->stop_step); }
 
 int64_t bt_control_ckpt_step(bt_control_t *c) { return atomic_load(&c->ckpt_step); }
+
+int bt_control_ckpt_due(bt_control_t *c, int64_t step, int64_t *handled) {
+  int64_t at = bt_control_ckpt_step(c);
+  /* A CKPT_AT still ahead is left for the step it names. */
+  if (at <= 0 || at == *handled || at > step) return 0;
+  *handled = at;
+  if (at == step) return 1;
+  bt_info("CKPT_AT %lld came after that step; last completed %lld", (long long)at, (long long)step);
+  int rc = bt_control_send_ckpt_late(c, step);
+  return rc < 0 ? rc : 0;
+}

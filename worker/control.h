@@ -84,5 +84,13 @@ int bt_control_send_ckpt_late(bt_control_t *c, int64_t step);
 int64_t bt_control_stop_step(bt_control_t *c);
 /* The step after which to save a shard (latest CKPT_AT), or -1. */
 int64_t bt_control_ckpt_step(bt_control_t *c);
+/* After step `step` completed: 1 when the latest CKPT_AT names it (save a
+ * shard of it), 0 otherwise. A CKPT_AT naming a step already behind is
+ * answered with CKPT_LATE carrying `step`, so the supervisor can name a
+ * later one (a negative code when that send fails). *handled is the
+ * caller's record of the last CKPT_AT acted on (start it at -1): each is
+ * acted on once. The pipeline worker and the test's fake worker both
+ * decide here. */
+int bt_control_ckpt_due(bt_control_t *c, int64_t step, int64_t *handled);
 
 #endif

@@ -47,7 +47,12 @@ static void fire(bt_faults_t *fs, const bt_fault_t *f) {
     break;
   case BT_FAULT_HANG: fs->hang_armed = 1; break;
   case BT_FAULT_SLOW: fs->slow_ms = f->ms; break;
-  case BT_FAULT_CKPT_DIE: fs->ckpt_die_armed = 1; break;
+  case BT_FAULT_CKPT_DIE:
+    if (f->at == BT_FAULT_AT_WRITE)
+      __atomic_store_n(&fs->tear_from_step, f->step, __ATOMIC_RELEASE);
+    else
+      fs->ckpt_die_armed = 1;
+    break;
   default: break;
   }
 }
@@ -78,5 +83,17 @@ int bt_faults_before_send(bt_faults_t *fs) {
 void bt_faults_fill(bt_faults_t *fs, size_t i, size_t n) {
   if (!fs->ckpt_die_armed || i < n / 2) return;
   bt_warn("injected fault: dying in the middle of the checkpoint snapshot (tensor %zu of %zu)", i, n);
+  raise(SIGKILL);
+}
+
+void bt_faults_write(void *arg, int64_t step, size_t i, size_t n) {
+  bt_faults_t *fs = arg;
+  int64_t from = __atomic_load_n(&fs->tear_from_step, __ATOMIC_ACQUIRE);
+  /* A save of an earlier step still being written when the fault fired
+   * is left alone: the fault names the first save at or after its step. */
+  if (from <= 0 || step < from || i < n / 2) return;
+  bt_warn("injected fault: dying in the middle of writing the shard of step %lld (dataset %zu of %zu "
+          "written, not flushed)",
+          (long long)step, i + 1, n);
   raise(SIGKILL);
 }

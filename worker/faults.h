@@ -6,7 +6,8 @@
  * fires each once at its (step, action): the training loop calls
  * bt_faults_action() before every action (and once more, with the action
  * count, before the optimizer), bt_faults_before_send() before posting a
- * send, and bt_faults_fill() from the checkpoint snapshot's fill callback.
+ * send, bt_faults_fill() from the checkpoint snapshot's fill callback and
+ * bt_faults_write() from the checkpoint writer's hook (its own thread).
  * Nothing here is compiled out: with no specs every hook is one branch.
  *
  * What each kind does is in common/fault.h. Not here: parsing (common/),
@@ -26,6 +27,10 @@ typedef struct {
   int slow_ms;          /* > 0 once a slow fault fired */
   int hang_armed;       /* a hang fired: block before the next send */
   int ckpt_die_armed;   /* a ckpt-die fired: die in the next snapshot */
+  /* A ckpt-die at=write fired: the writer thread dies writing the shard of
+   * this step or a later one (0: none). Read by the writer thread, so
+   * accessed with __atomic builtins. */
+  int64_t tear_from_step;
   int64_t hang_ms;      /* how long a hang lasts before it gives up */
 } bt_faults_t;
 
@@ -52,5 +57,11 @@ int bt_faults_before_send(bt_faults_t *fs);
 /* From the snapshot's fill callback, tensor i of n: an armed ckpt-die kills
  * the process halfway through the snapshot. */
 void bt_faults_fill(bt_faults_t *fs, size_t i, size_t n);
+
+/* A bt_ckpt_write_hook_fn (arg: the bt_faults_t), on the writer thread
+ * after dataset i of n of step's shard is written: an armed ckpt-die
+ * at=write kills the process once half the datasets are in the temporary
+ * file, before HDF5 flushes it, leaving a torn shard. */
+void bt_faults_write(void *fs, int64_t step, size_t i, size_t n);
 
 #endif

@@ -495,6 +495,7 @@ static int ckpt_setup(pipe_t *w) {
     bt_errf(w->err, sizeof w->err, "checkpoint writer for %s: %s", w->env->ckpt_dir, bt_strerror(rc));
     return rc;
   }
+  bt_ckpt_writer_set_hook(w->writer, bt_faults_write, &w->faults);
   /* Fault in the snapshot now, so the first save costs training a memcpy. */
   if ((rc = bt_ckpt_writer_reserve(w->writer, w->sc.desc, w->sc.n, w->env->ckpt_timeout_ms)) < 0)
     bt_errf(w->err, sizeof w->err, "checkpoint snapshot buffer: %s", bt_strerror(rc));
@@ -586,19 +587,9 @@ static int ckpt_after_step(pipe_t *w, const bt_msg_start_t *start, int64_t step)
   if (!w->writer) return 0;
   int save = (start->ckpt_every > 0 && step % start->ckpt_every == 0) ||
              (start->ckpt_last && step == start->last_step);
-  int64_t at = bt_control_ckpt_step(w->ctl);
-  if (at > 0 && at != w->ckpt_handled) {
-    if (at == step) {
-      save = 1;
-      w->ckpt_handled = at;
-    } else if (at < step) {
-      bt_info("CKPT_AT %lld came after that step; last completed %lld", (long long)at, (long long)step);
-      w->ckpt_handled = at;
-      int rc = bt_control_send_ckpt_late(w->ctl, step);
-      if (rc < 0) return rc;
-    }
-  }
-  return save ? ckpt_save(w, step) : 0;
+  int due = bt_control_ckpt_due(w->ctl, step, &w->ckpt_handled);
+  if (due < 0) return due;
+  return save || due ? ckpt_save(w, step) : 0;
 }
 
 /* A worker never exits before its last save is durable (and reported). */

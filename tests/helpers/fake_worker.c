@@ -190,7 +190,7 @@ int main(int argc, char **argv) {
   }
   int ignore_stop = me && !strcmp(o.mode, "ignore-stop");
   const char *root = env.ckpt_dir[0] ? env.ckpt_dir : NULL;
-  int64_t seen_at = -1, save_at = -1;
+  int64_t handled = -1;
   int lied = 0;
   for (int64_t step = first; step <= last || ignore_stop; step++) {
     bt_control_progress(c, step, 0, BT_PHASE_COMPUTE);
@@ -231,17 +231,14 @@ int main(int argc, char **argv) {
     bt_control_send_trace(c, &tr);
     if (root) {
       int64_t at = bt_control_ckpt_step(c);
-      if (at > 0 && at != seen_at) {
-        seen_at = at;
-        if (me && !strcmp(o.mode, "ckpt-late") && !lied) {
-          lied = 1;
-          bt_control_send_ckpt_late(c, step + 2);
-        } else if (at < step)
-          bt_control_send_ckpt_late(c, step);
-        else
-          save_at = at;
+      if (me && !strcmp(o.mode, "ckpt-late") && !lied && at > 0 && at != handled) {
+        /* the misbehaviour: the first CKPT_AT answered with a lie */
+        lied = 1;
+        handled = at;
+        bt_control_send_ckpt_late(c, step + 2);
       }
-      if (step == save_at || step == last) fake_save(c, root, env.stage, env.nstages, step);
+      if (bt_control_ckpt_due(c, step, &handled) > 0 || step == last)
+        fake_save(c, root, env.stage, env.nstages, step);
     }
     int64_t stop = bt_control_stop_step(c);
     if (!ignore_stop && stop >= 0 && step >= stop) {

@@ -2,8 +2,12 @@
 #include "tests/support/e2e.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "tests/support/proc.h"
 
@@ -28,4 +32,39 @@ const char *bt_e2e_env(const char *name) {
   const char *v = getenv(name);
   if (!v) cr_skip_test("%s is not set (run through ctest)", name);
   return v;
+}
+
+const char *bt_e2e_path(const bt_e2e_dirs_t *d, const char *name) {
+  static char ring[16][512];
+  static int next;
+  char *p = ring[next++ % 16];
+  snprintf(p, sizeof ring[0], "%s/%s", d->dir, name);
+  return p;
+}
+
+int bt_e2e_run(const bt_e2e_dirs_t *d, char *const argv[], const char *out_path,
+               const char *err_path, int timeout_ms) {
+  if (!out_path) out_path = d->out;
+  if (!err_path) err_path = d->err;
+  unlink(out_path);
+  unlink(err_path);
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_gt(pid, 0, "spawn %s: %s", argv[0], strerror((int)-pid));
+  int st = 0;
+  if (bt_proc_wait(pid, timeout_ms, &st) != 0) {
+    /* copied out first: a failed assertion leaves the function for good */
+    static char msg[4096];
+    char *err = bt_proc_slurp(err_path);
+    size_t n = err ? strlen(err) : 0;
+    snprintf(msg, sizeof msg, "%s", err ? err + (n > 4000 ? n - 4000 : 0) : "");
+    free(err);
+    cr_assert_fail("%s %s did not end within %d ms; stderr:\n%s", argv[0], argv[1] ? argv[1] : "",
+                   timeout_ms, msg);
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int bt_e2e_sh(const bt_e2e_dirs_t *d, const char *cmd, int timeout_ms) {
+  char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+  return bt_e2e_run(d, argv, NULL, NULL, timeout_ms);
 }

@@ -20,5 +20,17 @@ void bt_e2e_setup(bt_e2e_dirs_t *d, const char *name);
 void bt_e2e_teardown(bt_e2e_dirs_t *d);
 /* getenv(name), or skips the test when it is unset (not run through ctest). */
 const char *bt_e2e_env(const char *name);
+/* d->dir/name, in a ring of 16 static buffers (for argv lists). */
+const char *bt_e2e_path(const bt_e2e_dirs_t *d, const char *name);
+/* Runs argv to its end in its own process group (bt_proc_spawn, tracked:
+ * teardown kills it) with stdout and stderr into out_path and err_path
+ * (emptied first; NULL: d->out and d->err). Returns the exit code, 128 +
+ * the signal for a death by signal; running past timeout_ms fails the
+ * test with the tail of its stderr. */
+int bt_e2e_run(const bt_e2e_dirs_t *d, char *const argv[], const char *out_path,
+               const char *err_path, int timeout_ms);
+/* bt_e2e_run of `/bin/sh -c cmd` into d->out and d->err, for a command
+ * line with redirections or a `cd`. */
+int bt_e2e_sh(const bt_e2e_dirs_t *d, const char *cmd, int timeout_ms);
 
 #endif

@@ -9,7 +9,8 @@
  * and kill them all in teardown. A process counts as gone when it no longer
  * runs: absent, or a zombie waiting for its reaper (DESIGN.md §10).
  *
- * Used by tests/test_e2e_run.c; not a general process library.
+ * Used by every end-to-end suite, mostly through e2e.h (bt_e2e_run); not a
+ * general process library.
  */
 #ifndef BT_TESTS_SUPPORT_PROC_H
 #define BT_TESTS_SUPPORT_PROC_H
