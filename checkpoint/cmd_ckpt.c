@@ -24,6 +24,7 @@
 #include "checkpoint/cmd.h"
 #include "checkpoint/internal.h"
 #include "common/clock.h"
+#include "common/file.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "common/parse.h"
@@ -512,7 +513,7 @@ static int cmd_ls(const char *path) {
   char *text = NULL;
   size_t len = 0;
   snprintf(p, sizeof p, "%.4000s/latest", path);
-  if (bt_read_file(p, 4096, &text, &len) == 0) {
+  if (bt_file_read_max(p, 4096, &text, &len) == 0) {
     snprintf(latest, sizeof latest, "%.*s", (int)strcspn(text, "\n"), text);
     free(text);
   }

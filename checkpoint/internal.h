@@ -64,8 +64,6 @@ int bt_mkdir_p1(const char *dir);
 int bt_write_all(int fd, const void *data, size_t len);
 /* Writes `len` bytes to path (temp, fsync, rename, fsync of the directory). */
 int bt_write_file_durable(const char *path, const void *data, size_t len);
-/* Reads a whole small file, NUL-terminated; at most `max` bytes. */
-int bt_read_file(const char *path, size_t max, char **out, size_t *len);
 /* rm -r; ENOENT is success. */
 int bt_rm_rf(const char *path);
 /* Parses "step-NNNNNNNN" (exactly 8+ digits) with an optional ".tmp";

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "checkpoint/internal.h"
+#include "common/file.h"
 #include "common/json.h"
 #include "common/jsonread.h"
 
@@ -211,7 +212,7 @@ int bt_ckpt_manifest_read(const char *path, bt_ckpt_manifest_t *m, char *err, si
   memset(m, 0, sizeof *m);
   m->lineage.parent_step = -1;
   if (err && errlen) err[0] = 0;
-  int rc = bt_read_file(path, MANIFEST_MAX, &text, &len);
+  int rc = bt_file_read_max(path, MANIFEST_MAX, &text, &len);
   if (rc < 0) {
     if (err) snprintf(err, errlen, "%s", bt_strerror(rc));
     return rc;

@@ -149,53 +149,6 @@ out:
   return rc;
 }
 
-int bt_read_file(const char *path, size_t max, char **out, size_t *len) {
-  int fd;
-  uint64_t fsize;
-  int rc = bt_file_open(path, max, &fd, &fsize);
-  if (rc < 0) return rc;
-  size_t n = 0, cap = 4096;
-  char *buf = malloc(cap + 1);
-  if (!buf) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  for (;;) {
-    if (n == cap) {
-      if (cap >= max) {
-        rc = -EFBIG;
-        goto out;
-      }
-      cap *= 2;
-      char *nb = realloc(buf, cap + 1);
-      if (!nb) {
-        rc = -ENOMEM;
-        goto out;
-      }
-      buf = nb;
-    }
-    ssize_t r = read(fd, buf + n, cap - n);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      rc = -errno;
-      goto out;
-    }
-    if (r == 0) break;
-    n += (size_t)r;
-  }
-  if (n > max) {
-    rc = -EFBIG;
-    goto out;
-  }
-  buf[n] = 0;
-  *out = buf;
-  *len = n;
-  buf = NULL;
-out:
-  free(buf);
-  close(fd);
-  return rc;
-}
 
 static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
   (void)sb;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,13 +54,21 @@ int bt_file_open(const char *path, uint64_t max, int *fd_out, uint64_t *size) {
 }
 
 int bt_file_read(const char *path, bt_file_kind_t kind, char **out, size_t *len) {
+  return bt_file_read_max(path, bt_file_limit(kind), out, len);
+}
+
+int bt_file_read_max(const char *path, uint64_t max, char **out, size_t *len) {
   *out = NULL;
   *len = 0;
-  uint64_t max = bt_file_limit(kind), size;
+  uint64_t size;
   int fd, rc = bt_file_open(path, max, &fd, &size);
   if (rc < 0) return rc;
-  /* st_size is a hint (a /proc file says 0): grow as needed, up to max. */
-  size_t cap = size > 0 ? (size_t)size : 4096, n = 0;
+  /* st_size is a hint (a /proc file says 0): grow as needed, up to one
+   * byte past max, so that a file of exactly max bytes reads whole and
+   * one that grew past it is told apart. */
+  size_t limit = max < SIZE_MAX - 1 ? (size_t)max + 1 : SIZE_MAX - 1;
+  size_t cap = size > 0 ? (size_t)size + 1 : 4096, n = 0;
+  if (cap > limit) cap = limit;
   char *buf = malloc(cap + 1);
   if (!buf) {
     rc = -ENOMEM;
@@ -67,11 +76,11 @@ int bt_file_read(const char *path, bt_file_kind_t kind, char **out, size_t *len)
   }
   for (;;) {
     if (n == cap) {
-      if (cap >= max) {
+      if (cap >= limit) {
         rc = -EFBIG;
         goto out;
       }
-      size_t ncap = cap * 2 > max ? (size_t)max : cap * 2;
+      size_t ncap = cap > limit / 2 ? limit : cap * 2;
       char *nb = realloc(buf, ncap + 1);
       if (!nb) {
         rc = -ENOMEM;

@@ -35,6 +35,10 @@ int bt_file_open(const char *path, uint64_t max, int *fd, uint64_t *size);
  * is -EFBIG. */
 int bt_file_read(const char *path, bt_file_kind_t kind, char **out, size_t *len);
 
+/* The same with an explicit bound of `max` bytes (a file of exactly max
+ * bytes reads whole). */
+int bt_file_read_max(const char *path, uint64_t max, char **out, size_t *len);
+
 /* The CRC-32 and size of a regular file through bt_file_open with the bound
  * of `kind` (reads at most the bound, so a file that grows cannot spin it). */
 int bt_file_crc32(const char *path, bt_file_kind_t kind, uint32_t *crc, uint64_t *size);

@@ -116,3 +116,29 @@ Test(file, every_kind_has_a_bound_and_schedules_are_small) {
   cr_assert_leq(bt_file_limit(BT_FILE_SCHEDULE), (uint64_t)1 << 30);
   cr_assert_leq(bt_file_limit(BT_FILE_MANIFEST), (uint64_t)1 << 30);
 }
+
+/* The bound is inclusive: a file of exactly `max` bytes reads whole, one
+ * byte more is -EFBIG; a /proc file (st_size 0) still reads, grown as it
+ * comes, up to the bound. */
+Test(file, an_explicit_bound_is_inclusive_and_proc_files_read) {
+  char p[128];
+  snprintf(p, sizeof p, "%s/eight", tmpdir);
+  write_text(p, "01234567");
+  char *buf = NULL;
+  size_t len = 0;
+  cr_assert_eq(bt_file_read_max(p, 8, &buf, &len), 0);
+  cr_assert_eq(len, 8);
+  cr_assert_str_eq(buf, "01234567");
+  free(buf);
+  buf = NULL;
+  cr_assert_eq(bt_file_read_max(p, 7, &buf, &len), -EFBIG);
+  cr_assert_null(buf);
+  cr_assert_eq(bt_file_read_max("/proc/self/status", 1 << 20, &buf, &len), 0);
+  cr_assert_gt(len, 0);
+  cr_assert_not_null(strstr(buf, "Pid:"));
+  cr_assert_eq(strlen(buf), len);
+  free(buf);
+  buf = NULL;
+  cr_assert_eq(bt_file_read_max("/proc/self/status", 16, &buf, &len), -EFBIG);
+  cr_assert_null(buf);
+}
