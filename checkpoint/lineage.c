@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,25 +30,9 @@
 #include "checkpoint/internal.h"
 #include "common/log.h"
 
-void bt_ckpt_job_new(char out[BT_CKPT_JOB_LEN + 1]) {
-  uint8_t r[BT_CKPT_JOB_LEN / 2] = {0};
-  ssize_t got = 0;
-  while (got < (ssize_t)sizeof r) {
-    ssize_t k = getrandom(r + got, sizeof r - (size_t)got, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    got += k;
-  }
-  if (got < (ssize_t)sizeof r) {
-    /* No entropy source: still distinct per process and moment. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t a = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, b = (uint64_t)getpid();
-    memcpy(r, &a, sizeof a);
-    memcpy(r + sizeof a, &b, sizeof b);
-  }
-  for (size_t i = 0; i < sizeof r; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
-}
+_Static_assert(BT_CKPT_JOB_LEN == 32, "a job id is one bt_random_id");
+
+void bt_ckpt_job_new(char out[BT_CKPT_JOB_LEN + 1]) { bt_random_id(out); }
 
 int bt_ckpt_job_valid(const char *s) {
   if (!s || strlen(s) != BT_CKPT_JOB_LEN) return 0;

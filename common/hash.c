@@ -1,9 +1,14 @@
 /* hash.c - see hash.h. */
 #include "common/hash.h"
 
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "common/error.h"
@@ -70,4 +75,23 @@ int bt_hash_parse(const char *hex, bt_hash128_t *out) {
   out->hi = part[0];
   out->lo = part[1];
   return 0;
+}
+
+void bt_random_id(char out[33]) {
+  uint8_t r[16] = {0};
+  ssize_t got = 0;
+  while (got < (ssize_t)sizeof r) {
+    ssize_t k = getrandom(r + got, sizeof r - (size_t)got, 0);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) break;
+    got += k;
+  }
+  if (got < (ssize_t)sizeof r) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t a = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, b = (uint64_t)getpid();
+    memcpy(r, &a, sizeof a);
+    memcpy(r + sizeof a, &b, sizeof b);
+  }
+  for (size_t i = 0; i < sizeof r; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
 }

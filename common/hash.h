@@ -34,5 +34,9 @@ int bt_hash_combine(bt_hash_rec_t *recs, size_t n, bt_hash128_t *out);
 void bt_hash_hex(bt_hash128_t h, char out[33]);
 /* Parses 32 hex digits; BT_EFORMAT otherwise. */
 int bt_hash_parse(const char *hex, bt_hash128_t *out);
+/* A fresh random id: 32 lowercase hex digits from getrandom(2) and a NUL
+ * (job ids, job tokens). Without an entropy source it is still distinct
+ * per process and moment (time and pid), if guessable. */
+void bt_random_id(char out[33]);
 
 #endif

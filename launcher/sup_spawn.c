@@ -199,22 +199,7 @@ out:
   return rc;
 }
 
-void sup_make_token(char out[33]) {
-  uint8_t r[16] = {0};
-  ssize_t got = 0;
-  while (got < (ssize_t)sizeof r) {
-    ssize_t k = getrandom(r + got, sizeof r - (size_t)got, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) break;
-    got += k;
-  }
-  if (got < (ssize_t)sizeof r) {
-    /* No entropy source: still unique per job, if guessable. */
-    uint64_t t = uv_hrtime() ^ ((uint64_t)getpid() << 32);
-    memcpy(r, &t, sizeof t);
-  }
-  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
-}
+void sup_make_token(char out[33]) { bt_random_id(out); }
 
 void sup_spawn_all(sup_t *s) {
   s->res->spawned = 1;

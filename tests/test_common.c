@@ -215,3 +215,12 @@ Test(log, levels_filter_lines) {
   cr_assert_gt(n, 0);
   cr_assert_str_eq(buf, "baton[stage 3]: error: shown 2\n");
 }
+
+Test(hash, random_ids_are_32_hex_digits_and_differ) {
+  char a[33], b[33];
+  bt_random_id(a);
+  bt_random_id(b);
+  cr_assert_eq(strlen(a), 32);
+  cr_assert_eq(strspn(a, "0123456789abcdef"), 32);
+  cr_assert_str_neq(a, b);
+}
