@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <hdf5.h>
 #include <limits.h>
 #include <math.h>
@@ -701,6 +702,37 @@ Test(nonfinite, nan_refused_and_never_committed, .init = setup, .fini = teardown
   cr_assert_eq(st.step, 1);
   bt_ckpt_step_close(&st);
   ckpt_synth_free(&sy);
+}
+
+/* The finiteness scan works on blocks of 4096 floats with a scalar tail:
+ * a NaN or an Inf at a block's first or last element, or in the tail, is
+ * refused; the largest finite values, subnormals and -0 are not. */
+Test(nonfinite, any_position_of_a_large_tensor_is_checked, .init = setup, .fini = teardown) {
+  enum { N = 3 * 4096 + 5 };
+  float *x = malloc(N * sizeof *x);
+  cr_assert(x);
+  for (size_t k = 0; k < N; k++) x[k] = (float)k * 1e-3f - 5.0f;
+  x[7] = FLT_MAX;
+  x[8] = -FLT_MAX;
+  x[9] = 1e-45f;
+  x[10] = -0.0f;
+  bt_ckpt_tensor_t t = {.layer = 0, .index = 0, .name = "w", .kind = BT_CKPT_PARAM, .ndim = 1,
+                        .dims = {N}, .data = x};
+  bt_ckpt_meta_t m = ckpt_synth_meta(1, 0, 1, 1, 3);
+  bt_msg_shard_t rep;
+  cr_assert_eq(bt_ckpt_save(root, &m, &t, 1, NULL, &rep), 0, "finite values refused");
+  const size_t at[] = {0, 4095, 4096, 8191, 12287, 12288, N - 1};
+  const float bad[] = {NAN, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
+    for (size_t b = 0; b < 3; b++) {
+      float keep = x[at[i]];
+      x[at[i]] = bad[b];
+      m.step = 2;
+      cr_expect_eq(bt_ckpt_save(root, &m, &t, 1, NULL, &rep), BT_ENONFINITE,
+                   "%g at element %zu was not refused", (double)bad[b], at[i]);
+      x[at[i]] = keep;
+    }
+  free(x);
 }
 
 /* A shard that holds NaN although bt_ckpt_save would have refused it
