@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
@@ -217,6 +218,10 @@ typedef struct {
    * orders the two. */
   int commit_rc;           /* the commit's result, or the save's when it failed */
   int64_t commit_step;     /* the step that result is for; -1 none */
+  double writer_cpu_s;     /* the writer thread's CPU time after its last commit */
+  /* Training thread only: what the checkpoints cost the loop. */
+  int saves;
+  double loop_wait_s;      /* inside ckpt_save and ckpt_commit_pending in the loop */
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
@@ -434,6 +439,9 @@ static void committed(void *arg, const bt_ckpt_result_t *r) {
   }
   ck->commit_rc = rc;
   ck->commit_step = r->step;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+    ck->writer_cpu_s = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
@@ -700,17 +708,30 @@ int bt_cmd_train(int argc, char **argv) {
     if (a.ck.dir) {
       /* The last step is always saved; others every --ckpt-every. */
       int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
+      double tw = bt_clock_s();
       rc = due ? ckpt_save(&ck, st, s + 1) : ckpt_commit_pending(&ck, 0);
+      ck.loop_wait_s += bt_clock_s() - tw;
+      ck.saves += due && !rc;
       if (rc) {
         code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
       }
     }
   }
+  double tf = bt_clock_s();
   if (a.ck.dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
     code = ckpt_failed(rc, ck.pending);
     goto out;
   }
+  if (a.ck.dir && ck.saves > 0)
+    /* What checkpointing cost this run, measured where it is paid: the
+     * training thread's waits (the snapshot copies) and the writer thread's
+     * CPU (shard write, CRC, fsyncs, commit), which needs a spare core to
+     * be free (docs/train-checkpoints.md). */
+    bt_info("checkpoint: %d saves; the training loop waited %.2f ms per save, then %.0f ms for "
+            "the last to commit; the writer thread used %.1f ms of CPU per save",
+            ck.saves, 1e3 * ck.loop_wait_s / ck.saves, 1e3 * (bt_clock_s() - tf),
+            1e3 * ck.writer_cpu_s / ck.saves);
   final_line(window, nwin, loss, start, steps, bt_clock_s() - t0, tokens);
 done:
   if (a.hash) {
