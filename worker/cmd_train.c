@@ -420,14 +420,13 @@ static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
   return 0;
 }
 
-/* The texts stored in every shard, the tensor list, and the writer with its
- * snapshot buffer touched now, so the first save costs training a memcpy
- * rather than page faults. Returns a negative code on failure. */
 /* The writer thread's done callback: commits the shard just saved and
  * applies retention there, so the fsyncs of the manifest, the directory
  * rename and `latest` never stall a training step. The order of durable
  * effects is bt_ckpt_commit's; a crash at any point leaves the previous
- * committed step restorable. */
+ * committed step restorable. A run that stops early (a non-finite loss, a
+ * failed write) still gets the save in flight, taken from finite
+ * parameters, committed: the writer finishes it before it is joined. */
 static void committed(void *arg, const bt_ckpt_result_t *r) {
   ckpt_t *ck = arg;
   int rc = r->rc;
@@ -444,6 +443,9 @@ static void committed(void *arg, const bt_ckpt_result_t *r) {
     ck->writer_cpu_s = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The texts stored in every shard, the tensor list, and the writer with its
+ * snapshot buffer touched now, so the first save costs training a memcpy
+ * rather than page faults. Returns a negative code on failure. */
 static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
   int rc;
   ck->commit_step = -1;
