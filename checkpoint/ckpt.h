@@ -104,6 +104,11 @@ typedef struct {
   int64_t step;
   bt_msg_shard_t shard;  /* the report, valid when rc == 0 */
   double write_s;        /* seconds the writer thread spent */
+  /* The snapshot the shard was written from: valid only inside the done
+   * callback (NULL in bt_ckpt_writer_wait's copy). */
+  const bt_ckpt_meta_t *meta;
+  const bt_ckpt_tensor_t *t;
+  size_t n;
 } bt_ckpt_result_t;
 
 /* Called on the writer thread when a save ends (success or failure). */
@@ -177,6 +182,12 @@ int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards,
  * `baton train` and the supervisor commit this way. */
 int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
                            const bt_ckpt_lineage_t *lin);
+
+/* The same for a one-stage job, from inside its writer's done callback
+ * (r->meta and r->t valid): the shard's attributes and layers are taken
+ * from the snapshot just written rather than read back from the file.
+ * BT_EARG for a failed save or a job of more than one stage. */
+int bt_ckpt_commit_saved(const char *root, const bt_ckpt_result_t *r, const bt_ckpt_lineage_t *lin);
 
 /* ---- reading ---- */
 

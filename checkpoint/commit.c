@@ -20,8 +20,11 @@
  * the manifest; a shard changed after its save (another writer, a bit
  * flip) no longer matches that CRC, so restore and `baton ckpt verify`
  * reject the step and fall back to the one before. Here only each shard's
- * size and root attributes are checked. Not here: saving shards, choosing
- * steps, retention.
+ * size and root attributes are checked; bt_ckpt_commit_saved() (a
+ * one-stage job committing on its writer thread, `baton train`) takes the
+ * attributes and layers from the snapshot its save just wrote instead of
+ * reopening the shard, and checks the size only. Not here: saving shards,
+ * choosing steps, retention.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -135,8 +138,54 @@ int bt_ckpt_commit(const char *root, int64_t step, const bt_msg_shard_t *shards,
   return bt_ckpt_commit_lineage(root, step, shards, n, NULL);
 }
 
+/* What a one-stage caller's save already knows about its shard: with it
+ * the commit need not reopen the file it just wrote. */
+typedef struct {
+  const bt_ckpt_meta_t *meta;
+  const uint32_t *layers;
+  size_t nl;
+} known_t;
+
+static int commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
+                  const bt_ckpt_lineage_t *lin, const known_t *known);
+
 int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
                            const bt_ckpt_lineage_t *lin) {
+  return commit(root, step, shards, n, lin, NULL);
+}
+
+int bt_ckpt_commit_saved(const char *root, const bt_ckpt_result_t *r, const bt_ckpt_lineage_t *lin) {
+  if (!r || r->rc || !r->meta || (!r->t && r->n) || r->meta->stages != 1 || r->meta->stage != 0 ||
+      r->meta->step != r->step)
+    return BT_EARG;
+  uint32_t lc = r->meta->layer_count;
+  unsigned char *seen = calloc(lc ? lc : 1, 1);
+  uint32_t *layers = malloc((lc ? lc : 1) * sizeof *layers);
+  int rc = 0;
+  if (!seen || !layers) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  for (size_t i = 0; i < r->n; i++) {
+    if (r->t[i].layer >= lc) {
+      rc = BT_EARG;
+      goto out;
+    }
+    seen[r->t[i].layer] = 1;
+  }
+  size_t nl = 0;
+  for (uint32_t l = 0; l < lc; l++)
+    if (seen[l]) layers[nl++] = l;
+  known_t k = {r->meta, layers, nl};
+  rc = commit(root, r->step, &r->shard, 1, lin, &k);
+out:
+  free(seen);
+  free(layers);
+  return rc;
+}
+
+static int commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
+                  const bt_ckpt_lineage_t *lin, const known_t *known) {
   char tmpdir[PATH_MAX], final[PATH_MAX], p[PATH_MAX], latest[64];
   bt_ckpt_manifest_t m;
   bt_ckpt_shard_t *sh = NULL;
@@ -203,11 +252,21 @@ int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t 
       rc = BT_ECORRUPT;
       goto out;
     }
-    if ((rc = bt_ckpt_shard_open(p, &sh)) < 0) {
-      bt_error("commit: shard %s: %s", p, bt_strerror(rc));
-      goto out;
+    const bt_ckpt_meta_t *sm;
+    const uint32_t *layers;
+    size_t nl;
+    if (known) {
+      sm = known->meta;
+      layers = known->layers;
+      nl = known->nl;
+    } else {
+      if ((rc = bt_ckpt_shard_open(p, &sh)) < 0) {
+        bt_error("commit: shard %s: %s", p, bt_strerror(rc));
+        goto out;
+      }
+      sm = bt_ckpt_shard_meta(sh);
+      layers = bt_ckpt_shard_layers(sh, &nl);
     }
-    const bt_ckpt_meta_t *sm = bt_ckpt_shard_meta(sh);
     if (sm->step != step || sm->stage != info->stage || sm->stages != n) {
       bt_error("commit: shard %s holds step %lld stage %u of %u, expected step %lld stage %u of %zu",
                p, (long long)sm->step, sm->stage, sm->stages, (long long)step, info->stage, n);
@@ -229,8 +288,6 @@ int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t 
     } else if ((rc = same_job(&m.meta, sm, info->file)) < 0) {
       goto out;
     }
-    size_t nl;
-    const uint32_t *layers = bt_ckpt_shard_layers(sh, &nl);
     for (size_t k = 0; k < nl; k++) {
       if (owner[layers[k]] != UINT32_MAX) {
         bt_error("commit: step %lld: layer %u is in both %s and %s", (long long)step, layers[k],
@@ -240,7 +297,7 @@ int bt_ckpt_commit_lineage(const char *root, int64_t step, const bt_msg_shard_t 
       }
       owner[layers[k]] = (uint32_t)i;
     }
-    bt_ckpt_shard_close(sh);
+    if (sh) bt_ckpt_shard_close(sh);
     sh = NULL;
   }
   for (uint32_t l = 0; l < m.meta.layer_count; l++) {

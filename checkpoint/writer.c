@@ -75,13 +75,16 @@ static void *writer_main(void *p) {
     if (!w->busy) break; /* quit with nothing queued */
     pthread_mutex_unlock(&w->mu);
     /* The snapshot is ours while busy: save_async waits for !busy first. */
-    bt_ckpt_result_t r = {.step = w->meta.step};
+    bt_ckpt_result_t r = {.step = w->meta.step, .meta = &w->meta, .t = w->t, .n = w->n};
     double t0 = bt_clock_s();
     r.rc = bt_ckpt_save_hooked(w->root, &w->meta, w->t, w->n, &w->opts, w->hook, w->hook_arg,
                                &r.shard);
     r.write_s = bt_clock_s() - t0;
     H5Eclear2(H5E_DEFAULT);
     if (w->done) w->done(w->arg, &r);
+    r.meta = NULL; /* the snapshot is reused by the next save */
+    r.t = NULL;
+    r.n = 0;
     pthread_mutex_lock(&w->mu);
     w->last = r;
     w->have_last = 1;

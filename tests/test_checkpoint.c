@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <hdf5.h>
 #include <limits.h>
 #include <math.h>
@@ -703,6 +704,37 @@ Test(nonfinite, nan_refused_and_never_committed, .init = setup, .fini = teardown
   ckpt_synth_free(&sy);
 }
 
+/* The finiteness scan works on blocks of 4096 floats with a scalar tail:
+ * a NaN or an Inf at a block's first or last element, or in the tail, is
+ * refused; the largest finite values, subnormals and -0 are not. */
+Test(nonfinite, any_position_of_a_large_tensor_is_checked, .init = setup, .fini = teardown) {
+  enum { N = 3 * 4096 + 5 };
+  float *x = malloc(N * sizeof *x);
+  cr_assert(x);
+  for (size_t k = 0; k < N; k++) x[k] = (float)k * 1e-3f - 5.0f;
+  x[7] = FLT_MAX;
+  x[8] = -FLT_MAX;
+  x[9] = 1e-45f;
+  x[10] = -0.0f;
+  bt_ckpt_tensor_t t = {.layer = 0, .index = 0, .name = "w", .kind = BT_CKPT_PARAM, .ndim = 1,
+                        .dims = {N}, .data = x};
+  bt_ckpt_meta_t m = ckpt_synth_meta(1, 0, 1, 1, 3);
+  bt_msg_shard_t rep;
+  cr_assert_eq(bt_ckpt_save(root, &m, &t, 1, NULL, &rep), 0, "finite values refused");
+  const size_t at[] = {0, 4095, 4096, 8191, 12287, 12288, N - 1};
+  const float bad[] = {NAN, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
+    for (size_t b = 0; b < 3; b++) {
+      float keep = x[at[i]];
+      x[at[i]] = bad[b];
+      m.step = 2;
+      cr_expect_eq(bt_ckpt_save(root, &m, &t, 1, NULL, &rep), BT_ENONFINITE,
+                   "%g at element %zu was not refused", (double)bad[b], at[i]);
+      x[at[i]] = keep;
+    }
+  free(x);
+}
+
 /* A shard that holds NaN although bt_ckpt_save would have refused it
  * (another writer, a bit flip between save and commit): commit reads no
  * tensor, so it commits the step, but the file no longer matches the CRC
@@ -927,6 +959,106 @@ Test(async, fill_callback_snapshot, .init = setup, .fini = teardown) {
   bt_ckpt_step_close(&st);
   free(desc);
   ckpt_synth_free(&got);
+  ckpt_synth_free(&sy);
+}
+
+/* `baton train` commits on its writer thread from the done callback, with
+ * the snapshot's attributes instead of reopening the shard. */
+typedef struct {
+  const char *root;
+  int calls, rc;
+  int had_snapshot;
+} commit_cb_t;
+
+static void commit_in_done(void *arg, const bt_ckpt_result_t *r) {
+  commit_cb_t *c = arg;
+  c->calls++;
+  c->had_snapshot = r->meta && r->t && r->n > 0 && r->meta->step == r->step;
+  c->rc = bt_ckpt_commit_saved(c->root, r, NULL);
+}
+
+Test(async, commit_saved_in_the_done_callback_commits_a_restorable_step, .init = setup,
+     .fini = teardown) {
+  cr_assert_eq(ckpt_synth_save_step(root, 1, L, (uint32_t[]){0, L}, 1, 4, NULL), 0);
+  ckpt_synth_t sy, got;
+  cr_assert_eq(ckpt_synth_make(&sy, 0, L, L, 4, 2, 1), 0);
+  bt_ckpt_meta_t m = ckpt_synth_meta(2, 0, 1, L, 4);
+  commit_cb_t c = {.root = root, .rc = 1};
+  bt_ckpt_writer_t *w;
+  cr_assert_eq(bt_ckpt_writer_create(&w, root, NULL, commit_in_done, &c), 0);
+  cr_assert_eq(bt_ckpt_save_async(w, &m, sy.t, sy.n, 10000), 0);
+  bt_ckpt_result_t r;
+  cr_assert_eq(bt_ckpt_writer_wait(w, 30000, &r), 0);
+  bt_ckpt_writer_destroy(w);
+  cr_assert_eq(c.calls, 1);
+  cr_assert(c.had_snapshot, "the done callback got no snapshot");
+  cr_assert_eq(c.rc, 0, "commit_saved: %s", bt_strerror(c.rc));
+  cr_assert_null(r.meta, "the waiter's copy must not point into the snapshot");
+  bt_ckpt_step_t st;
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/step-00000002", root);
+  cr_assert_eq(bt_ckpt_step_open(dir, BT_CKPT_CHECK_DEEP, &st, NULL, NULL), 0);
+  cr_assert_eq(st.man.meta.adam_t, m.adam_t);
+  cr_assert_eq(st.man.meta.layer_count, L);
+  cr_assert_str_eq(st.man.meta.model_config, m.model_config);
+  for (uint32_t l = 0; l < L; l++) cr_assert_eq(st.man.layer_shard[l], 0);
+  bt_ckpt_step_close(&st);
+  cr_assert_eq(ckpt_synth_empty(&got, 0, L, L, 1), 0);
+  cr_assert_eq(bt_ckpt_restore(root, got.t, got.n, &st), 0);
+  cr_assert_eq(st.step, 2);
+  assert_same(&got, &sy);
+  bt_ckpt_step_close(&st);
+  ckpt_synth_free(&got);
+  ckpt_synth_free(&sy);
+}
+
+/* What commit_saved still checks without reopening the shard: the save
+ * succeeded, one stage, layers in range, every layer present, the size on
+ * disk; a refused commit leaves the previous step the one restored. */
+Test(async, commit_saved_refuses_what_it_cannot_vouch_for, .init = setup, .fini = teardown) {
+  cr_assert_eq(ckpt_synth_save_step(root, 1, L, (uint32_t[]){0, L}, 1, 4, NULL), 0);
+  ckpt_synth_t sy, part;
+  cr_assert_eq(ckpt_synth_make(&sy, 0, L, L, 4, 2, 1), 0);
+  cr_assert_eq(ckpt_synth_make(&part, 0, L - 1, L, 4, 2, 1), 0);
+  bt_ckpt_meta_t m = ckpt_synth_meta(2, 0, 1, L, 4);
+  bt_msg_shard_t rep;
+  cr_assert_eq(bt_ckpt_save(root, &m, sy.t, sy.n, NULL, &rep), 0);
+  bt_ckpt_result_t r = {.rc = 0, .step = 2, .shard = rep, .meta = &m, .t = sy.t, .n = sy.n};
+  bt_ckpt_result_t bad = r;
+  bad.rc = BT_ENONFINITE;
+  cr_expect_eq(bt_ckpt_commit_saved(root, &bad, NULL), BT_EARG);
+  bt_ckpt_meta_t two = ckpt_synth_meta(2, 0, 2, L, 4);
+  bad = r;
+  bad.meta = &two;
+  cr_expect_eq(bt_ckpt_commit_saved(root, &bad, NULL), BT_EARG);
+  bad = r;
+  bad.step = 3;
+  cr_expect_eq(bt_ckpt_commit_saved(root, &bad, NULL), BT_EARG);
+  uint32_t keep = sy.t[0].layer;
+  sy.t[0].layer = L;
+  cr_expect_eq(bt_ckpt_commit_saved(root, &r, NULL), BT_EARG);
+  sy.t[0].layer = keep;
+  bad = r;
+  bad.t = part.t;
+  bad.n = part.n;
+  cr_expect_eq(bt_ckpt_commit_saved(root, &bad, NULL), BT_ECORRUPT, "a layer missing");
+  char p[600];
+  snprintf(p, sizeof p, "%s/step-00000002.tmp/%s", root, rep.file);
+  FILE *f = fopen(p, "ab");
+  cr_assert(f);
+  fputc(0, f);
+  fclose(f);
+  cr_expect_eq(bt_ckpt_commit_saved(root, &r, NULL), BT_ECORRUPT, "a shard of another size");
+  bt_ckpt_step_t st;
+  cr_assert_eq(bt_ckpt_restore(root, NULL, 0, &st), 0);
+  cr_assert_eq(st.step, 1);
+  bt_ckpt_step_close(&st);
+  cr_assert_eq(truncate(p, (off_t)rep.size), 0);
+  cr_assert_eq(bt_ckpt_commit_saved(root, &r, NULL), 0);
+  cr_assert_eq(bt_ckpt_restore(root, NULL, 0, &st), 0);
+  cr_assert_eq(st.step, 2);
+  bt_ckpt_step_close(&st);
+  ckpt_synth_free(&part);
   ckpt_synth_free(&sy);
 }
 

@@ -197,6 +197,69 @@ Test(train_ckpt, sigkill_then_the_same_command_gives_the_uninterrupted_hash) {
                    steps[nc - 1], h1, h2);
 }
 
+/* baton train commits on its writer thread. The process is stopped
+ * inside that commit (the checkpoint module's test hook raises SIGSTOP at
+ * the named phase of the first commit, step 10) and killed there: the
+ * directory then holds no torn committed step, the step counts only from
+ * the directory rename on, and the same command finishes with the
+ * uninterrupted hash. */
+Test(train_ckpt, killed_inside_the_writer_threads_commit_resumes_to_the_same_hash) {
+  const char *straight[] = {MODEL, "--steps", "30", "--hash", NULL};
+  char want[33];
+  train_hash(straight, want);
+  static const struct {
+    const char *phase;
+    long committed; /* the step committed at the kill, 0 none */
+  } at[] = {{"manifest-partial", 0}, {"manifest-renamed", 0}, {"dir-renamed", 10}};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+    char name[64], env[96];
+    snprintf(name, sizeof name, "ck-%s", at[i].phase);
+    const char *dir = path_in(name);
+    const char *cmd[] = {MODEL, "--steps", "30", "--ckpt-every", "10", "--ckpt-dir", dir, "--hash",
+                         NULL};
+    snprintf(env, sizeof env, "BATON_CKPT_TEST_STOP=%s", at[i].phase);
+    char *extra[] = {env, NULL};
+    const char *argv[] = {getenv("BATON_BIN"), "train", MODEL, "--steps", "30", "--ckpt-every", "10",
+                          "--ckpt-dir", dir, "--hash", NULL};
+    cr_assert(argv[0] != NULL, "BATON_BIN is not set");
+    snprintf(name, sizeof name, "stop-%zu.err", i);
+    const char *errp = path_in(name);
+    pid_t pid = bt_proc_spawn((char *const *)argv, extra, path_in("stop.out"), errp);
+    cr_assert(pid > 0, "spawn: %s", strerror((int)-pid));
+    char needle[96];
+    snprintf(needle, sizeof needle, "stopping at %s", at[i].phase);
+    int seen = bt_proc_wait_for_text(errp, needle, 60000);
+    kill(-pid, SIGKILL);
+    int status = 0;
+    cr_assert_eq(bt_proc_wait(pid, 10000, &status), 0, "the killed run did not go away");
+    cr_assert(seen, "the run never stopped at %s; stderr: %s", at[i].phase, bt_proc_slurp(errp));
+    cr_assert(WIFSIGNALED(status), "%s: the run ended before the kill (status %d)", at[i].phase,
+              status);
+    long steps[8];
+    int nc = committed(dir, steps, 8);
+    if (at[i].committed) {
+      cr_assert(nc == 1 && steps[0] == at[i].committed, "%s: %d committed steps (want step %ld)",
+                at[i].phase, nc, at[i].committed);
+    } else {
+      cr_assert_eq(nc, 0, "%s: a step counts as committed before its directory was renamed",
+                   at[i].phase);
+    }
+    result_t r = run_train(cmd);
+    cr_assert_eq(r.code, 0, "%s: rerun exit %d: %s", at[i].phase, r.code, r.err);
+    if (at[i].committed)
+      cr_assert(strstr(r.out, "resumed from") != NULL, "%s: the rerun did not resume: %s",
+                at[i].phase, r.out);
+    char got[33];
+    last_hash(&r, got);
+    result_free(&r);
+    cr_assert_str_eq(got, want, "%s: killed in the commit and rerun: %s; uninterrupted: %s",
+                     at[i].phase, got, want);
+    nc = committed(dir, steps, 8);
+    cr_assert(nc >= 1 && steps[nc - 1] == 30, "%s: the final step 30 is not committed",
+              at[i].phase);
+  }
+}
+
 Test(train_ckpt, a_run_extended_to_2n_steps_matches_a_straight_2n_run) {
   const char *dir = path_in("ck");
   const char *first[] = {MODEL, "--steps", "25", "--ckpt-dir", dir, "--hash", NULL};

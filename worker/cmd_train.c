@@ -8,8 +8,11 @@
  *
  * With --ckpt-dir it checkpoints as a one-stage job (DESIGN.md §6): the
  * shard is written by the checkpoint module's writer thread while training
- * goes on, and committed in-process with bt_ckpt_commit(), the function
- * the supervisor uses. The checkpoint flags are parsed by
+ * goes on, and committed on that same thread right after (the commit
+ * protocol of bt_ckpt_commit(), the function the supervisor uses, taking
+ * the shard's attributes from the snapshot rather than reopening it), so
+ * the training thread waits for the snapshot copy only, never for an
+ * fsync. The checkpoint flags are parsed by
  * checkpoint/flags.h, as `baton run` parses them. Resuming (--resume auto,
  * the default; or PATH) reads the model configuration back from the
  * checkpoint: model flags not given take the checkpoint's values, a model
@@ -34,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint/ckpt.h"
@@ -209,6 +213,15 @@ typedef struct {
   const char *src_root;    /* root to fall back in when loading src fails;
                               NULL for a step directory named by --resume */
   bt_ckpt_lineage_t lin;   /* the job and the step resumed from, in every commit */
+  /* Set by the writer thread (committed()) before it reports idle, read by
+   * the training thread after bt_ckpt_writer_wait: the writer's mutex
+   * orders the two. */
+  int commit_rc;           /* the commit's result, or the save's when it failed */
+  int64_t commit_step;     /* the step that result is for; -1 none */
+  double writer_cpu_s;     /* the writer thread's CPU time after its last commit */
+  /* Training thread only: what the checkpoints cost the loop. */
+  int saves;
+  double loop_wait_s;      /* inside ckpt_save and ckpt_commit_pending in the loop */
 } ckpt_t;
 
 /* How long a save or commit may take before the run gives up on it. */
@@ -407,12 +420,36 @@ static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
   return 0;
 }
 
+/* The writer thread's done callback: commits the shard just saved and
+ * applies retention there, so the fsyncs of the manifest, the directory
+ * rename and `latest` never stall a training step. The order of durable
+ * effects is bt_ckpt_commit's; a crash at any point leaves the previous
+ * committed step restorable. A run that stops early (a non-finite loss, a
+ * failed write) still gets the save in flight, taken from finite
+ * parameters, committed: the writer finishes it before it is joined. */
+static void committed(void *arg, const bt_ckpt_result_t *r) {
+  ckpt_t *ck = arg;
+  int rc = r->rc;
+  if (rc == 0) rc = bt_ckpt_commit_saved(ck->root, r, &ck->lin);
+  if (rc == 0) {
+    /* Retention failing costs disk, not correctness: warn and go on. */
+    int removed = 0, e = bt_ckpt_retain(ck->root, &ck->keep, r->step, &removed);
+    if (e) bt_warn("checkpoint retention in %s: %s", ck->root, bt_strerror(e));
+  }
+  ck->commit_rc = rc;
+  ck->commit_step = r->step;
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+    ck->writer_cpu_s = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* The texts stored in every shard, the tensor list, and the writer with its
  * snapshot buffer touched now, so the first save costs training a memcpy
  * rather than page faults. Returns a negative code on failure. */
 static int ckpt_start_writer(ckpt_t *ck, const train_args_t *a) {
   int rc;
-  if ((rc = bt_ckpt_writer_create(&ck->writer, ck->root, &a->ck.opts, NULL, NULL))) return rc;
+  ck->commit_step = -1;
+  if ((rc = bt_ckpt_writer_create(&ck->writer, ck->root, &a->ck.opts, committed, ck))) return rc;
   return bt_ckpt_writer_reserve(ck->writer, ck->sc.desc, ck->sc.n, CKPT_TIMEOUT_MS);
 }
 
@@ -431,21 +468,16 @@ static void ckpt_close(ckpt_t *ck) {
   bt_stage_ckpt_free(&ck->sc);
 }
 
-/* Commits the pending save once the writer is done with it (waits at most
- * timeout_ms; 0 only polls). Returns 0, or a negative code. */
+/* Collects the pending save once the writer has saved and committed it
+ * (waits at most timeout_ms; 0 only polls). Returns 0, or the save's or the
+ * commit's negative code. */
 static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
   if (ck->pending < 0) return 0;
-  bt_ckpt_result_t last;
-  int rc = bt_ckpt_writer_wait(ck->writer, timeout_ms, &last);
+  int rc = bt_ckpt_writer_wait(ck->writer, timeout_ms, NULL);
   if (rc == BT_ETIMEOUT && timeout_ms == 0) return 0;
   if (rc) return rc;
-  if (last.rc) return last.rc;
-  if (last.step != ck->pending) return BT_EARG;
-  if ((rc = bt_ckpt_commit_lineage(ck->root, ck->pending, &last.shard, 1, &ck->lin))) return rc;
-  /* Retention failing costs disk, not correctness: warn and go on. */
-  int removed = 0;
-  if ((rc = bt_ckpt_retain(ck->root, &ck->keep, ck->pending, &removed)))
-    bt_warn("checkpoint retention in %s: %s", ck->root, bt_strerror(rc));
+  if (ck->commit_step != ck->pending) return BT_EARG;
+  if (ck->commit_rc) return ck->commit_rc;
   ck->pending = -1;
   return 0;
 }
@@ -678,17 +710,30 @@ int bt_cmd_train(int argc, char **argv) {
     if (a.ck.dir) {
       /* The last step is always saved; others every --ckpt-every. */
       int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
+      double tw = bt_clock_s();
       rc = due ? ckpt_save(&ck, st, s + 1) : ckpt_commit_pending(&ck, 0);
+      ck.loop_wait_s += bt_clock_s() - tw;
+      ck.saves += due && !rc;
       if (rc) {
         code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
       }
     }
   }
+  double tf = bt_clock_s();
   if (a.ck.dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
     code = ckpt_failed(rc, ck.pending);
     goto out;
   }
+  if (a.ck.dir && ck.saves > 0)
+    /* What checkpointing cost this run, measured where it is paid: the
+     * training thread's waits (the snapshot copies) and the writer thread's
+     * CPU (shard write, CRC, fsyncs, commit), which needs a spare core to
+     * be free (docs/train-checkpoints.md). */
+    bt_info("checkpoint: %d saves; the training loop waited %.2f ms per save, then %.0f ms for "
+            "the last to commit; the writer thread used %.1f ms of CPU per save",
+            ck.saves, 1e3 * ck.loop_wait_s / ck.saves, 1e3 * (bt_clock_s() - tf),
+            1e3 * ck.writer_cpu_s / ck.saves);
   final_line(window, nwin, loss, start, steps, bt_clock_s() - t0, tokens);
 done:
   if (a.hash) {
