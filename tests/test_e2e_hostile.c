@@ -428,6 +428,38 @@ Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .f
   cr_assert_eq(access(cmd, F_OK), 0, "step 10 is gone");
 }
 
+/* The same for `baton train`: step 10 commits, the final save (step 20)
+ * fails for space; training finished, so the exit is 80 with the newest
+ * committed step said last, not 1. */
+Test(hostile, train_disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
+  snprintf(small_mnt, sizeof small_mnt, "%s/small", dir);
+  cr_assert_eq(mkdir(small_mnt, 0755), 0);
+  if (mount("tmpfs", small_mnt, "tmpfs", 0, "size=1500k") != 0) {
+    int e = errno;
+    small_mnt[0] = 0;
+    cr_skip_test("cannot mount a small tmpfs here (%s): needs root", strerror(e));
+  }
+  char ck[500];
+  snprintf(ck, sizeof ck, "%s/ck", small_mnt);
+  const char *train[] = {"train", MODEL, "--steps", "20", "--ckpt-every", "10", "--ckpt-dir", ck, NULL};
+  int code = run_to_end(train, RUN_MS);
+  char *e = slurp_err();
+  cr_assert_eq(code, BT_EXIT_UNCOMMITTED, "exit %d:\n%s", code, e);
+  size_t n = strlen(e);
+  cr_assert(n > 1);
+  const char *last = e + n - 1;
+  while (last > e && last[-1] != '\n') last--;
+  cr_assert_not_null(strstr(last, "finished step 20, but its checkpoint was not committed"), "last line: %s", last);
+  cr_assert_not_null(strstr(last, "the newest committed step is 10"), "last line: %s", last);
+  cr_assert_null(strstr(e, "infinite loop"), "%s", e);
+  free(e);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "%s/step-00000010/MANIFEST.json", ck);
+  cr_assert_eq(access(cmd, F_OK), 0, "step 10 is gone");
+  snprintf(cmd, sizeof cmd, "%s/step-00000020", ck);
+  cr_assert_neq(access(cmd, F_OK), 0, "step 20 exists though its save failed");
+}
+
 /* `latest` replaced by a directory: every step still commits (a commit is
  * the step directory with its manifest), with a warning about `latest`. */
 Test(hostile, latest_as_a_directory_is_a_warning_not_a_failed_commit) {

@@ -47,6 +47,7 @@
 #include "common/data.h"
 #include "common/deadlines.h"
 #include "common/error.h"
+#include "common/exitcodes.h"
 #include "common/hash.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -94,7 +95,8 @@ static void usage(FILE *f) {
           "exit codes: 0 done, 1 training or checkpoint I/O failed (or no checkpoint in\n"
           "--ckpt-dir verifies), 2 bad input (also: another model in the checkpoint, a\n"
           "locked --ckpt-dir, --resume never on a directory with steps), 3 non-finite\n"
-          "loss or parameters (nothing committed)\n");
+          "loss or parameters (nothing committed), 80 finished but the final checkpoint\n"
+          "was not committed (the newest committed step is said last)\n");
 }
 
 /* Model flags remembered as given, to tell "left out" from "given with the
@@ -207,6 +209,8 @@ typedef struct {
   bt_ckpt_writer_t *writer;
   bt_stage_ckpt_t sc;       /* the stage's tensors and texts (worker/stage_ckpt.h) */
   int64_t pending;         /* saved, not yet committed; -1 none */
+  int64_t newest;          /* the newest step committed (or resumed from); 0 none */
+  char closing[512];       /* said last, after the clean-up's own lines */
   bt_ckpt_retention_t keep;
   bt_ckpt_step_t src;      /* the step resumed from, while src_open */
   int src_open;
@@ -417,6 +421,7 @@ static int ckpt_load(ckpt_t *ck, bt_stage_t *st, int64_t *start) {
     return rc == BT_ECONFIG ? 2 : 1;
   }
   *start = ck->src.man.meta.step;
+  ck->newest = *start;
   return 0;
 }
 
@@ -478,6 +483,7 @@ static int ckpt_commit_pending(ckpt_t *ck, int64_t timeout_ms) {
   if (rc) return rc;
   if (ck->commit_step != ck->pending) return BT_EARG;
   if (ck->commit_rc) return ck->commit_rc;
+  ck->newest = ck->pending;
   ck->pending = -1;
   return 0;
 }
@@ -502,6 +508,18 @@ static int ckpt_failed(int rc, int64_t step) {
   }
   fprintf(stderr, "baton train: checkpoint of step %lld: %s\n", (long long)step, bt_strerror(rc));
   return 1;
+}
+
+/* Training finished but its last save did not commit: as in `baton run`,
+ * the final state is lost and scripts must be able to tell (exit 80, the
+ * newest committed step said last). Non-finite parameters keep exit 3. */
+static int final_save_failed(ckpt_t *ck, int rc, int64_t steps) {
+  if (rc == BT_ENONFINITE) return ckpt_failed(rc, steps);
+  snprintf(ck->closing, sizeof ck->closing,
+           "baton train: finished step %lld, but its checkpoint was not committed: the newest committed step "
+           "is %lld (%s)\n",
+           (long long)steps, (long long)ck->newest, bt_strerror(rc));
+  return BT_EXIT_UNCOMMITTED;
 }
 
 static int write_metrics(FILE *f, bt_json_t *j, int64_t step, double loss, double lr,
@@ -715,14 +733,15 @@ int bt_cmd_train(int argc, char **argv) {
       ck.loop_wait_s += bt_clock_s() - tw;
       ck.saves += due && !rc;
       if (rc) {
-        code = ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
+        code = s + 1 == steps ? final_save_failed(&ck, rc, steps)
+                              : ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
         goto out;
       }
     }
   }
   double tf = bt_clock_s();
   if (a.ck.dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
-    code = ckpt_failed(rc, ck.pending);
+    code = final_save_failed(&ck, rc, steps);
     goto out;
   }
   if (a.ck.dir && ck.saves > 0)
@@ -748,6 +767,7 @@ done:
   code = metrics_failed ? 1 : 0;
 out:
   if (a.ck.dir) ckpt_close(&ck);
+  if (ck.closing[0]) fputs(ck.closing, stderr);
   if (metrics && fclose(metrics) != 0 && code == 0) {
     fprintf(stderr, "baton train: --metrics %s: %s\n", a.metrics, strerror(errno));
     code = 1;
