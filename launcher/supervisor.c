@@ -9,6 +9,8 @@
  */
 #include "launcher/sup_internal.h"
 
+#include <signal.h>
+
 #define SAME(a, b) ((int)(a) == (int)(b))
 _Static_assert(SAME(BT_SUP_EXIT_OK, BT_EXIT_OK) && SAME(BT_SUP_EXIT_FAILED, BT_EXIT_FAILED) &&
                    SAME(BT_SUP_EXIT_USAGE, BT_EXIT_USAGE),
@@ -23,6 +25,28 @@ _Static_assert(SAME(BT_SUP_WEXIT_DONE, BT_WEXIT_DONE) && SAME(BT_SUP_WEXIT_ERROR
 extern char **environ;
 
 uint64_t sup_now_ms(sup_t *s) { return uv_now(&s->loop); }
+
+/* Between two incarnations of a job (the restart decision, the restore
+ * point, the next spawn) no loop watches the signals, and libuv gives them
+ * back to their default action when the last watcher stops: a SIGTERM
+ * there would kill the supervisor without a word. So when the watchers
+ * stop, a plain handler holds the first job signal that comes, and the
+ * next incarnation raises it again once its own watchers are in place. */
+static volatile sig_atomic_t g_held_signal;
+
+static void hold_signal(int sig) {
+  if (!g_held_signal) g_held_signal = sig;
+}
+
+static void hold_job_signals(void) {
+  static const int sigs[] = {SIGINT, SIGTERM, SIGUSR1, SIGHUP};
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = hold_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) sigaction(sigs[i], &sa, NULL);
+}
 
 static void on_closed_flag(uv_handle_t *h) {
   int *flag = h->data;
@@ -427,6 +451,7 @@ void sup_maybe_finish(sup_t *s) {
     uv_signal_stop(&s->sighup);
     uv_signal_stop(&s->sigtstp);
     uv_signal_stop(&s->sigcont);
+    hold_job_signals();
     sup_close_handle((uv_handle_t *)&s->sigint, &s->sig_open);
     uv_close((uv_handle_t *)&s->sigterm, NULL);
     uv_close((uv_handle_t *)&s->sigusr1, NULL);
@@ -680,6 +705,12 @@ static void start_signals(sup_t *s) {
   uv_signal_start(&s->sighup, sup_on_signal, SIGHUP);
   uv_signal_start(&s->sigtstp, sup_on_tstp, SIGTSTP);
   uv_signal_start(&s->sigcont, sup_on_cont, SIGCONT);
+  /* One that came between incarnations: to the watchers now. */
+  int held = g_held_signal;
+  if (held) {
+    g_held_signal = 0;
+    raise(held);
+  }
 }
 
 /* 1 when the options make a job: counts in range, and what the workers'

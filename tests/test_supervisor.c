@@ -562,3 +562,24 @@ Test(recovery, exit_codes_are_distinct) {
     for (size_t k = i + 1; k < n; k++) cr_assert_neq(codes[i], codes[k], "codes %zu and %zu are both %d", i, k, codes[i]);
   }
 }
+
+/* A job signal that comes between two incarnations (no loop watches the
+ * signals then) neither kills the process nor is lost: the next
+ * incarnation receives it as soon as it watches, and stops. */
+Test(supervisor, a_signal_between_incarnations_reaches_the_next_one) {
+  char *argv[] = {NULL, NULL};
+  bt_sup_opts_t o;
+  fake_opts(&o, argv);
+  o.nstages = 2;
+  o.last_step = 3;
+  bt_sup_result_t r;
+  cr_assert_eq(bt_supervisor_run(&o, &r), 0);
+  cr_assert_eq(r.end, BT_SUP_END_DONE, "reason: %s", r.reason);
+  cr_assert_eq(kill(getpid(), SIGTERM), 0); /* the process survives this */
+  o.last_step = 100000;
+  cr_assert_eq(bt_supervisor_run(&o, &r), 0);
+  cr_assert_neq(r.end, BT_SUP_END_DONE, "the held SIGTERM was lost: trained through");
+  cr_assert(r.end == BT_SUP_END_PREEMPTED || r.end == BT_SUP_END_KILLED, "end %d, reason: %s", (int)r.end,
+            r.reason);
+  cr_assert_lt(r.steps_done, 100000);
+}

@@ -579,6 +579,111 @@ static void final_line(const double *window, int nwin, double last, int64_t star
          seconds > 0 ? tokens * (double)ran / seconds : 0.0);
 }
 
+/* The run's description line: the entropies tell the user (and the
+ * tests) what loss the model can reach. */
+static void describe(const train_args_t *a, bt_stage_t *st) {
+  const bt_model_config_t *m = &a->cfg.model;
+  const bt_data_t *d = bt_stage_data(st);
+  printf("baton train: L=%d D=%d K=%d M=%d T=%d, %llu parameters, backend %s, data %s\n",
+         m->layers, m->dim, m->context, m->microbatches, m->mb_tokens,
+         (unsigned long long)bt_model_param_count(m), a->cfg.run.backend, m->data);
+  if (bt_data_is_synthetic(d))
+    printf("data entropy_rate %.6f unigram_entropy %.6f (nats/byte)\n",
+           bt_data_entropy_rate(d), bt_data_unigram_entropy(d));
+  else
+    printf("data unigram_entropy %.6f (nats/byte)\n", bt_data_unigram_entropy(d));
+  fflush(stdout);
+}
+
+/* Trains steps start+1..steps: metrics lines, progress lines, saves every
+ * --ckpt-every and the last step, then the final commit and the summary
+ * line. A failed --metrics write is said once and closes *metrics (the
+ * exit says so later). Returns 0, or the exit code of the failure. */
+static int train_loop(const train_args_t *a, bt_stage_t *st, ckpt_t *ck, int64_t start, FILE **metrics,
+                      int *metrics_failed) {
+  const bt_model_config_t *m = &a->cfg.model;
+  const int64_t steps = a->cfg.run.steps;
+  const double tokens = (double)m->microbatches * (double)m->mb_tokens;
+  double window[FINAL_WINDOW];
+  int nwin = 0, rc = 0, code = 1;
+  double t0 = bt_clock_s(), tlast = t0;
+  int64_t slast = start;
+  double loss = 0;
+  bt_json_t j;
+  bt_json_init(&j);
+  for (int64_t s = start; s < steps; s++) {
+    double ts = bt_clock_s();
+    rc = train_step(st, s, m->microbatches);
+    if (!rc) rc = bt_stage_loss(st, &loss);
+    if (rc) {
+      fprintf(stderr, "baton train: step %lld: %s\n", (long long)s + 1, bt_strerror(rc));
+      goto out;
+    }
+    double now = bt_clock_s();
+    if (!isfinite(loss)) {
+      fprintf(stderr, "baton train: step %lld: the loss is not finite (%g)\n", (long long)s + 1,
+              loss);
+      code = 3;
+      goto out;
+    }
+    window[nwin++ % FINAL_WINDOW] = loss;
+    double lr = bt_stage_lr(m, s);
+    if (*metrics) {
+      double dt = now - ts;
+      rc = write_metrics(*metrics, &j, s + 1, loss, lr, dt > 0 ? tokens / dt : 0, now - t0);
+      if (rc) {
+        /* As in `baton run`: said once, training goes on, the exit says so. */
+        fprintf(stderr, "baton train: --metrics %s: %s: no more lines are written there; the job will "
+                "exit 1\n", a->metrics, bt_strerror(rc));
+        fclose(*metrics);
+        *metrics = NULL;
+        *metrics_failed = 1;
+        rc = 0;
+      }
+    }
+    if ((s + 1) % a->print_every == 0 || s + 1 == steps) {
+      double dt = now - tlast;
+      printf("step %lld/%lld loss %.4f lr %.3g tokens/s %.0f\n", (long long)s + 1,
+             (long long)steps, loss, lr, dt > 0 ? tokens * (double)(s + 1 - slast) / dt : 0.0);
+      fflush(stdout);
+      tlast = now;
+      slast = s + 1;
+    }
+    if (a->ck.dir) {
+      /* The last step is always saved; others every --ckpt-every. */
+      int due = s + 1 == steps || (a->ck.every && (s + 1) % a->ck.every == 0);
+      double tw = bt_clock_s();
+      rc = due ? ckpt_save(ck, st, s + 1) : ckpt_commit_pending(ck, 0);
+      ck->loop_wait_s += bt_clock_s() - tw;
+      ck->saves += due && !rc;
+      if (rc) {
+        code = s + 1 == steps ? final_save_failed(ck, rc, steps)
+                              : ckpt_failed(rc, ck->pending >= 0 ? ck->pending : s + 1);
+        goto out;
+      }
+    }
+  }
+  double tf = bt_clock_s();
+  if (a->ck.dir && (rc = ckpt_commit_pending(ck, CKPT_TIMEOUT_MS))) {
+    code = final_save_failed(ck, rc, steps);
+    goto out;
+  }
+  if (a->ck.dir && ck->saves > 0)
+    /* What checkpointing cost this run, measured where it is paid: the
+     * training thread's waits (the snapshot copies) and the writer thread's
+     * CPU (shard write, CRC, fsyncs, commit), which needs a spare core to
+     * be free (docs/train-checkpoints.md). */
+    bt_info("checkpoint: %d saves; the training loop waited %.2f ms per save, then %.0f ms for "
+            "the last to commit; the writer thread used %.1f ms of CPU per save",
+            ck->saves, 1e3 * ck->loop_wait_s / ck->saves, 1e3 * (bt_clock_s() - tf),
+            1e3 * ck->writer_cpu_s / ck->saves);
+  final_line(window, nwin, loss, start, steps, bt_clock_s() - t0, tokens);
+  code = 0;
+out:
+  bt_json_free(&j);
+  return code;
+}
+
 int bt_cmd_train(int argc, char **argv) {
   train_args_t a;
   memset(&a, 0, sizeof a);
@@ -597,8 +702,6 @@ int bt_cmd_train(int argc, char **argv) {
   int metrics_failed = 0;
   ckpt_t ck;
   memset(&ck, 0, sizeof ck);
-  bt_json_t j;
-  bt_json_init(&j);
   char why[512] = "";
 
   rc = bt_backend_create(a.cfg.run.backend, -1, &be, why, sizeof why);
@@ -666,94 +769,8 @@ int bt_cmd_train(int argc, char **argv) {
     }
   }
 
-  {
-    /* The data description line: the entropies tell the user (and the
-     * tests) what loss the model can reach. */
-    const bt_data_t *d = bt_stage_data(st);
-    printf("baton train: L=%d D=%d K=%d M=%d T=%d, %llu parameters, backend %s, data %s\n",
-           m->layers, m->dim, m->context, m->microbatches, m->mb_tokens,
-           (unsigned long long)bt_model_param_count(m), a.cfg.run.backend, m->data);
-    if (bt_data_is_synthetic(d))
-      printf("data entropy_rate %.6f unigram_entropy %.6f (nats/byte)\n",
-             bt_data_entropy_rate(d), bt_data_unigram_entropy(d));
-    else
-      printf("data unigram_entropy %.6f (nats/byte)\n", bt_data_unigram_entropy(d));
-  }
-  fflush(stdout);
-
-  const double tokens = (double)m->microbatches * (double)m->mb_tokens;
-  double window[FINAL_WINDOW];
-  int nwin = 0;
-  double t0 = bt_clock_s(), tlast = t0;
-  int64_t slast = start;
-  double loss = 0;
-  for (int64_t s = start; s < steps; s++) {
-    double ts = bt_clock_s();
-    rc = train_step(st, s, m->microbatches);
-    if (!rc) rc = bt_stage_loss(st, &loss);
-    if (rc) {
-      fprintf(stderr, "baton train: step %lld: %s\n", (long long)s + 1, bt_strerror(rc));
-      goto out;
-    }
-    double now = bt_clock_s();
-    if (!isfinite(loss)) {
-      fprintf(stderr, "baton train: step %lld: the loss is not finite (%g)\n", (long long)s + 1,
-              loss);
-      code = 3;
-      goto out;
-    }
-    window[nwin++ % FINAL_WINDOW] = loss;
-    double lr = bt_stage_lr(m, s);
-    if (metrics) {
-      double dt = now - ts;
-      rc = write_metrics(metrics, &j, s + 1, loss, lr, dt > 0 ? tokens / dt : 0, now - t0);
-      if (rc) {
-        /* As in `baton run`: said once, training goes on, the exit says so. */
-        fprintf(stderr, "baton train: --metrics %s: %s: no more lines are written there; the job will "
-                "exit 1\n", a.metrics, bt_strerror(rc));
-        fclose(metrics);
-        metrics = NULL;
-        metrics_failed = 1;
-        rc = 0;
-      }
-    }
-    if ((s + 1) % a.print_every == 0 || s + 1 == steps) {
-      double dt = now - tlast;
-      printf("step %lld/%lld loss %.4f lr %.3g tokens/s %.0f\n", (long long)s + 1,
-             (long long)steps, loss, lr, dt > 0 ? tokens * (double)(s + 1 - slast) / dt : 0.0);
-      fflush(stdout);
-      tlast = now;
-      slast = s + 1;
-    }
-    if (a.ck.dir) {
-      /* The last step is always saved; others every --ckpt-every. */
-      int due = s + 1 == steps || (a.ck.every && (s + 1) % a.ck.every == 0);
-      double tw = bt_clock_s();
-      rc = due ? ckpt_save(&ck, st, s + 1) : ckpt_commit_pending(&ck, 0);
-      ck.loop_wait_s += bt_clock_s() - tw;
-      ck.saves += due && !rc;
-      if (rc) {
-        code = s + 1 == steps ? final_save_failed(&ck, rc, steps)
-                              : ckpt_failed(rc, ck.pending >= 0 ? ck.pending : s + 1);
-        goto out;
-      }
-    }
-  }
-  double tf = bt_clock_s();
-  if (a.ck.dir && (rc = ckpt_commit_pending(&ck, CKPT_TIMEOUT_MS))) {
-    code = final_save_failed(&ck, rc, steps);
-    goto out;
-  }
-  if (a.ck.dir && ck.saves > 0)
-    /* What checkpointing cost this run, measured where it is paid: the
-     * training thread's waits (the snapshot copies) and the writer thread's
-     * CPU (shard write, CRC, fsyncs, commit), which needs a spare core to
-     * be free (docs/train-checkpoints.md). */
-    bt_info("checkpoint: %d saves; the training loop waited %.2f ms per save, then %.0f ms for "
-            "the last to commit; the writer thread used %.1f ms of CPU per save",
-            ck.saves, 1e3 * ck.loop_wait_s / ck.saves, 1e3 * (bt_clock_s() - tf),
-            1e3 * ck.writer_cpu_s / ck.saves);
-  final_line(window, nwin, loss, start, steps, bt_clock_s() - t0, tokens);
+  describe(&a, st);
+  if ((code = train_loop(&a, st, &ck, start, &metrics, &metrics_failed))) goto out;
 done:
   if (a.hash) {
     char hex[33];
@@ -773,7 +790,6 @@ out:
     code = 1;
   }
   fflush(stdout);
-  bt_json_free(&j);
   bt_stage_destroy(st);
   if (be) bt_backend_destroy(be);
   return code;
