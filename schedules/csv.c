@@ -305,6 +305,82 @@ done:
   return rc;
 }
 
+/* Pass 1 of the reader: every cell of the `rows` rows into records (a cell
+ * gives one or two), each with its row in row_of. *ncells and *nw (the W
+ * records) are set. Returns 0 or BT_EFORMAT with the line and column. */
+static int read_cells(const char *text, size_t len, size_t rows, cell_t *cells, size_t *row_of, size_t *ncells_out,
+                      size_t *nw_out, char *err, size_t errlen) {
+  size_t i = 0, ncells = 0, nw = 0;
+  for (size_t row = 0; row < rows; row++) {
+    size_t col = 0;
+    for (;;) {
+      size_t a = i;
+      while (i < len && text[i] != ',' && text[i] != '\n') i++;
+      size_t b = i;
+      while (a < b && is_space(text[a])) a++;
+      while (b > a && is_space(text[b - 1])) b--;
+      col++;
+      if (b > a) {
+        int n = 0;
+        if (b - a > 64 || parse_cell(text + a, text + b, &cells[ncells], &n)) {
+          bt_errf(err, errlen,
+                  "CSV line %zu column %zu: '%.*s' is not an action like 2F0, 5I3, 5W3, 1B0, 1BW0, "
+                  "(0F7;7B3)OVERLAP_F_B or 1RECV_F0",
+                  row + 1, col, (int)(b - a > 40 ? 40 : b - a), text + a);
+          return BT_EFORMAT;
+        }
+        for (int k = 0; k < n; k++) {
+          cell_t *c = &cells[ncells + (size_t)k];
+          c->line = (uint32_t)(row + 1);
+          c->col = (uint32_t)col;
+          c->text = text + a;
+          c->textlen = (int)(b - a);
+          row_of[ncells + (size_t)k] = row;
+          if (c->stage >= BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS || c->mb >= BT_SCHED_MAX_MICROBATCHES) {
+            bt_errf(err, errlen,
+                    "CSV line %zu column %zu: %.*s is beyond the limits (%d virtual stages, %d micro-batches)",
+                    row + 1, col, c->textlen, c->text, BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS,
+                    BT_SCHED_MAX_MICROBATCHES);
+            return BT_EFORMAT;
+          }
+          if (c->kind == R_W) nw++;
+        }
+        ncells += (size_t)n;
+      }
+      if (i >= len || text[i] == '\n') break;
+      i++; /* the comma */
+    }
+    i++; /* the newline */
+  }
+  *ncells_out = ncells;
+  *nw_out = nw;
+  return 0;
+}
+
+/* Pass 2: the notation, from the cells that tell (PyTorch's earlier one
+ * writes B for a backward whose W is separate). A file that mixes the two
+ * is BT_EFORMAT naming both cells. */
+static int decide_notation(const cell_t *cells, size_t ncells, const pairset_t *wset, bt_csv_opts_t *opts, char *err,
+                           size_t errlen) {
+  const cell_t *decided = NULL;
+  for (size_t q = 0; q < ncells; q++) {
+    int nt = notation_of(&cells[q], wset);
+    if (nt < 0) continue;
+    if (!decided) {
+      decided = &cells[q];
+      opts->notation = nt;
+    } else if (nt != opts->notation) {
+      bt_errf(err, errlen,
+              "CSV line %u column %u: %.*s mixes PyTorch's two notations (%s; line %u column %u, %.*s, says "
+              "otherwise): a file uses one",
+              cells[q].line, cells[q].col, cells[q].textlen, cells[q].text, notation_says(&cells[q]), decided->line,
+              decided->col, decided->textlen, decided->text);
+      return BT_EFORMAT;
+    }
+  }
+  return 0;
+}
+
 int bt_sched_csv_parse_opts(const char *text, size_t len, bt_csv_opts_t *opts, bt_schedule_t *out, char *err,
                             size_t errlen) {
   memset(out, 0, sizeof *out);
@@ -342,73 +418,13 @@ int bt_sched_csv_parse_opts(const char *text, size_t len, bt_csv_opts_t *opts, b
     rc = -ENOMEM;
     goto done;
   }
-  /* Pass 1: every cell into records. */
-  size_t i = 0, nw = 0;
+  size_t nw = 0;
   int max_stage = -1, max_mb = -1;
-  for (size_t row = 0; row < rows; row++) {
-    size_t col = 0;
-    for (;;) {
-      size_t a = i;
-      while (i < len && text[i] != ',' && text[i] != '\n') i++;
-      size_t b = i;
-      while (a < b && is_space(text[a])) a++;
-      while (b > a && is_space(text[b - 1])) b--;
-      col++;
-      if (b > a) {
-        int n = 0;
-        if (b - a > 64 || parse_cell(text + a, text + b, &cells[ncells], &n)) {
-          bt_errf(err, errlen,
-                  "CSV line %zu column %zu: '%.*s' is not an action like 2F0, 5I3, 5W3, 1B0, 1BW0, "
-                  "(0F7;7B3)OVERLAP_F_B or 1RECV_F0",
-                  row + 1, col, (int)(b - a > 40 ? 40 : b - a), text + a);
-          rc = BT_EFORMAT;
-          goto done;
-        }
-        for (int k = 0; k < n; k++) {
-          cell_t *c = &cells[ncells + (size_t)k];
-          c->line = (uint32_t)(row + 1);
-          c->col = (uint32_t)col;
-          c->text = text + a;
-          c->textlen = (int)(b - a);
-          row_of[ncells + (size_t)k] = row;
-          if (c->stage >= BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS || c->mb >= BT_SCHED_MAX_MICROBATCHES) {
-            bt_errf(err, errlen,
-                    "CSV line %zu column %zu: %.*s is beyond the limits (%d virtual stages, %d micro-batches)",
-                    row + 1, col, c->textlen, c->text, BT_SCHED_MAX_STAGES * BT_SCHED_MAX_CHUNKS,
-                    BT_SCHED_MAX_MICROBATCHES);
-            rc = BT_EFORMAT;
-            goto done;
-          }
-          if (c->kind == R_W) nw++;
-        }
-        ncells += (size_t)n;
-      }
-      if (i >= len || text[i] == '\n') break;
-      i++; /* the comma */
-    }
-    i++; /* the newline */
-  }
-  /* Pass 2: the notation. */
+  if ((rc = read_cells(text, len, rows, cells, row_of, &ncells, &nw, err, errlen)) < 0) goto done;
   if ((rc = pairset_init(&wset, nw)) < 0) goto done;
   for (size_t q = 0; q < ncells; q++)
     if (cells[q].kind == R_W) pairset_add(&wset, cells[q].stage, cells[q].mb);
-  const cell_t *decided = NULL;
-  for (size_t q = 0; q < ncells; q++) {
-    int nt = notation_of(&cells[q], &wset);
-    if (nt < 0) continue;
-    if (!decided) {
-      decided = &cells[q];
-      opts->notation = nt;
-    } else if (nt != opts->notation) {
-      bt_errf(err, errlen,
-              "CSV line %u column %u: %.*s mixes PyTorch's two notations (%s; line %u column %u, %.*s, says "
-              "otherwise): a file uses one",
-              cells[q].line, cells[q].col, cells[q].textlen, cells[q].text, notation_says(&cells[q]), decided->line,
-              decided->col, decided->textlen, decided->text);
-      rc = BT_EFORMAT;
-      goto done;
-    }
-  }
+  if ((rc = decide_notation(cells, ncells, &wset, opts, err, errlen)) < 0) goto done;
   /* Pass 3: actions, placement. */
   rc = bt_sched_alloc(out, "csv", (int)rows, 1, 1, ncells);
   if (rc) goto done;
