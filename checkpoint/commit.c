@@ -184,14 +184,71 @@ out:
   return rc;
 }
 
+/* The manifest's shard list from the stages' reports: each names this
+ * step and a plain file name, and together they name stages 0..n-1 once. */
+static int shards_from_reports(int64_t step, const bt_msg_shard_t *shards, size_t n, bt_ckpt_manifest_t *m) {
+  m->nshards = (uint32_t)n;
+  if (!(m->shards = calloc(n, sizeof *m->shards))) return -ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    const bt_msg_shard_t *r = &shards[i];
+    bt_ckpt_shard_info_t *info = &m->shards[i];
+    if (r->step != step || !r->file[0] || memchr(r->file, '/', strnlen(r->file, sizeof r->file)) ||
+        strnlen(r->file, sizeof r->file) == sizeof r->file || !strcmp(r->file, BT_CKPT_MANIFEST)) {
+      bt_error("commit: step %lld: bad report from stage %u (step %lld, file '%.64s')",
+               (long long)step, r->stage, (long long)r->step, r->file);
+      return BT_EARG;
+    }
+    info->stage = r->stage;
+    snprintf(info->file, sizeof info->file, "%s", r->file);
+    info->size = r->size;
+    info->crc = r->crc;
+  }
+  qsort(m->shards, n, sizeof *m->shards, cmp_info);
+  for (size_t i = 0; i < n; i++)
+    if (m->shards[i].stage != i) {
+      bt_error("commit: step %lld: %zu reports do not name stages 0..%zu exactly once",
+               (long long)step, n, n - 1);
+      return BT_EARG;
+    }
+  return 0;
+}
+
+/* The durable steps of a commit once the shards are checked: strays
+ * out, the manifest in, step-S.tmp renamed to step-S, then `latest`. */
+static int publish(const char *root, const char *tmpdir, const char *final, int64_t step, size_t n,
+                   const bt_ckpt_manifest_t *m) {
+  char *text = NULL, p[PATH_MAX], latest[64];
+  size_t tlen = 0;
+  int rc;
+  if ((rc = remove_strays(tmpdir, m)) < 0) return rc;
+  if ((rc = bt_ckpt_manifest_format(m, &text, &tlen)) < 0) return rc;
+  rc = write_manifest(tmpdir, text, tlen);
+  free(text);
+  if (rc < 0) return rc;
+  bt_ckpt_test_stop("manifest-renamed", -1);
+  if ((rc = move_into_place(tmpdir, final)) < 0) return rc;
+  if ((rc = bt_fsync_dir(root)) < 0) return rc;
+  bt_ckpt_test_stop("dir-renamed", -1);
+  snprintf(latest, sizeof latest, "step-%08lld\n", (long long)step);
+  if (snprintf(p, sizeof p, "%s/latest", root) >= (int)sizeof p) return -ENAMETOOLONG;
+  /* The step is committed now (its directory holds the manifest, and that
+   * is all restore looks for): `latest` is a convenience for people and
+   * scripts, and failing to move it is a warning, not a failed commit. */
+  int lrc = bt_write_file_durable(p, latest, strlen(latest));
+  if (lrc < 0)
+    bt_warn("checkpoint: step %lld is committed, but %s could not name it: %s", (long long)step, p,
+            bt_strerror(lrc));
+  bt_info("checkpoint: committed step %lld (%zu shard%s) in %s", (long long)step, n,
+          n == 1 ? "" : "s", final);
+  return 0;
+}
+
 static int commit(const char *root, int64_t step, const bt_msg_shard_t *shards, size_t n,
                   const bt_ckpt_lineage_t *lin, const known_t *known) {
-  char tmpdir[PATH_MAX], final[PATH_MAX], p[PATH_MAX], latest[64];
+  char tmpdir[PATH_MAX], final[PATH_MAX], p[PATH_MAX];
   bt_ckpt_manifest_t m;
   bt_ckpt_shard_t *sh = NULL;
   uint32_t *owner = NULL;
-  char *text = NULL;
-  size_t tlen = 0;
   int rc = 0;
   memset(&m, 0, sizeof m);
   bt_h5_thread_init();
@@ -206,34 +263,7 @@ static int commit(const char *root, int64_t step, const bt_msg_shard_t *shards, 
       return BT_EARG;
     m.lineage = *lin;
   }
-  m.nshards = (uint32_t)n;
-  if (!(m.shards = calloc(n, sizeof *m.shards))) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  for (size_t i = 0; i < n; i++) {
-    const bt_msg_shard_t *r = &shards[i];
-    bt_ckpt_shard_info_t *info = &m.shards[i];
-    if (r->step != step || !r->file[0] || memchr(r->file, '/', strnlen(r->file, sizeof r->file)) ||
-        strnlen(r->file, sizeof r->file) == sizeof r->file || !strcmp(r->file, BT_CKPT_MANIFEST)) {
-      bt_error("commit: step %lld: bad report from stage %u (step %lld, file '%.64s')",
-               (long long)step, r->stage, (long long)r->step, r->file);
-      rc = BT_EARG;
-      goto out;
-    }
-    info->stage = r->stage;
-    snprintf(info->file, sizeof info->file, "%s", r->file);
-    info->size = r->size;
-    info->crc = r->crc;
-  }
-  qsort(m.shards, n, sizeof *m.shards, cmp_info);
-  for (size_t i = 0; i < n; i++)
-    if (m.shards[i].stage != i) {
-      bt_error("commit: step %lld: %zu reports do not name stages 0..%zu exactly once",
-               (long long)step, n, n - 1);
-      rc = BT_EARG;
-      goto out;
-    }
+  if ((rc = shards_from_reports(step, shards, n, &m)) < 0) goto out;
   for (size_t i = 0; i < n; i++) {
     bt_ckpt_shard_info_t *info = &m.shards[i];
     struct stat st;
@@ -308,31 +338,10 @@ static int commit(const char *root, int64_t step, const bt_msg_shard_t *shards, 
     }
     m.layer_shard[l] = owner[l];
   }
-  if ((rc = remove_strays(tmpdir, &m)) < 0) goto out;
-  if ((rc = bt_ckpt_manifest_format(&m, &text, &tlen)) < 0) goto out;
-  if ((rc = write_manifest(tmpdir, text, tlen)) < 0) goto out;
-  bt_ckpt_test_stop("manifest-renamed", -1);
-  if ((rc = move_into_place(tmpdir, final)) < 0) goto out;
-  if ((rc = bt_fsync_dir(root)) < 0) goto out;
-  bt_ckpt_test_stop("dir-renamed", -1);
-  snprintf(latest, sizeof latest, "step-%08lld\n", (long long)step);
-  if (snprintf(p, sizeof p, "%s/latest", root) >= (int)sizeof p) {
-    rc = -ENAMETOOLONG;
-    goto out;
-  }
-  /* The step is committed now (its directory holds the manifest, and that
-   * is all restore looks for): `latest` is a convenience for people and
-   * scripts, and failing to move it is a warning, not a failed commit. */
-  int lrc = bt_write_file_durable(p, latest, strlen(latest));
-  if (lrc < 0)
-    bt_warn("checkpoint: step %lld is committed, but %s could not name it: %s", (long long)step, p,
-            bt_strerror(lrc));
-  bt_info("checkpoint: committed step %lld (%zu shard%s) in %s", (long long)step, n,
-          n == 1 ? "" : "s", final);
+  rc = publish(root, tmpdir, final, step, n, &m);
 out:
   if (rc < 0) bt_error("commit of step %lld failed: %s", (long long)step, bt_strerror(rc));
   if (sh) bt_ckpt_shard_close(sh);
-  free(text);
   free(owner);
   bt_ckpt_manifest_free(&m);
   return rc;
