@@ -1,8 +1,8 @@
 /* comm.h - the messages a schedule implies, derived from compute actions.
  *
  * Nobody writes communication by hand: the worker (worker/pipeline.c), the
- * supervisor's hang report and the schedule checks (schedule.c) call
- * bt_comm_of() so they agree on who sends what to whom; the simulator
+ * supervisor's hang report, the schedule checks (check.c) and the CSV
+ * reader call bt_comm_of() so they agree on who sends what to whom; the simulator
  * (sim.c) applies the same rule to an action's inputs itself.
  * The rule (DESIGN.md §3, §4):
  *   F(k,i), k > 0      needs the activation of (k-1,i) from worker_of(k-1)
