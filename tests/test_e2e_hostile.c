@@ -390,11 +390,9 @@ static void umount_small(void) {
   teardown();
 }
 
-/* A 1.5 MB tmpfs holds one checkpoint of this model (about 0.95 MB) but not
- * two: step 10 commits, steps 20-40 fail for space. The job finishes with
- * `baton train`'s hash, exits 80 with a closing line naming step 10, and
- * leaves no .tmp debris and no HDF5 complaint at exit. */
-Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
+/* A 1.5 MB tmpfs at DIR/small (unmounted by umount_small), or the test is
+ * skipped where mounting is not allowed; ck gets DIR/small/ck. */
+static void mount_small(char *ck, size_t cklen) {
   snprintf(small_mnt, sizeof small_mnt, "%s/small", dir);
   cr_assert_eq(mkdir(small_mnt, 0755), 0);
   if (mount("tmpfs", small_mnt, "tmpfs", 0, "size=1500k") != 0) {
@@ -402,19 +400,33 @@ Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .f
     small_mnt[0] = 0;
     cr_skip_test("cannot mount a small tmpfs here (%s): needs root", strerror(e));
   }
+  snprintf(ck, cklen, "%s/ck", small_mnt);
+}
+
+/* The last line of a non-empty text ending in a newline. */
+static const char *last_line(const char *e) {
+  size_t n = strlen(e);
+  cr_assert(n > 1);
+  const char *last = e + n - 1;
+  while (last > e && last[-1] != '\n') last--;
+  return last;
+}
+
+/* A 1.5 MB tmpfs holds one checkpoint of this model (about 0.95 MB) but not
+ * two: step 10 commits, steps 20-40 fail for space. The job finishes with
+ * `baton train`'s hash, exits 80 with a closing line naming step 10, and
+ * leaves no .tmp debris and no HDF5 complaint at exit. */
+Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
+  char ck[500];
+  mount_small(ck, sizeof ck);
   char ref[33], got[33];
   train_hash(40, ref);
-  char ck[500];
-  snprintf(ck, sizeof ck, "%s/ck", small_mnt);
   const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "40", "--ckpt-every", "10", "--ckpt-dir", ck,
                        "--hash", NULL};
   int code = run_to_end(run, RUN_MS);
   char *e = slurp_err();
   cr_assert_eq(code, BT_EXIT_UNCOMMITTED, "exit %d:\n%s", code, e);
-  size_t n = strlen(e);
-  cr_assert(n > 1);
-  const char *last = e + n - 1;
-  while (last > e && last[-1] != '\n') last--;
+  const char *last = last_line(e);
   cr_assert_not_null(strstr(last, "the newest committed step is 10"), "last line: %s", last);
   cr_assert_not_null(strstr(last, "No space left on device"), "last line: %s", last);
   cr_assert_null(strstr(e, "infinite loop"), "%s", e);
@@ -432,23 +444,13 @@ Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .f
  * fails for space; training finished, so the exit is 80 with the newest
  * committed step said last, not 1. */
 Test(hostile, train_disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
-  snprintf(small_mnt, sizeof small_mnt, "%s/small", dir);
-  cr_assert_eq(mkdir(small_mnt, 0755), 0);
-  if (mount("tmpfs", small_mnt, "tmpfs", 0, "size=1500k") != 0) {
-    int e = errno;
-    small_mnt[0] = 0;
-    cr_skip_test("cannot mount a small tmpfs here (%s): needs root", strerror(e));
-  }
   char ck[500];
-  snprintf(ck, sizeof ck, "%s/ck", small_mnt);
+  mount_small(ck, sizeof ck);
   const char *train[] = {"train", MODEL, "--steps", "20", "--ckpt-every", "10", "--ckpt-dir", ck, NULL};
   int code = run_to_end(train, RUN_MS);
   char *e = slurp_err();
   cr_assert_eq(code, BT_EXIT_UNCOMMITTED, "exit %d:\n%s", code, e);
-  size_t n = strlen(e);
-  cr_assert(n > 1);
-  const char *last = e + n - 1;
-  while (last > e && last[-1] != '\n') last--;
+  const char *last = last_line(e);
   cr_assert_not_null(strstr(last, "finished step 20, but its checkpoint was not committed"), "last line: %s", last);
   cr_assert_not_null(strstr(last, "the newest committed step is 10"), "last line: %s", last);
   cr_assert_null(strstr(e, "infinite loop"), "%s", e);

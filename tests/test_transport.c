@@ -91,6 +91,20 @@ static void wait_ok(bt_tx_t *tx, bt_tx_req_t *r) {
   cr_assert_eq(rc, 0, "wait: %s", bt_strerror(rc));
 }
 
+/* One activation of `n` bytes (at most 128) from rank 0 to rank 1
+ * arrives intact: the pipeline still works. */
+static void exchange_one(bt_tx_t *from, bt_tx_t *to, size_t n) {
+  uint8_t m[128], r[128];
+  cr_assert_leq(n, sizeof m);
+  bt_tag_t t = tag(1, BT_MSG_ACTIVATION, 0, 0);
+  fill(m, n, t);
+  bt_tx_req_t *q;
+  cr_assert_eq(bt_tx_irecv(to, r, n, 0, t, &q), 0);
+  cr_assert_eq(bt_tx_isend(from, m, n, 1, t, NULL), 0);
+  wait_ok(to, q);
+  check(r, n, t);
+}
+
 /* Waits until tx has received `n` whole messages (held or not). */
 static void wait_arrivals(bt_tx_t *tx, uint64_t n) {
   uint64_t deadline = bt_deadline_ms(10000);
@@ -558,14 +572,7 @@ static void refuse_without_token(void) {
 
   tx[0] = mk(0, 2, p0, 1);
   connect_all(tx, 2);
-  uint8_t m[100], r[100];
-  bt_tag_t t = tag(1, BT_MSG_ACTIVATION, 0, 0);
-  fill(m, sizeof m, t);
-  bt_tx_req_t *q;
-  cr_assert_eq(bt_tx_irecv(tx[1], r, sizeof r, 0, t, &q), 0);
-  cr_assert_eq(bt_tx_isend(tx[0], m, sizeof m, 1, t, NULL), 0);
-  wait_ok(tx[1], q);
-  check(r, sizeof r, t);
+  exchange_one(tx[0], tx[1], 100);
   bt_tx_stats_t st;
   bt_tx_stats(tx[1], &st);
   cr_assert_eq(st.refused, 5);
@@ -609,14 +616,7 @@ static void silent_flood_before_connect(void) {
     int rc = bt_tx_socket_connect(tx[i], addrs, bt_deadline_ms(15000));
     cr_assert_eq(rc, 0, "connect rank %d: %s", i, bt_strerror(rc));
   }
-  uint8_t m[64], r[64];
-  bt_tag_t t = tag(1, BT_MSG_ACTIVATION, 0, 0);
-  fill(m, sizeof m, t);
-  bt_tx_req_t *q;
-  cr_assert_eq(bt_tx_irecv(tx[1], r, sizeof r, 0, t, &q), 0);
-  cr_assert_eq(bt_tx_isend(tx[0], m, sizeof m, 1, t, NULL), 0);
-  wait_ok(tx[1], q);
-  check(r, sizeof r, t);
+  exchange_one(tx[0], tx[1], 64);
   /* All but the slots' worth were dropped for newcomers, the peer's own
    * connection among the newcomers. */
   bt_tx_stats_t st;
