@@ -36,6 +36,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/torch_peer.h"
 #include "common/sysinfo.h"
 #include "common/clock.h"
 #include "common/config.h"
@@ -222,57 +223,11 @@ out:
 
 /* ---- PyTorch ---- */
 
-static void torch_script(char *out, size_t cap) {
-  const char *env = getenv("BATON_TORCH_MODEL");
-  if (env && *env) {
-    snprintf(out, cap, "%s", env);
-    return;
-  }
-  char dir[PATH_MAX - 64]; /* leaves room for the file name in out */
-  dir_of_exe(dir, sizeof dir);
-  snprintf(out, cap, "%s/torch_model.py", dir); /* a packed tree keeps it here */
-  if (access(out, R_OK) == 0) return;
-  /* A build tree: next to this source file. */
-  snprintf(out, cap, "%s", __FILE__);
-  char *slash = strrchr(out, '/');
-  if (slash) snprintf(slash + 1, cap - (size_t)(slash + 1 - out), "torch_model.py");
-}
-
 static double run_torch(const opts_t *o, char *why, size_t why_len) {
-  char script[PATH_MAX], cmd[3 * PATH_MAX];
-  torch_script(script, sizeof script);
-  if (access(script, R_OK) != 0) {
-    snprintf(why, why_len, "%.400s not found", script);
-    return 0;
-  }
-  snprintf(cmd, sizeof cmd,
-           "'%s' '%s' --dim %d --layers %d --mb-tokens %d --microbatches %d --steps %d "
-           "--warmup-steps %d 2>&1",
-           o->python, script, o->dim, o->layers, o->mb_tokens, o->microbatches, o->steps,
-           SKIP_STEPS);
-  FILE *p = popen(cmd, "r");
-  if (!p) {
-    snprintf(why, why_len, "cannot run %s", o->python);
-    return 0;
-  }
-  char line[1024], last[1024] = "";
-  while (fgets(line, sizeof line, p)) {
-    fputs("  torch: ", stdout);
-    fputs(line, stdout);
-    if (line[0] == '{') snprintf(last, sizeof last, "%s", line);
-  }
-  int st = pclose(p);
-  char *t = strstr(last, "\"tokens_per_s\":");
-  if (t) return strtod(t + 15, NULL);
-  char *s = strstr(last, "\"skipped\":");
-  if (s) {
-    s += 10;
-    s += strspn(s, " \"");
-    snprintf(why, why_len, "%.*s", (int)strcspn(s, "\""), s);
-  } else {
-    snprintf(why, why_len, "%.300s exited with status %d", script, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-  }
-  return 0;
+  char args[256];
+  snprintf(args, sizeof args, "--dim %d --layers %d --mb-tokens %d --microbatches %d --steps %d --warmup-steps %d",
+           o->dim, o->layers, o->mb_tokens, o->microbatches, o->steps, SKIP_STEPS);
+  return bt_torch_run(o->python, "", args, 1, why, why_len);
 }
 
 /* ---- main ---- */

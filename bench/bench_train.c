@@ -34,6 +34,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/torch_peer.h"
 #include "common/clock.h"
 #include "common/config.h"
 #include "common/error.h"
@@ -199,59 +200,21 @@ static double time_sgemm(width_t *w, int steps) {
   return (double)steps * m->microbatches * m->mb_tokens / (bt_clock_s() - t0);
 }
 
-static void torch_script(char *out, size_t cap) {
-  char dir[PATH_MAX - 32]; /* room for the file name in out */
-  ssize_t k = readlink("/proc/self/exe", dir, sizeof dir - 1);
-  dir[k < 0 ? 0 : k] = '\0';
-  char *slash = strrchr(dir, '/');
-  if (slash) *slash = '\0';
-  snprintf(out, cap, "%s/torch_model.py", dir); /* a packed tree keeps it here */
-  if (access(out, R_OK) == 0) return;
-  snprintf(out, cap, "%s", __FILE__); /* a build tree: next to this source */
-  slash = strrchr(out, '/');
-  if (slash) snprintf(slash + 1, cap - (size_t)(slash + 1 - out), "torch_model.py");
-}
-
 /* tokens/s of PyTorch on the same model and steps; 0 and a reason in why
- * when torch cannot run. */
+ * when torch cannot run. torch.set_num_threads(1) leaves the OpenBLAS
+ * under Debian's torch free to start its own threads: the environment pins
+ * those too. Three untimed steps, as a fresh process's allocator and
+ * kernels warm up. */
 static double time_torch(const char *python, const width_t *w, int steps, char *why,
                          size_t why_len) {
   const bt_model_config_t *m = &w->cfg.model;
-  char script[PATH_MAX], cmd[3 * PATH_MAX];
-  torch_script(script, sizeof script);
-  if (access(script, R_OK) != 0) {
-    snprintf(why, why_len, "%.400s not found", script);
-    return 0;
-  }
-  /* torch.set_num_threads(1) leaves the OpenBLAS under Debian's torch free
-   * to start its own threads: the environment pins those too. Three
-   * untimed steps, as a fresh process's allocator and kernels warm up. */
-  snprintf(cmd, sizeof cmd,
-           "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "
-           "'%s' '%s' --device cpu --threads 1 --dim %d --layers %d --context %d "
-           "--mb-tokens %d --microbatches %d --steps %d --warmup-steps 3 2>&1",
-           python, script, m->dim, m->layers, m->context, m->mb_tokens, m->microbatches, steps);
-  FILE *p = popen(cmd, "r");
-  if (!p) {
-    snprintf(why, why_len, "cannot run %s", python);
-    return 0;
-  }
-  char line[1024], last[1024] = "";
-  while (fgets(line, sizeof line, p))
-    if (line[0] == '{') snprintf(last, sizeof last, "%s", line);
-  int st = pclose(p);
-  char *t = strstr(last, "\"tokens_per_s\":");
-  if (t) return strtod(t + 15, NULL);
-  char *s = strstr(last, "\"skipped\":");
-  if (s) {
-    s += 10;
-    s += strspn(s, " \"");
-    snprintf(why, why_len, "%.*s", (int)strcspn(s, "\""), s);
-  } else {
-    snprintf(why, why_len, "%s exited with status %d", python,
-             WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-  }
-  return 0;
+  char args[256];
+  snprintf(args, sizeof args,
+           "--device cpu --threads 1 --dim %d --layers %d --context %d --mb-tokens %d --microbatches %d "
+           "--steps %d --warmup-steps 3",
+           m->dim, m->layers, m->context, m->mb_tokens, m->microbatches, steps);
+  return bt_torch_run(python, "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1", args, 0, why,
+                      why_len);
 }
 
 static int cmp_double(const void *a, const void *b) {
