@@ -43,6 +43,12 @@ enum {
   BT_EXIT_UNCOMMITTED = 80,/* finished, but the final checkpoint was not committed (a full
                               disk, a failed save): the trained state of the last step is
                               lost; the closing line names the newest committed step */
+  BT_EXIT_COORD_LOST = 81, /* multi-node, on a node agent: the coordinator's node was lost
+                              (connection or heartbeats gone); the agent stopped its
+                              workers. Rerun the same command on every node to resume */
+  BT_EXIT_RENDEZVOUS = 82, /* multi-node: the nodes did not all join within the join
+                              deadline (the missing ones are named), or this node could
+                              not reach or authenticate with the coordinator */
 };
 
 #endif

@@ -63,7 +63,7 @@ static void st64(uint8_t *p, uint64_t v) {
 
 static int type_known(uint16_t type) {
   return (type >= BT_MSG_HELLO && type <= BT_MSG_CKPT_LATE) ||
-         (type >= BT_MSG_START && type <= BT_MSG_ABORT);
+         (type >= BT_MSG_START && type <= BT_MSG_ABORT) || (type >= BT_NODE_HELLO && type <= BT_NODE_BYE);
 }
 
 const char *bt_msg_type_name(uint16_t type) {
@@ -82,6 +82,19 @@ const char *bt_msg_type_name(uint16_t type) {
   case BT_MSG_CKPT_AT: return "checkpoint-at";
   case BT_MSG_STOP: return "stop";
   case BT_MSG_ABORT: return "abort";
+  case BT_NODE_HELLO: return "node-hello";
+  case BT_NODE_CHALLENGE: return "node-challenge";
+  case BT_NODE_AUTH: return "node-auth";
+  case BT_NODE_WELCOME: return "node-welcome";
+  case BT_NODE_JOIN: return "node-join";
+  case BT_NODE_REFUSE: return "node-refuse";
+  case BT_NODE_BEAT: return "node-beat";
+  case BT_NODE_SPAWN: return "node-spawn";
+  case BT_NODE_SPAWNED: return "node-spawned";
+  case BT_NODE_CTL: return "node-ctl";
+  case BT_NODE_EXITED: return "node-exited";
+  case BT_NODE_KILL: return "node-kill";
+  case BT_NODE_BYE: return "node-bye";
   default: return "unknown";
   }
 }
@@ -591,4 +604,44 @@ int bt_msg_decode_step(const bt_frame_t *f, bt_msg_step_t *m) {
 int bt_msg_decode_empty(const bt_frame_t *f, uint16_t type) {
   if (check_type(f, type)) return BT_EFORMAT;
   return f->len ? BT_EFORMAT : 0;
+}
+
+/* ---- node agent <-> coordinator ---- */
+
+static int is_node_type(uint16_t type) { return type >= BT_NODE_HELLO && type <= BT_NODE_BYE; }
+
+void bt_node_encode(bt_buf_t *b, uint16_t type, const bt_node_msg_t *m) {
+  if (!b->err && (!is_node_type(type) || (m->dlen && !m->data))) b->err = BT_EARG;
+  size_t at = begin_frame(b, type);
+  put_u32(b, m->node);
+  put_u32(b, m->inc);
+  put_u32(b, m->stage);
+  for (int i = 0; i < 4; i++) put_i64(b, m->num[i]);
+  put_bytes(b, m->nonce, sizeof m->nonce);
+  put_bytes(b, m->proof, sizeof m->proof);
+  put_str(b, m->text, sizeof m->text);
+  put_str(b, m->text2, sizeof m->text2);
+  put_u32(b, m->dlen);
+  if (m->dlen) put_bytes(b, m->data, m->dlen);
+  end_frame(b, at);
+}
+
+int bt_node_decode(const bt_frame_t *f, bt_node_msg_t *m) {
+  if (!f || !is_node_type(f->type) || (f->len && !f->payload)) return BT_EFORMAT;
+  rd_t r;
+  rd_init(&r, f);
+  m->node = get_u32(&r);
+  m->inc = get_u32(&r);
+  m->stage = get_u32(&r);
+  for (int i = 0; i < 4; i++) m->num[i] = get_i64(&r);
+  const uint8_t *p = rd_take(&r, sizeof m->nonce);
+  if (p) memcpy(m->nonce, p, sizeof m->nonce);
+  p = rd_take(&r, sizeof m->proof);
+  if (p) memcpy(m->proof, p, sizeof m->proof);
+  get_str(&r, m->text, sizeof m->text);
+  get_str(&r, m->text2, sizeof m->text2);
+  m->dlen = get_u32(&r);
+  m->data = rd_take(&r, m->dlen);
+  if (!m->dlen) m->data = NULL;
+  return rd_done(&r);
 }

@@ -46,6 +46,26 @@ typedef enum {
   BT_MSG_CKPT_AT = 65,      /* bt_msg_step_t: save a shard after this step */
   BT_MSG_STOP = 66,         /* bt_msg_step_t: stop after this step (or at once: 0) */
   BT_MSG_ABORT = 67,        /* no payload: exit now */
+  /* node agent <-> coordinator (multi-node, launcher/hub.c and agent.c):
+   * every one carries a bt_node_msg_t */
+  BT_NODE_HELLO = 128,      /* agent: node, text = rendezvous job id, nonce */
+  BT_NODE_CHALLENGE = 129,  /* coordinator: nonce, proof (it holds the secret) */
+  BT_NODE_AUTH = 130,       /* agent: proof */
+  BT_NODE_WELCOME = 131,    /* coordinator: text = probe file in the checkpoint dir ("" none),
+                               num[0] = heartbeat ms, num[1] = node timeout ms */
+  BT_NODE_JOIN = 132,       /* agent: num[0] = slots, num[1] = pid, text = data-plane host,
+                               text2 = the probe file's content, data = hostname */
+  BT_NODE_REFUSE = 133,     /* either: text = why; the connection closes */
+  BT_NODE_BEAT = 134,       /* either: num[0] = sequence number */
+  BT_NODE_SPAWN = 135,      /* coordinator: inc, stage, num[0] = argc, num[1] = envc,
+                               text2 = the data-plane token's derivation label,
+                               data = argv then env, each NUL-terminated */
+  BT_NODE_SPAWNED = 136,    /* agent: inc, stage, num[0] = pid */
+  BT_NODE_CTL = 137,        /* either: inc, stage, data = control-channel bytes */
+  BT_NODE_EXITED = 138,     /* agent: inc, stage, num[0] = exit status, num[1] = signal,
+                               num[2] = 1 if it could not be started, text = stderr tail */
+  BT_NODE_KILL = 139,       /* coordinator: inc, stage (BT_NODE_ALL: every worker) */
+  BT_NODE_BYE = 140,        /* coordinator: num[0] = the job's exit code, text = why */
 } bt_msg_type_t;
 
 typedef struct {
@@ -170,6 +190,22 @@ typedef struct {
   char gpus[BT_MAX_STAGES][BT_GPU_NAME_MAX]; /* each stage's READY.gpu */
 } bt_msg_start_t;
 
+/* The one payload of every BT_NODE_* message (see their comments for
+ * which fields each uses; the others are zero). Fixed layout: the strict
+ * decoder checks every length, and `data` points into the parsed frame. */
+#define BT_NODE_ALL 0xffffffffu
+#define BT_NODE_NONCE 32
+typedef struct {
+  uint32_t node, inc, stage;
+  int64_t num[4];
+  uint8_t nonce[BT_NODE_NONCE];
+  uint8_t proof[BT_NODE_NONCE];
+  char text[1024];
+  char text2[512];
+  const uint8_t *data;  /* decode: into the frame; encode: the bytes to send */
+  uint32_t dlen;
+} bt_node_msg_t;
+
 /* Each encode appends one whole frame (header, payload, CRC) to b. */
 void bt_msg_encode_hello(bt_buf_t *b, const bt_msg_hello_t *m);
 void bt_msg_encode_ready(bt_buf_t *b, const bt_msg_ready_t *m);
@@ -185,6 +221,9 @@ void bt_msg_encode_step(bt_buf_t *b, uint16_t type, const bt_msg_step_t *m);
 /* ABORT and other empty messages */
 void bt_msg_encode_empty(bt_buf_t *b, uint16_t type);
 
+/* BT_NODE_* only (BT_EARG otherwise, sticky in b->err). */
+void bt_node_encode(bt_buf_t *b, uint16_t type, const bt_node_msg_t *m);
+
 /* Each decode takes a parsed frame of its type; BT_EFORMAT on any mismatch
  * (wrong type, short or long payload, unterminated string, count too big). */
 int bt_msg_decode_hello(const bt_frame_t *f, bt_msg_hello_t *m);
@@ -198,6 +237,8 @@ int bt_msg_decode_error(const bt_frame_t *f, bt_msg_error_t *m);
 int bt_msg_decode_trace(const bt_frame_t *f, bt_msg_trace_t *m);
 void bt_msg_trace_free(bt_msg_trace_t *m);
 int bt_msg_decode_start(const bt_frame_t *f, bt_msg_start_t *m);
+/* Any BT_NODE_* frame. */
+int bt_node_decode(const bt_frame_t *f, bt_node_msg_t *m);
 int bt_msg_decode_step(const bt_frame_t *f, bt_msg_step_t *m);
 /* ABORT and other payload-less messages: the frame is of `type` and empty. */
 int bt_msg_decode_empty(const bt_frame_t *f, uint16_t type);

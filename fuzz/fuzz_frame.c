@@ -16,7 +16,7 @@
 static const uint16_t types[] = {BT_MSG_HELLO, BT_MSG_READY, BT_MSG_HEARTBEAT, BT_MSG_METRICS,
                                  BT_MSG_HASHES, BT_MSG_SHARD_DURABLE, BT_MSG_ERROR, BT_MSG_DONE,
                                  BT_MSG_TRACE, BT_MSG_START, BT_MSG_CKPT_AT, BT_MSG_STOP,
-                                 BT_MSG_ABORT};
+                                 BT_MSG_ABORT, BT_NODE_HELLO, BT_NODE_SPAWN, BT_NODE_CTL, BT_NODE_EXITED};
 
 /* Decodes f as `as`, re-encodes what decoded and checks the result parses:
  * a decoded message must always be encodable again. */
@@ -81,7 +81,11 @@ static void decode_as(const bt_frame_t *f, uint16_t as) {
     break;
   }
   default:
-    if (bt_msg_decode_empty(f, as) == 0) bt_msg_encode_empty(&b, as);
+    if (as >= BT_NODE_HELLO && as <= BT_NODE_BYE) {
+      bt_node_msg_t m;
+      if (f->type == as && bt_node_decode(f, &m) == 0) bt_node_encode(&b, as, &m);
+    } else if (bt_msg_decode_empty(f, as) == 0)
+      bt_msg_encode_empty(&b, as);
     break;
   }
   if (b.len) {

@@ -586,3 +586,42 @@ Test(frame, random_bytes_never_crash_nor_pass_a_wrong_crc) {
   cr_assert_gt(accepted, 0, "no random input was a whole frame: the test proves nothing");
   bt_buf_free(&b);
 }
+
+Test(frame, node_message_round_trip_with_data) {
+  bt_buf_t b;
+  bt_buf_init(&b);
+  static const uint8_t bytes[] = "argv0\0worker\0BATON_STAGE=3";
+  bt_node_msg_t in = {.node = 2, .inc = 5, .stage = 3, .num = {4, -1, 1ll << 40, 0}, .data = bytes,
+                      .dlen = sizeof bytes};
+  memset(in.nonce, 0xab, sizeof in.nonce);
+  snprintf(in.text, sizeof in.text, "job-42");
+  snprintf(in.text2, sizeof in.text2, "data-plane label");
+  bt_node_encode(&b, BT_NODE_SPAWN, &in);
+  bt_frame_t f = parse_one(&b, BT_NODE_SPAWN);
+  bt_node_msg_t out;
+  cr_assert_eq(bt_node_decode(&f, &out), 0);
+  cr_assert_eq(out.node, 2);
+  cr_assert_eq(out.inc, 5);
+  cr_assert_eq(out.stage, 3);
+  cr_assert_eq(out.num[2], 1ll << 40);
+  cr_assert_eq(out.num[1], -1);
+  cr_assert_eq(out.nonce[31], 0xab);
+  cr_assert_str_eq(out.text, "job-42");
+  cr_assert_str_eq(out.text2, "data-plane label");
+  cr_assert_eq(out.dlen, sizeof bytes);
+  cr_assert_eq(memcmp(out.data, bytes, sizeof bytes), 0);
+  /* A data length past the payload is refused, not read. */
+  uint8_t *p = b.data;
+  size_t dl_at = BT_FRAME_HEADER + f.len - sizeof bytes - 4;
+  p[dl_at] = 0xff;
+  p[dl_at + 1] = 0xff;
+  fix_crc(p);
+  cr_assert_eq(bt_frame_parse(p, b.len, &f), (long)b.len);
+  cr_assert_eq(bt_node_decode(&f, &out), BT_EFORMAT);
+  /* Node messages are not worker messages and the other way round. */
+  bt_buf_reset(&b);
+  bt_msg_encode_empty(&b, BT_MSG_ABORT);
+  f = parse_one(&b, BT_MSG_ABORT);
+  cr_assert_eq(bt_node_decode(&f, &out), BT_EFORMAT);
+  bt_buf_free(&b);
+}
