@@ -304,6 +304,22 @@ Test(secret, nothing_set_is_enoent_but_a_missing_file_is_not) {
   clear_env();
 }
 
+/* Opening a FIFO without O_NONBLOCK would block until a writer came. */
+Test(secret, fifo_is_refused_without_waiting, .timeout = 10) {
+  clear_env();
+  char dir[] = "/tmp/bt_test_secretfifo_XXXXXX", path[64];
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/fifo", dir);
+  cr_assert_eq(mkfifo(path, 0600), 0, "mkfifo: %s", strerror(errno));
+  bt_secret_t s;
+  char why[256] = "";
+  int rc = bt_secret_load(path, &s, why, sizeof why);
+  unlink(path);
+  rmdir(dir);
+  cr_assert_lt(rc, 0);
+  cr_assert_not_null(strstr(why, "not a regular file"), "%s", why);
+}
+
 Test(secret, directory_is_refused) {
   clear_env();
   char dir[] = "/tmp/bt_test_secretdir_XXXXXX";
