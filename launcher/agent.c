@@ -93,7 +93,7 @@ static void say(const char *fmt, ...) {
   if (k < 0) return;
   if ((size_t)k > sizeof line - 2) k = (int)sizeof line - 2;
   line[k++] = '\n';
-  bt_write_all(STDERR_FILENO, line, (size_t)k);
+  bt_wp_write_all(STDERR_FILENO, line, (size_t)k);
 }
 
 /* Text from the other side goes into one line of ours: no control bytes. */

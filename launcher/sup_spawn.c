@@ -7,7 +7,7 @@
 
 extern char **environ;
 
-static void keep_tail(worker_t *w, const char *line, size_t n) {
+void sup_keep_tail(worker_t *w, const char *line, size_t n) {
   if (n >= TAIL_LEN) n = TAIL_LEN - 1;
   memcpy(w->tail[w->tail_pos], line, n);
   w->tail[w->tail_pos][n] = 0;
@@ -24,7 +24,7 @@ static void emit_line(worker_t *w, int is_err, const char *line, size_t n) {
   sup_clear_progress(w->sup);
   /* One write per line, so lines of different stages never interleave. */
   sup_write_all(is_err ? STDERR_FILENO : STDOUT_FILENO, out, (size_t)k + n + 1);
-  if (is_err) keep_tail(w, line, n);
+  if (is_err) sup_keep_tail(w, line, n);
 }
 
 static void flush_lines(worker_t *w, int is_err, int at_eof) {
@@ -77,9 +77,9 @@ static int is_extra(const char *kv, const char *const *extra) {
 /* The worker's environment: the table of common/workerenv.h first, then
  * the extras, then the supervisor's own minus any variable we set (a stale
  * RANK from an outer launcher must not win). */
-static char **build_env(sup_t *s, uint32_t stage) {
+char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
   size_t n = 0, nextra = 0, nours = bt_worker_env_count();
-  while (environ[n]) n++;
+  while (own_env && environ[n]) n++;
   while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
   char **env = calloc(n + nextra + nours + 1, sizeof *env);
   if (!env) return NULL;
@@ -88,7 +88,13 @@ static char **build_env(sup_t *s, uint32_t stage) {
   bt_worker_env_defaults(&we);
   we.rank = we.local_rank = we.stage = stage;
   we.world_size = we.local_world_size = we.nstages = s->n;
-  snprintf(we.master_addr, sizeof we.master_addr, "127.0.0.1");
+  if (o->stage_node && o->stage_local && o->node_stages) {
+    we.local_rank = o->stage_local[stage];
+    we.local_world_size = o->node_stages[stage];
+  }
+  snprintf(we.master_addr, sizeof we.master_addr, "%s", o->master_addr ? o->master_addr : "127.0.0.1");
+  we.master_port = o->master_port;
+  if (o->stage_bind) snprintf(we.data_bind, sizeof we.data_bind, "%s", o->stage_bind[stage]);
   we.fd = 3;
   we.supervisor_pid = (long)getpid();
   we.chunks = o->chunks;
@@ -124,7 +130,7 @@ static char **build_env(sup_t *s, uint32_t stage) {
   return env;
 }
 
-static void free_env(char **env) {
+void sup_free_env(char **env) {
   if (!env) return;
   for (size_t i = 0; env[i]; i++) free(env[i]);
   free(env);
@@ -150,7 +156,7 @@ static int spawn_worker(sup_t *s, worker_t *w) {
   w->ctl.data = w;
   if ((rc = uv_pipe_open(&w->ctl, sv[0])) < 0) goto out;
   sv[0] = -1; /* the pipe handle owns it now */
-  if (!(env = build_env(s, w->stage))) {
+  if (!(env = sup_build_env(s, w->stage, 1))) {
     rc = -ENOMEM;
     goto out;
   }
@@ -189,7 +195,7 @@ static int spawn_worker(sup_t *s, worker_t *w) {
 out:
   if (sv[0] >= 0) close(sv[0]);
   if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
-  free_env(env);
+  sup_free_env(env);
   if (rc < 0) {
     sup_close_handle((uv_handle_t *)&w->proc, &w->proc_open);
     sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
@@ -208,7 +214,7 @@ void sup_spawn_all(sup_t *s) {
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     w->last_beat_ms = s->start_ms;
-    int src = spawn_worker(s, w);
+    int src = w->remote ? sup_remote_spawn(s, w) : spawn_worker(s, w);
     if (src < 0) {
       bt_error("cannot start stage %u (%s): %s", i, s->o->worker_argv[0], bt_strerror(src));
       w->state = W_EXITED;

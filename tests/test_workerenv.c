@@ -21,8 +21,8 @@ TestSuite(workerenv, .init = clear_env, .fini = clear_env);
 static void export(const bt_worker_env_t *e) {
   char *out[64];
   int n = bt_worker_env_format(e, out, 64);
-  /* every number, and the strings that are set (faults, CSV are not) */
-  cr_assert_eq((size_t)n, bt_worker_env_count() - 2, "%d strings", n);
+  /* every number, and the strings that are set (faults, CSV, data bind are not) */
+  cr_assert_eq((size_t)n, bt_worker_env_count() - 3, "%d strings", n);
   for (int i = 0; i < n; i++) {
     char *eq = strchr(out[i], '=');
     *eq = 0;
