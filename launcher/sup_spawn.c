@@ -102,6 +102,7 @@ static char **build_env(sup_t *s, uint32_t stage) {
   snprintf(we.restore_dir, sizeof we.restore_dir, "%s", o->restore_dir ? o->restore_dir : "");
   snprintf(we.faults, sizeof we.faults, "%s", o->faults ? o->faults : "");
   snprintf(we.schedule_csv, sizeof we.schedule_csv, "%s", o->schedule_csv ? o->schedule_csv : "");
+  snprintf(we.data_bind, sizeof we.data_bind, "%s", o->data_bind ? o->data_bind : "");
   we.ckpt_compress = o->ckpt_compress;
   int got = bt_worker_env_format(&we, env, nours);
   if (got < 0) {
