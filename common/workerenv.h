@@ -69,8 +69,8 @@
     "';'-separated fault specs (first incarnation only)")                                                        \
   X(STR, BATON_SCHEDULE_CSV, schedule_csv, 4096, 0, 0, "", 0, SUP, "worker/cmd_worker.c",                       \
     "absolute path of a CSV schedule (--schedule=csv)")                                                          \
-  X(STR, BATON_DATA_BIND, data_bind, 256, 0, 0, "", 0, SUP, "worker/pipeline.c",                                 \
-    "host the data-plane listener binds and advertises (TCP; multi-node); \"\": loopback or Unix sockets")         \
+  X(STR, BATON_DATA_BIND, data_bind, 256, 0, 0, "", 0, SUP, "worker/pipeline.c",                               \
+    "host/IP the data-plane listener binds and advertises, over TCP (empty: BATON_DATA_PLANE decides)")           \
   X(STR, BATON_DATA_PLANE, data_plane, 8, 0, 0, "unix", 0, USER, "worker/pipeline.c",                           \
     "unix (default: abstract Unix sockets, measured faster) or tcp")                                              \
   X(NUM, BATON_NCCL_SETUP_MS, nccl_setup_ms, int64_t, 1, INT64_C(1) << 40, 120000, 0, USER,                     \

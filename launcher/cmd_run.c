@@ -28,6 +28,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "common/workerenv.h"
 #include "launcher/cmd.h"
 #include "launcher/ending.h"
 #include "launcher/plan.h"
@@ -275,6 +276,18 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     }
   }
   a->o.ckpt_dir = a->ck.dir;
+  /* The supervisor sets BATON_DATA_BIND for its workers (and drops an
+   * inherited one); on one node it takes the value from its own
+   * environment, until the multi-node rendezvous assigns one per node. */
+  const char *bind = getenv("BATON_DATA_BIND");
+  if (bind && bind[0]) {
+    bt_worker_env_t fit;
+    if (strlen(bind) >= sizeof fit.data_bind || strpbrk(bind, " \t\n")) {
+      fprintf(stderr, "baton run: BATON_DATA_BIND: not a host name or address: '%.64s'\n", bind);
+      return 2;
+    }
+    a->o.data_bind = bind;
+  }
   return 0;
 }
 

@@ -94,7 +94,6 @@ char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
   }
   snprintf(we.master_addr, sizeof we.master_addr, "%s", o->master_addr ? o->master_addr : "127.0.0.1");
   we.master_port = o->master_port;
-  if (o->stage_bind) snprintf(we.data_bind, sizeof we.data_bind, "%s", o->stage_bind[stage]);
   we.fd = 3;
   we.supervisor_pid = (long)getpid();
   we.chunks = o->chunks;
@@ -108,6 +107,9 @@ char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
   snprintf(we.restore_dir, sizeof we.restore_dir, "%s", o->restore_dir ? o->restore_dir : "");
   snprintf(we.faults, sizeof we.faults, "%s", o->faults ? o->faults : "");
   snprintf(we.schedule_csv, sizeof we.schedule_csv, "%s", o->schedule_csv ? o->schedule_csv : "");
+  /* multi-node: each stage binds its own node's address */
+  snprintf(we.data_bind, sizeof we.data_bind, "%s",
+           o->stage_bind ? o->stage_bind[stage] : o->data_bind ? o->data_bind : "");
   we.ckpt_compress = o->ckpt_compress;
   int got = bt_worker_env_format(&we, env, nours);
   if (got < 0) {

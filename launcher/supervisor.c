@@ -756,7 +756,8 @@ static int opts_ok(const bt_sup_opts_t *o) {
          o->last_step >= o->first_step - 1 && (!o->ckpt_dir || strlen(o->ckpt_dir) < sizeof fit.ckpt_dir) &&
          (!o->restore_dir || strlen(o->restore_dir) < sizeof fit.restore_dir) &&
          (!o->faults || strlen(o->faults) < sizeof fit.faults) &&
-         (!o->schedule_csv || strlen(o->schedule_csv) < sizeof fit.schedule_csv);
+         (!o->schedule_csv || strlen(o->schedule_csv) < sizeof fit.schedule_csv) &&
+         (!o->data_bind || strlen(o->data_bind) < sizeof fit.data_bind);
 }
 
 int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {

@@ -76,6 +76,7 @@ typedef struct {
   const char *restore_dir;     /* BATON_RESTORE_DIR: the step directory restored first, or NULL */
   const char *faults;          /* BATON_INJECT_FAULTS, or NULL */
   const char *schedule_csv;    /* BATON_SCHEDULE_CSV (absolute), or NULL */
+  const char *data_bind;       /* BATON_DATA_BIND: the host the data plane binds and advertises, or NULL */
   int ckpt_compress;           /* BATON_CKPT_COMPRESS: deflate level 0..9 */
   int64_t restore_step;        /* START.restore_step: load the step in BATON_RESTORE_DIR first (0: fresh) */
   bt_ckpt_lineage_t lineage;   /* the job and the step restored, recorded by every commit */
