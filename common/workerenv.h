@@ -121,7 +121,8 @@ int bt_worker_env_format(const bt_worker_env_t *e, char **out, size_t max);
 /* How many strings bt_worker_env_format can write at most. */
 size_t bt_worker_env_count(void);
 
-/* 1 when kv ("NAME=value") is a variable the supervisor sets. */
+/* 1 when kv ("NAME=value") is a variable the supervisor sets, or the job
+ * secret (BATON_SECRET, BATON_SECRET_FILE), which no worker inherits. */
 int bt_worker_env_is_ours(const char *kv);
 
 /* Checks START against BT_WORKER_START's bounds and the worker's own

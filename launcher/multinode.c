@@ -145,6 +145,15 @@ int bt_mn_resolve(bt_mn_opts_t *m, const char *backend) {
   char why[512] = "";
   int rc = bt_slurm_from_environ(&sl, why, sizeof why);
   int slurm_multi = rc == 0 && sl.present && sl.nnodes > 1;
+  /* Only a task of an srun step is one node of the job; the batch script
+   * itself (sbatch without srun) runs on the first node alone. */
+  if (slurm_multi && !getenv("SLURM_STEP_ID") && !getenv("SLURM_STEPID")) {
+    if (!m->given_nnodes)
+      bt_warn("a Slurm allocation of %d nodes, but not inside srun: this runs on one node (use `srun "
+              "--ntasks-per-node=1 baton run ...`)",
+              sl.nnodes);
+    slurm_multi = 0;
+  }
   if (rc < 0 && !m->given_nnodes) {
     /* A broken Slurm environment matters only when we would use it. */
     if (getenv("SLURM_JOB_ID")) {

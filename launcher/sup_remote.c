@@ -17,7 +17,7 @@ static void send_or_lose(worker_t *w, uint16_t type, bt_node_msg_t *m) {
   int rc = bt_hub_send(s->o->hub, w->node, type, m);
   if (rc == BT_EPEER) {
     char why[128];
-    snprintf(why, sizeof why, "node %u lost (its stages cannot be reached)", w->node);
+    snprintf(why, sizeof why, "node %u lost", w->node);
     sup_worker_lost(w, why);
   } else if (rc < 0)
     bt_warn("stage %u on node %u: cannot send %s: %s", w->stage, w->node, bt_msg_type_name(type), bt_strerror(rc));
