@@ -479,3 +479,61 @@ Test(multinode, bad_multinode_flags_are_usage_errors) {
   cr_assert_eq(bt_e2e_run(&e2e, argv, NULL, NULL, 30000), 2);
   assert_has(e2e.err, "chmod 600");
 }
+
+/* The pid of the newest "started stage S (pid P)" line of the coordinator. */
+static pid_t newest_local_pid(int stage) {
+  char *e = slurp_or_empty(err_of(0));
+  char needle[64];
+  snprintf(needle, sizeof needle, "started stage %d (pid ", stage);
+  pid_t pid = 0;
+  for (char *q = strstr(e, needle); q; q = strstr(q + 1, needle)) pid = (pid_t)atoi(q + strlen(needle));
+  free(e);
+  return pid;
+}
+
+Test(multinode, a_node_that_comes_back_is_used_from_the_next_restart) {
+  char want[33], got[33];
+  train_hash(600, want);
+  job_t j = job_new(600);
+  pid_t c = start_node(&j, 0), a = start_node(&j, 1);
+  wait_metrics_lines(4, 60000);
+  kill(-a, SIGKILL);
+  wait_node(a, 1, 10000);
+  cr_assert(bt_proc_wait_for_text(err_of(0), "re-forming on 2 stages", 30000), "no re-form after the loss");
+  /* The node comes back while the job runs on 2 stages ... */
+  a = start_node(&j, 1);
+  cr_assert(bt_proc_wait_for_text(err_of(0), "used from the next restart", 30000), "node 1 did not rejoin");
+  /* ... and the next restart (a crash of stage 0 here) takes it back. */
+  pid_t s0 = newest_local_pid(0);
+  cr_assert_gt(s0, 0);
+  kill(s0, SIGKILL);
+  assert_code(wait_node(c, 0, RUN_TIMEOUT_MS), 0, 0);
+  assert_code(wait_node(a, 1, 30000), 0, 1);
+  assert_has(err_of(0), "re-forming on 4 stages");
+  read_hash(out_of(0), got);
+  cr_assert_str_eq(got, want, "shrunk and grown again: %s, baton train %s", got, want);
+  assert_nothing_left();
+}
+
+Test(multinode, a_preemption_signal_to_every_node_commits_and_both_exit_75) {
+  job_t j = job_new(600);
+  pid_t c = start_node(&j, 0), a = start_node(&j, 1);
+  wait_metrics_lines(4, 60000);
+  /* What a scheduler does: SIGTERM to every process of the job at once. */
+  kill(a, SIGTERM);
+  kill(c, SIGTERM);
+  assert_code(wait_node(c, 0, RUN_TIMEOUT_MS), BT_EXIT_PREEMPTED, 0);
+  assert_code(wait_node(a, 1, 30000), BT_EXIT_PREEMPTED, 1);
+  assert_has(err_of(1), "left to the coordinator");
+  assert_nothing_left();
+  /* The committed step resumes on both nodes to baton train's hash. */
+  char want[33], got[33];
+  train_hash(600, want);
+  c = start_node(&j, 0);
+  a = start_node(&j, 1);
+  assert_code(wait_node(c, 0, RUN_TIMEOUT_MS), 0, 0);
+  assert_code(wait_node(a, 1, 30000), 0, 1);
+  assert_has(err_of(0), "resuming from");
+  read_hash(out_of(0), got);
+  cr_assert_str_eq(got, want, "preempted and resumed: %s, baton train %s", got, want);
+}
