@@ -17,7 +17,9 @@
  *    Printed: the hub thread's CPU time over the window as a share of one
  *    core (goal < 5 %), heartbeats handled, p50/p99/max handling delay
  *    (goal p99 < 10 ms), each goal with PASS or MISS (timing never makes
- *    the exit code). Baseline, measured in the same run before the loaded
+ *    the exit code), and the hub thread's CPU split into user and kernel
+ *    time (/proc, 10 ms ticks): on a small VM most of the cost is the
+ *    kernel's, one epoll wake-up and read per heartbeat. Baseline, measured in the same run before the loaded
  *    one: the same hub with no agent connected over the same window; the
  *    ratio loaded/idle is printed. The simulator's own CPU share and how
  *    late it sent (against its schedule) are printed too, so a reader can
@@ -53,7 +55,10 @@
  *    hash of `baton train --hash` with the same model flags; otherwise
  *    exit 1 (a correctness failure, not a timing one).
  *
- * Prints a table, then one JSON line.
+ * Prints a table, then one JSON line. Run from the build directory:
+ *   ./bench/bench_multinode                    both parts, default sizes (~2 min)
+ *   ./bench/bench_multinode --only hub --window 120
+ *   BATON_BIN=/path/to/baton ./bench/bench_multinode --only loss --runs 11
  *
  * Usage: bench_multinode [--baton PATH] [--window S] [--nodes N] [--rate HZ]
  *                        [--runs N] [--steps N] [--kill-step N] [--dir DIR]
@@ -158,6 +163,36 @@ static int read_full(int fd, void *p, size_t n, uint64_t deadline) {
     n -= (size_t)k;
   }
   return 0;
+}
+
+/* User and kernel CPU seconds of this process's threads other than the
+ * calling one (the hub's thread), from /proc (clock ticks). */
+static void other_threads_cpu(double *user_s, double *sys_s) {
+  *user_s = *sys_s = 0;
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return;
+  long hz = sysconf(_SC_CLK_TCK);
+  pid_t me = gettid();
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    long tid = strtol(e->d_name, NULL, 10);
+    if (tid <= 0 || tid == me) continue;
+    char path[96], buf[1024];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t k = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[k] = 0;
+    char *rp = strrchr(buf, ')');
+    unsigned long ut = 0, st = 0;
+    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+    if (rp && sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2) {
+      *user_s += (double)ut / (double)hz;
+      *sys_s += (double)st / (double)hz;
+    }
+  }
+  closedir(d);
 }
 
 static void raise_nofile(rlim_t want) {
@@ -414,6 +449,7 @@ typedef struct {
   double idle_cpu_share, cpu_share, ratio;
   uint64_t beats, expected;
   double p50_ms, p99_ms, max_ms;
+  double user_share, sys_share; /* the hub thread's CPU split, from /proc (10 ms ticks) */
   uint64_t lost;
   uint32_t joined;
   sim_report_t sim;
@@ -517,9 +553,14 @@ static int bench_hub(const opts_t *o, hub_result_t *r) {
   bt_hub_drain(h);
   if (expect(from_sim[0], 'J', &r->sim, 30) < 0 || expect(from_sim[0], 'S', &r->sim, WARMUP_S + 30) < 0) goto out;
   bt_hub_stats_t s0, s1, s2;
+  double u0, k0, u1, k1;
+  other_threads_cpu(&u0, &k0);
   bt_hub_stats(h, &s0);
   if (expect(from_sim[0], 'E', &r->sim, o->window_s + 30) < 0) goto out;
   bt_hub_stats(h, &s1);
+  other_threads_cpu(&u1, &k1);
+  r->user_share = (u1 - u0) / (s1.wall_s - s0.wall_s);
+  r->sys_share = (k1 - k0) / (s1.wall_s - s0.wall_s);
   bt_sleep_ms(300); /* beats still in flight at the window's end */
   bt_hub_stats(h, &s2);
   for (uint32_t i = 1; i <= (uint32_t)o->nodes; i++) {
@@ -1015,6 +1056,8 @@ int main(int argc, char **argv) {
     double sim_share = h.sim.wall_s > 0 ? h.sim.cpu_s / h.sim.wall_s : NAN;
     printf("  hub thread CPU         %7.3f %% of a core   goal < 5 %%     %s\n", 100 * h.cpu_share,
            h.cpu_share < 0.05 ? "PASS" : "MISS");
+    printf("    of which             user %.2f %%, kernel %.2f %% (/proc, 10 ms ticks)\n", 100 * h.user_share,
+           100 * h.sys_share);
     printf("  idle hub (baseline)    %7.3f %% of a core   ratio %.1fx\n", 100 * h.idle_cpu_share, h.ratio);
     printf("  heartbeats handled     %7llu of %llu stamped sent (%.0f/s)\n", (unsigned long long)h.beats,
            (unsigned long long)h.expected, (double)h.beats / o.window_s);
@@ -1030,6 +1073,8 @@ int main(int argc, char **argv) {
     bt_json_knum(&j, "rate_hz", o.rate_hz);
     bt_json_knum(&j, "window_s", o.window_s);
     bt_json_knum(&j, "hub_cpu_share", h.cpu_share);
+    bt_json_knum(&j, "hub_user_share", h.user_share);
+    bt_json_knum(&j, "hub_kernel_share", h.sys_share);
     bt_json_knum(&j, "hub_idle_cpu_share", h.idle_cpu_share);
     bt_json_knum(&j, "hub_cpu_ratio_vs_idle", h.ratio);
     bt_json_kint(&j, "beats_handled", (int64_t)h.beats);
