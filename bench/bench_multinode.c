@@ -45,7 +45,9 @@
  *                    epoch, which this program learns by watching the
  *                    events file with inotify: epoch = min over the lines
  *                    of (the time a line was seen - its time_s), an upper
- *                    bound tight to the write-to-wake-up latency.
+ *                    bound tight to the write-to-wake-up latency; the
+ *                    loss's time is read just before the kill(2), so the
+ *                    figure errs long, never short.
  *      reform_s      that failure event -> the `recovered` event, written
  *                    when the first step after the re-form completes (on
  *                    1 stage, node 0 alone): stop, back-off, plan, spawn,
@@ -781,6 +783,15 @@ static void loss_run(const opts_t *o, int stop, int run_i, const char *secret, c
     }
     argv[n] = NULL;
     pids[rank] = spawn((char *const *)argv, rank ? out1 : out0, rank ? err1 : err0);
+    if (pids[rank] < 0) {
+      snprintf(r->why, sizeof r->why, "fork: %s", strerror(errno));
+      if (rank == 1) {
+        kill(pids[0], SIGKILL);
+        wait_child(pids[0], 10);
+      }
+      close(fdi);
+      return;
+    }
   }
   watch_t w = {.epoch = INFINITY, .fail_t = NAN, .reform_t = NAN, .recovered_t = NAN};
   follow_t fe = {.off = 0}, fm = {.off = 0};
@@ -802,16 +813,16 @@ static void loss_run(const opts_t *o, int stop, int run_i, const char *secret, c
     if (isnan(t_loss) && w.steps >= o->kill_step) {
       nkids = children_of(pids[1], kids, 64);
       if (stop) {
+        t_loss = bt_clock_s(); /* read before: the loss cannot come before it */
         kill(pids[1], SIGSTOP);
-        t_loss = bt_clock_s();
         for (int i = 0; i < nkids; i++) {
           pid_t g = getpgid(kids[i]);
           if (g > 1 && g != getpgrp()) kill(-g, SIGSTOP);
           kill(kids[i], SIGSTOP);
         }
       } else {
-        kill(pids[1], SIGKILL);
         t_loss = bt_clock_s();
+        kill(pids[1], SIGKILL);
       }
     }
     int st;
@@ -830,15 +841,18 @@ static void loss_run(const opts_t *o, int stop, int run_i, const char *secret, c
   }
   follow(&fe, on_event, &w);
   close(fdi);
-  /* Node 1 leaves nothing behind: its agent and (stop) its stopped workers. */
+  /* Node 1 leaves nothing behind. Stopped, its workers cannot have exited,
+   * so their ids are still theirs: killed first, then the agent. Killed
+   * (SIGKILL), the agent took its workers with it (PR_SET_PDEATHSIG). */
+  if (stop && !isnan(t_loss))
+    for (int i = 0; i < nkids; i++) {
+      pid_t g = getpgid(kids[i]);
+      if (g > 1 && g != getpgrp()) kill(-g, SIGKILL);
+      kill(kids[i], SIGKILL);
+    }
   if (!agent_reaped) {
     kill(pids[1], SIGKILL);
     if (wait_child(pids[1], 10) < 0 && !r->why[0]) snprintf(r->why, sizeof r->why, "node 1 did not end");
-  }
-  for (int i = 0; i < nkids; i++) {
-    pid_t g = getpgid(kids[i]);
-    if (g > 1 && g != getpgrp()) kill(-g, SIGKILL);
-    kill(kids[i], SIGKILL);
   }
   if (r->why[0]) return;
   if (isnan(t_loss)) {
