@@ -54,6 +54,8 @@ typedef struct {
   int64_t node_timeout_ms;     /* silent this long: lost (default 10000) */
   int64_t handshake_ms;        /* each rendezvous step (default 5000) */
   uint32_t max_pending;        /* unauthenticated connections at once (default 64) */
+  int64_t coalesce_us;         /* nap after each round of events, so a busy hub reads many
+                                  nodes per wake-up (default 2000; 0: none) */
 } bt_hub_opts_t;
 
 void bt_hub_opts_default(bt_hub_opts_t *o);
