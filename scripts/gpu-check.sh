@@ -206,13 +206,18 @@ judge_pipeline() {
 judge_sanitizer() {
   local d=$1 name=$2 errs
   if [ -f "$d/$name.skip" ]; then record "$name" SKIP "$(head -n1 "$d/$name.skip")"; return; fi
-  errs=$(grep -a 'ERROR SUMMARY:' "$d/$name.log" 2>/dev/null | awk '{s += $(NF-1)} END {print s + 0}')
-  if ! grep -aq 'ERROR SUMMARY:' "$d/$name.log" 2>/dev/null; then
-    record "$name" FAIL "exit $(rc_of "$d" "$name"), no ERROR SUMMARY: $(tail -n1 "$d/$name.log" 2>/dev/null | cut -c1-200)"
+  # memcheck and synccheck end with "ERROR SUMMARY: N errors", racecheck
+  # with "RACECHECK SUMMARY: H hazards displayed (N errors, W warnings)".
+  local sum='(ERROR|RACECHECK) SUMMARY:'
+  errs=$(grep -aE "$sum" "$d/$name.log" 2>/dev/null |
+    sed -E 's/.*ERROR SUMMARY: ([0-9]+) error.*/\1/; s/.*RACECHECK SUMMARY:.*\(([0-9]+) error.*/\1/' |
+    awk '$1 ~ /^[0-9]+$/ {s += $1; next} {s += 1} END {print s + 0}')
+  if ! grep -aqE "$sum" "$d/$name.log" 2>/dev/null; then
+    record "$name" FAIL "exit $(rc_of "$d" "$name"), no ERROR or RACECHECK SUMMARY: $(tail -n1 "$d/$name.log" 2>/dev/null | cut -c1-200)"
   elif [ "$errs" -gt 0 ] || [ "$(rc_of "$d" "$name")" != 0 ]; then
     record "$name" FAIL "$errs errors, exit $(rc_of "$d" "$name"): $(grep -a -m1 -E '^========= [A-Z]' "$d/$name.log" | cut -c1-200)"
   else
-    record "$name" PASS "0 errors in $(grep -ac 'ERROR SUMMARY:' "$d/$name.log") processes"
+    record "$name" PASS "0 errors in $(grep -acE "$sum" "$d/$name.log") processes"
   fi
 }
 

@@ -305,7 +305,10 @@ static __global__ void add_kernel(float *out, const float *a, const float *b, si
 static __global__ void gelu_forward_kernel(float *out, const float *inp, size_t n) {
   GRID_STRIDE(i, n) {
     float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
+    /* Phi(x) from erfc, not 1 + erf: no cancellation for negative x, and
+     * gelu(-Inf) = -0 like the CPU (x * Phi(x) would be -Inf * 0 = NaN). */
+    float cdf = 0.5f * erfcf(-x * (float)M_SQRT1_2);
+    out[i] = cdf == 0.0f ? -0.0f : x * cdf;
   }
 }
 
@@ -314,9 +317,10 @@ static __global__ void gelu_backward_kernel(float *dinp, const float *inp, const
   const float inv_sqrt_2pi = 0.3989422804014327f;
   GRID_STRIDE(i, n) {
     float x = inp[i];
-    float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+    float cdf = 0.5f * erfcf(-x * (float)M_SQRT1_2);
     float pdf = expf(-0.5f * x * x) * inv_sqrt_2pi;
-    dinp[i] = (cdf + x * pdf) * dout[i];
+    /* gelu'(+-Inf) = 1 or 0 like the CPU: x * pdf is +-Inf * 0 there. */
+    dinp[i] = (cdf + (pdf == 0.0f ? 0.0f : x * pdf)) * dout[i];
   }
 }
 
