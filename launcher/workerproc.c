@@ -61,7 +61,7 @@ void bt_tail_join(const bt_tail_t *t, char *out, size_t cap) {
   out[len] = 0;
 }
 
-void bt_write_all(int fd, const char *p, size_t n) {
+void bt_wp_write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t k = write(fd, p, n);
     if (k < 0 && errno == EINTR) continue;
@@ -77,7 +77,7 @@ void bt_stage_line_write(int fd, uint32_t stage, const char *line, size_t n) {
   if (n > sizeof out - (size_t)k - 1) n = sizeof out - (size_t)k - 1;
   memcpy(out + k, line, n);
   out[k + n] = '\n';
-  bt_write_all(fd, out, (size_t)k + n + 1);
+  bt_wp_write_all(fd, out, (size_t)k + n + 1);
 }
 
 /* 1 when kv ("NAME=value") names one of the n variables of set. */

@@ -48,7 +48,7 @@ void bt_stage_line_write(int fd, uint32_t stage, const char *line, size_t n);
 
 /* write(2) until done; EINTR retried, other errors dropped (the output of
  * a worker must never stop the launcher). */
-void bt_write_all(int fd, const char *p, size_t n);
+void bt_wp_write_all(int fd, const char *p, size_t n);
 
 /* A worker's environment: `set` (n strings "NAME=value", the variables
  * the launcher decides) first, then every inherited variable whose name

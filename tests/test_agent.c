@@ -100,6 +100,10 @@ static void start_agent(coord_t *c, const bt_secret_t *s, const char *ckpt_dir, 
   cr_assert_geq(pid, 0);
   if (pid == 0) {
     setpgid(0, 0);
+    /* the agent's own environment: passed on, but never the secret */
+    setenv("AGENT_INHERITED", "from the agent", 1);
+    setenv("BATON_SECRET", KEY, 1);
+    setenv("AGENT_TEST_VAR", "overridden by SPAWN", 1);
     int o = open(c->out, O_WRONLY | O_CREAT | O_TRUNC, 0600), e = open(c->err, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (o < 0 || e < 0) _exit(120);
     dup2(o, 1);
@@ -332,14 +336,15 @@ Test(agent, spawn_relays_control_bytes_both_ways_and_reports_the_exit) {
   cr_assert_eq(m.num[1], 0);
   cr_assert_eq(m.num[2], 0);
   /* the stderr tail, oldest first, with the environment the agent built */
-  char want[256];
+  char want[512];
   char tok[2 * BT_SHA256_LEN + 1];
   bt_auth_derive_hex(&s, label, tok);
   uint8_t d[BT_SHA256_LEN];
   bt_sha256(tok, strlen(tok), d);
   char hex[2 * BT_SHA256_LEN + 1];
   for (int i = 0; i < BT_SHA256_LEN; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
-  snprintf(want, sizeof want, "sup=%ld\ntoken-sha=%s\ngiven=hello\nlast line", (long)c->agent, hex);
+  snprintf(want, sizeof want, "sup=%ld\ntoken-sha=%s\ngiven=hello\nsecret=(unset)\ninherited=from the agent\nlast line",
+           (long)c->agent, hex);
   cr_assert_str_eq(m.text, want);
   bye(c, 0, "");
   cr_assert_eq(agent_exit(c, 10000), 0);

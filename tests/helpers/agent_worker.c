@@ -9,7 +9,9 @@
  *                            "sup=…", "token-sha=…" (SHA-256 of
  *                            BATON_JOB_TOKEN, hex: the token itself must
  *                            not reach the coordinator in the tail),
- *                            "given=…" (AGENT_TEST_VAR) and "last line";
+ *                            "given=…" (AGENT_TEST_VAR), "secret=…"
+ *                            (BATON_SECRET), "inherited=…"
+ *                            (AGENT_INHERITED) and "last line";
  *                            read up to 4096 bytes from fd 3 (10 s at
  *                            most), write them back, exit CODE
  *   agent_worker hang        fork a grandchild that sleeps (it holds the
@@ -59,7 +61,8 @@ int main(int argc, char **argv) {
     bt_sha256(tok, strlen(tok), d);
     char hex[2 * BT_SHA256_LEN + 1];
     for (int i = 0; i < BT_SHA256_LEN; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
-    fprintf(stderr, "sup=%s\ntoken-sha=%s\ngiven=%s\nlast line\n", sp, hex, env_or("AGENT_TEST_VAR"));
+    fprintf(stderr, "sup=%s\ntoken-sha=%s\ngiven=%s\nsecret=%s\ninherited=%s\nlast line\n", sp, hex,
+            env_or("AGENT_TEST_VAR"), env_or("BATON_SECRET"), env_or("AGENT_INHERITED"));
     char buf[4096];
     struct pollfd p = {.fd = 3, .events = POLLIN};
     if (poll(&p, 1, 10000) == 1) {
