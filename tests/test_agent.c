@@ -32,6 +32,8 @@
 #define NODE 1u
 #define KEY "correct horse battery staple, 2026"
 
+static double g_handshake_s = 5; /* the agent's handshake_s */
+
 typedef struct {
   int lfd, fd, port;
   uint8_t *buf;        /* bytes from the agent not yet parsed */
@@ -113,7 +115,7 @@ static void start_agent(coord_t *c, const bt_secret_t *s, const char *ckpt_dir, 
     snprintf(exe, sizeof exe, "%s/agent_worker", getenv("BATON_HELPERS_DIR"));
     bt_agent_opts_t opt = {.rdzv_host = "127.0.0.1", .rdzv_port = c->port, .node_rank = NODE, .job_id = JOB,
                            .secret = s, .slots = 2, .ckpt_dir = ckpt_dir, .join_timeout_s = join_s,
-                           .handshake_s = 5, .worker_exe = exe};
+                           .handshake_s = g_handshake_s, .worker_exe = exe};
     _exit(bt_agent_run(&opt));
   }
   setpgid(pid, pid);
@@ -613,5 +615,49 @@ Test(agent, the_first_sigterm_is_ignored_and_the_second_stops_the_node) {
   cr_assert_eq(agent_exit(c, 10000), 128 + SIGTERM);
   cr_assert(bt_proc_gone(w));
   assert_nothing_left();
+  coord_free(c);
+}
+
+Test(agent, a_coordinator_silent_during_the_handshake_is_given_up_after_its_deadline) {
+  coord_t *c = coord_new();
+  bt_secret_t s = secret_of(KEY);
+  g_handshake_s = 1;
+  start_agent(c, &s, NULL, 30);
+  coord_accept(c);
+  bt_node_msg_t m;
+  expect(c, BT_NODE_HELLO, &m);
+  double t0 = bt_clock_s();
+  cr_assert_eq(agent_exit(c, 10000), BT_EXIT_RENDEZVOUS);
+  double took = bt_clock_s() - t0;
+  cr_assert(took > 0.5 && took < 5, "gave up after %.2f s with a 1 s handshake deadline", took);
+  assert_err_has(c, "could not join the coordinator at 127.0.0.1:");
+  assert_err_has(c, "CHALLENGE: deadline passed");
+  coord_free(c);
+}
+
+Test(agent, a_pipe_held_by_an_escaped_grandchild_delays_exited_by_the_drain_only) {
+  coord_t *c = coord_new();
+  bt_secret_t s = secret_of(KEY);
+  start_agent(c, &s, NULL, 10);
+  bt_node_msg_t m, join;
+  coord_handshake(c, &s, "", 100, 10000, &join);
+  const char *args[] = {"x", "escape"};
+  spawn(c, 0, 3, args, 2, NULL, 0, "");
+  expect(c, BT_NODE_SPAWNED, &m);
+  double t0 = bt_clock_s();
+  expect(c, BT_NODE_CTL, &m);
+  char t[64] = "";
+  memcpy(t, m.data, m.dlen < 63 ? m.dlen : 63);
+  cr_assert_eq(strncmp(t, "gpid=", 5), 0, "%s", t);
+  pid_t g = (pid_t)atol(t + 5);
+  bt_proc_track(g);
+  expect(c, BT_NODE_EXITED, &m);
+  double took = bt_clock_s() - t0;
+  cr_assert_eq(m.stage, 3);
+  cr_assert_eq(m.num[0], 0);
+  cr_assert(took > 0.5 && took < 5, "EXITED after %.2f s (drain: 1 s)", took);
+  kill(g, SIGKILL);
+  bye(c, 0, "");
+  cr_assert_eq(agent_exit(c, 10000), 0);
   coord_free(c);
 }

@@ -17,6 +17,9 @@
  *   agent_worker hang        fork a grandchild that sleeps (it holds the
  *                            pipes), write "gpid=N" to fd 3, ignore SIGTERM,
  *                            sleep until killed
+ *   agent_worker escape      fork a grandchild that leaves the group
+ *                            (setsid) and keeps the pipes open for 30 s,
+ *                            write "gpid=N" to fd 3, exit 0
  */
 #include <poll.h>
 #include <signal.h>
@@ -81,6 +84,26 @@ int main(int argc, char **argv) {
     int n = snprintf(line, sizeof line, "gpid=%ld", (long)g);
     put(3, line, (size_t)n);
     for (;;) pause();
+  }
+  if (!strcmp(argv[1], "escape")) {
+    int ready[2];
+    if (pipe(ready) < 0) return 1;
+    pid_t g = fork();
+    if (g == 0) {
+      setsid();
+      close(ready[0]);
+      close(ready[1]); /* tells the parent the group is left */
+      sleep(30);
+      _exit(0);
+    }
+    close(ready[1]);
+    char c;
+    while (read(ready[0], &c, 1) > 0) {
+    }
+    char line[64];
+    int n = snprintf(line, sizeof line, "gpid=%ld", (long)g);
+    put(3, line, (size_t)n);
+    return 0;
   }
   return 2;
 }
