@@ -240,8 +240,6 @@ static int read_probe(const agent_t *a, const char *name, char *out, size_t cap)
   return 0;
 }
 
-static const char *hs_name(uint16_t t) { return bt_msg_type_name(t); }
-
 /* Connects and joins; returns the connected socket or a negative code,
  * having printed the one line that says why. On success the WELCOME's
  * deadlines are in a. */
@@ -350,7 +348,7 @@ refused:
   return BT_ECONFIG;
 unexpected:
   say("baton run: node %u: could not join the coordinator at %s: %s instead of %s", o->node_rank, a->where,
-      hs_name(type), step);
+      bt_msg_type_name(type), step);
   close(fd);
   return BT_EFORMAT;
 fail:
@@ -373,9 +371,11 @@ static void on_written(uv_write_t *req, int status) {
  * a worker's NODE_CTL bytes always go before its NODE_EXITED). */
 static void send_msg(agent_t *a, uint16_t type, const bt_node_msg_t *m) {
   if (a->ending || !a->conn_open) return;
+  bt_node_msg_t mine = *m;
+  mine.node = a->o->node_rank; /* every message names its node */
   bt_buf_t b;
   bt_buf_init(&b);
-  bt_node_encode(&b, type, m);
+  bt_node_encode(&b, type, &mine);
   if (b.err) {
     int err = b.err;
     bt_buf_free(&b);
