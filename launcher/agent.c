@@ -261,7 +261,7 @@ static int join(agent_t *a) {
     }
     bt_sleep_ms(RETRY_MS);
   }
-  char ctx[600];
+  char ctx[560]; /* job id (<= 512 bytes, check_opts) and rank */
   snprintf(ctx, sizeof ctx, "%s %u", o->job_id, o->node_rank);
   bt_node_msg_t m;
   uint16_t type = 0;
@@ -361,6 +361,7 @@ fail:
 /* ---- the loop: talking to the coordinator ---- */
 
 static void begin_end(agent_t *a, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void lost(agent_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void on_written(uv_write_t *req, int status) {
   (void)status; /* a broken connection shows up as a read error */
@@ -379,13 +380,13 @@ static void send_msg(agent_t *a, uint16_t type, const bt_node_msg_t *m) {
   if (b.err) {
     int err = b.err;
     bt_buf_free(&b);
-    begin_end(a, BT_EXIT_COORD_LOST, "cannot encode %s: %s", bt_msg_type_name(type), bt_strerror(err));
+    lost(a, "cannot encode %s: %s", bt_msg_type_name(type), bt_strerror(err));
     return;
   }
   uv_write_t *req = malloc(sizeof *req + b.len);
   if (!req) {
     bt_buf_free(&b);
-    begin_end(a, BT_EXIT_COORD_LOST, "out of memory");
+    lost(a, "out of memory for a message");
     return;
   }
   memcpy(req + 1, b.data, b.len);
@@ -394,7 +395,7 @@ static void send_msg(agent_t *a, uint16_t type, const bt_node_msg_t *m) {
   int rc = uv_write(req, (uv_stream_t *)&a->conn, &ub, 1, on_written);
   if (rc < 0) {
     free(req);
-    begin_end(a, BT_EXIT_COORD_LOST, "write: %s", uv_strerror(rc));
+    lost(a, "write: %s", uv_strerror(rc));
   }
 }
 
@@ -832,7 +833,6 @@ static void begin_end(agent_t *a, int code, const char *fmt, ...) {
   }
 }
 
-static void lost(agent_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void lost(agent_t *a, const char *fmt, ...) {
   char why[600];
   va_list ap;
@@ -949,7 +949,24 @@ static void close_any(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* The options a caller could get wrong: one line, and BT_EXIT_USAGE. */
+static int check_opts(const bt_agent_opts_t *o) {
+  const char *bad = NULL;
+  if (!o->rdzv_host || !o->rdzv_host[0] || strlen(o->rdzv_host) > 255) bad = "a rendezvous host (at most 255 bytes)";
+  else if (o->rdzv_port < 1 || o->rdzv_port > 65535) bad = "a rendezvous port in 1..65535";
+  else if (o->node_rank == 0 || o->node_rank == BT_NODE_ALL) bad = "a node rank > 0 (rank 0 coordinates)";
+  else if (!o->job_id || !o->job_id[0] || strlen(o->job_id) > 512) bad = "a job id (1 to 512 bytes)";
+  else if (!o->secret || o->secret->len < BT_SECRET_MIN) bad = "the job secret";
+  else if (o->slots < 1 || o->slots > BT_MAX_STAGES) bad = "slots in 1..256";
+  else if (o->data_host && (!o->data_host[0] || strlen(o->data_host) >= BT_ADDR_MAX)) bad = "a data host under 128 bytes";
+  else if (!(o->join_timeout_s >= 0 && o->join_timeout_s < 1e9)) bad = "a join timeout >= 0 s";
+  if (!bad) return 0;
+  say("baton run: node %u: the node agent needs %s", o->node_rank, bad);
+  return BT_EARG;
+}
+
 int bt_agent_run(const bt_agent_opts_t *o) {
+  if (check_opts(o) < 0) return BT_EXIT_USAGE;
   agent_t *a = calloc(1, sizeof *a);
   if (!a) {
     say("baton run: node %u: out of memory", o->node_rank);

@@ -660,3 +660,20 @@ Test(agent, a_pipe_held_by_an_escaped_grandchild_delays_exited_by_the_drain_only
   cr_assert_eq(agent_exit(c, 10000), 0);
   coord_free(c);
 }
+
+Test(agent, bad_options_are_one_line_and_exit_2) {
+  bt_secret_t s = secret_of(KEY), shorty = secret_of("short");
+  bt_agent_opts_t good = {.rdzv_host = "127.0.0.1", .rdzv_port = 1, .node_rank = 1, .job_id = JOB,
+                          .secret = &s, .slots = 1, .join_timeout_s = 0};
+  bt_agent_opts_t o;
+  o = good, o.node_rank = 0;
+  cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+  o = good, o.rdzv_port = 0;
+  cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+  o = good, o.secret = &shorty;
+  cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+  o = good, o.job_id = "";
+  cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+  o = good, o.slots = 0;
+  cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+}
