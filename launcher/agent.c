@@ -251,15 +251,18 @@ static int join(agent_t *a) {
   char err[256] = "no attempt made";
   int fd;
   for (;;) {
-    int64_t d = mono_ms() + hs_ms;
-    if (d > join_deadline) d = join_deadline;
+    /* an attempt may overrun the join deadline a little, so the last one
+     * at the deadline still gets an answer (refused, unreachable) */
+    int64_t now = mono_ms(), d = now + hs_ms, last = join_deadline > now + 200 ? join_deadline : now + 200;
+    if (d > last) d = last;
     if ((fd = connect_once(o->rdzv_host, o->rdzv_port, d, err, sizeof err)) >= 0) break;
-    if (mono_ms() + RETRY_MS > join_deadline) {
+    int64_t left = join_deadline - mono_ms();
+    if (left <= 0) {
       say("baton run: node %u: could not reach the coordinator at %s within %g s: %s", o->node_rank,
           a->where, o->join_timeout_s, err);
       return BT_ETIMEOUT;
     }
-    bt_sleep_ms(RETRY_MS);
+    bt_sleep_ms(left < RETRY_MS ? left : RETRY_MS); /* the last attempt is at the deadline */
   }
   char ctx[560]; /* job id (<= 512 bytes, check_opts) and rank */
   snprintf(ctx, sizeof ctx, "%s %u", o->job_id, o->node_rank);
