@@ -287,8 +287,8 @@ static int join(agent_t *a) {
   if (!bt_ct_equal(proof, m.proof, sizeof proof)) {
     say("baton run: node %u: the coordinator at %s does not hold this job's secret (%s)", o->node_rank, a->where,
         o->secret->source);
-    close(fd);
-    return BT_ECONFIG;
+    rc = BT_ECONFIG;
+    goto out;
   }
   memset(&m, 0, sizeof m);
   m.node = o->node_rank;
@@ -312,8 +312,8 @@ static int join(agent_t *a) {
     printable(probe_name);
     say("baton run: node %u: the coordinator at %s named a probe file outside the checkpoint directory: '%s'",
         o->node_rank, a->where, probe_name);
-    close(fd);
-    return BT_EFORMAT;
+    rc = BT_EFORMAT;
+    goto out;
   }
   m.node = o->node_rank;
   m.num[0] = o->slots;
@@ -347,16 +347,17 @@ static int join(agent_t *a) {
 refused:
   printable(m.text);
   say("baton run: node %u: the coordinator at %s refused this node: %s", o->node_rank, a->where, m.text);
-  close(fd);
-  return BT_ECONFIG;
+  rc = BT_ECONFIG;
+  goto out;
 unexpected:
   say("baton run: node %u: could not join the coordinator at %s: %s instead of %s", o->node_rank, a->where,
       bt_msg_type_name(type), step);
-  close(fd);
-  return BT_EFORMAT;
+  rc = BT_EFORMAT;
+  goto out;
 fail:
   say("baton run: node %u: could not join the coordinator at %s: %s: %s", o->node_rank, a->where, step,
       rc == BT_EPEER ? "the connection closed" : bt_strerror(rc));
+out:
   close(fd);
   return rc;
 }
@@ -1010,6 +1011,7 @@ int bt_agent_run(const bt_agent_opts_t *o) {
     close(fd);
     lost(a, "%s", uv_strerror(rc));
   } else {
+    uv_tcp_nodelay(&a->conn, 1); /* beats and control frames are small and late is lost */
     uv_timer_init(&a->loop, &a->beat);
     uv_timer_init(&a->loop, &a->watch);
     a->beat.data = a->watch.data = a;

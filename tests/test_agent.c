@@ -428,6 +428,7 @@ Test(agent, a_silent_coordinator_is_lost_after_the_node_timeout) {
   cr_assert_eq(agent_exit(c, 10000), BT_EXIT_COORD_LOST);
   cr_assert_geq(beats, 3, "only %d beats", beats);
   cr_assert(took > 0.3 && took < 5, "lost after %.2f s with a 0.6 s timeout", took);
+  cr_log_info("silent coordinator: the agent exited %.3f s after SPAWNED (node timeout 0.6 s)", took);
   assert_err_has(c, "lost the coordinator at 127.0.0.1:");
   assert_err_has(c, "no message for 600 ms");
   cr_assert(bt_proc_gone(w));
@@ -676,4 +677,37 @@ Test(agent, bad_options_are_one_line_and_exit_2) {
   cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
   o = good, o.slots = 0;
   cr_assert_eq(bt_agent_run(&o), BT_EXIT_USAGE);
+}
+
+/* The bytes come from a descendant 0.3 s after the worker exited (inside
+ * the 1 s drain): EXITED must wait for the channel's EOF, not the exit. */
+Test(agent, control_bytes_beyond_64_kib_arrive_in_order_in_chunks_before_exited) {
+  coord_t *c = coord_new();
+  bt_secret_t s = secret_of(KEY);
+  start_agent(c, &s, NULL, 10);
+  bt_node_msg_t m, join;
+  coord_handshake(c, &s, "", 100, 10000, &join);
+  enum { N = 300000 };
+  const char *args[] = {"x", "big", "300000"};
+  spawn(c, 4, 2, args, 3, NULL, 0, "");
+  expect(c, BT_NODE_SPAWNED, &m);
+  bt_proc_track((pid_t)m.num[0]);
+  size_t got = 0;
+  int chunks = 0;
+  for (;;) {
+    int type = coord_recv(c, 10000, &m);
+    cr_assert(type == BT_NODE_CTL || type == BT_NODE_EXITED, "got %d", type);
+    if (type == BT_NODE_EXITED) break;
+    cr_assert_leq(m.dlen, 65536);
+    for (uint32_t i = 0; i < m.dlen; i++)
+      cr_assert_eq(m.data[i], (uint8_t)((got + i) * 7 % 251), "byte %zu changed", got + i);
+    got += m.dlen;
+    chunks++;
+  }
+  cr_assert_eq(got, N, "EXITED after %zu of %d control bytes", got, N);
+  cr_assert_geq(chunks, 5);
+  cr_assert_eq(m.num[0], 0);
+  bye(c, 0, "");
+  cr_assert_eq(agent_exit(c, 10000), 0);
+  coord_free(c);
 }

@@ -17,6 +17,9 @@
  *   agent_worker hang        fork a grandchild that sleeps (it holds the
  *                            pipes), write "gpid=N" to fd 3, ignore SIGTERM,
  *                            sleep until killed
+ *   agent_worker big N       exit 0 at once, leaving a grandchild out of
+ *                            its group (setsid) that writes N bytes to fd 3
+ *                            (byte i = i * 7 mod 251) 0.3 s later
  *   agent_worker escape      fork a grandchild that leaves the group
  *                            (setsid) and keeps the pipes open for 30 s,
  *                            write "gpid=N" to fd 3, exit 0
@@ -84,6 +87,33 @@ int main(int argc, char **argv) {
     int n = snprintf(line, sizeof line, "gpid=%ld", (long)g);
     put(3, line, (size_t)n);
     for (;;) pause();
+  }
+  if (!strcmp(argv[1], "big") && argc == 3) {
+    size_t n = (size_t)atol(argv[2]);
+    int ready[2];
+    if (pipe(ready) < 0) return 1;
+    pid_t g = fork();
+    if (g < 0) return 1;
+    if (g > 0) {
+      /* exit once the grandchild left the group (the agent kills the group) */
+      close(ready[1]);
+      char c;
+      while (read(ready[0], &c, 1) > 0) {
+      }
+      return 0;
+    }
+    /* a descendant out of the group writes after the worker's exit */
+    setsid();
+    close(ready[0]);
+    close(ready[1]);
+    close(1);
+    close(2);
+    usleep(300 * 1000);
+    unsigned char *p = malloc(n);
+    if (!p) _exit(1);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * 7 % 251);
+    put(3, p, n);
+    _exit(0);
   }
   if (!strcmp(argv[1], "escape")) {
     int ready[2];
