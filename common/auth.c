@@ -207,7 +207,9 @@ static int read_upto(int fd, uint8_t *buf, size_t cap, size_t *got) {
 static int load_file(const char *path, bt_secret_t *s, char *why, size_t whylen) {
   snprintf(s->source, sizeof s->source, "file %s", path);
   int fd;
-  do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  /* O_NONBLOCK: opening a FIFO for reading would otherwise wait, without
+   * a deadline, for a writer; it is refused below as not a regular file. */
+  do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) {
     int e = errno;

@@ -12,6 +12,7 @@ static const char *const kind_names[BT_FAULT_NKINDS_] = {
   [BT_FAULT_CRASH] = "crash",   [BT_FAULT_EXIT] = "exit",
   [BT_FAULT_FREEZE] = "freeze", [BT_FAULT_HANG] = "hang",
   [BT_FAULT_SLOW] = "slow",     [BT_FAULT_CKPT_DIE] = "ckpt-die",
+    [BT_FAULT_CKPT_SLOW] = "ckpt-slow",
 };
 
 const char *bt_fault_kind_name(bt_fault_kind_t k) {
@@ -47,8 +48,9 @@ int bt_fault_parse(const char *spec, bt_fault_t *out, char *why, size_t why_len)
     if (strcmp(buf, kind_names[k]) == 0) f.kind = (bt_fault_kind_t)k;
   if (f.kind == BT_FAULT_NKINDS_)
     return fail(why, why_len,
-                "fault spec '%s': unknown kind '%s' (crash, exit, freeze, hang, slow, ckpt-die)",
+                "fault spec '%s': unknown kind '%s' (crash, exit, freeze, hang, slow, ckpt-die, ckpt-slow)",
                 spec, buf);
+  if (f.kind == BT_FAULT_CKPT_SLOW) f.ms = 2000;
 
   char *save = NULL;
   for (char *kv = strtok_r(at + 1, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
@@ -68,8 +70,8 @@ int bt_fault_parse(const char *spec, bt_fault_t *out, char *why, size_t why_len)
         return fail(why, why_len, "fault spec '%s': code= applies to exit only", spec);
       rc = bt_parse_int(v, 1, 255, &f.code);
     } else if (strcmp(kv, "ms") == 0) {
-      if (f.kind != BT_FAULT_SLOW)
-        return fail(why, why_len, "fault spec '%s': ms= applies to slow only", spec);
+      if (f.kind != BT_FAULT_SLOW && f.kind != BT_FAULT_CKPT_SLOW)
+        return fail(why, why_len, "fault spec '%s': ms= applies to slow and ckpt-slow only", spec);
       rc = bt_parse_int(v, 1, 600000, &f.ms);
     } else if (strcmp(kv, "at") == 0) {
       if (f.kind != BT_FAULT_CKPT_DIE)
@@ -125,7 +127,7 @@ int bt_fault_format(const bt_fault_t *f, char *buf, size_t len) {
   int extra = 0;
   if (f->kind == BT_FAULT_EXIT)
     extra = snprintf(buf + used, len - used, ",code=%d", f->code);
-  else if (f->kind == BT_FAULT_SLOW)
+  else if (f->kind == BT_FAULT_SLOW || f->kind == BT_FAULT_CKPT_SLOW)
     extra = snprintf(buf + used, len - used, ",ms=%d", f->ms);
   else if (f->kind == BT_FAULT_CKPT_DIE && f->at == BT_FAULT_AT_WRITE)
     extra = snprintf(buf + used, len - used, ",at=write");

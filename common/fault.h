@@ -22,9 +22,13 @@
  *             half of the shard's datasets are in its temporary file and
  *             before HDF5 flushes it (bt_faults_write), so a torn shard
  *             file is really left in step-N.tmp/
+ *   ckpt-slow sleep `ms` (default 2000) on the writer thread half-way
+ *             through writing the shard of the first checkpoint at or after
+ *             `step` (training and heartbeats go on): a window in which the
+ *             save is in flight, for losing a node or a stage mid-save
  * Fields: stage (0-based worker, required), step (1-based optimizer step,
  * required), action (index into the stage's action list of that step,
- * default 0), code (exit only, 1..255), ms (slow only, 1..600000), at
+ * default 0), code (exit only, 1..255), ms (slow and ckpt-slow, 1..600000), at
  * (ckpt-die only, snapshot or write).
  */
 #ifndef BT_COMMON_FAULT_H
@@ -39,6 +43,7 @@ typedef enum {
   BT_FAULT_HANG,
   BT_FAULT_SLOW,
   BT_FAULT_CKPT_DIE,
+  BT_FAULT_CKPT_SLOW,
   BT_FAULT_NKINDS_
 } bt_fault_kind_t;
 

@@ -123,6 +123,9 @@ int bt_worker_env_is_ours(const char *kv) {
   size_t kl = strcspn(kv, "=");
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     if (names[i] && strlen(names[i]) == kl && !strncmp(kv, names[i], kl)) return 1;
+  /* The multi-node job secret (common/auth.h) is the launcher's alone: a
+   * worker never inherits it (it gets the derived data-plane token). */
+  if ((kl == 12 && !strncmp(kv, "BATON_SECRET", 12)) || (kl == 17 && !strncmp(kv, "BATON_SECRET_FILE", 17))) return 1;
   return 0;
 }
 

@@ -69,6 +69,8 @@
     "';'-separated fault specs (first incarnation only)")                                                        \
   X(STR, BATON_SCHEDULE_CSV, schedule_csv, 4096, 0, 0, "", 0, SUP, "worker/cmd_worker.c",                       \
     "absolute path of a CSV schedule (--schedule=csv)")                                                          \
+  X(STR, BATON_DATA_BIND, data_bind, 256, 0, 0, "", 0, SUP, "worker/pipeline.c",                               \
+    "host/IP the data-plane listener binds and advertises, over TCP (empty: BATON_DATA_PLANE decides)")           \
   X(STR, BATON_DATA_PLANE, data_plane, 8, 0, 0, "unix", 0, USER, "worker/pipeline.c",                           \
     "unix (default: abstract Unix sockets, measured faster) or tcp")                                              \
   X(NUM, BATON_NCCL_SETUP_MS, nccl_setup_ms, int64_t, 1, INT64_C(1) << 40, 120000, 0, USER,                     \
@@ -119,7 +121,8 @@ int bt_worker_env_format(const bt_worker_env_t *e, char **out, size_t max);
 /* How many strings bt_worker_env_format can write at most. */
 size_t bt_worker_env_count(void);
 
-/* 1 when kv ("NAME=value") is a variable the supervisor sets. */
+/* 1 when kv ("NAME=value") is a variable the supervisor sets, or the job
+ * secret (BATON_SECRET, BATON_SECRET_FILE), which no worker inherits. */
 int bt_worker_env_is_ours(const char *kv);
 
 /* Checks START against BT_WORKER_START's bounds and the worker's own

@@ -28,9 +28,11 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "common/workerenv.h"
 #include "launcher/cmd.h"
 #include "launcher/ending.h"
 #include "launcher/plan.h"
+#include "launcher/multinode.h"
 #include "launcher/recovery.h"
 #include "launcher/supervisor.h"
 #include "schedules/csv.h"
@@ -91,20 +93,24 @@ static void usage(FILE *f) {
           "  --max-stalled-restarts N  restarts in a row without a new checkpoint\n"
           "                          before giving up (default 3)\n"
           "  --min-stages N          re-form on fewer stages, down to N, when a stage\n"
-          "                          fails repeatedly (default: --stages, no shrinking)\n"
+          "                          fails repeatedly or a node is lost (default:\n"
+          "                          --stages, no shrinking; 1 in a multi-node job)\n"
           "  --max-slot-failures N   failures that retire a stage (default 2)\n"
           "  --backoff S             first back-off between restarts (default 0.2,\n"
           "                          doubled each restart, at most 5)\n"
           "  --inject-fault SPEC     KIND@stage=S,step=N[,action=J][,code=X][,ms=M]\n"
           "                          [,at=snapshot|write] (crash, exit, freeze, hang,\n"
-          "                          slow, ckpt-die);\n"
+          "                          slow, ckpt-die, ckpt-slow);\n"
           "                          repeatable; first incarnation only\n"
           "\n"
           "Exit codes: 0 done (or already done), 1 a worker failed and no restart was\n"
           "allowed (the message names the stage), 2 bad usage (nothing started),\n"
           "75 preempted (checkpoint committed: run again to resume), 76 restart\n"
           "budget spent, 77 restarts made no progress, 78 non-finite parameters,\n"
-          "79 fewer stages left than --min-stages, 128+N killed by a second signal N.\n");
+          "79 fewer stages left than --min-stages, 80 finished but the final checkpoint\n"
+          "did not commit, 81 (multi-node, a node) lost the coordinator, 82 (multi-node)\n"
+          "the rendezvous failed, 128+N killed by a second signal N.\n");
+  fputs(bt_mn_help(), f);
 }
 
 static int parse_seconds(const char *flag, const char *v, double lo, double *out) {
@@ -137,6 +143,8 @@ typedef struct {
   char csv_path[PATH_MAX]; /* its absolute path (the workers' cwd may differ) */
   char closing[1024];         /* the last line of a job whose final checkpoint did not commit */
   int output_error;           /* a write to --metrics, --events or --trace failed in some incarnation */
+  bt_mn_opts_t mn;            /* multi-node flags (launcher/multinode.h) */
+  bt_mn_coord_t *coord;       /* rank 0 of a multi-node job: the hub and the placement */
 } run_args_t;
 
 static int parse_args(int argc, char **argv, run_args_t *a) {
@@ -146,6 +154,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
   bt_recovery_opts_default(&a->ro);
   a->ro.max_restarts = -1; /* not given: decided once --ckpt-dir is known */
   bt_ckpt_flags_init(&a->ck);
+  bt_mn_defaults(&a->mn);
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i], *v = NULL;
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) return 1;
@@ -184,7 +193,7 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
                 !strcmp(name, "--progress-timeout") || !strcmp(name, "--start-timeout") ||
                 !strcmp(name, "--max-restarts") || !strcmp(name, "--max-stalled-restarts") ||
                 !strcmp(name, "--min-stages") || !strcmp(name, "--max-slot-failures") ||
-                !strcmp(name, "--backoff") || !strcmp(name, "--inject-fault");
+                !strcmp(name, "--backoff") || !strcmp(name, "--inject-fault") || bt_mn_flag_known(name);
     if (!known) {
       fprintf(stderr, "baton run: unknown option '%s' (try `baton run --help`)\n", name);
       return 2;
@@ -200,7 +209,9 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
       fprintf(stderr, "baton run: --layout: empty (give layers per stage, e.g. 3,3, or leave it out)\n");
       return 2;
     }
-    if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
+    if (bt_mn_flag_known(name)) {
+      if (bt_mn_flag_parse(&a->mn, name, v)) return 2;
+    } else if (!strcmp(name, "--metrics")) a->o.metrics_path = v;
     else if (!strcmp(name, "--events")) a->o.events_path = v;
     else if (!strcmp(name, "--trace")) a->o.trace_path = v;
     else if (!strcmp(name, "--worker-cmd")) a->worker_cmd = v;
@@ -266,6 +277,18 @@ static int parse_args(int argc, char **argv, run_args_t *a) {
     }
   }
   a->o.ckpt_dir = a->ck.dir;
+  /* The supervisor sets BATON_DATA_BIND for its workers (and drops an
+   * inherited one); on one node it takes the value from its own
+   * environment, until the multi-node rendezvous assigns one per node. */
+  const char *bind = getenv("BATON_DATA_BIND");
+  if (bind && bind[0]) {
+    bt_worker_env_t fit;
+    if (strlen(bind) >= sizeof fit.data_bind || strpbrk(bind, " \t\n")) {
+      fprintf(stderr, "baton run: BATON_DATA_BIND: not a host name or address: '%.64s'\n", bind);
+      return 2;
+    }
+    a->o.data_bind = bind;
+  }
   return 0;
 }
 
@@ -683,6 +706,48 @@ static int job_over(run_args_t *a, const bt_sup_result_t *res, int rc, int64_t r
   return rc;
 }
 
+/* Multi-node: the stages of the next incarnation on the nodes alive now,
+ * re-formed on fewer stages when a node was lost (down to --min-stages)
+ * or on more again when one came back (up to what the restart policy
+ * allows). Returns 0 or an exit code. */
+static int place_on_nodes(run_args_t *a, formation_t *form, bt_recovery_t *rec, int *given_layout, uint32_t inc) {
+  bt_config_t *cfg = &a->cfg;
+  uint32_t cap = bt_mn_capacity(a->coord), want = cap < rec->stages ? cap : rec->stages;
+  int floor = a->ro.min_stages > 0 ? a->ro.min_stages : 1;
+  if (want != (uint32_t)form->p) {
+    if ((int)want < floor) {
+      fprintf(stderr, "baton run: the nodes alive offer %u stage%s, fewer than --min-stages %d\n", want,
+              want == 1 ? "" : "s", floor);
+      return BT_EXIT_TOO_FEW;
+    }
+    fprintf(stderr, "baton run: re-forming on %u stages over the nodes alive now\n", want);
+    if (*given_layout) {
+      fprintf(stderr, "baton run: --layout does not fit %u stages: using the balanced split\n", want);
+      *given_layout = 0;
+    }
+    formation_free(form);
+    cfg->run.stages = (int)want;
+    cfg->run.layout[0] = 0;
+    int rc = formation_plan(a, form);
+    if (rc) return rc;
+  }
+  if (bt_mn_place(a->coord, (uint32_t)form->p, inc) < 0) {
+    fprintf(stderr, "baton run: cannot place %d stages on the nodes alive\n", form->p);
+    return BT_EXIT_FAILED;
+  }
+  bt_sup_opts_t *o = &a->o;
+  o->hub = a->coord->hub;
+  o->stage_node = a->coord->stage_node;
+  o->stage_bind = a->coord->stage_bind;
+  o->stage_local = a->coord->stage_local;
+  o->node_stages = a->coord->node_stages;
+  o->token = a->coord->token;
+  o->token_label = a->coord->token_label;
+  o->master_addr = a->mn.rdzv_host;
+  o->master_port = a->mn.rdzv_port;
+  return 0;
+}
+
 /* Runs incarnations until the job is done, preempted or given up: after
  * each failure the restart policy decides, and the next incarnation
  * restores the newest committed step (or --resume PATH while nothing newer
@@ -703,6 +768,7 @@ static int run_incarnations(run_args_t *a, formation_t *form, const start_t *sta
   uint32_t inc = 0;
   for (;;) {
     bt_sup_opts_t *o = &a->o;
+    if (a->coord && (rc = place_on_nodes(a, form, &rec, &given_layout, inc))) break;
     o->nstages = (uint32_t)form->p;
     o->chunks = (uint32_t)form->v;
     o->worker_argv = form->wargv;
@@ -866,6 +932,32 @@ int bt_cmd_run(int argc, char **argv) {
   }
   if (prc) goto out;
   bt_config_t *cfg = &a->cfg;
+  if ((rc = bt_mn_resolve(&a->mn, cfg->run.backend))) goto out;
+  rc = BT_SUP_EXIT_USAGE;
+  if (a->mn.nnodes > 1 && a->mn.node_rank > 0) {
+    /* A node agent: the coordinator decides everything else. */
+    rc = bt_mn_run_agent(&a->mn, a->o.ckpt_dir);
+    goto out;
+  }
+  if (a->mn.nnodes > 1) {
+    uint32_t slots = 0;
+    if (!(a->coord = calloc(1, sizeof *a->coord))) {
+      rc = out_of_memory();
+      goto out;
+    }
+    if ((rc = bt_mn_coord_start(a->coord, &a->mn, a->o.ckpt_dir, &slots))) goto out;
+    rc = BT_SUP_EXIT_USAGE;
+    if (a->given_stages && (uint32_t)cfg->run.stages != slots) {
+      fprintf(stderr, "baton run: --stages %d: the %u nodes offer %u stages (--stages-per-node on each)\n",
+              cfg->run.stages, a->mn.nnodes, slots);
+      goto out;
+    }
+    cfg->run.stages = (int)slots;
+    a->given_stages = 1;
+    /* Losing a node must not end the job by default: re-form on what is
+     * left (a CSV schedule is for one stage count only). */
+    if (!a->ro.min_stages) a->ro.min_stages = a->csv_arg ? (int)slots : 1;
+  }
   if (a->csv_arg) {
     if (adopt_csv_counts(a)) goto out;
   } else if (!a->given_stages) {
@@ -990,6 +1082,10 @@ int bt_cmd_run(int argc, char **argv) {
   if (a->closing[0]) fputs(a->closing, stderr);
 out:
   formation_free(&form);
+  if (a->coord) {
+    bt_mn_coord_stop(a->coord, rc);
+    free(a->coord);
+  }
   if (locked) bt_ckpt_lock_release(&lock);
   if (a->o.events_file) fclose(a->o.events_file);
   free(fault_env);

@@ -10,6 +10,8 @@
  *   sup_preempt.c   signals: preemption and stops
  *   sup_joblog.c    the job log: events, metrics, trace, progress
  *   sup_hang.c      the hang analysis (who waits on whom)
+ *   sup_remote.c    stages on other nodes: spawned, fed and killed through
+ *                   their node agents (launcher/hub.h)
  */
 #ifndef BT_LAUNCHER_SUP_INTERNAL_H
 #define BT_LAUNCHER_SUP_INTERNAL_H
@@ -35,6 +37,7 @@
 #include "common/log.h"
 #include "common/workerenv.h"
 #include "launcher/ending.h"
+#include "launcher/hub.h"
 #include "launcher/workerproc.h"
 #include "schedules/comm.h"
 
@@ -55,6 +58,8 @@ struct sup;
 typedef struct {
   struct sup *sup;
   uint32_t stage;
+  uint32_t node;               /* multi-node: its node rank */
+  int remote;                  /* on another node: driven through the hub (sup_remote.c) */
   worker_state_t state;
   uv_process_t proc;
   uv_pipe_t out, err, ctl;
@@ -121,7 +126,9 @@ typedef struct sup {
   int nonfinite;               /* a commit found NaN/Inf */
   uint64_t start_ms, started_ms;
   double epoch_s;              /* bt_clock_s() at spawn: trace times are relative to it */
-  char token[33];
+  char token[65];
+  uv_async_t hub_async;        /* the hub's wake-up (multi-node) */
+  int hub_async_open;
   int stop_signal;             /* first stopping signal */
   int signals_seen;
   uint32_t exited;
@@ -149,6 +156,16 @@ void sup_begin_stop(sup_t *s, int abort_now, int64_t stop_at);
 void sup_on_ctl_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 void sup_on_ctl_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
 void sup_on_exit_cb(uv_process_t *p, int64_t status, int term_signal);
+void sup_worker_exited(worker_t *w, int64_t status, int term_signal);
+void sup_worker_lost(worker_t *w, const char *why);
+void sup_ctl_bytes(worker_t *w);
+void sup_keep_tail(worker_t *w, const char *line, size_t n);
+char **sup_build_env(sup_t *s, uint32_t stage, int own_env);
+void sup_free_env(char **env);
+int sup_remote_spawn(sup_t *s, worker_t *w);
+void sup_remote_kill(worker_t *w);
+void sup_remote_ctl(worker_t *w, const bt_buf_t *b);
+void sup_on_hub(uv_async_t *a);
 void sup_maybe_finish(sup_t *s);
 void sup_write_all(int fd, const char *p, size_t n);
 void sup_clear_progress(sup_t *s);

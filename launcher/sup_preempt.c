@@ -111,7 +111,7 @@ void sup_on_signal(uv_signal_t *h, int signum) {
 static void signal_workers(sup_t *s, int sig) {
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
-    if (w->state == W_EXITED || w->pid <= 0) continue;
+    if (w->state == W_EXITED || w->pid <= 0 || w->remote) continue; /* a remote pid is not ours */
     kill(-w->pid, sig);
     kill(w->pid, sig);
   }

@@ -7,7 +7,7 @@
 
 extern char **environ;
 
-static void keep_tail(worker_t *w, const char *line, size_t n) {
+void sup_keep_tail(worker_t *w, const char *line, size_t n) {
   if (n >= TAIL_LEN) n = TAIL_LEN - 1;
   memcpy(w->tail[w->tail_pos], line, n);
   w->tail[w->tail_pos][n] = 0;
@@ -18,7 +18,7 @@ static void keep_tail(worker_t *w, const char *line, size_t n) {
 static void emit_line(worker_t *w, int is_err, const char *line, size_t n) {
   sup_clear_progress(w->sup);
   bt_stage_line_write(is_err ? STDERR_FILENO : STDOUT_FILENO, w->stage, line, n);
-  if (is_err) keep_tail(w, line, n);
+  if (is_err) sup_keep_tail(w, line, n);
 }
 
 static void emit_out(void *w, const char *line, size_t n) { emit_line(w, 0, line, n); }
@@ -50,7 +50,7 @@ static void on_out_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
 /* The worker's environment: the table of common/workerenv.h first, then
  * the extras, then the supervisor's own minus any variable we set (a stale
  * RANK from an outer launcher must not win). */
-static char **build_env(sup_t *s, uint32_t stage) {
+char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
   size_t nextra = 0, nours = bt_worker_env_count();
   while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
   char **env = calloc(nours + nextra + 1, sizeof *env);
@@ -60,7 +60,12 @@ static char **build_env(sup_t *s, uint32_t stage) {
   bt_worker_env_defaults(&we);
   we.rank = we.local_rank = we.stage = stage;
   we.world_size = we.local_world_size = we.nstages = s->n;
-  snprintf(we.master_addr, sizeof we.master_addr, "127.0.0.1");
+  if (o->stage_node && o->stage_local && o->node_stages) {
+    we.local_rank = o->stage_local[stage];
+    we.local_world_size = o->node_stages[stage];
+  }
+  snprintf(we.master_addr, sizeof we.master_addr, "%s", o->master_addr ? o->master_addr : "127.0.0.1");
+  we.master_port = o->master_port;
   we.fd = 3;
   we.supervisor_pid = (long)getpid();
   we.chunks = o->chunks;
@@ -74,6 +79,9 @@ static char **build_env(sup_t *s, uint32_t stage) {
   snprintf(we.restore_dir, sizeof we.restore_dir, "%s", o->restore_dir ? o->restore_dir : "");
   snprintf(we.faults, sizeof we.faults, "%s", o->faults ? o->faults : "");
   snprintf(we.schedule_csv, sizeof we.schedule_csv, "%s", o->schedule_csv ? o->schedule_csv : "");
+  /* multi-node: each stage binds its own node's address */
+  snprintf(we.data_bind, sizeof we.data_bind, "%s",
+           o->stage_bind ? o->stage_bind[stage] : o->data_bind ? o->data_bind : "");
   we.ckpt_compress = o->ckpt_compress;
   int got = bt_worker_env_format(&we, env, nours);
   if (got < 0) {
@@ -83,13 +91,13 @@ static char **build_env(sup_t *s, uint32_t stage) {
   /* ours, then the extras, then the inherited rest (workerproc.h's rule) */
   size_t k = (size_t)got;
   for (size_t i = 0; i < nextra; i++) env[k++] = (char *)o->extra_env[i];
-  char **merged = bt_env_merge((const char *const *)env, k, environ);
+  char **merged = bt_env_merge((const char *const *)env, k, own_env ? environ : NULL);
   for (size_t i = 0; i < (size_t)got; i++) free(env[i]);
   free(env);
   return merged;
 }
 
-static void free_env(char **env) { bt_env_free(env); }
+void sup_free_env(char **env) { bt_env_free(env); }
 
 static int spawn_worker(sup_t *s, worker_t *w) {
   int rc = 0, sv[2] = {-1, -1};
@@ -111,7 +119,7 @@ static int spawn_worker(sup_t *s, worker_t *w) {
   w->ctl.data = w;
   if ((rc = uv_pipe_open(&w->ctl, sv[0])) < 0) goto out;
   sv[0] = -1; /* the pipe handle owns it now */
-  if (!(env = build_env(s, w->stage))) {
+  if (!(env = sup_build_env(s, w->stage, 1))) {
     rc = -ENOMEM;
     goto out;
   }
@@ -150,7 +158,7 @@ static int spawn_worker(sup_t *s, worker_t *w) {
 out:
   if (sv[0] >= 0) close(sv[0]);
   if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
-  free_env(env);
+  sup_free_env(env);
   if (rc < 0) {
     sup_close_handle((uv_handle_t *)&w->proc, &w->proc_open);
     sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
@@ -169,7 +177,7 @@ void sup_spawn_all(sup_t *s) {
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     w->last_beat_ms = s->start_ms;
-    int src = spawn_worker(s, w);
+    int src = w->remote ? sup_remote_spawn(s, w) : spawn_worker(s, w);
     if (src < 0) {
       bt_error("cannot start stage %u (%s): %s", i, s->o->worker_argv[0], bt_strerror(src));
       w->state = W_EXITED;

@@ -64,6 +64,11 @@ void sup_close_handle(uv_handle_t *h, int *flag) {
  * group id is its pid) and to the pid itself: right after uv_spawn the child
  * may not have reached setsid() yet, and then the group does not exist. */
 static void kill_worker(worker_t *w) {
+  if (w->remote && w->state != W_EXITED) {
+    w->killed_by_us = 1;
+    sup_remote_kill(w);
+    return;
+  }
   if (w->state == W_EXITED || w->pid <= 0) return;
   w->killed_by_us = 1;
   kill(-w->pid, SIGKILL);
@@ -77,6 +82,10 @@ void sup_kill_all(sup_t *s) {
 static void on_ctl_written(uv_write_t *req, int status) { free(req); }
 
 static void ctl_send(worker_t *w, const bt_buf_t *b) {
+  if (w->remote) {
+    if (w->state != W_EXITED && !b->err) sup_remote_ctl(w, b);
+    return;
+  }
   if (!w->ctl_open || uv_is_closing((uv_handle_t *)&w->ctl) || b->err) return;
   uv_write_t *req = malloc(sizeof *req + b->len);
   if (!req) return;
@@ -357,6 +366,12 @@ void sup_on_ctl_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   w->clen += (size_t)nread;
+  sup_ctl_bytes(w);
+}
+
+/* Parses and handles every whole frame in w->cbuf (read from its control
+ * channel, or relayed by its node agent). */
+void sup_ctl_bytes(worker_t *w) {
   size_t off = 0;
   while (off < w->clen) {
     bt_frame_t f;
@@ -390,16 +405,32 @@ static const char *wexit_meaning(int64_t code) {
 
 void sup_on_exit_cb(uv_process_t *p, int64_t status, int term_signal) {
   worker_t *w = p->data;
-  sup_t *s = w->sup;
-  w->state = W_EXITED;
-  w->exit_status = status;
-  w->term_signal = term_signal;
-  s->exited++;
   /* Anything the worker forked is in its group; it must not outlive it or
    * hold our pipes open. The group id cannot be reused while a member is
    * alive, so this reaches only what the worker left behind. */
   kill(-w->pid, SIGKILL);
   sup_close_handle((uv_handle_t *)p, &w->proc_open);
+  sup_worker_exited(w, status, term_signal);
+}
+
+/* A stage on a lost node: gone without an exit status; the cause. */
+void sup_worker_lost(worker_t *w, const char *why) {
+  if (w->state == W_EXITED) return;
+  w->state = W_EXITED;
+  w->sup->exited++;
+  worker_failed(w, F_CRASH, "%s", why);
+  sup_maybe_finish(w->sup);
+}
+
+/* How a worker's exit reads (local: libuv's exit callback; remote: its
+ * agent's EXITED, sent after every control byte). */
+void sup_worker_exited(worker_t *w, int64_t status, int term_signal) {
+  sup_t *s = w->sup;
+  if (w->state == W_EXITED) return;
+  w->state = W_EXITED;
+  w->exit_status = status;
+  w->term_signal = term_signal;
+  s->exited++;
   if (term_signal) {
     if (!w->killed_by_us)
       worker_failed(w, F_CRASH, "killed by signal %d (%s)", term_signal, strsignal(term_signal));
@@ -440,6 +471,10 @@ static void on_drain(uv_timer_t *t) {
 void sup_maybe_finish(sup_t *s) {
   if (s->exited < s->n || s->state == JOB_DONE) return;
   s->state = JOB_DONE;
+  if (s->hub_async_open) {
+    bt_hub_notify(s->o->hub, NULL);
+    sup_close_handle((uv_handle_t *)&s->hub_async, &s->hub_async_open);
+  }
   uv_timer_stop(&s->grace);
   uv_timer_stop(&s->tick);
   sup_close_handle((uv_handle_t *)&s->tick, &s->tick_open);
@@ -721,7 +756,8 @@ static int opts_ok(const bt_sup_opts_t *o) {
          o->last_step >= o->first_step - 1 && (!o->ckpt_dir || strlen(o->ckpt_dir) < sizeof fit.ckpt_dir) &&
          (!o->restore_dir || strlen(o->restore_dir) < sizeof fit.restore_dir) &&
          (!o->faults || strlen(o->faults) < sizeof fit.faults) &&
-         (!o->schedule_csv || strlen(o->schedule_csv) < sizeof fit.schedule_csv);
+         (!o->schedule_csv || strlen(o->schedule_csv) < sizeof fit.schedule_csv) &&
+         (!o->data_bind || strlen(o->data_bind) < sizeof fit.data_bind);
 }
 
 int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
@@ -743,7 +779,8 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   s->dl = dl;
   s->n = o->nstages;
   s->tty = isatty(STDOUT_FILENO);
-  sup_make_token(s->token);
+  if (o->token) snprintf(s->token, sizeof s->token, "%s", o->token);
+  else sup_make_token(s->token);
   if ((rc = uv_loop_init(&s->loop)) < 0) {
     free(s);
     sigaction(SIGPIPE, &old_pipe, NULL);
@@ -778,10 +815,21 @@ int bt_supervisor_run(const bt_sup_opts_t *o, bt_sup_result_t *res) {
   s->epoch_s = o->epoch_s > 0 ? o->epoch_s : bt_clock_s();
   s->steps_done = o->first_step - 1;
   s->state = JOB_STARTING;
+  if (o->hub) {
+    /* Events of earlier incarnations are stale; a node lost meanwhile
+     * shows when its stages are spawned (bt_hub_send says BT_EPEER). */
+    bt_hub_drain(o->hub);
+    uv_async_init(&s->loop, &s->hub_async, sup_on_hub);
+    s->hub_async.data = s;
+    s->hub_async_open = 1;
+    bt_hub_notify(o->hub, &s->hub_async);
+  }
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     w->sup = s;
     w->stage = i;
+    w->node = o->stage_node ? o->stage_node[i] : 0;
+    w->remote = o->hub && w->node != 0;
     w->last_beat_ms = s->start_ms;
     w->state = W_EXITED; /* until spawned: nothing to wait for */
   }

@@ -65,6 +65,8 @@ typedef enum {
 
 #define BT_SUP_TAIL_LINES 20
 
+struct bt_hub;
+
 typedef struct {
   uint32_t nstages;            /* worker processes, 1..BT_MAX_STAGES */
   uint32_t chunks;             /* virtual stages per worker (BATON_CHUNKS) */
@@ -74,6 +76,7 @@ typedef struct {
   const char *restore_dir;     /* BATON_RESTORE_DIR: the step directory restored first, or NULL */
   const char *faults;          /* BATON_INJECT_FAULTS, or NULL */
   const char *schedule_csv;    /* BATON_SCHEDULE_CSV (absolute), or NULL */
+  const char *data_bind;       /* BATON_DATA_BIND: the host the data plane binds and advertises, or NULL */
   int ckpt_compress;           /* BATON_CKPT_COMPRESS: deflate level 0..9 */
   int64_t restore_step;        /* START.restore_step: load the step in BATON_RESTORE_DIR first (0: fresh) */
   bt_ckpt_lineage_t lineage;   /* the job and the step restored, recorded by every commit */
@@ -103,6 +106,17 @@ typedef struct {
   const char *events_path;     /* JSON lines: spawns, readiness, failures, stops, the end */
   void *events_file;           /* a FILE * the caller opened for the whole job (the one writer of
                                   the events; used instead of events_path, never closed here) */
+  /* Multi-node (launcher/hub.h): stages placed on other nodes are spawned,
+   * fed and killed through their node agents; everything else is the same. */
+  struct bt_hub *hub;          /* the coordinator's hub, or NULL: every stage is ours */
+  const uint32_t *stage_node;  /* node rank of each stage (0: here), or NULL */
+  const char *const *stage_bind; /* BATON_DATA_BIND of each stage, or NULL */
+  const uint32_t *stage_local; /* LOCAL_RANK of each stage (with stage_node) */
+  const uint32_t *node_stages; /* LOCAL_WORLD_SIZE of each stage (with stage_node) */
+  const char *token;           /* the data-plane token (hex), or NULL: a random one */
+  const char *token_label;     /* what the agents derive the same token from */
+  const char *master_addr;     /* MASTER_ADDR/MASTER_PORT for user code (NULL: 127.0.0.1, 0) */
+  int master_port;
   int want_hash;               /* collect HASHES and combine them */
   int progress;                /* print progress on stdout */
 } bt_sup_opts_t;

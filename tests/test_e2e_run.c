@@ -694,3 +694,46 @@ Test(pipeline, data_port_without_the_token_is_refused_and_the_job_goes_on) { int
 Test(pipeline, unix_data_port_without_the_token_is_refused_and_the_job_goes_on) {
   intruder_is_refused("unix");
 }
+
+/* BATON_DATA_BIND names the one host the data plane binds and advertises:
+ * the workers listen on TCP there (not the default Unix sockets, which
+ * other nodes could not reach; it wins over BATON_DATA_PLANE), peers dial
+ * that address, and the job ends with baton train's hash. */
+Test(pipeline, data_bind_makes_workers_listen_on_that_host_over_tcp) {
+  const char *bin = bt_e2e_env("BATON_BIN");
+  char *argv[] = {(char *)bin, "train", "--layers", "4", "--dim", "16", "--mb-tokens", "16", "--steps", "20",
+                  "--hash", NULL};
+  pid_t pid = bt_proc_spawn(argv, NULL, out_path, err_path);
+  cr_assert_eq(finish(pid, 60000), 0);
+  char *o = bt_proc_slurp(out_path);
+  char want_hash[128];
+  snprintf(want_hash, sizeof want_hash, "%s", last_line(o));
+  free(o);
+  truncate(out_path, 0);
+  truncate(err_path, 0);
+  char *run_argv[] = {(char *)bin, "run", "--no-progress", "--stages", "2", "--layers", "4", "--dim", "16",
+                      "--mb-tokens", "16", "--steps", "20", "--hash", NULL};
+  char *env[] = {"BATON_LOG=debug", "BATON_DATA_BIND=127.0.0.1", "BATON_DATA_PLANE=unix", NULL};
+  pid = bt_proc_spawn(run_argv, env, out_path, err_path);
+  cr_assert_eq(finish(pid, 60000), 0);
+  for (int s = 0; s < 2; s++) {
+    char want[64];
+    snprintf(want, sizeof want, "stage %d ready at tcp:127.0.0.1:", s);
+    assert_contains(err_path, want);
+  }
+  char *e = bt_proc_slurp(err_path);
+  cr_assert_null(strstr(e, "ready at unix:"), "a worker listened on a Unix socket: %s", e);
+  free(e);
+  char *out = bt_proc_slurp(out_path);
+  cr_assert_str_eq(last_line(out), want_hash);
+  free(out);
+}
+
+Test(pipeline, data_bind_that_is_not_a_host_is_a_usage_error) {
+  const char *bin = bt_e2e_env("BATON_BIN");
+  char *argv[] = {(char *)bin, "run", "--no-progress", "--stages", "2", "--steps", "1", NULL};
+  char *env[] = {"BATON_DATA_BIND=not a host", NULL};
+  pid_t pid = bt_proc_spawn(argv, env, out_path, err_path);
+  cr_assert_eq(finish(pid, 30000), 2);
+  assert_contains(err_path, "BATON_DATA_BIND");
+}

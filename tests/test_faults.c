@@ -9,7 +9,7 @@
 #include "common/fault.h"
 
 Test(fault_spec, parses_every_kind_with_its_fields) {
-  static const char *names[] = {"crash", "exit", "freeze", "hang", "slow", "ckpt-die"};
+  static const char *names[] = {"crash", "exit", "freeze", "hang", "slow", "ckpt-die", "ckpt-slow"};
   for (int k = 0; k < BT_FAULT_NKINDS_; k++) {
     char spec[64];
     snprintf(spec, sizeof spec, "%s@stage=%d,step=%d,action=%d", names[k], k, 10 + k, 2 * k);
@@ -37,6 +37,8 @@ Test(fault_spec, defaults_and_kind_specific_fields) {
   cr_assert_eq(f.at, BT_FAULT_AT_SNAPSHOT, "default at %d", f.at);
   cr_assert_eq(bt_fault_parse("ckpt-die@stage=0,step=1,at=write", &f, NULL, 0), 0);
   cr_assert_eq(f.at, BT_FAULT_AT_WRITE, "at %d", f.at);
+  cr_assert_eq(bt_fault_parse("ckpt-slow@stage=0,step=1", &f, NULL, 0), 0);
+  cr_assert_eq(f.ms, 2000, "ckpt-slow's default ms %d", f.ms);
   cr_assert_eq(bt_fault_parse("ckpt-die@stage=0,step=1,at=snapshot", &f, NULL, 0), 0);
   cr_assert_eq(f.at, BT_FAULT_AT_SNAPSHOT, "at %d", f.at);
 }
@@ -52,7 +54,7 @@ Test(fault_spec, rejects_bad_specs_naming_the_problem) {
     {"crash@stage=0,step=1x", "bad value '1x' for step"},
     {"crash@stage=0,step=1,code=3", "code= applies to exit only"},
     {"exit@stage=0,step=1,code=0", "bad value '0' for code"},
-    {"crash@stage=0,step=1,ms=3", "ms= applies to slow only"},
+    {"crash@stage=0,step=1,ms=3", "ms= applies to slow and ckpt-slow only"},
     {"crash@stage=0,step=1,at=write", "at= applies to ckpt-die only"},
     {"ckpt-die@stage=0,step=1,at=flush", "bad value 'flush' for at"},
     {"crash@stage", "needs a value"},

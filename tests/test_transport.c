@@ -22,6 +22,7 @@
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "tests/support/dpwire.h"
 #include "worker/transport.h"
 
 static const uint8_t token[16] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe,
@@ -163,17 +164,11 @@ static int raw_send(int fd, const void *buf, size_t n) {
   return 0;
 }
 
+/* The dialer's side of the handshake (tests/support/dpwire.h), proving
+ * `tok` whether or not the acceptor proved it: a peer with a wrong token
+ * gets as far as its proof. */
 static int raw_handshake(int fd, uint32_t from, uint32_t to, const uint8_t *tok, size_t tl) {
-  uint8_t hs[16 + 64];
-  put32(hs, 0x53485442u); /* "BTHS" */
-  hs[4] = 1;
-  hs[5] = 0;
-  hs[6] = (uint8_t)tl;
-  hs[7] = 0;
-  put32(hs + 8, from);
-  put32(hs + 12, to);
-  memcpy(hs + 16, tok, tl);
-  return raw_send(fd, hs, 16 + tl);
+  return dpw_dial(fd, from, to, tok, tl, 0, NULL, NULL);
 }
 
 static int tcp_connect(const char *addr) {
@@ -563,11 +558,13 @@ static void refuse_without_token(void) {
   cr_assert_eq(read_ack(c, 5000), 0, "a silent connection was kept");
 
   int d = tcp_connect(addr);
-  send_handshake(d, 5, 1, token, sizeof token); /* the right token, not a peer's rank */
+  /* The right token, not a peer's rank: refused at the hello, before any
+   * challenge (so the handshake fails on the raw side). */
+  cr_assert_neq(raw_handshake(d, 5, 1, token, sizeof token), 0, "an unknown rank was challenged");
   cr_assert_eq(read_ack(d, 5000), 0, "an unknown rank was accepted");
 
   int e = tcp_connect(addr);
-  send_handshake(e, 0, 1, token, 8); /* a prefix of the token */
+  send_handshake(e, 0, 1, token, 8); /* keyed by a prefix of the token */
   cr_assert_eq(read_ack(e, 5000), 0, "a short token was accepted");
 
   tx[0] = mk(0, 2, p0, 1);

@@ -48,6 +48,7 @@ static bt_worker_env_t sample(void) {
   snprintf(e.ckpt_dir, sizeof e.ckpt_dir, "/ck");
   snprintf(e.restore_dir, sizeof e.restore_dir, "/ck/step-00000010");
   e.ckpt_compress = 3;
+  snprintf(e.data_bind, sizeof e.data_bind, "10.0.0.7");
   return e;
 }
 
@@ -67,6 +68,38 @@ Test(workerenv, what_the_supervisor_writes_the_worker_reads) {
   cr_expect_str_eq(r.faults, "");
   cr_expect_str_eq(r.data_plane, "unix");
   cr_expect_eq(r.data_plane_tcp, 0);
+  cr_expect_str_eq(r.data_bind, "10.0.0.7");
+}
+
+Test(workerenv, data_bind_is_the_supervisors_and_empty_by_default) {
+  bt_worker_env_t e = sample(), r;
+  e.data_bind[0] = 0;
+  char *out[64];
+  int n = bt_worker_env_format(&e, out, 64);
+  cr_assert_eq((size_t)n, bt_worker_env_count() - 3, "an empty BATON_DATA_BIND was written (%d strings)", n);
+  for (int i = 0; i < n; i++) {
+    cr_expect(strncmp(out[i], "BATON_DATA_BIND=", 16) != 0, "%s", out[i]);
+    free(out[i]);
+  }
+  cr_expect(bt_worker_env_is_ours("BATON_DATA_BIND=0.0.0.0"), "an inherited BATON_DATA_BIND would win");
+  bt_worker_env_t full = sample();
+  export(&full);
+  unsetenv("BATON_DATA_BIND");
+  char err[256] = "";
+  cr_assert_eq(bt_worker_env_read(&r, err, sizeof err), 0, "%s", err);
+  cr_expect_str_eq(r.data_bind, "", "unset is today's behaviour");
+}
+
+Test(workerenv, help_lists_every_variable_and_start_field) {
+  char help[8192];
+  bt_worker_env_help(help, sizeof help);
+  cr_expect_lt(strlen(help), sizeof help - 1, "the help text fills its buffer: it may be cut");
+#define X(kind, var, ...) cr_expect(strstr(help, "  " #var " ") != NULL, "no %s in the help", #var);
+  BT_WORKER_ENV(X)
+#undef X
+#define X(field, ...) cr_expect(strstr(help, "  " #field " ") != NULL, "no START field %s in the help", #field);
+  BT_WORKER_START(X)
+#undef X
 }
 
 Test(workerenv, out_of_bounds_and_missing_values_name_the_variable) {

@@ -53,6 +53,10 @@ static void fire(bt_faults_t *fs, const bt_fault_t *f) {
     else
       fs->ckpt_die_armed = 1;
     break;
+  case BT_FAULT_CKPT_SLOW:
+    fs->slow_write_ms = f->ms;
+    __atomic_store_n(&fs->slow_write_from_step, f->step, __ATOMIC_RELEASE);
+    break;
   default: break;
   }
 }
@@ -88,6 +92,13 @@ void bt_faults_fill(bt_faults_t *fs, size_t i, size_t n) {
 
 void bt_faults_write(void *arg, int64_t step, size_t i, size_t n) {
   bt_faults_t *fs = arg;
+  int64_t slow = __atomic_load_n(&fs->slow_write_from_step, __ATOMIC_ACQUIRE);
+  if (slow > 0 && step >= slow && i >= n / 2 &&
+      __atomic_compare_exchange_n(&fs->slow_write_from_step, &slow, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    bt_warn("injected fault: the shard of step %lld pauses %d ms half-way through its write", (long long)step,
+            fs->slow_write_ms);
+    bt_sleep_ms(fs->slow_write_ms);
+  }
   int64_t from = __atomic_load_n(&fs->tear_from_step, __ATOMIC_ACQUIRE);
   /* A save of an earlier step still being written when the fault fired
    * is left alone: the fault names the first save at or after its step. */

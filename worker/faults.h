@@ -31,6 +31,10 @@ typedef struct {
    * this step or a later one (0: none). Read by the writer thread, so
    * accessed with __atomic builtins. */
   int64_t tear_from_step;
+  /* A ckpt-slow fired: the writer thread sleeps slow_write_ms once in the
+   * shard of this step or a later one (0: none; __atomic too). */
+  int64_t slow_write_from_step;
+  int slow_write_ms;
   int64_t hang_ms;      /* how long a hang lasts before it gives up */
 } bt_faults_t;
 

@@ -394,9 +394,14 @@ static int setup(pipe_t *w, int *first, int *last) {
   if (!w->peers) return -ENOMEM;
   if ((rc = find_peers(w, w->peers, &w->npeers)) < 0) return rc;
   /* Sockets listen from the start, whatever START decides: READY carries
-   * their address, and they are the fallback when NCCL cannot be used. */
+   * their address, and they are the fallback when NCCL cannot be used.
+   * BATON_DATA_BIND names the one address to listen on, and the one peers
+   * dial (the transport advertises it, or this host's name for a wildcard):
+   * peers on other nodes need TCP there, so it overrides BATON_DATA_PLANE. */
+  const char *bind = w->env->data_bind[0] ? w->env->data_bind : NULL;
   bt_tx_socket_opts_t to = {.rank = w->me, .nranks = w->p, .peers = w->peers, .npeers = w->npeers,
-                            .token = token, .token_len = token_len, .local = !w->env->data_plane_tcp};
+                            .token = token, .token_len = token_len,
+                            .local = !bind && !w->env->data_plane_tcp, .bind_host = bind};
   rc = bt_tx_socket_create(&to, &w->tx);
   if (rc < 0) bt_errf(w->err, sizeof w->err, "data plane: %s", bt_strerror(rc));
   if (rc == 0 && w->cuda) rc = gpu_identity(w);

@@ -148,7 +148,8 @@ typedef struct {
   int rank, nranks;
   const int *peers;          /* the ranks this worker exchanges messages with */
   int npeers;
-  const uint8_t *token;      /* the per-job token (>= 16 bytes) */
+  const uint8_t *token;      /* the per-job token (>= 16 bytes): the key both ends of a
+                                connection prove they hold; it is never sent */
   size_t token_len;
   int local;                 /* 1: listen on a Unix socket ("unix:@NAME", same host only):
                                 faster than loopback TCP for a single-node job */
@@ -156,8 +157,8 @@ typedef struct {
                                 multi-node */
   const char *advertise_host;/* the host others dial; NULL: bind_host, or this host's name
                                 when bound to the wildcard address */
-  int64_t handshake_ms;      /* an accepted connection must present its token within this
-                                time (0: 2000) */
+  int64_t handshake_ms;      /* an accepted connection must prove the token (finish its
+                                handshake) within this time (0: 2000) */
 } bt_tx_socket_opts_t;
 
 /* Listens on an ephemeral port (port 0), or on a kernel-named abstract Unix
@@ -173,7 +174,9 @@ const char *bt_tx_socket_address(bt_tx_t *tx);
  * (either kind of address, whatever this worker listens on)
  * (retrying until the deadline, since peers start at different times), and
  * waits until every peer of lower rank has dialed in. BT_ETIMEOUT when a
- * peer is still missing at the deadline (the log names it). */
+ * peer is still missing at the deadline (the log names it); BT_ETRANSPORT
+ * at once when the listener at a peer's address cannot prove the job token
+ * (it is sent nothing beyond the hello). */
 int bt_tx_socket_connect(bt_tx_t *tx, const char *const *addrs, uint64_t deadline);
 
 #endif

@@ -7,9 +7,13 @@
  * the bandwidth of loopback TCP), reports "tcp:HOST:PORT" or "unix:@NAME"
  * to the supervisor, and connects to the peers it exchanges tensors with: for each
  * pair the lower rank dials, the higher accepts. Every connection opens with
- * a handshake that presents the per-job token; a connection without it is
- * closed and logged, and accepting goes on — a port scanner or a stray
- * worker of another job never stops this one.
+ * a mutual challenge-response keyed by the per-job token: each side proves
+ * it holds the token with an HMAC over fresh nonces from both sides, so the
+ * token itself never crosses the wire and a recorded proof is worth nothing
+ * in another connection. A connection that cannot prove it is closed and
+ * logged, and accepting goes on — a port scanner or a stray worker of
+ * another job never stops this one; a dialer that reaches a listener which
+ * cannot prove it sends it nothing and fails (BT_ETRANSPORT).
  *
  * How it moves bytes: one progress thread per transport waits in epoll on
  * the peer sockets, the listening socket and an eventfd (its wake-up call
@@ -30,9 +34,15 @@
  * no other thread touches until the message completes.
  *
  * Wire format (little-endian; docs/protocol.md):
- *   handshake  dialer -> acceptor: u32 'BTHS', u16 version, u16 token
- *              length, u32 from rank, u32 to rank, token bytes
- *   ack        acceptor -> dialer: u32 'BTAK', u32 acceptor rank
+ *   hello      dialer -> acceptor: u32 'BTHS', u16 version (2), u16 0,
+ *              u32 from rank, u32 to rank, 32-byte dialer nonce Nd
+ *   challenge  acceptor -> dialer: u32 'BTCH', 32-byte acceptor nonce Na,
+ *              proof_a = HMAC(token, "baton-dp-accept" 0 ctx 0 Nd Na)
+ *   response   dialer -> acceptor (once proof_a checks out): u32 'BTRS',
+ *              proof_d = HMAC(token, "baton-dp-dial" 0 ctx 0 Na Nd)
+ *   ack        acceptor -> dialer (once proof_d checks out): u32 'BTAK',
+ *              u32 acceptor rank
+ *   (ctx = "rank FROM to rank TO": a proof is bound to its pair of ranks)
  *   message    u32 'BTDM', i32 kind, i64 step, i32 virtual stage,
  *              i32 micro-batch, u64 payload bytes, then the payload
  * Payloads carry no checksum of their own: TCP's covers the wire, and a
@@ -60,16 +70,28 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "common/auth.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "worker/transport.h"
 
 #define HS_MAGIC 0x53485442u  /* "BTHS" */
+#define CH_MAGIC 0x48435442u  /* "BTCH" */
+#define RS_MAGIC 0x53525442u  /* "BTRS" */
 #define ACK_MAGIC 0x4b415442u /* "BTAK" */
 #define MSG_MAGIC 0x4d445442u /* "BTDM" */
-#define HS_VERSION 1
-enum { HS_HDR = 16, ACK_LEN = 8, MSG_HDR = 32 };
+/* 1 sent the token itself; 2 proves it (challenge-response). */
+#define HS_VERSION 2
+enum {
+  HELLO_LEN = 16 + BT_NONCE_LEN,                /* 'BTHS' version 0 from to Nd */
+  CHAL_LEN = 4 + BT_NONCE_LEN + BT_SHA256_LEN,  /* 'BTCH' Na proof_a */
+  RESP_LEN = 4 + BT_SHA256_LEN,                 /* 'BTRS' proof_d */
+  ACK_LEN = 8,
+  MSG_HDR = 32
+};
+#define LABEL_ACCEPT "baton-dp-accept"
+#define LABEL_DIAL "baton-dp-dial"
 /* No tensor of this model comes near it; a larger length is a corrupt
  * stream, and refusing it keeps a bad header from allocating the heap away. */
 #define MAX_MESSAGE (1ull << 34)
@@ -136,11 +158,17 @@ typedef struct {
   held_t *rheld;     /* or held */
 } peer_t;
 
+/* An accepted connection in its handshake: first its hello is read
+ * (PS_HELLO), then, once the challenge is sent, its proof (PS_PROOF). */
+enum { PS_HELLO = 0, PS_PROOF = 1 };
 typedef struct {
   int fd;
-  uint64_t deadline;
-  uint8_t buf[HS_HDR + BT_TX_TOKEN_MAX];
+  int state;
+  uint64_t deadline;             /* for the whole handshake, from accept */
+  uint8_t buf[HELLO_LEN];        /* the record being read (RESP_LEN <= HELLO_LEN) */
   size_t got;
+  uint32_t from;                 /* PS_PROOF: the rank it claims */
+  uint8_t want[BT_SHA256_LEN];   /* PS_PROOF: the proof the dialer owes */
   char who[64];
 } pending_t;
 
@@ -653,89 +681,152 @@ static void do_accept(sock_tx_t *t) {
   }
 }
 
-/* Compares in time independent of where the first difference is, so the
- * token cannot be guessed byte by byte from response times. */
-static int token_eq(const uint8_t *a, const uint8_t *b, size_t n) {
-  uint8_t d = 0;
-  for (size_t i = 0; i < n; i++) d |= (uint8_t)(a[i] ^ b[i]);
-  return d == 0;
+/* The proof one side of a handshake sends: HMAC-SHA-256 keyed by the job
+ * token over label || 0 || ctx || 0 || first || second, where ctx names the
+ * pair of ranks. The label and the order of the nonces differ per
+ * direction, so neither side's proof can be reflected back as the other's,
+ * and every proof covers a nonce its checker just drew, so a recorded one
+ * is refused in any later connection. */
+static void hs_proof(const sock_tx_t *t, const char *label, uint32_t from, uint32_t to,
+                     const uint8_t first[BT_NONCE_LEN], const uint8_t second[BT_NONCE_LEN],
+                     uint8_t out[BT_SHA256_LEN]) {
+  char ctx[64];
+  int n = snprintf(ctx, sizeof ctx, "rank %u to rank %u", (unsigned)from, (unsigned)to);
+  bt_bytes_t parts[4] = {{label, strlen(label) + 1},
+                         {ctx, (size_t)n + 1},
+                         {first, BT_NONCE_LEN},
+                         {second, BT_NONCE_LEN}};
+  bt_hmac_sha256(t->token, t->token_len, parts, 4, out);
 }
 
-/* Advances the handshake of pending connection k. Returns 1 when entry k
- * was removed (refused or promoted), 0 when it waits for more bytes. */
-static int do_handshake(sock_tx_t *t, int k) {
-  pending_t *pc = &t->pend[k];
-  size_t need = HS_HDR;
-  if (pc->got >= HS_HDR) need += (size_t)(pc->buf[6] | pc->buf[7] << 8);
-  while (pc->got < need) {
-    ssize_t n = read(pc->fd, pc->buf + pc->got, need - pc->got);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      refuse(t, k, R_ERRNO, strerror(errno));
-      return 1;
-    }
-    if (n == 0) {
-      refuse(t, k, R_CLOSED, "closed before presenting the job token");
-      return 1;
-    }
-    pc->got += (size_t)n;
-    if (pc->got >= 4 && ld32(pc->buf) != HS_MAGIC) {
-      refuse(t, k, R_NOT_BATON, "not a baton handshake");
-      return 1;
-    }
-    if (pc->got >= HS_HDR && need == HS_HDR) {
-      size_t tl = (size_t)(pc->buf[6] | pc->buf[7] << 8);
-      if ((pc->buf[4] | pc->buf[5] << 8) != HS_VERSION) {
-        refuse(t, k, R_VERSION, "unknown handshake version");
-        return 1;
-      }
-      if (tl != t->token_len) {
-        refuse(t, k, R_TOKEN, "wrong job token");
-        return 1;
-      }
-      need += tl;
-    }
-  }
-  uint32_t from = ld32(pc->buf + 8), to = ld32(pc->buf + 12);
-  if (!token_eq(pc->buf + HS_HDR, t->token, t->token_len)) {
-    refuse(t, k, R_TOKEN, "wrong job token");
-    return 1;
-  }
-  if (to != (uint32_t)t->base.rank || from >= (uint32_t)t->base.nranks ||
-      (int)from >= t->base.rank || !t->peers[from].wanted) {
+/* Sends a short record on a fresh non-blocking socket in one call: its
+ * buffer always takes a few dozen bytes, so a short write is a connection
+ * already broken. 1 sent, 0 not. */
+static int send_small(int fd, const uint8_t *buf, size_t len) {
+  ssize_t w;
+  do w = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+  while (w < 0 && errno == EINTR);
+  return w == (ssize_t)len;
+}
+
+/* Whether `from` may dial this rank now: a peer of lower rank, in our
+ * list, not connected yet. Refuses entry k and returns 0 otherwise. */
+static int rank_may_dial(sock_tx_t *t, int k, uint32_t from, uint32_t to) {
+  if (to != (uint32_t)t->base.rank || from >= (uint32_t)t->base.nranks || (int)from >= t->base.rank ||
+      !t->peers[from].wanted) {
     char why[96];
-    snprintf(why, sizeof why, "rank %u dialed rank %u, not a peer that dials rank %d", from, to,
-             t->base.rank);
+    snprintf(why, sizeof why, "rank %u dialed rank %u, not a peer that dials rank %d", from, to, t->base.rank);
     refuse(t, k, R_RANK, why);
-    return 1;
+    return 0;
   }
-  peer_t *p = &t->peers[from];
-  if (p->fd >= 0 || p->err) {
+  if (t->peers[from].fd >= 0 || t->peers[from].err) {
     refuse(t, k, R_DUP, "that rank is already connected");
+    return 0;
+  }
+  return 1;
+}
+
+/* The hello of entry k is in: check it, answer with the challenge (our
+ * nonce and our proof), and wait for the dialer's proof. 1 when entry k was
+ * removed, 0 when it waits. */
+static int on_hello(sock_tx_t *t, int k) {
+  pending_t *pc = &t->pend[k];
+  const uint8_t *nd = pc->buf + 16;
+  uint32_t from = ld32(pc->buf + 8), to = ld32(pc->buf + 12);
+  if (pc->buf[6] | pc->buf[7]) {
+    refuse(t, k, R_NOT_BATON, "not a baton handshake (reserved field set)");
     return 1;
   }
+  if (!rank_may_dial(t, k, from, to)) return 1;
+  uint8_t ch[CHAL_LEN], na[BT_NONCE_LEN];
+  int rc = bt_random_bytes(na, sizeof na);
+  if (rc < 0) {
+    refuse(t, k, R_ERRNO, bt_strerror(rc));
+    return 1;
+  }
+  st32(ch, CH_MAGIC);
+  memcpy(ch + 4, na, BT_NONCE_LEN);
+  hs_proof(t, LABEL_ACCEPT, from, to, nd, na, ch + 4 + BT_NONCE_LEN);
+  hs_proof(t, LABEL_DIAL, from, to, na, nd, pc->want);
+  if (!send_small(pc->fd, ch, sizeof ch)) {
+    refuse(t, k, R_ACK, "could not send the challenge");
+    return 1;
+  }
+  pc->state = PS_PROOF;
+  pc->from = from;
+  pc->got = 0;
+  return 0;
+}
+
+/* The dialer's proof of entry k is in: check it (in constant time), then
+ * acknowledge and promote the connection to peer `from`. Always removes
+ * entry k; returns 1. */
+static int on_proof(sock_tx_t *t, int k) {
+  pending_t *pc = &t->pend[k];
+  if (!bt_ct_equal(pc->buf + 4, pc->want, BT_SHA256_LEN)) {
+    refuse(t, k, R_TOKEN, "wrong job token (its proof does not match)");
+    return 1;
+  }
+  uint32_t from = pc->from;
+  /* Checked again: another connection of the same rank may have finished
+   * its handshake while this one was answering. */
+  if (!rank_may_dial(t, k, from, (uint32_t)t->base.rank)) return 1;
   uint8_t ack[ACK_LEN];
   st32(ack, ACK_MAGIC);
   st32(ack + 4, (uint32_t)t->base.rank);
-  /* A fresh socket's buffer always takes 8 bytes; anything less is a
-   * connection already broken. */
-  ssize_t w;
-  do w = send(pc->fd, ack, sizeof ack, MSG_NOSIGNAL | MSG_DONTWAIT);
-  while (w < 0 && errno == EINTR);
-  if (w != (ssize_t)sizeof ack) {
+  if (!send_small(pc->fd, ack, sizeof ack)) {
     refuse(t, k, R_ACK, "could not acknowledge");
     return 1;
   }
   tune_socket(pc->fd);
   /* From handshake to peer: out of the set, back in under the peer's key. */
   epoll_ctl(t->epfd, EPOLL_CTL_DEL, pc->fd, NULL);
+  peer_t *p = &t->peers[from];
   p->fd = pc->fd;
   update_interest(t, (int)from);
   bt_debug("transport: rank %u connected from %s", from, pc->who);
   t->pend[k] = t->pend[--t->npend];
   pthread_cond_broadcast(&t->cv);
   return 1;
+}
+
+/* Advances the handshake of pending connection k with what it has sent.
+ * Returns 1 when entry k was removed (refused or promoted), 0 when it
+ * waits for more bytes. A stranger is refused at its first wrong byte
+ * group: the magic after 4 bytes, the version after 6. */
+static int do_handshake(sock_tx_t *t, int k) {
+  for (;;) {
+    pending_t *pc = &t->pend[k];
+    size_t need = pc->state == PS_HELLO ? HELLO_LEN : RESP_LEN;
+    uint32_t magic = pc->state == PS_HELLO ? HS_MAGIC : RS_MAGIC;
+    while (pc->got < need) {
+      ssize_t n = read(pc->fd, pc->buf + pc->got, need - pc->got);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        refuse(t, k, R_ERRNO, strerror(errno));
+        return 1;
+      }
+      if (n == 0) {
+        refuse(t, k, R_CLOSED,
+               pc->state == PS_HELLO ? "closed before its handshake" : "closed before proving the job token");
+        return 1;
+      }
+      size_t before = pc->got;
+      pc->got += (size_t)n;
+      if (before < 4 && pc->got >= 4 && ld32(pc->buf) != magic) {
+        refuse(t, k, R_NOT_BATON, "not a baton handshake");
+        return 1;
+      }
+      if (pc->state == PS_HELLO && before < 6 && pc->got >= 6 && (pc->buf[4] | pc->buf[5] << 8) != HS_VERSION) {
+        refuse(t, k, R_VERSION, "unknown handshake version");
+        return 1;
+      }
+    }
+    if (pc->state == PS_PROOF) return on_proof(t, k);
+    if (on_hello(t, k)) return 1;
+    /* The proof comes only after our challenge: usually not yet here. */
+  }
 }
 
 /* ---- the progress thread ---- */
@@ -814,7 +905,7 @@ static void *progress_main(void *arg) {
     for (int k = 0; k < t->npend;) {
       if (t->pend[k].deadline <= now) {
         char why[64];
-        snprintf(why, sizeof why, "no job token within %lld ms", (long long)t->handshake_ms);
+        snprintf(why, sizeof why, "no proof of the job token within %lld ms", (long long)t->handshake_ms);
         refuse(t, k, R_LATE, why);
       } else {
         k++;
@@ -1054,7 +1145,7 @@ static void sock_destroy(bt_tx_t *tx) {
   for (int k = 0; k < t->npend; k++) close(t->pend[k].fd);
   static const char *const names[R_NREASONS] = {
       "socket errors", "closed early", "not baton", "wrong version", "wrong token", "wrong rank",
-      "duplicate rank", "no ack", "no token in time", "dropped for newer", "other users"};
+      "duplicate rank", "no reply", "no proof in time", "dropped for newer", "other users"};
   char sum[512] = "";
   size_t used = 0;
   uint64_t total = 0;
@@ -1075,6 +1166,7 @@ static void sock_destroy(bt_tx_t *tx) {
     free(h);
   }
   free(t->peers);
+  memset(t->token, 0, sizeof t->token);
   pthread_cond_destroy(&t->cv);
   pthread_mutex_destroy(&t->mu);
   free(t);
@@ -1379,23 +1471,47 @@ static int connect_addr(const peer_addr_t *pa, uint64_t deadline) {
 }
 
 /* One attempt to dial `peer` and pass the handshake. Returns the connected
- * fd, or a negative code (any of them worth a retry before the deadline). */
-static int dial_once(sock_tx_t *t, int peer, const peer_addr_t *pa, uint64_t deadline) {
+ * fd, or a negative code: worth a retry before the deadline, unless *fatal
+ * is set — the listener answered but did not prove the job token (or did
+ * not speak the protocol), and nothing beyond our hello was sent to it;
+ * `why` says which. */
+static int dial_once(sock_tx_t *t, int peer, const peer_addr_t *pa, uint64_t deadline, int *fatal,
+                     const char **why) {
+  *fatal = 0;
   int rc, fd = connect_addr(pa, deadline);
   if (fd < 0) return fd;
-  uint8_t hs[HS_HDR + BT_TX_TOKEN_MAX];
-  st32(hs, HS_MAGIC);
-  hs[4] = HS_VERSION & 0xff;
-  hs[5] = HS_VERSION >> 8;
-  hs[6] = (uint8_t)t->token_len;
-  hs[7] = (uint8_t)(t->token_len >> 8);
-  st32(hs + 8, (uint32_t)t->base.rank);
-  st32(hs + 12, (uint32_t)peer);
-  memcpy(hs + HS_HDR, t->token, t->token_len);
-  uint8_t ack[ACK_LEN];
-  rc = write_all(fd, hs, HS_HDR + t->token_len, deadline);
+  uint32_t me = (uint32_t)t->base.rank, to = (uint32_t)peer;
+  uint8_t hello[HELLO_LEN], ch[CHAL_LEN], resp[RESP_LEN], proof[BT_SHA256_LEN], ack[ACK_LEN];
+  const uint8_t *nd = hello + 16, *na = ch + 4;
+  st32(hello, HS_MAGIC);
+  hello[4] = HS_VERSION & 0xff;
+  hello[5] = HS_VERSION >> 8;
+  hello[6] = hello[7] = 0;
+  st32(hello + 8, me);
+  st32(hello + 12, to);
+  rc = bt_random_bytes(hello + 16, BT_NONCE_LEN);
+  if (!rc) rc = write_all(fd, hello, sizeof hello, deadline);
+  if (!rc) rc = read_all(fd, ch, sizeof ch, deadline);
+  if (!rc && ld32(ch) != CH_MAGIC) {
+    *fatal = 1;
+    *why = "it answered with something that is not a baton challenge";
+    rc = BT_ETRANSPORT;
+  }
+  if (!rc) {
+    hs_proof(t, LABEL_ACCEPT, me, to, nd, na, proof);
+    if (!bt_ct_equal(proof, ch + 4 + BT_NONCE_LEN, BT_SHA256_LEN)) {
+      *fatal = 1;
+      *why = "it does not hold this job's token (a stranger on that address, or a worker of another job)";
+      rc = BT_ETRANSPORT;
+    }
+  }
+  if (!rc) {
+    st32(resp, RS_MAGIC);
+    hs_proof(t, LABEL_DIAL, me, to, na, nd, resp + 4);
+    rc = write_all(fd, resp, sizeof resp, deadline);
+  }
   if (!rc) rc = read_all(fd, ack, sizeof ack, deadline);
-  if (!rc && (ld32(ack) != ACK_MAGIC || ld32(ack + 4) != (uint32_t)peer)) rc = BT_ETRANSPORT;
+  if (!rc && (ld32(ack) != ACK_MAGIC || ld32(ack + 4) != to)) rc = BT_ETRANSPORT;
   if (rc) {
     close(fd);
     return rc;
@@ -1417,10 +1533,18 @@ int bt_tx_socket_connect(bt_tx_t *tx, const char *const *addrs, uint64_t deadlin
       return BT_EARG;
     }
     int64_t backoff = 20;
-    int fd;
+    int fd, fatal = 0;
+    const char *why = "";
     /* Peers start at different times, and a peer's listener may not be up
-     * yet: retry with a growing pause until the deadline. */
-    while ((fd = dial_once(t, q, &pa, deadline)) < 0) {
+     * yet: retry with a growing pause until the deadline. A listener that
+     * answers without proving the token is not retried: the address came
+     * from START, so whoever holds it is not our peer, and waiting would
+     * only turn a clear error into a timeout. */
+    while ((fd = dial_once(t, q, &pa, deadline, &fatal, &why)) < 0) {
+      if (fatal) {
+        bt_error("transport: refusing rank %d's listener at %s: %s; nothing was sent to it", q, addrs[q], why);
+        return BT_ETRANSPORT;
+      }
       if (bt_ms_left(deadline) <= 0) {
         bt_error("transport: could not connect to rank %d at %s: %s", q, addrs[q], bt_strerror(fd));
         return BT_ETIMEOUT;
