@@ -595,12 +595,10 @@ static int has_name(const char *kv, const char *name) {
   return !strncmp(kv, name, n) && kv[n] == '=';
 }
 
-static int has_name_prefix(const char *kv, const char *prefix) { return !strncmp(kv, prefix, strlen(prefix)); }
-
 static int spawn_worker(agent_t *a, aworker_t *w, const char **argv, const char **envv, size_t envc,
                         const char *label, char *why, size_t whylen) {
   int rc = 0, sv[2] = {-1, -1};
-  char **env = NULL, **inherited = NULL;
+  char **env = NULL;
   const char **set = calloc(envc + 2, sizeof *set);
   char pidvar[64], tokvar[32 + 2 * BT_SHA256_LEN + 1];
   if (!set) {
@@ -623,19 +621,9 @@ static int spawn_worker(agent_t *a, aworker_t *w, const char **argv, const char 
     snprintf(tokvar, sizeof tokvar, "BATON_JOB_TOKEN=%s", hex);
     set[n++] = tokvar;
   }
-  /* The job secret stays with the agent: a worker needs only the token
-   * derived from it (and runs user code). */
-  size_t ne = 0;
-  while (environ[ne]) ne++;
-  inherited = calloc(ne + 1, sizeof *inherited);
-  if (!inherited) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  for (size_t i = 0, k = 0; i < ne; i++)
-    if (!has_name_prefix(environ[i], "BATON_SECRET=") && !has_name_prefix(environ[i], "BATON_SECRET_FILE="))
-      inherited[k++] = environ[i];
-  if (!(env = bt_env_merge(set, n, inherited))) {
+  /* bt_worker_env_is_ours also keeps BATON_SECRET and BATON_SECRET_FILE
+   * from the worker: it needs only the token derived above */
+  if (!(env = bt_env_merge(set, n, environ))) {
     rc = -ENOMEM;
     goto out;
   }
@@ -687,7 +675,6 @@ out:
   if (sv[0] >= 0) close(sv[0]);
   if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
   bt_env_free(env);
-  free(inherited);
   free(set);
   if (rc < 0) {
     snprintf(why, whylen, "%s", bt_strerror(rc)); /* libuv's codes are -errno here */
