@@ -240,8 +240,6 @@ static int read_probe(const agent_t *a, const char *name, char *out, size_t cap)
   return 0;
 }
 
-static const char *hs_name(uint16_t t) { return bt_msg_type_name(t); }
-
 /* Connects and joins; returns the connected socket or a negative code,
  * having printed the one line that says why. On success the WELCOME's
  * deadlines are in a. */
@@ -253,17 +251,20 @@ static int join(agent_t *a) {
   char err[256] = "no attempt made";
   int fd;
   for (;;) {
-    int64_t d = mono_ms() + hs_ms;
-    if (d > join_deadline) d = join_deadline;
+    /* an attempt may overrun the join deadline a little, so the last one
+     * at the deadline still gets an answer (refused, unreachable) */
+    int64_t now = mono_ms(), d = now + hs_ms, last = join_deadline > now + 200 ? join_deadline : now + 200;
+    if (d > last) d = last;
     if ((fd = connect_once(o->rdzv_host, o->rdzv_port, d, err, sizeof err)) >= 0) break;
-    if (mono_ms() + RETRY_MS > join_deadline) {
+    int64_t left = join_deadline - mono_ms();
+    if (left <= 0) {
       say("baton run: node %u: could not reach the coordinator at %s within %g s: %s", o->node_rank,
           a->where, o->join_timeout_s, err);
       return BT_ETIMEOUT;
     }
-    bt_sleep_ms(RETRY_MS);
+    bt_sleep_ms(left < RETRY_MS ? left : RETRY_MS); /* the last attempt is at the deadline */
   }
-  char ctx[600];
+  char ctx[560]; /* job id (<= 512 bytes, check_opts) and rank */
   snprintf(ctx, sizeof ctx, "%s %u", o->job_id, o->node_rank);
   bt_node_msg_t m;
   uint16_t type = 0;
@@ -286,8 +287,8 @@ static int join(agent_t *a) {
   if (!bt_ct_equal(proof, m.proof, sizeof proof)) {
     say("baton run: node %u: the coordinator at %s does not hold this job's secret (%s)", o->node_rank, a->where,
         o->secret->source);
-    close(fd);
-    return BT_ECONFIG;
+    rc = BT_ECONFIG;
+    goto out;
   }
   memset(&m, 0, sizeof m);
   m.node = o->node_rank;
@@ -311,8 +312,8 @@ static int join(agent_t *a) {
     printable(probe_name);
     say("baton run: node %u: the coordinator at %s named a probe file outside the checkpoint directory: '%s'",
         o->node_rank, a->where, probe_name);
-    close(fd);
-    return BT_EFORMAT;
+    rc = BT_EFORMAT;
+    goto out;
   }
   m.node = o->node_rank;
   m.num[0] = o->slots;
@@ -346,16 +347,17 @@ static int join(agent_t *a) {
 refused:
   printable(m.text);
   say("baton run: node %u: the coordinator at %s refused this node: %s", o->node_rank, a->where, m.text);
-  close(fd);
-  return BT_ECONFIG;
+  rc = BT_ECONFIG;
+  goto out;
 unexpected:
   say("baton run: node %u: could not join the coordinator at %s: %s instead of %s", o->node_rank, a->where,
-      hs_name(type), step);
-  close(fd);
-  return BT_EFORMAT;
+      bt_msg_type_name(type), step);
+  rc = BT_EFORMAT;
+  goto out;
 fail:
   say("baton run: node %u: could not join the coordinator at %s: %s: %s", o->node_rank, a->where, step,
       rc == BT_EPEER ? "the connection closed" : bt_strerror(rc));
+out:
   close(fd);
   return rc;
 }
@@ -363,6 +365,7 @@ fail:
 /* ---- the loop: talking to the coordinator ---- */
 
 static void begin_end(agent_t *a, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void lost(agent_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void on_written(uv_write_t *req, int status) {
   (void)status; /* a broken connection shows up as a read error */
@@ -373,19 +376,21 @@ static void on_written(uv_write_t *req, int status) {
  * a worker's NODE_CTL bytes always go before its NODE_EXITED). */
 static void send_msg(agent_t *a, uint16_t type, const bt_node_msg_t *m) {
   if (a->ending || !a->conn_open) return;
+  bt_node_msg_t mine = *m;
+  mine.node = a->o->node_rank; /* every message names its node */
   bt_buf_t b;
   bt_buf_init(&b);
-  bt_node_encode(&b, type, m);
+  bt_node_encode(&b, type, &mine);
   if (b.err) {
     int err = b.err;
     bt_buf_free(&b);
-    begin_end(a, BT_EXIT_COORD_LOST, "cannot encode %s: %s", bt_msg_type_name(type), bt_strerror(err));
+    lost(a, "cannot encode %s: %s", bt_msg_type_name(type), bt_strerror(err));
     return;
   }
   uv_write_t *req = malloc(sizeof *req + b.len);
   if (!req) {
     bt_buf_free(&b);
-    begin_end(a, BT_EXIT_COORD_LOST, "out of memory");
+    lost(a, "out of memory for a message");
     return;
   }
   memcpy(req + 1, b.data, b.len);
@@ -394,7 +399,7 @@ static void send_msg(agent_t *a, uint16_t type, const bt_node_msg_t *m) {
   int rc = uv_write(req, (uv_stream_t *)&a->conn, &ub, 1, on_written);
   if (rc < 0) {
     free(req);
-    begin_end(a, BT_EXIT_COORD_LOST, "write: %s", uv_strerror(rc));
+    lost(a, "write: %s", uv_strerror(rc));
   }
 }
 
@@ -616,6 +621,8 @@ static int spawn_worker(agent_t *a, aworker_t *w, const char **argv, const char 
     snprintf(tokvar, sizeof tokvar, "BATON_JOB_TOKEN=%s", hex);
     set[n++] = tokvar;
   }
+  /* bt_worker_env_is_ours also keeps BATON_SECRET and BATON_SECRET_FILE
+   * from the worker: it needs only the token derived above */
   if (!(env = bt_env_merge(set, n, environ))) {
     rc = -ENOMEM;
     goto out;
@@ -817,7 +824,6 @@ static void begin_end(agent_t *a, int code, const char *fmt, ...) {
   }
 }
 
-static void lost(agent_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void lost(agent_t *a, const char *fmt, ...) {
   char why[600];
   va_list ap;
@@ -934,7 +940,24 @@ static void close_any(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* The options a caller could get wrong: one line, and BT_EXIT_USAGE. */
+static int check_opts(const bt_agent_opts_t *o) {
+  const char *bad = NULL;
+  if (!o->rdzv_host || !o->rdzv_host[0] || strlen(o->rdzv_host) > 255) bad = "a rendezvous host (at most 255 bytes)";
+  else if (o->rdzv_port < 1 || o->rdzv_port > 65535) bad = "a rendezvous port in 1..65535";
+  else if (o->node_rank == 0 || o->node_rank == BT_NODE_ALL) bad = "a node rank > 0 (rank 0 coordinates)";
+  else if (!o->job_id || !o->job_id[0] || strlen(o->job_id) > 512) bad = "a job id (1 to 512 bytes)";
+  else if (!o->secret || o->secret->len < BT_SECRET_MIN) bad = "the job secret";
+  else if (o->slots < 1 || o->slots > BT_MAX_STAGES) bad = "slots in 1..256";
+  else if (o->data_host && (!o->data_host[0] || strlen(o->data_host) >= BT_ADDR_MAX)) bad = "a data host under 128 bytes";
+  else if (!(o->join_timeout_s >= 0 && o->join_timeout_s < 1e9)) bad = "a join timeout >= 0 s";
+  if (!bad) return 0;
+  say("baton run: node %u: the node agent needs %s", o->node_rank, bad);
+  return BT_EARG;
+}
+
 int bt_agent_run(const bt_agent_opts_t *o) {
+  if (check_opts(o) < 0) return BT_EXIT_USAGE;
   agent_t *a = calloc(1, sizeof *a);
   if (!a) {
     say("baton run: node %u: out of memory", o->node_rank);
@@ -975,6 +998,7 @@ int bt_agent_run(const bt_agent_opts_t *o) {
     close(fd);
     lost(a, "%s", uv_strerror(rc));
   } else {
+    uv_tcp_nodelay(&a->conn, 1); /* beats and control frames are small and late is lost */
     uv_timer_init(&a->loop, &a->beat);
     uv_timer_init(&a->loop, &a->watch);
     a->beat.data = a->watch.data = a;

@@ -38,9 +38,9 @@
 #include "common/workerenv.h"
 #include "launcher/ending.h"
 #include "launcher/hub.h"
+#include "launcher/workerproc.h"
 #include "schedules/comm.h"
 
-#define LINE_MAX_BYTES 4096
 #define TAIL_LEN 512
 
 typedef enum { JOB_STARTING, JOB_RUNNING, JOB_STOPPING, JOB_DONE } job_state_t;
@@ -51,10 +51,7 @@ typedef enum { W_SPAWNED, W_HELLO, W_READY, W_RUNNING, W_EXITED } worker_state_t
  * code RETRY) is a consequence. */
 typedef enum { F_NONE = 0, F_RETRY = 1, F_EXIT = 2, F_CRASH = 3 } fail_rank_t;
 
-typedef struct {
-  char buf[LINE_MAX_BYTES];
-  size_t len;
-} linebuf_t;
+typedef bt_linebuf_t linebuf_t; /* launcher/workerproc.h: shared with the node agent */
 
 struct sup;
 

@@ -16,33 +16,16 @@ void sup_keep_tail(worker_t *w, const char *line, size_t n) {
 }
 
 static void emit_line(worker_t *w, int is_err, const char *line, size_t n) {
-  char out[LINE_MAX_BYTES + 32];
-  int k = snprintf(out, sizeof out, "[stage %u] ", w->stage);
-  if (n > sizeof out - (size_t)k - 1) n = sizeof out - (size_t)k - 1;
-  memcpy(out + k, line, n);
-  out[k + n] = '\n';
   sup_clear_progress(w->sup);
-  /* One write per line, so lines of different stages never interleave. */
-  sup_write_all(is_err ? STDERR_FILENO : STDOUT_FILENO, out, (size_t)k + n + 1);
+  bt_stage_line_write(is_err ? STDERR_FILENO : STDOUT_FILENO, w->stage, line, n);
   if (is_err) sup_keep_tail(w, line, n);
 }
 
+static void emit_out(void *w, const char *line, size_t n) { emit_line(w, 0, line, n); }
+static void emit_err(void *w, const char *line, size_t n) { emit_line(w, 1, line, n); }
+
 static void flush_lines(worker_t *w, int is_err, int at_eof) {
-  linebuf_t *lb = is_err ? &w->lerr : &w->lout;
-  size_t start = 0;
-  for (size_t i = 0; i < lb->len; i++) {
-    if (lb->buf[i] != '\n') continue;
-    emit_line(w, is_err, lb->buf + start, i - start);
-    start = i + 1;
-  }
-  /* A full buffer without a newline, or the last bytes before EOF, still
-   * make a line rather than being lost. */
-  if ((start == 0 && lb->len == sizeof lb->buf) || (at_eof && start < lb->len)) {
-    emit_line(w, is_err, lb->buf + start, lb->len - start);
-    start = lb->len;
-  }
-  memmove(lb->buf, lb->buf + start, lb->len - start);
-  lb->len -= start;
+  bt_lines_flush(is_err ? &w->lerr : &w->lout, at_eof, is_err ? emit_err : emit_out, w);
 }
 
 static void on_out_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
@@ -64,24 +47,13 @@ static void on_out_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   flush_lines(w, is_err, 0);
 }
 
-/* 1 when kv names one of the extra variables. */
-static int is_extra(const char *kv, const char *const *extra) {
-  for (size_t i = 0; extra && extra[i]; i++) {
-    const char *eq = strchr(extra[i], '=');
-    size_t len = eq ? (size_t)(eq - extra[i]) + 1 : strlen(extra[i]);
-    if (!strncmp(kv, extra[i], len)) return 1;
-  }
-  return 0;
-}
-
 /* The worker's environment: the table of common/workerenv.h first, then
  * the extras, then the supervisor's own minus any variable we set (a stale
  * RANK from an outer launcher must not win). */
 char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
-  size_t n = 0, nextra = 0, nours = bt_worker_env_count();
-  while (own_env && environ[n]) n++;
+  size_t nextra = 0, nours = bt_worker_env_count();
   while (s->o->extra_env && s->o->extra_env[nextra]) nextra++;
-  char **env = calloc(n + nextra + nours + 1, sizeof *env);
+  char **env = calloc(nours + nextra + 1, sizeof *env);
   if (!env) return NULL;
   const bt_sup_opts_t *o = s->o;
   bt_worker_env_t we;
@@ -116,27 +88,16 @@ char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
     free(env);
     return NULL;
   }
+  /* ours, then the extras, then the inherited rest (workerproc.h's rule) */
   size_t k = (size_t)got;
-  int fail = 0;
-  for (size_t i = 0; i < nextra; i++)
-    if ((env[k] = strdup(o->extra_env[i]))) k++;
-    else fail = 1;
-  for (size_t i = 0; i < n; i++)
-    if (!bt_worker_env_is_ours(environ[i]) && !is_extra(environ[i], o->extra_env) && (env[k] = strdup(environ[i])))
-      k++;
-  if (fail) {
-    for (size_t i = 0; i < k; i++) free(env[i]);
-    free(env);
-    return NULL;
-  }
-  return env;
+  for (size_t i = 0; i < nextra; i++) env[k++] = (char *)o->extra_env[i];
+  char **merged = bt_env_merge((const char *const *)env, k, own_env ? environ : NULL);
+  for (size_t i = 0; i < (size_t)got; i++) free(env[i]);
+  free(env);
+  return merged;
 }
 
-void sup_free_env(char **env) {
-  if (!env) return;
-  for (size_t i = 0; env[i]; i++) free(env[i]);
-  free(env);
-}
+void sup_free_env(char **env) { bt_env_free(env); }
 
 static int spawn_worker(sup_t *s, worker_t *w) {
   int rc = 0, sv[2] = {-1, -1};
