@@ -4,7 +4,8 @@
  * `ip netns exec`, the node agent in the second, the checkpoint directory a
  * local path both see. Cases: a 2-node x 2-stage job bit-identical to
  * `baton train`; the link cut mid-run (`ip link set ... down`) and a link
- * that drops every packet (`tc netem loss 100%`): the coordinator detects
+ * that drops every packet (`tc netem loss 100%`, and without netem a
+ * `pfifo limit 0` queue): the coordinator detects
  * the lost node within its node timeout, re-forms on its own 2 stages and
  * finishes with the same hash and exit 0, the agent exits 81 within a
  * bounded time, and nothing is left running in either namespace; a link
@@ -383,6 +384,22 @@ Test(netns, link_dropping_every_packet_reforms_with_the_same_hash) {
   netem_or_skip("loss 100%");
   cr_assert_eq(shf("tc -n %s qdisc del dev %s root", ns_b, veth_b), 0, "%s", sh_err());
   lose_node_mid_run("nsloss", "tc -n %s qdisc add dev %s root netem loss 100%%");
+}
+
+/* The same loss without netem (missing from many kernels and containers):
+ * a pfifo queue of length 0 on B's end drops every packet B sends, which
+ * the qdisc's counters show. */
+Test(netns, link_whose_queue_drops_every_packet_reforms_with_the_same_hash) {
+  net_up();
+  write_secret();
+  lose_node_mid_run("nsfifo", "tc -n %s qdisc add dev %s root pfifo limit 0");
+  cr_assert_eq(shf("tc -n %s -s qdisc show dev %s", ns_b, veth_b), 0, "%s", sh_err());
+  char *st = bt_proc_slurp(bt_e2e_path(&e2e, "sh.out"));
+  cr_assert_not_null(st);
+  char *d = strstr(st, "dropped ");
+  long dropped = d ? strtol(d + 8, NULL, 10) : 0;
+  cr_assert_gt(dropped, 0, "the queue dropped nothing:\n%s", st);
+  free(st);
 }
 
 Test(netns, link_delaying_packets_finishes_without_a_reform) {
