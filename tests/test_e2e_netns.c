@@ -138,6 +138,8 @@ static void net_up(void) {
   snprintf(ip_a, sizeof ip_a, "10.213.%d.1", (int)(me % 250));
   snprintf(ip_b, sizeof ip_b, "10.213.%d.2", (int)(me % 250));
   snprintf(rdzv, sizeof rdzv, "%s:%s", ip_a, RDZV_PORT);
+  /* leftovers of an earlier run with this pid that was killed before its fini */
+  shf("ip netns del %s 2>/dev/null; ip netns del %s 2>/dev/null; true", ns_a, ns_b);
   if (shf("ip netns add %s", ns_a) != 0)
     skip_net("netns: `ip netns add` failed (no iproute2, or no CAP_NET_ADMIN in this container): %s", sh_err());
   net_made = 1;
