@@ -7,7 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       libuv1-dev libhdf5-dev hdf5-tools libcriterion-dev
       libopenblas-dev libxxhash-dev zlib1g-dev python3-h5py python3-numpy
-      clang libclang-rt-14-dev)
+      clang libclang-rt-14-dev iproute2)
 
 missing=()
 for p in "${pkgs[@]}"; do
