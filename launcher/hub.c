@@ -44,6 +44,7 @@ typedef struct {
   char data_host[BT_HUB_HOST_MAX], hostname[BT_HUB_HOST_MAX];
   conn_t *c;
   uint64_t last_rx_ms;
+  int64_t last_rx_ns;  /* the same on CLOCK_MONOTONIC, for other threads (atomic) */
   bt_buf_t out; /* encoded, not yet handed to libuv (mutex) */
 } node_t;
 
@@ -407,6 +408,7 @@ static int on_frame(conn_t *c, const bt_frame_t *f) {
     snprintf(n->hostname, sizeof n->hostname, "%s", host);
     n->c = c;
     n->last_rx_ms = now_ms(h);
+    __atomic_store_n(&n->last_rx_ns, mono_ns(), __ATOMIC_RELAXED);
     bt_buf_reset(&n->out);
     if (c->counted_pending) {
       c->counted_pending = 0;
@@ -427,6 +429,7 @@ static int on_frame(conn_t *c, const bt_frame_t *f) {
   }
   default: /* C_LIVE */
     h->nodes[c->node].last_rx_ms = now_ms(h);
+    __atomic_store_n(&h->nodes[c->node].last_rx_ns, mono_ns(), __ATOMIC_RELAXED);
     if (f->type == BT_NODE_BEAT) {
       double d = m.num[1] > 0 ? (double)(mono_ns() - m.num[1]) / 1e6 : -1;
       pthread_mutex_lock(&h->mu);
@@ -762,6 +765,7 @@ int bt_hub_node(bt_hub_t *h, uint32_t node, bt_hub_node_t *out) {
   out->alive = n->alive;
   out->slots = n->slots;
   out->generation = n->generation;
+  out->silent_s = n->alive && node ? (double)(mono_ns() - __atomic_load_n(&n->last_rx_ns, __ATOMIC_RELAXED)) / 1e9 : 0;
   snprintf(out->data_host, sizeof out->data_host, "%s", n->data_host);
   snprintf(out->hostname, sizeof out->hostname, "%s", n->hostname);
   pthread_mutex_unlock(&h->mu);

@@ -77,6 +77,7 @@ typedef struct {
   char data_host[BT_HUB_HOST_MAX];
   char hostname[BT_HUB_HOST_MAX];
   uint32_t generation;         /* joins so far: a rejoin is a new generation */
+  double silent_s;             /* since its last message (0 for rank 0 and lost nodes) */
 } bt_hub_node_t;
 int bt_hub_node(bt_hub_t *h, uint32_t node, bt_hub_node_t *out);
 

@@ -164,6 +164,10 @@ char **sup_build_env(sup_t *s, uint32_t stage, int own_env);
 void sup_free_env(char **env);
 int sup_remote_spawn(sup_t *s, worker_t *w);
 void sup_remote_kill(worker_t *w);
+/* 1 when w runs on a node whose link has been silent for half the
+ * heartbeat timeout: the node is the suspect, and the node timeout (the
+ * hub) decides, not the stage's own heartbeat or progress. */
+int sup_remote_silent(worker_t *w);
 void sup_remote_ctl(worker_t *w, const bt_buf_t *b);
 void sup_on_hub(uv_async_t *a);
 void sup_maybe_finish(sup_t *s);

@@ -64,6 +64,13 @@ int sup_remote_spawn(sup_t *s, worker_t *w) {
   return 0;
 }
 
+int sup_remote_silent(worker_t *w) {
+  if (!w->remote) return 0;
+  bt_hub_node_t n;
+  if (bt_hub_node(w->sup->o->hub, w->node, &n) < 0 || !n.alive) return 0;
+  return n.silent_s * 1000.0 > (double)w->sup->dl.heartbeat_timeout_ms / 2;
+}
+
 void sup_remote_kill(worker_t *w) {
   bt_node_msg_t m;
   memset(&m, 0, sizeof m);

@@ -552,7 +552,7 @@ static void on_tick(uv_timer_t *t) {
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
     if (w->state == W_EXITED || w->state == W_SPAWNED || w->killed_by_us) continue;
-    if (now - w->last_beat_ms > hb_ms) {
+    if (now - w->last_beat_ms > hb_ms && !sup_remote_silent(w)) {
       /* Frozen (stopped, livelocked): it cannot act on STOP, kill it now. */
       kill_worker(w);
       worker_failed(w, F_CRASH, "no heartbeat for %.1f s (killed)", (double)(now - w->last_beat_ms) / 1000.0);
@@ -565,7 +565,7 @@ static void on_tick(uv_timer_t *t) {
   worker_t *blame = NULL;
   for (uint32_t i = 0; i < s->n; i++) {
     worker_t *w = &s->w[i];
-    if (w->state != W_RUNNING || w->done || w->killed_by_us) continue;
+    if (w->state != W_RUNNING || w->done || w->killed_by_us || sup_remote_silent(w)) continue;
     /* The first step and a checkpoint phase get their own allowances
      * (common/deadlines.c says why). */
     uint64_t allow = (uint64_t)(w->steps_reported == 0 ? s->dl.first_step_ms : s->dl.progress_ms);

@@ -296,6 +296,11 @@ Test(multinode, losing_the_coordinator_stops_the_agent_and_a_rerun_resumes) {
   job_t j = job_new(24);
   pid_t c = start_node(&j, 0), a = start_node(&j, 1);
   wait_metrics_lines(8, 60000);
+  /* A commit to resume from (commits may trail the steps). */
+  char latest[400];
+  snprintf(latest, sizeof latest, "%s/latest", e2e.ckpt);
+  for (int waited = 0; waited < 60000 && access(latest, F_OK) != 0; waited += 20) bt_sleep_ms(20);
+  cr_assert_eq(access(latest, F_OK), 0, "nothing committed within 60 s");
   kill(-c, SIGKILL);
   double t0 = bt_clock_s();
   int code = wait_node(a, 1, 30000);
@@ -480,15 +485,20 @@ Test(multinode, bad_multinode_flags_are_usage_errors) {
   assert_has(e2e.err, "chmod 600");
 }
 
-/* The pid of the newest "started stage S (pid P)" line of the coordinator. */
-static pid_t newest_local_pid(int stage) {
-  char *e = slurp_or_empty(err_of(0));
+/* The pid in the first "started stage S (pid P)" line of the coordinator
+ * after the text `after`, waiting for it up to timeout_ms; 0 if none. */
+static pid_t local_pid_after(int stage, const char *after, int timeout_ms) {
   char needle[64];
   snprintf(needle, sizeof needle, "started stage %d (pid ", stage);
-  pid_t pid = 0;
-  for (char *q = strstr(e, needle); q; q = strstr(q + 1, needle)) pid = (pid_t)atoi(q + strlen(needle));
-  free(e);
-  return pid;
+  for (int waited = 0; waited <= timeout_ms; waited += 20) {
+    char *e = slurp_or_empty(err_of(0));
+    char *from = strstr(e, after), *q = from ? strstr(from, needle) : NULL;
+    pid_t pid = q ? (pid_t)atoi(q + strlen(needle)) : 0;
+    free(e);
+    if (pid > 0) return pid;
+    bt_sleep_ms(20);
+  }
+  return 0;
 }
 
 Test(multinode, a_node_that_comes_back_is_used_from_the_next_restart) {
@@ -504,8 +514,9 @@ Test(multinode, a_node_that_comes_back_is_used_from_the_next_restart) {
   a = start_node(&j, 1);
   cr_assert(bt_proc_wait_for_text(err_of(0), "used from the next restart", 30000), "node 1 did not rejoin");
   /* ... and the next restart (a crash of stage 0 here) takes it back. */
-  pid_t s0 = newest_local_pid(0);
-  cr_assert_gt(s0, 0);
+  /* stage 0 of the 2-stage incarnation, not of the one before */
+  pid_t s0 = local_pid_after(0, "re-forming on 2 stages", 30000);
+  cr_assert_gt(s0, 0, "no stage 0 started after the re-form");
   kill(s0, SIGKILL);
   assert_code(wait_node(c, 0, RUN_TIMEOUT_MS), 0, 0);
   assert_code(wait_node(a, 1, 30000), 0, 1);
