@@ -597,7 +597,7 @@ static int has_name(const char *kv, const char *name) {
 
 static int spawn_worker(agent_t *a, aworker_t *w, const char **argv, const char **envv, size_t envc,
                         const char *label, char *why, size_t whylen) {
-  int rc = 0, sv[2] = {-1, -1};
+  int rc = 0;
   char **env = NULL;
   const char **set = calloc(envc + 2, sizeof *set);
   char pidvar[64], tokvar[32 + 2 * BT_SHA256_LEN + 1];
@@ -627,53 +627,19 @@ static int spawn_worker(agent_t *a, aworker_t *w, const char **argv, const char 
     rc = -ENOMEM;
     goto out;
   }
-  /* CLOEXEC on both ends: only this worker may inherit its end (libuv dup2s
-   * it to fd 3, which clears the flag in the child alone). */
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-    rc = -errno;
-    goto out;
-  }
   if ((rc = uv_timer_init(&a->loop, &w->drain)) < 0) goto out;
   w->drain_open = 1;
   w->drain.data = w;
-  if ((rc = uv_pipe_init(&a->loop, &w->out, 0)) < 0) goto out;
-  w->out_open = 1;
-  w->out.data = w;
-  if ((rc = uv_pipe_init(&a->loop, &w->err, 0)) < 0) goto out;
-  w->err_open = 1;
-  w->err.data = w;
-  if ((rc = uv_pipe_init(&a->loop, &w->ctl, 0)) < 0) goto out;
-  w->ctl_open = 1;
-  w->ctl.data = w;
-  if ((rc = uv_pipe_open(&w->ctl, sv[0])) < 0) goto out;
-  sv[0] = -1; /* the pipe handle owns it now */
-  uv_stdio_container_t stdio[4] = {
-      {.flags = UV_IGNORE},
-      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->out},
-      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->err},
-      {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
-  };
   argv[0] = a->exe_name;
-  uv_process_options_t po = {
-      .exit_cb = on_exit_cb,
-      .file = a->o->worker_exe ? a->o->worker_exe : "/proc/self/exe",
-      .args = (char **)argv,
-      .env = env,
-      .flags = UV_PROCESS_DETACHED,
-      .stdio_count = 4,
-      .stdio = stdio,
-  };
-  w->proc.data = w;
-  /* uv_spawn initialises the handle before it can fail */
-  w->proc_open = 1;
-  if ((rc = uv_spawn(&a->loop, &w->proc, &po)) < 0) goto out;
+  bt_wp_handles_t h = {&w->proc, &w->out, &w->err, &w->ctl, &w->proc_open, &w->out_open, &w->err_open, &w->ctl_open};
+  if ((rc = bt_wp_spawn(&a->loop, &h, w, a->o->worker_exe ? a->o->worker_exe : "/proc/self/exe", (char *const *)argv,
+                        env, on_exit_cb)) < 0)
+    goto out;
   w->pid = w->proc.pid;
   uv_read_start((uv_stream_t *)&w->out, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->err, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->ctl, on_ctl_alloc, on_ctl_read);
 out:
-  if (sv[0] >= 0) close(sv[0]);
-  if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
   bt_env_free(env);
   free(set);
   if (rc < 0) {

@@ -100,49 +100,18 @@ char **sup_build_env(sup_t *s, uint32_t stage, int own_env) {
 void sup_free_env(char **env) { bt_env_free(env); }
 
 static int spawn_worker(sup_t *s, worker_t *w) {
-  int rc = 0, sv[2] = {-1, -1};
-  char **env = NULL;
-  /* CLOEXEC on both ends: only this worker may inherit its end (libuv dup2s
-   * it to fd 3, which clears the flag in the child alone). */
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-    rc = -errno;
-    goto out;
+  char **env = sup_build_env(s, w->stage, 1);
+  if (!env) return -ENOMEM;
+  bt_wp_handles_t h = {&w->proc, &w->out, &w->err, &w->ctl, &w->proc_open, &w->out_open, &w->err_open, &w->ctl_open};
+  int rc = bt_wp_spawn(&s->loop, &h, w, s->o->worker_argv[0], s->o->worker_argv, env, sup_on_exit_cb);
+  sup_free_env(env);
+  if (rc < 0) {
+    sup_close_handle((uv_handle_t *)&w->proc, &w->proc_open);
+    sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
+    sup_close_handle((uv_handle_t *)&w->err, &w->err_open);
+    sup_close_handle((uv_handle_t *)&w->ctl, &w->ctl_open);
+    return rc;
   }
-  if ((rc = uv_pipe_init(&s->loop, &w->out, 0)) < 0) goto out;
-  w->out_open = 1;
-  w->out.data = w;
-  if ((rc = uv_pipe_init(&s->loop, &w->err, 0)) < 0) goto out;
-  w->err_open = 1;
-  w->err.data = w;
-  if ((rc = uv_pipe_init(&s->loop, &w->ctl, 0)) < 0) goto out;
-  w->ctl_open = 1;
-  w->ctl.data = w;
-  if ((rc = uv_pipe_open(&w->ctl, sv[0])) < 0) goto out;
-  sv[0] = -1; /* the pipe handle owns it now */
-  if (!(env = sup_build_env(s, w->stage, 1))) {
-    rc = -ENOMEM;
-    goto out;
-  }
-  uv_stdio_container_t stdio[4] = {
-      {.flags = UV_IGNORE},
-      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->out},
-      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&w->err},
-      {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
-  };
-  uv_process_options_t po = {
-      .exit_cb = sup_on_exit_cb,
-      .file = s->o->worker_argv[0],
-      .args = (char **)s->o->worker_argv,
-      .env = env,
-      .flags = UV_PROCESS_DETACHED,
-      .stdio_count = 4,
-      .stdio = stdio,
-  };
-  w->proc.data = w;
-  /* uv_spawn initialises the handle before it can fail, so even a failed
-   * spawn leaves a handle to close. */
-  w->proc_open = 1;
-  if ((rc = uv_spawn(&s->loop, &w->proc, &po)) < 0) goto out;
   w->pid = w->proc.pid;
   w->state = W_SPAWNED;
   bt_info("started stage %u (pid %d)", w->stage, w->pid);
@@ -155,17 +124,7 @@ static int spawn_worker(sup_t *s, worker_t *w) {
   uv_read_start((uv_stream_t *)&w->out, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->err, on_out_alloc, on_out_read);
   uv_read_start((uv_stream_t *)&w->ctl, sup_on_ctl_alloc, sup_on_ctl_read);
-out:
-  if (sv[0] >= 0) close(sv[0]);
-  if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
-  sup_free_env(env);
-  if (rc < 0) {
-    sup_close_handle((uv_handle_t *)&w->proc, &w->proc_open);
-    sup_close_handle((uv_handle_t *)&w->out, &w->out_open);
-    sup_close_handle((uv_handle_t *)&w->err, &w->err_open);
-    sup_close_handle((uv_handle_t *)&w->ctl, &w->ctl_open);
-  }
-  return rc;
+  return 0;
 }
 
 void sup_make_token(char out[33]) { bt_random_id(out); }

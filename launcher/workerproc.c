@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/workerenv.h"
@@ -112,4 +113,45 @@ char **bt_env_merge(const char *const *set, size_t n, char *const *inherited) {
 fail:
   bt_env_free(env);
   return NULL;
+}
+
+int bt_wp_spawn(uv_loop_t *loop, const bt_wp_handles_t *h, void *data, const char *file, char *const *argv,
+                char *const *env, uv_exit_cb exit_cb) {
+  int rc = 0, sv[2] = {-1, -1};
+  /* CLOEXEC on both ends: only this worker may inherit its end (libuv dup2s
+   * it to fd 3, which clears the flag in the child alone). */
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
+  uv_pipe_t *pipes[3] = {h->out, h->err, h->ctl};
+  int *open_flags[3] = {h->out_open, h->err_open, h->ctl_open};
+  for (int i = 0; i < 3; i++) {
+    if ((rc = uv_pipe_init(loop, pipes[i], 0)) < 0) goto out;
+    *open_flags[i] = 1;
+    pipes[i]->data = data;
+  }
+  if ((rc = uv_pipe_open(h->ctl, sv[0])) < 0) goto out;
+  sv[0] = -1; /* the pipe handle owns it now */
+  uv_stdio_container_t stdio[4] = {
+      {.flags = UV_IGNORE},
+      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)h->out},
+      {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)h->err},
+      {.flags = UV_INHERIT_FD, .data.fd = sv[1]},
+  };
+  uv_process_options_t po = {
+      .exit_cb = exit_cb,
+      .file = file,
+      .args = (char **)argv,
+      .env = (char **)env,
+      .flags = UV_PROCESS_DETACHED,
+      .stdio_count = 4,
+      .stdio = stdio,
+  };
+  h->proc->data = data;
+  /* uv_spawn initialises the handle before it can fail, so even a failed
+   * spawn leaves a handle to close. */
+  *h->proc_open = 1;
+  rc = uv_spawn(loop, h->proc, &po);
+out:
+  if (sv[0] >= 0) close(sv[0]);
+  if (sv[1] >= 0) close(sv[1]); /* the child has its copy; ours would hide its EOF */
+  return rc;
 }

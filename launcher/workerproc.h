@@ -4,13 +4,16 @@
  * lines of its stderr for the failure report, and merge its environment
  * with the launcher's own.
  *
- * Not here: spawning itself, the control channel, or any libuv handle;
- * the callers own those.
+ * And the spawn itself (bt_wp_spawn): detached, stdin on /dev/null,
+ * stdout and stderr into pipes, the control socketpair on fd 3. The
+ * callers own the handles and what is read from them.
  */
 #ifndef BT_LAUNCHER_WORKERPROC_H
 #define BT_LAUNCHER_WORKERPROC_H
 #include <stddef.h>
 #include <stdint.h>
+
+#include <uv.h>
 
 #include "launcher/supervisor.h"
 
@@ -57,5 +60,21 @@ void bt_wp_write_all(int fd, const char *p, size_t n);
  * copies (free with bt_env_free), or NULL when out of memory. */
 char **bt_env_merge(const char *const *set, size_t n, char *const *inherited);
 void bt_env_free(char **env);
+
+/* A worker's handles and their "still open" flags (owned by the caller). */
+typedef struct {
+  uv_process_t *proc;
+  uv_pipe_t *out, *err, *ctl;
+  int *proc_open, *out_open, *err_open, *ctl_open;
+} bt_wp_handles_t;
+
+/* Spawns `file` with argv and env in its own session (UV_PROCESS_DETACHED),
+ * stdin /dev/null, stdout and stderr into h->out and h->err, and one end
+ * of a control socketpair on fd 3 (the other is h->ctl; both are CLOEXEC,
+ * so only this child inherits its end). Every handle gets `data`. Sets
+ * the open flag of each handle it initialised, also on failure (the
+ * caller closes what is open). Reads nothing yet. 0 or a negative code. */
+int bt_wp_spawn(uv_loop_t *loop, const bt_wp_handles_t *h, void *data, const char *file, char *const *argv,
+                char *const *env, uv_exit_cb exit_cb);
 
 #endif
