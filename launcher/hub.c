@@ -548,6 +548,17 @@ static void flush_nodes(bt_hub_t *h) {
     bt_buf_reset(&n->out);
     conn_t *c = n->c;
     pthread_mutex_unlock(&h->mu);
+    /* A node that stays connected but stops reading must not grow our
+     * memory without bound: what it has not taken is far beyond anything
+     * a live node leaves (its messages are spawns and control frames). */
+    size_t queued = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (queued + len > BT_HUB_MAX_QUEUED) {
+      char why[128];
+      snprintf(why, sizeof why, "not reading what it is sent (%zu MiB queued)", (queued + len) >> 20);
+      free(copy);
+      node_lost(h, i, why);
+      continue;
+    }
     if (copy) conn_write(c, copy, len, 0);
     free(copy);
   }

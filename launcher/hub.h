@@ -20,7 +20,8 @@
  * `max_pending` are closed on accept, so a flood cannot starve the job.
  *
  * Liveness: every node and the hub send BEAT every `beat_ms`; a node whose
- * link drops or that is silent for `node_timeout_ms` is lost. A lost node
+ * link drops, that is silent for `node_timeout_ms`, or that leaves more
+ * than BT_HUB_MAX_QUEUED bytes unread is lost. A lost node
  * (or a replacement with the same rank) may join again; it is used from
  * the next incarnation on.
  *
@@ -40,6 +41,7 @@
 
 #define BT_HUB_MAX_NODES 4096
 #define BT_HUB_HOST_MAX 256
+#define BT_HUB_MAX_QUEUED (64u << 20) /* bytes a node may leave unread: then it is lost */
 
 typedef struct bt_hub bt_hub_t;
 
