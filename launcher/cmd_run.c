@@ -101,7 +101,9 @@ static void usage(FILE *f) {
           "  --inject-fault SPEC     KIND@stage=S,step=N[,action=J][,code=X][,ms=M]\n"
           "                          [,at=snapshot|write] (crash, exit, freeze, hang,\n"
           "                          slow, ckpt-die, ckpt-slow);\n"
-          "                          repeatable; first incarnation only\n"
+          "                          repeatable; first incarnation only\n");
+  fputs(bt_mn_help(), f);
+  fprintf(f,
           "\n"
           "Exit codes: 0 done (or already done), 1 a worker failed and no restart was\n"
           "allowed (the message names the stage), 2 bad usage (nothing started),\n"
@@ -110,7 +112,6 @@ static void usage(FILE *f) {
           "79 fewer stages left than --min-stages, 80 finished but the final checkpoint\n"
           "did not commit, 81 (multi-node, a node) lost the coordinator, 82 (multi-node)\n"
           "the rendezvous failed, 128+N killed by a second signal N.\n");
-  fputs(bt_mn_help(), f);
 }
 
 static int parse_seconds(const char *flag, const char *v, double lo, double *out) {
