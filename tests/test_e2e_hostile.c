@@ -415,14 +415,18 @@ static const char *last_line(const char *e) {
 /* A 1.5 MB tmpfs holds one checkpoint of this model (about 0.95 MB) but not
  * two: step 10 commits, steps 20-40 fail for space. The job finishes with
  * `baton train`'s hash, exits 80 with a closing line naming step 10, and
- * leaves no .tmp debris and no HDF5 complaint at exit. */
+ * leaves no .tmp debris and no HDF5 complaint at exit. The stages save on
+ * their own writer threads, so on a fast run stage 0's shard of step 20
+ * could take the space before stage 1's shard of step 10 is written (then
+ * nothing commits, and exit 80 names step 0, as true); steps after 10 are
+ * slowed (3 ms per action) so that step 10's shards are written first. */
 Test(hostile, disk_full_at_the_final_save_exits_80_naming_the_committed_step, .fini = umount_small) {
   char ck[500];
   mount_small(ck, sizeof ck);
   char ref[33], got[33];
   train_hash(40, ref);
   const char *run[] = {"run", "--stages", "2", MODEL, "--steps", "40", "--ckpt-every", "10", "--ckpt-dir", ck,
-                       "--hash", NULL};
+                       "--inject-fault", "slow@stage=0,step=11,ms=3", "--hash", NULL};
   int code = run_to_end(run, RUN_MS);
   char *e = slurp_err();
   cr_assert_eq(code, BT_EXIT_UNCOMMITTED, "exit %d:\n%s", code, e);
