@@ -28,6 +28,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "common/sysinfo.h"
 
 #define STAGES 4
 #define TENSOR_FLOATS (1u << 20) /* 4 MiB tensors */
@@ -97,24 +98,6 @@ static const char *fs_name(long type) {
   case 0x0bd00bd0: return "lustre";
   default: return "other";
   }
-}
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f))
-    if (!strncmp(line, "model name", 10)) {
-      char *c = strchr(line, ':');
-      if (c) {
-        c += 2;
-        c[strcspn(c, "\n")] = 0;
-        snprintf(out, len, "%s", c);
-      }
-      break;
-    }
-  fclose(f);
 }
 
 /* 1 when the whole page cache can be dropped (root: /proc/sys/vm/drop_caches
@@ -252,7 +235,7 @@ int main(int argc, char **argv) {
   if (snprintf(plain, sizeof plain, "%.4000s/plain.bin", root) >= (int)sizeof plain) return 2;
   struct statfs sf;
   statfs(root, &sf);
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
 
   /* 4 shards, layers split unevenly (1:2:2:3 when divisible). */
   uint32_t layers_total = (uint32_t)(mb / 12); /* 3 tensors of 4 MiB per layer */

@@ -38,6 +38,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/parse.h"
+#include "common/sysinfo.h"
 
 #define MAX_RUNS 1000
 #define MAX_STEPS 100000
@@ -171,36 +172,6 @@ static int rm_rf(const char *path) {
   char cmd[PATH_MAX + 32];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
   return system(cmd) == 0 ? 0 : -EIO;
-}
-
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    char *c = strchr(line, ':');
-    if (strncmp(line, "model name", 10) || !c) continue;
-    c++;
-    while (*c == ' ' || *c == '\t') c++;
-    c[strcspn(c, "\n")] = 0;
-    snprintf(out, len, "%s", c);
-    break;
-  }
-  fclose(f);
-}
-
-static const char *fs_name(const char *path) {
-  struct statfs s;
-  if (statfs(path, &s) < 0) return "unknown";
-  switch ((unsigned long)s.f_type) {
-  case 0xEF53: return "ext4";
-  case 0x01021994: return "tmpfs";
-  case 0x794c7630: return "overlayfs";
-  case 0x58465342: return "xfs";
-  case 0x9123683E: return "btrfs";
-  default: return "other";
-  }
 }
 
 static int parse_args(int argc, char **argv, opts_t *o) {
@@ -355,8 +326,8 @@ int main(int argc, char **argv) {
   double ratio = step_with / step_without;
 
   char cpu[256];
-  cpu_model(cpu, sizeof cpu);
-  const char *fs = fs_name(o.dir);
+  bt_sys_cpu_model(cpu, sizeof cpu);
+  const char *fs = bt_sys_fs_name(o.dir);
   printf("bench_faults: --stages %d --chunks 2 --layers %d --dim %d --mb-tokens %d --steps %lld, %d runs each\n",
          o.stages, o.layers, o.dim, o.mb_tokens, (long long)o.steps, o.runs);
   printf("cpu: %s; scratch %s (%s)\n\n", cpu, o.dir, fs);

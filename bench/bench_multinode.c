@@ -97,6 +97,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/parse.h"
+#include "common/sysinfo.h"
 #include "launcher/hub.h"
 
 #define MAX_RUNS 200
@@ -1007,23 +1008,6 @@ static int parse_args(int argc, char **argv, opts_t *o) {
   return 0;
 }
 
-static void cpu_model(char *out, size_t len) {
-  snprintf(out, len, "unknown");
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (!f) return;
-  char line[512];
-  while (fgets(line, sizeof line, f)) {
-    char *c = strchr(line, ':');
-    if (strncmp(line, "model name", 10) || !c) continue;
-    c++;
-    while (*c == ' ' || *c == '\t') c++;
-    c[strcspn(c, "\n")] = 0;
-    snprintf(out, len, "%s", c);
-    break;
-  }
-  fclose(f);
-}
-
 int main(int argc, char **argv) {
   opts_t o;
   memset(&o, 0, sizeof o);
@@ -1046,7 +1030,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   char cpu[256];
-  cpu_model(cpu, sizeof cpu);
+  bt_sys_cpu_model(cpu, sizeof cpu);
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   printf("bench_multinode: cpu %s (%ld online); scratch %s\n", cpu, ncpu, o.dir);
   fflush(stdout);
