@@ -50,33 +50,9 @@ static char *slurp_or_empty(const char *path) {
   return s ? s : strdup("");
 }
 
-/* The last "hash <hex>" line of a file. */
-static void read_hash(const char *path, char hex[33]) {
-  char *out = slurp_or_empty(path);
-  char *p = NULL;
-  for (char *q = strstr(out, "hash "); q; q = strstr(q + 1, "hash ")) p = q;
-  cr_assert_not_null(p, "no hash line in %s:\n%s", path, out);
-  memcpy(hex, p + 5, 32);
-  hex[32] = 0;
-  free(out);
-  cr_assert_eq(strspn(hex, "0123456789abcdef"), 32, "bad hash '%s'", hex);
-}
+static void read_hash(const char *path, char hex[33]) { bt_e2e_read_hash(path, hex); }
 
-static void train_hash(int steps, char hex[33]) {
-  char s[16];
-  snprintf(s, sizeof s, "%d", steps);
-  char *argv[32];
-  int k = 0;
-  argv[k++] = (char *)bt_e2e_env("BATON_BIN");
-  argv[k++] = "train";
-  for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
-  argv[k++] = "--steps";
-  argv[k++] = s;
-  argv[k++] = "--hash";
-  argv[k] = NULL;
-  cr_assert_eq(bt_e2e_run(&e2e, argv, NULL, NULL, RUN_TIMEOUT_MS), 0);
-  read_hash(e2e.out, hex);
-}
+static void train_hash(int steps, char hex[33]) { bt_e2e_train_hash(&e2e, model, steps, RUN_TIMEOUT_MS, hex); }
 
 static void assert_has(const char *path, const char *needle) {
   char *s = slurp_or_empty(path);

@@ -164,28 +164,7 @@ static void netem_or_skip(const char *spec) {
 }
 
 /* `baton train` of the model for `steps` steps: its hash (hex). */
-static void train_hash(int steps, char hex[64]) {
-  char s[16];
-  snprintf(s, sizeof s, "%d", steps);
-  char *argv[24];
-  int k = 0;
-  argv[k++] = (char *)bt_e2e_env("BATON_BIN");
-  argv[k++] = "train";
-  for (int i = 0; model[i]; i++) argv[k++] = (char *)model[i];
-  argv[k++] = "--steps";
-  argv[k++] = s;
-  argv[k++] = "--hash";
-  argv[k] = NULL;
-  const char *out = bt_e2e_path(&e2e, "train.out");
-  int code = bt_e2e_run(&e2e, argv, out, bt_e2e_path(&e2e, "train.err"), RUN_TIMEOUT_MS);
-  cr_assert_eq(code, 0, "baton train exited %d", code);
-  char *txt = bt_proc_slurp(out);
-  cr_assert_not_null(txt);
-  char *h = strstr(txt, "hash ");
-  cr_assert_not_null(h, "no hash in baton train's output:\n%s", txt);
-  cr_assert_eq(sscanf(h, "hash %63s", hex), 1);
-  free(txt);
-}
+static void train_hash(int steps, char hex[33]) { bt_e2e_train_hash(&e2e, model, steps, RUN_TIMEOUT_MS, hex); }
 
 /* The hash the coordinator printed last on stdout, or "" */
 static void run_hash(char hex[64]) {

@@ -68,3 +68,34 @@ int bt_e2e_sh(const bt_e2e_dirs_t *d, const char *cmd, int timeout_ms) {
   char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
   return bt_e2e_run(d, argv, NULL, NULL, timeout_ms);
 }
+
+void bt_e2e_read_hash(const char *path, char hex[33]) {
+  char *out = bt_proc_slurp(path);
+  if (!out) out = strdup("");
+  char *p = NULL;
+  for (char *q = strstr(out, "hash "); q; q = strstr(q + 1, "hash ")) p = q;
+  size_t n = strlen(out);
+  cr_assert_not_null(p, "no hash line in %s:\n%s", path, n > 8000 ? out + n - 8000 : out);
+  memcpy(hex, p + 5, 32);
+  hex[32] = 0;
+  free(out);
+  cr_assert_eq(strspn(hex, "0123456789abcdef"), 32, "bad hash '%s' in %s", hex, path);
+}
+
+void bt_e2e_train_hash(const bt_e2e_dirs_t *d, const char *const *model, int steps, int timeout_ms, char hex[33]) {
+  char s[16];
+  snprintf(s, sizeof s, "%d", steps);
+  char *argv[64];
+  int k = 0;
+  argv[k++] = (char *)bt_e2e_env("BATON_BIN");
+  argv[k++] = "train";
+  for (int i = 0; model[i] && k < 58; i++) argv[k++] = (char *)model[i];
+  argv[k++] = "--steps";
+  argv[k++] = s;
+  argv[k++] = "--hash";
+  argv[k] = NULL;
+  const char *out = bt_e2e_path(d, "train.out");
+  int code = bt_e2e_run(d, argv, out, bt_e2e_path(d, "train.err"), timeout_ms);
+  cr_assert_eq(code, 0, "baton train exited %d", code);
+  bt_e2e_read_hash(out, hex);
+}

@@ -32,5 +32,11 @@ int bt_e2e_run(const bt_e2e_dirs_t *d, char *const argv[], const char *out_path,
 /* bt_e2e_run of `/bin/sh -c cmd` into d->out and d->err, for a command
  * line with redirections or a `cd`. */
 int bt_e2e_sh(const bt_e2e_dirs_t *d, const char *cmd, int timeout_ms);
+/* The last "hash <32 hex>" line of the file at path into hex (fails the
+ * test, showing the file, when there is none). */
+void bt_e2e_read_hash(const char *path, char hex[33]);
+/* `baton train MODEL --steps N --hash` (model: NULL-terminated flags) into
+ * d->dir/train.out; its hash. Fails the test unless it exits 0. */
+void bt_e2e_train_hash(const bt_e2e_dirs_t *d, const char *const *model, int steps, int timeout_ms, char hex[33]);
 
 #endif
