@@ -41,7 +41,6 @@
 #include "launcher/workerproc.h"
 #include "schedules/comm.h"
 
-#define TAIL_LEN 512
 
 typedef enum { JOB_STARTING, JOB_RUNNING, JOB_STOPPING, JOB_DONE } job_state_t;
 typedef enum { W_SPAWNED, W_HELLO, W_READY, W_RUNNING, W_EXITED } worker_state_t;
@@ -66,8 +65,7 @@ typedef struct {
   int proc_open, out_open, err_open, ctl_open; /* handle not yet closed */
   int pid;
   linebuf_t lout, lerr;
-  char tail[BT_SUP_TAIL_LINES][TAIL_LEN];
-  int tail_n, tail_pos;
+  bt_tail_t tail;              /* the last lines of its stderr (launcher/workerproc.h) */
   uint8_t *cbuf;
   size_t clen, ccap;
   char addr[BT_ADDR_MAX];
@@ -159,7 +157,6 @@ void sup_on_exit_cb(uv_process_t *p, int64_t status, int term_signal);
 void sup_worker_exited(worker_t *w, int64_t status, int term_signal);
 void sup_worker_lost(worker_t *w, const char *why);
 void sup_ctl_bytes(worker_t *w);
-void sup_keep_tail(worker_t *w, const char *line, size_t n);
 char **sup_build_env(sup_t *s, uint32_t stage, int own_env);
 void sup_free_env(char **env);
 int sup_remote_spawn(sup_t *s, worker_t *w);

@@ -90,7 +90,7 @@ static void take_tail(worker_t *w, const char *text) {
   while (*text) {
     const char *nl = strchr(text, '\n');
     size_t n = nl ? (size_t)(nl - text) : strlen(text);
-    sup_keep_tail(w, text, n);
+    bt_tail_keep(&w->tail, text, n);
     text += n + (nl != NULL);
   }
 }

@@ -7,18 +7,10 @@
 
 extern char **environ;
 
-void sup_keep_tail(worker_t *w, const char *line, size_t n) {
-  if (n >= TAIL_LEN) n = TAIL_LEN - 1;
-  memcpy(w->tail[w->tail_pos], line, n);
-  w->tail[w->tail_pos][n] = 0;
-  w->tail_pos = (w->tail_pos + 1) % BT_SUP_TAIL_LINES;
-  if (w->tail_n < BT_SUP_TAIL_LINES) w->tail_n++;
-}
-
 static void emit_line(worker_t *w, int is_err, const char *line, size_t n) {
   sup_clear_progress(w->sup);
   bt_stage_line_write(is_err ? STDERR_FILENO : STDOUT_FILENO, w->stage, line, n);
-  if (is_err) sup_keep_tail(w, line, n);
+  if (is_err) bt_tail_keep(&w->tail, line, n);
 }
 
 static void emit_out(void *w, const char *line, size_t n) { emit_line(w, 0, line, n); }

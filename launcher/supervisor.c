@@ -627,22 +627,19 @@ static worker_t *report_failure(sup_t *s) {
   r->root_pid = root->pid;
   snprintf(r->reason, sizeof r->reason, "%s", root->fail_reason);
   size_t tk = 0;
-  for (int i = 0; i < root->tail_n && tk < sizeof r->root_tail; i++) {
-    int idx = (root->tail_pos - root->tail_n + i + BT_SUP_TAIL_LINES) % BT_SUP_TAIL_LINES;
-    int w = snprintf(r->root_tail + tk, sizeof r->root_tail - tk, "%s\n", root->tail[idx]);
+  for (int i = 0; i < root->tail.n && tk < sizeof r->root_tail; i++) {
+    int w = snprintf(r->root_tail + tk, sizeof r->root_tail - tk, "%s\n", bt_tail_line(&root->tail, i));
     if (w < 0) break;
     tk += (size_t)w;
   }
   char msg[16384];
   int k = snprintf(msg, sizeof msg, "baton: stage %u failed: %s%s%s\n", root->stage, root->fail_reason,
                    root->error_text[0] ? ": " : "", root->error_text);
-  if (root->tail_n > 0 && k < (int)sizeof msg)
+  if (root->tail.n > 0 && k < (int)sizeof msg)
     k += snprintf(msg + k, sizeof msg - (size_t)k, "baton: last %d lines of stage %u's stderr:\n",
-                  root->tail_n, root->stage);
-  for (int i = 0; i < root->tail_n && k < (int)sizeof msg; i++) {
-    int idx = (root->tail_pos - root->tail_n + i + BT_SUP_TAIL_LINES) % BT_SUP_TAIL_LINES;
-    k += snprintf(msg + k, sizeof msg - (size_t)k, "  [stage %u] %s\n", root->stage, root->tail[idx]);
-  }
+                  root->tail.n, root->stage);
+  for (int i = 0; i < root->tail.n && k < (int)sizeof msg; i++)
+    k += snprintf(msg + k, sizeof msg - (size_t)k, "  [stage %u] %s\n", root->stage, bt_tail_line(&root->tail, i));
   if (k > (int)sizeof msg - 1) k = (int)sizeof msg - 1;
   sup_clear_progress(s);
   sup_write_all(STDERR_FILENO, msg, (size_t)k);
