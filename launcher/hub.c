@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -82,11 +83,9 @@ struct bt_hub {
 
 static uint64_t now_ms(bt_hub_t *h) { return uv_now(&h->loop); }
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
+/* CLOCK_MONOTONIC (common/clock.h): the clock the senders of stamped
+ * heartbeats use too. */
+static int64_t mono_ns(void) { return (int64_t)bt_clock_ns(); }
 
 void bt_hub_opts_default(bt_hub_opts_t *o) {
   memset(o, 0, sizeof *o);
